@@ -1,0 +1,15 @@
+"""blocksparse: block-sparse and INT8 matrix products for Transformer inference on x86 CPUs.
+
+The public names are re-exported here; see the API reference in ``docs/``.
+"""
+from ._config import (available_isas, get_isa, get_num_threads, isa_context, set_isa,
+                      set_max_isa, set_num_threads, show_config)
+from ._matrix import BlockSparseMatrix, issparse_block
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "BlockSparseMatrix", "issparse_block",
+    "available_isas", "get_isa", "set_isa", "set_max_isa", "isa_context",
+    "get_num_threads", "set_num_threads", "show_config",
+]

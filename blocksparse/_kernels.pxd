@@ -1,0 +1,63 @@
+# Declarations of the C kernel API (include/blocksparse/bsk.h), nothing else.
+from libc.stdint cimport int32_t, int64_t, uint8_t
+
+cdef extern from "blocksparse/bsk.h" nogil:
+    ctypedef enum bsk_status:
+        BSK_OK
+        BSK_EINVAL
+        BSK_ENOMEM
+        BSK_EUNSUPPORTED
+        BSK_EOVERFLOW
+
+    ctypedef enum bsk_isa:
+        BSK_ISA_SCALAR
+        BSK_ISA_AVX2
+        BSK_ISA_AVX_VNNI
+        BSK_ISA_AVX512_VNNI
+        BSK_ISA_COUNT
+
+    ctypedef struct bsk_bcsr:
+        int64_t M, K, R, C, nnzb
+        const int32_t *indptr
+        const int32_t *indices
+        const void *data
+
+    ctypedef struct bsk_qbcsr:
+        bsk_bcsr w
+        const int32_t *gptr
+        const int32_t *gcols
+        const int32_t *gw
+
+    ctypedef struct bsk_epilogue:
+        int kind
+        int act
+        const int32_t *rowsum
+        const float *w_scale
+        const float *x_scale
+        const int32_t *x_zero
+        const float *bias
+        float out_scale
+        int32_t out_zero
+
+    int BSK_OUT_I32, BSK_OUT_F32, BSK_OUT_U8
+    int BSK_ACT_NONE, BSK_ACT_RELU, BSK_ACT_GELU
+    int64_t BSK_MAX_K_INT8
+
+    bsk_isa bsk_isa_best()
+    int bsk_isa_built(bsk_isa isa)
+    int bsk_isa_detected(bsk_isa isa)
+    const char *bsk_isa_name(bsk_isa isa)
+    int bsk_default_threads()
+    int bsk_have_openmp()
+
+    bsk_status bsk_spmm_f32(bsk_isa isa, const bsk_bcsr *W, const float *X,
+                            int64_t ldx, int64_t N, float *Y, int64_t ldy,
+                            int transposed, int num_threads)
+    bsk_status bsk_spmm_f64(bsk_isa isa, const bsk_bcsr *W, const double *X,
+                            int64_t ldx, int64_t N, double *Y, int64_t ldy,
+                            int transposed, int num_threads)
+    bsk_status bsk_qspmm(bsk_isa isa, const bsk_qbcsr *W, const uint8_t *X,
+                         int64_t ldx, int64_t N, int x_transposed, void *Y,
+                         int64_t ldy, int y_transposed, const bsk_epilogue *epi,
+                         int num_threads)
+    const char *bsk_qspmm_kernel_name(bsk_isa isa, const bsk_qbcsr *W)

@@ -1,0 +1,144 @@
+/*
+ * blocksparse C kernel API (C11, no Python headers).
+ *
+ * Storage is block-CSR in SciPy's convention: a matrix of shape (M, K) with
+ * blocks of shape (R, C); block row i owns blocks indptr[i] .. indptr[i+1]-1,
+ * block j sits at block column indices[j] and holds data[j*R*C .. +R*C)
+ * in row-major order.  A weight of a Linear layer is (out_features,
+ * in_features) = (M, K): blocksize (4, 1) is four consecutive output rows in
+ * one input column, (1, 4) four consecutive weights of one row along K.
+ *
+ * Every entry point returns a bsk_status and never prints, aborts or exits.
+ * Callers (the Cython layer) validate shapes, dtypes and index ranges first;
+ * the kernels re-check only what they need not to write out of bounds.
+ */
+#ifndef BLOCKSPARSE_BSK_H
+#define BLOCKSPARSE_BSK_H
+
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+typedef enum {
+    BSK_OK = 0,
+    BSK_EINVAL = 1,       /* bad argument */
+    BSK_ENOMEM = 2,       /* allocation failed */
+    BSK_EUNSUPPORTED = 3, /* ISA or case not available in this variant */
+    BSK_EOVERFLOW = 4     /* int32 accumulation or index range exceeded */
+} bsk_status;
+
+/* Instruction-set variants, in increasing order of preference. */
+typedef enum {
+    BSK_ISA_SCALAR = 0,      /* portable C, the reference */
+    BSK_ISA_AVX2 = 1,        /* AVX2 + FMA */
+    BSK_ISA_AVX_VNNI = 2,    /* AVX2 + AVX-VNNI (256-bit vpdpbusd) */
+    BSK_ISA_AVX512_VNNI = 3, /* AVX-512 F/BW/VL + VNNI */
+    BSK_ISA_COUNT = 4
+} bsk_isa;
+
+/* Read-only view of a block-CSR matrix (float32, float64 or int8 data). */
+typedef struct {
+    int64_t M, K;          /* matrix shape */
+    int64_t R, C;          /* block shape */
+    int64_t nnzb;          /* stored blocks */
+    const int32_t *indptr; /* M / R + 1 entries */
+    const int32_t *indices;/* nnzb entries, block columns */
+    const void *data;      /* nnzb * R * C elements */
+} bsk_bcsr;
+
+/*
+ * INT8 weights packed once at quantize time.  For blocksize (1, 4) the BCSR
+ * view is used as is (one block = one 32-bit VNNI group).  For blocksize
+ * (4, 1) the blocks of each 4-row strip are grouped four at a time:
+ * group g of a strip has columns gcols[4g .. 4g+3] and, for each of the four
+ * rows r, the 32-bit word gw[4g + r] holding the row's four weights in
+ * column order.  Strips whose block count is not a multiple of four are
+ * padded with zero weights (column = last real column).
+ */
+typedef struct {
+    bsk_bcsr w;             /* int8 data */
+    const int32_t *gptr;    /* (4, 1) only: M / 4 + 1 group offsets */
+    const int32_t *gcols;   /* (4, 1) only: 4 columns per group */
+    const int32_t *gw;      /* (4, 1) only: 4 packed rows per group */
+} bsk_qbcsr;
+
+/* Output kinds and activations of the fused INT8 epilogue. */
+enum { BSK_OUT_I32 = 0, BSK_OUT_F32 = 1, BSK_OUT_U8 = 2 };
+enum { BSK_ACT_NONE = 0, BSK_ACT_RELU = 1, BSK_ACT_GELU = 2 };
+
+/*
+ * Epilogue applied to every int32 accumulator acc[m, n]:
+ *   t = acc - x_zero[n] * rowsum[m]                         (exact int32)
+ *   I32: out = t
+ *   F32: y = (float)t * (w_scale[m] * x_scale[n]) + bias[m], then act
+ *   U8 : q = clip(rint(y / out_scale) + out_zero, 0, 255)
+ * rowsum may be NULL when every x_zero is 0; bias may be NULL.
+ * x_scale and x_zero have one entry per token (N).
+ */
+typedef struct {
+    int kind;
+    int act;
+    const int32_t *rowsum;
+    const float *w_scale;
+    const float *x_scale;
+    const int32_t *x_zero;
+    const float *bias;
+    float out_scale;
+    int32_t out_zero;
+} bsk_epilogue;
+
+/* ---- CPU features and threads ------------------------------------------ */
+
+/* Best variant that is both compiled in and usable on this CPU and OS. */
+bsk_isa bsk_isa_best(void);
+/* 1 if the variant was compiled into this build. */
+int bsk_isa_built(bsk_isa isa);
+/* 1 if the CPU and OS support the variant (CPUID + XGETBV). */
+int bsk_isa_detected(bsk_isa isa);
+/* Stable lower-case name ("scalar", "avx2", "avx_vnni", "avx512_vnni"). */
+const char *bsk_isa_name(bsk_isa isa);
+/* Threads OpenMP would use by default (1 without OpenMP). */
+int bsk_default_threads(void);
+/* 1 if built with OpenMP. */
+int bsk_have_openmp(void);
+
+/* ---- float products ------------------------------------------------------ */
+
+/*
+ * transposed == 0: Y (M, N) = W @ X, X of shape (K, N).
+ * transposed == 1: Y (N, M) = X @ W.T, X of shape (N, K).
+ * Rows of X and Y are contiguous with leading dimensions ldx, ldy.
+ * Y is overwritten.  Any block shape.
+ */
+bsk_status bsk_spmm_f32(bsk_isa isa, const bsk_bcsr *W, const float *X,
+                        int64_t ldx, int64_t N, float *Y, int64_t ldy,
+                        int transposed, int num_threads);
+bsk_status bsk_spmm_f64(bsk_isa isa, const bsk_bcsr *W, const double *X,
+                        int64_t ldx, int64_t N, double *Y, int64_t ldy,
+                        int transposed, int num_threads);
+
+/* ---- INT8 products ------------------------------------------------------- */
+
+/* Largest K for which K * 255 * 128 fits in int32 (exact accumulation). */
+#define BSK_MAX_K_INT8 ((int64_t)65793)
+
+/*
+ * Integer core with fused epilogue: acc = Wq (M, K) int8 @ X (K, N) uint8.
+ * x_transposed == 1 means X is given as (N, K) (the Linear form);
+ * y_transposed == 1 means the output is (N, M).  Output dtype by epi->kind:
+ * int32, float32 or uint8.  Every ISA variant returns the same bits.
+ */
+bsk_status bsk_qspmm(bsk_isa isa, const bsk_qbcsr *W, const uint8_t *X,
+                     int64_t ldx, int64_t N, int x_transposed, void *Y,
+                     int64_t ldy, int y_transposed, const bsk_epilogue *epi,
+                     int num_threads);
+
+/* Name of the INT8 kernel that bsk_qspmm runs for this ISA and matrix. */
+const char *bsk_qspmm_kernel_name(bsk_isa isa, const bsk_qbcsr *W);
+
+#ifdef __cplusplus
+}
+#endif
+#endif /* BLOCKSPARSE_BSK_H */

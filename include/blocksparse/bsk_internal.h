@@ -1,0 +1,193 @@
+/*
+ * Internal helpers shared by the kernel variants.  Everything here is
+ * static inline: each ISA's translation unit gets its own copy compiled with
+ * its own flags, so no AVX-512 code can leak into a baseline caller.
+ *
+ * The INT8 epilogue is written once with GCC/Clang vector extensions on
+ * 16-lane vectors.  Every variant (scalar included) runs this same source,
+ * compiled with -ffp-contract=off, so float32 and uint8 outputs are
+ * bit-identical across ISAs: only IEEE add/mul/div and int<->float
+ * conversions are used, in a fixed order.
+ */
+#ifndef BLOCKSPARSE_BSK_INTERNAL_H
+#define BLOCKSPARSE_BSK_INTERNAL_H
+
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+#include "blocksparse/bsk.h"
+
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
+#define BSK_INLINE static inline __attribute__((always_inline))
+
+typedef float bsk_v16f __attribute__((vector_size(64)));
+typedef int32_t bsk_v16i __attribute__((vector_size(64)));
+typedef uint32_t bsk_v16u __attribute__((vector_size(64)));
+/* unaligned views for loads and stores */
+typedef float bsk_v16f_u __attribute__((vector_size(64), aligned(1)));
+typedef int32_t bsk_v16i_u __attribute__((vector_size(64), aligned(1)));
+
+/* Token permutation of the (4, 1) activation panel, see spmm_u8s8 kernels:
+ * panel position p holds token ((p >> 2) & 3) << 4 | (p >> 4) << 2 | (p & 3).
+ * The map swaps two 2-bit fields, so it is its own inverse. */
+BSK_INLINE int bsk_perm64(int p)
+{
+    return (((p >> 2) & 3) << 4) | ((p >> 4) << 2) | (p & 3);
+}
+
+BSK_INLINE void *bsk_alloc(size_t bytes)
+{
+    size_t rounded = (bytes + 63) / 64 * 64;
+    return aligned_alloc(64, rounded ? rounded : 64);
+}
+
+BSK_INLINE bsk_v16f bsk_select(bsk_v16i mask, bsk_v16f a, bsk_v16f b)
+{
+    return (bsk_v16f)(((bsk_v16i)a & mask) | ((bsk_v16i)b & ~mask));
+}
+
+/* erf by Abramowitz & Stegun 7.1.28 (|error| <= 3e-7): only +, *, / so the
+ * result is the same on every ISA. */
+BSK_INLINE bsk_v16f bsk_erf16(bsk_v16f x)
+{
+    const bsk_v16i sign = (bsk_v16i)x & ((bsk_v16i){0} + INT32_MIN);
+    bsk_v16f a = (bsk_v16f)((bsk_v16i)x & ~((bsk_v16i){0} + INT32_MIN));
+    a = bsk_select(a < 6.0f, a, (bsk_v16f){0} + 6.0f); /* erf(6) == 1 in fp32 */
+    bsk_v16f p = (bsk_v16f){0} + 0.0000430638f;
+    p = p * a + 0.0002765672f;
+    p = p * a + 0.0001520143f;
+    p = p * a + 0.0092705272f;
+    p = p * a + 0.0422820123f;
+    p = p * a + 0.0705230784f;
+    p = p * a + 1.0f;
+    bsk_v16f p2 = p * p, p4 = p2 * p2, p8 = p4 * p4, p16 = p8 * p8;
+    bsk_v16f r = 1.0f - 1.0f / p16;
+    return (bsk_v16f)((bsk_v16i)r | sign);
+}
+
+/* GELU(y) = 0.5 * y * (1 + erf(y / sqrt(2))) */
+BSK_INLINE bsk_v16f bsk_gelu16(bsk_v16f y)
+{
+    return 0.5f * y * (1.0f + bsk_erf16(y * 0.70710678118654752f));
+}
+
+/*
+ * Apply the epilogue to 16 accumulators of row m, tokens n .. n+15, of which
+ * the first `count` are stored.  y_transposed selects out[m, n] (row-major
+ * (M, N)) or out[n, m] ((N, M)).
+ */
+BSK_INLINE void bsk_epilogue16(const bsk_epilogue *e, bsk_v16i acc, int64_t m,
+                               int64_t n, int count, void *out, int64_t ldo,
+                               int y_transposed)
+{
+    bsk_v16i zx;
+    if (count == 16) {
+        zx = *(const bsk_v16i_u *)(e->x_zero + n);
+    } else {
+        zx = (bsk_v16i){0};
+        memcpy(&zx, e->x_zero + n, (size_t)count * sizeof(int32_t));
+    }
+    if (e->rowsum)
+        acc = (bsk_v16i)((bsk_v16u)acc - (bsk_v16u)zx * (uint32_t)e->rowsum[m]);
+
+    if (e->kind == BSK_OUT_I32) {
+        int32_t *o = (int32_t *)out;
+        if (!y_transposed) {
+            memcpy(o + m * ldo + n, &acc, (size_t)count * sizeof(int32_t));
+        } else {
+            for (int t = 0; t < count; t++)
+                o[(n + t) * ldo + m] = acc[t];
+        }
+        return;
+    }
+
+    bsk_v16f sx;
+    if (count == 16) {
+        sx = *(const bsk_v16f_u *)(e->x_scale + n);
+    } else {
+        sx = (bsk_v16f){0};
+        memcpy(&sx, e->x_scale + n, (size_t)count * sizeof(float));
+    }
+    bsk_v16f y = __builtin_convertvector(acc, bsk_v16f);
+    y = y * (e->w_scale[m] * sx);
+    if (e->bias)
+        y = y + e->bias[m];
+    if (e->act == BSK_ACT_RELU)
+        y = bsk_select(y > 0.0f, y, (bsk_v16f){0});
+    else if (e->act == BSK_ACT_GELU)
+        y = bsk_gelu16(y);
+
+    if (e->kind == BSK_OUT_F32) {
+        float *o = (float *)out;
+        if (!y_transposed) {
+            memcpy(o + m * ldo + n, &y, (size_t)count * sizeof(float));
+        } else {
+            for (int t = 0; t < count; t++)
+                o[(n + t) * ldo + m] = y[t];
+        }
+        return;
+    }
+
+    /* uint8 requantization, round half to even like numpy.rint */
+    bsk_v16f q = y / e->out_scale;
+    q = bsk_select(q > -512.0f, q, (bsk_v16f){0} - 512.0f); /* also maps NaN */
+    q = bsk_select(q < 512.0f, q, (bsk_v16f){0} + 512.0f);
+    q = (q + 12582912.0f) - 12582912.0f; /* 1.5 * 2^23: rint for |q| < 2^22 */
+    q = q + (float)e->out_zero;
+    q = bsk_select(q > 0.0f, q, (bsk_v16f){0});
+    q = bsk_select(q < 255.0f, q, (bsk_v16f){0} + 255.0f);
+    bsk_v16i qi = __builtin_convertvector(q, bsk_v16i);
+    uint8_t *o = (uint8_t *)out;
+    if (!y_transposed) {
+        for (int t = 0; t < count; t++)
+            o[m * ldo + n + t] = (uint8_t)qi[t];
+    } else {
+        for (int t = 0; t < count; t++)
+            o[(n + t) * ldo + m] = (uint8_t)qi[t];
+    }
+}
+
+/* Apply the epilogue to a row of `count` accumulators (any length). */
+BSK_INLINE void bsk_epilogue_row(const bsk_epilogue *e, const int32_t *acc,
+                                 int64_t m, int64_t n0, int64_t count,
+                                 void *out, int64_t ldo, int y_transposed)
+{
+    for (int64_t t = 0; t < count; t += 16) {
+        int c = count - t < 16 ? (int)(count - t) : 16;
+        bsk_v16i a = (bsk_v16i){0};
+        memcpy(&a, acc + t, (size_t)c * sizeof(int32_t));
+        bsk_epilogue16(e, a, m, n0 + t, c, out, ldo, y_transposed);
+    }
+}
+
+/* Deterministic static split of [0, n) into `parts` contiguous ranges. */
+BSK_INLINE void bsk_split(int64_t n, int parts, int part, int64_t *lo, int64_t *hi)
+{
+    int64_t q = n / parts, r = n % parts;
+    *lo = part * q + (part < r ? part : r);
+    *hi = *lo + q + (part < r ? 1 : 0);
+}
+
+/* ---- per-variant kernel entry points (defined in src/<isa>/) ------------ */
+
+#define BSK_DECLARE_VARIANT(sfx)                                              \
+    bsk_status bsk_spmm_f32_##sfx(const bsk_bcsr *W, const float *X,          \
+                                  int64_t ldx, int64_t N, float *Y,           \
+                                  int64_t ldy, int transposed, int nt);       \
+    bsk_status bsk_spmm_f64_##sfx(const bsk_bcsr *W, const double *X,         \
+                                  int64_t ldx, int64_t N, double *Y,          \
+                                  int64_t ldy, int transposed, int nt);       \
+    bsk_status bsk_qspmm_u8s8s32_##sfx(const bsk_qbcsr *W, const uint8_t *X,  \
+                                       int64_t ldx, int64_t N, int xt,        \
+                                       void *Y, int64_t ldy, int yt,          \
+                                       const bsk_epilogue *epi, int nt);
+
+BSK_DECLARE_VARIANT(scalar)
+BSK_DECLARE_VARIANT(avx2)
+BSK_DECLARE_VARIANT(avx_vnni)
+BSK_DECLARE_VARIANT(avx512_vnni)
+
+#endif /* BLOCKSPARSE_BSK_INTERNAL_H */

@@ -1,0 +1,7 @@
+/* Float64 kernels for AVX2 + FMA (compiled with -mavx2 -mfma only). */
+#define BSK_VBYTES 32
+#define BSK_ACC 8
+
+#define BSK_T double
+#define BSK_FN bsk_spmm_f64_avx2
+#include "../simd/spmm_float_simd.h"

@@ -1,0 +1,7 @@
+/* Float64 kernels for AVX-512 (compiled with the AVX-512 flags only). */
+#define BSK_VBYTES 64
+#define BSK_ACC 16
+
+#define BSK_T double
+#define BSK_FN bsk_spmm_f64_avx512_vnni
+#include "../simd/spmm_float_simd.h"

@@ -1,0 +1,215 @@
+/*
+ * INT8 block-sparse x dense kernels (u8 activations, s8 weights, s32
+ * accumulators), written once and compiled per ISA.  The including file
+ * defines the vector primitives:
+ *   QV                 integer vector type, QV_BYTES its width (32 or 64)
+ *   QV_LOAD/QV_STORE   unaligned load/store, QV_ZERO()
+ *   QV_UNPACK{LO,HI}{8,16}(a, b)  per-128-bit-lane interleaves
+ *   QW, QW_PREP(w32)   a weight group prepared for QV_DOT
+ *   QV_DOT(acc, x, w)  acc += sum of 4 u8*s8 products per 32-bit lane, exact
+ *   BSK_QFN            name of the entry point to define
+ *
+ * Two kernels, chosen by the block shape (DESIGN.md, "Storage"):
+ *
+ * (1, 4) blocks, one row at a time: activations are packed once per call in
+ *   the VNNI layout [tile][K/4][NT][4], so one block (one 32-bit weight group,
+ *   broadcast) meets NT/lanes contiguous activation vectors: one load and
+ *   one dot per vector, no shuffles.
+ *
+ * (4, 1) blocks, one 4-row strip at a time (the paper's kernel): the strip's
+ *   blocks were grouped four at a time at pack time (bsk_qbcsr.gcols/gw).
+ *   For each group the four activation rows are loaded and interleaved into
+ *   32-bit groups with four byte and four word unpacks, then each of the four
+ *   rows does one dot per vector with its own broadcast weight group: four
+ *   loads and eight shuffles feed sixteen dots.  The unpacks work inside
+ *   128-bit lanes, so the panel stores tokens permuted (position p holds
+ *   token ((p>>2)&3)*(NT/4) + (p>>4)*4 + (p&3)) and the dots come out in
+ *   natural token order.
+ */
+#include "blocksparse/bsk_internal.h"
+
+#define QV_LANES (QV_BYTES / 4)       /* int32 lanes per vector */
+#define NT_ROW (8 * QV_LANES)         /* tokens per tile, (1, 4) kernel */
+#define NT_STRIP (4 * QV_LANES)       /* tokens per tile, (4, 1) kernel */
+
+static inline int strip_perm(int p)
+{
+    return ((p >> 2) & 3) * (NT_STRIP / 4) + (p >> 4) * 4 + (p & 3);
+}
+
+/* Store NT accumulators of row m for tokens n0.. through the epilogue. */
+static inline void finish_row(const bsk_epilogue *e, const int32_t *acc,
+                              int64_t m, int64_t n0, int64_t N, int nt_tile,
+                              void *Y, int64_t ldy, int yt)
+{
+    for (int t = 0; t < nt_tile && n0 + t < N; t += 16) {
+        const int cnt = N - (n0 + t) < 16 ? (int)(N - (n0 + t)) : 16;
+        bsk_v16i a;
+        memcpy(&a, acc + t, sizeof(a));
+        bsk_epilogue16(e, a, m, n0 + t, cnt, Y, ldy, yt);
+    }
+}
+
+/* ---- (1, 4): packing and row kernel ------------------------------------ */
+
+static void pack_row(const uint8_t *X, int64_t ldx, int64_t K, int64_t N,
+                     int xt, uint8_t *P, int64_t t)
+{
+    const int64_t G = K / 4, n0 = t * NT_ROW;
+    uint8_t *pt = P + t * G * NT_ROW * 4;
+    const int64_t cnt = N - n0 < NT_ROW ? N - n0 : NT_ROW;
+    for (int64_t g = 0; g < G; g++) {
+        uint8_t *dst = pt + g * NT_ROW * 4;
+        if (xt) {
+            for (int64_t n = 0; n < cnt; n++)
+                memcpy(dst + 4 * n, X + (n0 + n) * ldx + 4 * g, 4);
+        } else {
+            const uint8_t *r0 = X + (4 * g) * ldx + n0;
+            for (int64_t n = 0; n < cnt; n++) {
+                dst[4 * n + 0] = r0[n];
+                dst[4 * n + 1] = r0[n + ldx];
+                dst[4 * n + 2] = r0[n + 2 * ldx];
+                dst[4 * n + 3] = r0[n + 3 * ldx];
+            }
+        }
+        memset(dst + 4 * cnt, 0, (size_t)(NT_ROW - cnt) * 4);
+    }
+}
+
+static void row_kernel(const bsk_bcsr *W, int64_t m, const uint8_t *panel,
+                       int32_t *acc_out)
+{
+    const int32_t *w32 = (const int32_t *)W->data;
+    QV acc[8];
+    for (int v = 0; v < 8; v++)
+        acc[v] = QV_ZERO();
+    for (int64_t j = W->indptr[m]; j < W->indptr[m + 1]; j++) {
+        const QW w = QW_PREP(w32[j]);
+        const uint8_t *xp = panel + (int64_t)W->indices[j] * NT_ROW * 4;
+#pragma GCC unroll 8
+        for (int v = 0; v < 8; v++)
+            acc[v] = QV_DOT(acc[v], QV_LOAD(xp + v * QV_BYTES), w);
+    }
+    for (int v = 0; v < 8; v++)
+        QV_STORE(acc_out + v * QV_LANES, acc[v]);
+}
+
+/* ---- (4, 1): packing and strip kernel ---------------------------------- */
+
+static void pack_strip(const uint8_t *X, int64_t ldx, int64_t K, int64_t N,
+                       int xt, uint8_t *P, int64_t t, int64_t k0, int64_t k1)
+{
+    const int64_t n0 = t * NT_STRIP;
+    uint8_t *pt = P + t * K * NT_STRIP;
+    for (int64_t k = k0; k < k1; k++) {
+        uint8_t *dst = pt + k * NT_STRIP;
+        for (int p = 0; p < NT_STRIP; p++) {
+            const int64_t n = n0 + strip_perm(p);
+            dst[p] = n < N ? (xt ? X[n * ldx + k] : X[k * ldx + n]) : 0;
+        }
+    }
+}
+
+static void strip_kernel(const bsk_qbcsr *Wq, int64_t s, const uint8_t *panel,
+                         int32_t *acc_out /* [4][NT_STRIP] */)
+{
+    QV acc[4][4];
+    for (int r = 0; r < 4; r++)
+        for (int v = 0; v < 4; v++)
+            acc[r][v] = QV_ZERO();
+    for (int64_t g = Wq->gptr[s]; g < Wq->gptr[s + 1]; g++) {
+        const int32_t *cols = Wq->gcols + 4 * g;
+        const QV x0 = QV_LOAD(panel + (int64_t)cols[0] * NT_STRIP);
+        const QV x1 = QV_LOAD(panel + (int64_t)cols[1] * NT_STRIP);
+        const QV x2 = QV_LOAD(panel + (int64_t)cols[2] * NT_STRIP);
+        const QV x3 = QV_LOAD(panel + (int64_t)cols[3] * NT_STRIP);
+        const QV a01 = QV_UNPACKLO8(x0, x1), b01 = QV_UNPACKHI8(x0, x1);
+        const QV a23 = QV_UNPACKLO8(x2, x3), b23 = QV_UNPACKHI8(x2, x3);
+        QV x[4];
+        x[0] = QV_UNPACKLO16(a01, a23);
+        x[1] = QV_UNPACKHI16(a01, a23);
+        x[2] = QV_UNPACKLO16(b01, b23);
+        x[3] = QV_UNPACKHI16(b01, b23);
+        const int32_t *gw = Wq->gw + 4 * g;
+#pragma GCC unroll 4
+        for (int r = 0; r < 4; r++) {
+            const QW w = QW_PREP(gw[r]);
+#pragma GCC unroll 4
+            for (int v = 0; v < 4; v++)
+                acc[r][v] = QV_DOT(acc[r][v], x[v], w);
+        }
+    }
+    for (int r = 0; r < 4; r++)
+        for (int v = 0; v < 4; v++)
+            QV_STORE(acc_out + r * NT_STRIP + v * QV_LANES, acc[r][v]);
+}
+
+/* ---- entry point --------------------------------------------------------- */
+
+bsk_status BSK_QFN(const bsk_qbcsr *Wq, const uint8_t *X, int64_t ldx,
+                   int64_t N, int xt, void *Y, int64_t ldy, int yt,
+                   const bsk_epilogue *epi, int nt)
+{
+    const bsk_bcsr *W = &Wq->w;
+    const int64_t K = W->K;
+    const int strip = W->R == 4 && W->C == 1;
+    if (!strip && !(W->R == 1 && W->C == 4))
+        return BSK_EUNSUPPORTED;
+    if (strip && !Wq->gptr)
+        return BSK_EINVAL;
+    if (N == 0 || W->M == 0)
+        return BSK_OK;
+
+    const int64_t NT = strip ? NT_STRIP : NT_ROW;
+    const int64_t ntiles = (N + NT - 1) / NT;
+    uint8_t *P = (uint8_t *)bsk_alloc((size_t)(ntiles * K * NT));
+    if (!P)
+        return BSK_ENOMEM;
+    int status = BSK_OK;
+    (void)nt;
+
+#pragma omp parallel num_threads(nt)
+    {
+        int32_t *acc = (int32_t *)bsk_alloc(4 * NT_ROW * sizeof(int32_t));
+        if (!acc) {
+#pragma omp atomic write
+            status = BSK_ENOMEM;
+        }
+        if (strip) {
+            const int64_t kchunks = (K + 63) / 64;
+#pragma omp for schedule(static)
+            for (int64_t u = 0; u < ntiles * kchunks; u++) {
+                const int64_t k0 = (u % kchunks) * 64;
+                pack_strip(X, ldx, K, N, xt, P, u / kchunks, k0,
+                           k0 + 64 < K ? k0 + 64 : K);
+            }
+#pragma omp for schedule(static)
+            for (int64_t s = 0; s < W->M / 4; s++) {
+                if (!acc)
+                    continue;
+                for (int64_t t = 0; t < ntiles; t++) {
+                    strip_kernel(Wq, s, P + t * K * NT_STRIP, acc);
+                    for (int r = 0; r < 4; r++)
+                        finish_row(epi, acc + r * NT_STRIP, 4 * s + r,
+                                   t * NT_STRIP, N, NT_STRIP, Y, ldy, yt);
+                }
+            }
+        } else {
+#pragma omp for schedule(static)
+            for (int64_t t = 0; t < ntiles; t++)
+                pack_row(X, ldx, K, N, xt, P, t);
+#pragma omp for schedule(static)
+            for (int64_t m = 0; m < W->M; m++) {
+                if (!acc)
+                    continue;
+                for (int64_t t = 0; t < ntiles; t++) {
+                    row_kernel(W, m, P + t * K * NT_ROW, acc);
+                    finish_row(epi, acc, m, t * NT_ROW, N, NT_ROW, Y, ldy, yt);
+                }
+            }
+        }
+        free(acc);
+    }
+    free(P);
+    return (bsk_status)status;
+}

@@ -4,12 +4,14 @@ The public names are re-exported here; see the API reference in ``docs/``.
 """
 from ._config import (available_isas, get_isa, get_num_threads, isa_context, set_isa,
                       set_max_isa, set_num_threads, show_config)
+from ._io import load_npz, save_npz
 from ._matrix import BlockSparseMatrix, issparse_block
+from ._prune import prune
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "BlockSparseMatrix", "issparse_block",
+    "BlockSparseMatrix", "issparse_block", "prune", "save_npz", "load_npz",
     "available_isas", "get_isa", "set_isa", "set_max_isa", "isa_context",
     "get_num_threads", "set_num_threads", "show_config",
 ]

@@ -10,6 +10,14 @@
 #define QV_UNPACKHI8 _mm256_unpackhi_epi8
 #define QV_UNPACKLO16 _mm256_unpacklo_epi16
 #define QV_UNPACKHI16 _mm256_unpackhi_epi16
+#define QV_UNPERMUTE(a, b, c, d)                                              \
+    do {                                                                      \
+        const __m256i t0 = _mm256_permute2x128_si256(a, b, 0x20);             \
+        const __m256i t1 = _mm256_permute2x128_si256(c, d, 0x20);             \
+        const __m256i t2 = _mm256_permute2x128_si256(a, b, 0x31);             \
+        const __m256i t3 = _mm256_permute2x128_si256(c, d, 0x31);             \
+        a = t0, b = t1, c = t2, d = t3;                                       \
+    } while (0)
 #define QW __m256i
 #define QW_PREP(w) _mm256_set1_epi32(w)
 #define QV_DOT(acc, x, w) _mm256_dpbusd_avx_epi32((acc), (x), (w))

@@ -5,6 +5,7 @@
  *   QV                 integer vector type, QV_BYTES its width (32 or 64)
  *   QV_LOAD/QV_STORE   unaligned load/store, QV_ZERO()
  *   QV_UNPACK{LO,HI}{8,16}(a, b)  per-128-bit-lane interleaves
+ *   QV_UNPERMUTE(a, b, c, d)      lane-grouped order -> token order, in place
  *   QW, QW_PREP(w32)   a weight group prepared for QV_DOT
  *   QV_DOT(acc, x, w)  acc += sum of 4 u8*s8 products per 32-bit lane, exact
  *   BSK_QFN            name of the entry point to define
@@ -14,27 +15,33 @@
  * (1, 4) blocks, one row at a time: activations are packed once per call in
  *   the VNNI layout [tile][K/4][NT][4], so one block (one 32-bit weight group,
  *   broadcast) meets NT/lanes contiguous activation vectors: one load and
- *   one dot per vector, no shuffles.
+ *   one dot per vector, no shuffles in the inner loop.
  *
  * (4, 1) blocks, one 4-row strip at a time (the paper's kernel): the strip's
  *   blocks were grouped four at a time at pack time (bsk_qbcsr.gcols/gw).
  *   For each group the four activation rows are loaded and interleaved into
  *   32-bit groups with four byte and four word unpacks, then each of the four
  *   rows does one dot per vector with its own broadcast weight group: four
- *   loads and eight shuffles feed sixteen dots.  The unpacks work inside
- *   128-bit lanes, so the panel stores tokens permuted (position p holds
- *   token ((p>>2)&3)*(NT/4) + (p>>4)*4 + (p&3)) and the dots come out in
- *   natural token order.
+ *   loads and eight shuffles feed sixteen dots.
+ *
+ * Token order.  The unpacks work inside 128-bit lanes, so four interleaved
+ * vectors a, b, c, d built from rows holding tokens 0 .. 4*lanes-1 hold, in
+ * 32-bit lane q = 4*L + j of vector v, token 16*L + 4*v + j ("lane-grouped"
+ * order).  Both kernels accumulate in that order (the (1, 4) packing uses the
+ * same unpacks) and QV_UNPERMUTE restores token order once per tile.
  */
 #include "blocksparse/bsk_internal.h"
 
 #define QV_LANES (QV_BYTES / 4)       /* int32 lanes per vector */
-#define NT_ROW (8 * QV_LANES)         /* tokens per tile, (1, 4) kernel */
-#define NT_STRIP (4 * QV_LANES)       /* tokens per tile, (4, 1) kernel */
+#define CHUNK (4 * QV_LANES)          /* tokens in one lane-grouped chunk */
+#define NT_ROW (2 * CHUNK)            /* tokens per tile, (1, 4) kernel */
+#define NT_STRIP CHUNK                /* tokens per tile, (4, 1) kernel */
 
-static inline int strip_perm(int p)
+/* Token held by lane-grouped position q of a chunk (see above). */
+static inline int grouped_token(int q)
 {
-    return ((p >> 2) & 3) * (NT_STRIP / 4) + (p >> 4) * 4 + (p & 3);
+    const int v = q / QV_LANES, L = (q % QV_LANES) / 4, j = q % 4;
+    return 16 * L + 4 * v + j;
 }
 
 /* Store NT accumulators of row m for tokens n0.. through the epilogue. */
@@ -50,29 +57,71 @@ static inline void finish_row(const bsk_epilogue *e, const int32_t *acc,
     }
 }
 
+/* Unpermute 4 * chunks accumulators and store them in token order. */
+static inline void store_tokens(QV *acc, int chunks, int32_t *out)
+{
+    for (int c = 0; c < chunks; c++) {
+        QV *a = acc + 4 * c;
+        QV_UNPERMUTE(a[0], a[1], a[2], a[3]);
+        for (int v = 0; v < 4; v++)
+            QV_STORE(out + c * CHUNK + v * QV_LANES, a[v]);
+    }
+}
+
+/* Interleave 4 rows of CHUNK tokens into 4 lane-grouped VNNI vectors. */
+static inline void interleave4(QV x0, QV x1, QV x2, QV x3, QV *x)
+{
+    const QV a01 = QV_UNPACKLO8(x0, x1), b01 = QV_UNPACKHI8(x0, x1);
+    const QV a23 = QV_UNPACKLO8(x2, x3), b23 = QV_UNPACKHI8(x2, x3);
+    x[0] = QV_UNPACKLO16(a01, a23);
+    x[1] = QV_UNPACKHI16(a01, a23);
+    x[2] = QV_UNPACKLO16(b01, b23);
+    x[3] = QV_UNPACKHI16(b01, b23);
+}
+
 /* ---- (1, 4): packing and row kernel ------------------------------------ */
 
+/* Panel of tile t: [K/4][NT_ROW] 32-bit groups, lane-grouped per chunk. */
 static void pack_row(const uint8_t *X, int64_t ldx, int64_t K, int64_t N,
                      int xt, uint8_t *P, int64_t t)
 {
     const int64_t G = K / 4, n0 = t * NT_ROW;
     uint8_t *pt = P + t * G * NT_ROW * 4;
     const int64_t cnt = N - n0 < NT_ROW ? N - n0 : NT_ROW;
+    uint8_t rows[4][CHUNK];
     for (int64_t g = 0; g < G; g++) {
         uint8_t *dst = pt + g * NT_ROW * 4;
         if (xt) {
-            for (int64_t n = 0; n < cnt; n++)
-                memcpy(dst + 4 * n, X + (n0 + n) * ldx + 4 * g, 4);
-        } else {
-            const uint8_t *r0 = X + (4 * g) * ldx + n0;
-            for (int64_t n = 0; n < cnt; n++) {
-                dst[4 * n + 0] = r0[n];
-                dst[4 * n + 1] = r0[n + ldx];
-                dst[4 * n + 2] = r0[n + 2 * ldx];
-                dst[4 * n + 3] = r0[n + 3 * ldx];
+            uint32_t *d32 = (uint32_t *)dst;
+            for (int q = 0; q < NT_ROW; q++) {
+                const int64_t n = n0 + (q / CHUNK) * CHUNK + grouped_token(q % CHUNK);
+                uint32_t w = 0;
+                if (n < N)
+                    memcpy(&w, X + n * ldx + 4 * g, 4);
+                d32[q] = w;
             }
+            continue;
         }
-        memset(dst + 4 * cnt, 0, (size_t)(NT_ROW - cnt) * 4);
+        for (int c = 0; c < NT_ROW / CHUNK; c++) {
+            const int64_t c0 = n0 + c * CHUNK;
+            const uint8_t *src = X + 4 * g * ldx + c0;
+            QV x[4];
+            if (c0 + CHUNK <= N) {
+                interleave4(QV_LOAD(src), QV_LOAD(src + ldx), QV_LOAD(src + 2 * ldx),
+                            QV_LOAD(src + 3 * ldx), x);
+            } else {
+                const int64_t have = N - c0 > 0 ? N - c0 : 0;
+                memset(rows, 0, sizeof(rows));
+                for (int b = 0; b < 4; b++)
+                    if (have)
+                        memcpy(rows[b], src + b * ldx, (size_t)have);
+                interleave4(QV_LOAD(rows[0]), QV_LOAD(rows[1]), QV_LOAD(rows[2]),
+                            QV_LOAD(rows[3]), x);
+            }
+            for (int v = 0; v < 4; v++)
+                QV_STORE(dst + c * CHUNK * 4 + v * QV_BYTES, x[v]);
+        }
+        (void)cnt;
     }
 }
 
@@ -90,28 +139,34 @@ static void row_kernel(const bsk_bcsr *W, int64_t m, const uint8_t *panel,
         for (int v = 0; v < 8; v++)
             acc[v] = QV_DOT(acc[v], QV_LOAD(xp + v * QV_BYTES), w);
     }
-    for (int v = 0; v < 8; v++)
-        QV_STORE(acc_out + v * QV_LANES, acc[v]);
+    store_tokens(acc, 2, acc_out);
 }
 
 /* ---- (4, 1): packing and strip kernel ---------------------------------- */
 
-static void pack_strip(const uint8_t *X, int64_t ldx, int64_t K, int64_t N,
-                       int xt, uint8_t *P, int64_t t, int64_t k0, int64_t k1)
+/* Panel of tile t: [K][NT_STRIP] bytes in token order (zero padded). */
+static void pack_strip(const uint8_t *X, int64_t ldx, int64_t N, int xt,
+                       uint8_t *pt, int64_t n0, int64_t k0, int64_t k1)
 {
-    const int64_t n0 = t * NT_STRIP;
-    uint8_t *pt = P + t * K * NT_STRIP;
-    for (int64_t k = k0; k < k1; k++) {
-        uint8_t *dst = pt + k * NT_STRIP;
-        for (int p = 0; p < NT_STRIP; p++) {
-            const int64_t n = n0 + strip_perm(p);
-            dst[p] = n < N ? (xt ? X[n * ldx + k] : X[k * ldx + n]) : 0;
+    const int64_t cnt = N - n0 < NT_STRIP ? N - n0 : NT_STRIP;
+    if (!xt) {
+        for (int64_t k = k0; k < k1; k++) {
+            memcpy(pt + k * NT_STRIP, X + k * ldx + n0, (size_t)cnt);
+            memset(pt + k * NT_STRIP + cnt, 0, (size_t)(NT_STRIP - cnt));
         }
+        return;
+    }
+    for (int64_t k = k0; k < k1; k++)
+        memset(pt + k * NT_STRIP + cnt, 0, (size_t)(NT_STRIP - cnt));
+    for (int64_t n = 0; n < cnt; n++) {
+        const uint8_t *src = X + (n0 + n) * ldx;
+        for (int64_t k = k0; k < k1; k++)
+            pt[k * NT_STRIP + n] = src[k];
     }
 }
 
 static void strip_kernel(const bsk_qbcsr *Wq, int64_t s, const uint8_t *panel,
-                         int32_t *acc_out /* [4][NT_STRIP] */)
+                         int64_t ldp, int32_t *acc_out /* [4][NT_STRIP] */)
 {
     QV acc[4][4];
     for (int r = 0; r < 4; r++)
@@ -119,17 +174,11 @@ static void strip_kernel(const bsk_qbcsr *Wq, int64_t s, const uint8_t *panel,
             acc[r][v] = QV_ZERO();
     for (int64_t g = Wq->gptr[s]; g < Wq->gptr[s + 1]; g++) {
         const int32_t *cols = Wq->gcols + 4 * g;
-        const QV x0 = QV_LOAD(panel + (int64_t)cols[0] * NT_STRIP);
-        const QV x1 = QV_LOAD(panel + (int64_t)cols[1] * NT_STRIP);
-        const QV x2 = QV_LOAD(panel + (int64_t)cols[2] * NT_STRIP);
-        const QV x3 = QV_LOAD(panel + (int64_t)cols[3] * NT_STRIP);
-        const QV a01 = QV_UNPACKLO8(x0, x1), b01 = QV_UNPACKHI8(x0, x1);
-        const QV a23 = QV_UNPACKLO8(x2, x3), b23 = QV_UNPACKHI8(x2, x3);
         QV x[4];
-        x[0] = QV_UNPACKLO16(a01, a23);
-        x[1] = QV_UNPACKHI16(a01, a23);
-        x[2] = QV_UNPACKLO16(b01, b23);
-        x[3] = QV_UNPACKHI16(b01, b23);
+        interleave4(QV_LOAD(panel + (int64_t)cols[0] * ldp),
+                    QV_LOAD(panel + (int64_t)cols[1] * ldp),
+                    QV_LOAD(panel + (int64_t)cols[2] * ldp),
+                    QV_LOAD(panel + (int64_t)cols[3] * ldp), x);
         const int32_t *gw = Wq->gw + 4 * g;
 #pragma GCC unroll 4
         for (int r = 0; r < 4; r++) {
@@ -140,8 +189,7 @@ static void strip_kernel(const bsk_qbcsr *Wq, int64_t s, const uint8_t *panel,
         }
     }
     for (int r = 0; r < 4; r++)
-        for (int v = 0; v < 4; v++)
-            QV_STORE(acc_out + r * NT_STRIP + v * QV_LANES, acc[r][v]);
+        store_tokens(acc[r], 1, acc_out + r * NT_STRIP);
 }
 
 /* ---- entry point --------------------------------------------------------- */
@@ -162,9 +210,16 @@ bsk_status BSK_QFN(const bsk_qbcsr *Wq, const uint8_t *X, int64_t ldx,
 
     const int64_t NT = strip ? NT_STRIP : NT_ROW;
     const int64_t ntiles = (N + NT - 1) / NT;
-    uint8_t *P = (uint8_t *)bsk_alloc((size_t)(ntiles * K * NT));
-    if (!P)
-        return BSK_ENOMEM;
+    /* (4, 1) with X given as (K, N) reads full tiles in place; only the
+     * ragged last tile, or the transposed form, needs a packed panel. */
+    const int64_t first_packed = strip && !xt ? N / NT : 0;
+    const int64_t npacked = ntiles - first_packed;
+    uint8_t *P = NULL;
+    if (npacked) {
+        P = (uint8_t *)bsk_alloc((size_t)(npacked * K * NT) + 64);
+        if (!P)
+            return BSK_ENOMEM;
+    }
     int status = BSK_OK;
     (void)nt;
 
@@ -178,17 +233,21 @@ bsk_status BSK_QFN(const bsk_qbcsr *Wq, const uint8_t *X, int64_t ldx,
         if (strip) {
             const int64_t kchunks = (K + 63) / 64;
 #pragma omp for schedule(static)
-            for (int64_t u = 0; u < ntiles * kchunks; u++) {
-                const int64_t k0 = (u % kchunks) * 64;
-                pack_strip(X, ldx, K, N, xt, P, u / kchunks, k0,
-                           k0 + 64 < K ? k0 + 64 : K);
+            for (int64_t u = 0; u < npacked * kchunks; u++) {
+                const int64_t k0 = (u % kchunks) * 64, t = first_packed + u / kchunks;
+                pack_strip(X, ldx, N, xt, P + (t - first_packed) * K * NT_STRIP,
+                           t * NT_STRIP, k0, k0 + 64 < K ? k0 + 64 : K);
             }
 #pragma omp for schedule(static)
             for (int64_t s = 0; s < W->M / 4; s++) {
                 if (!acc)
                     continue;
                 for (int64_t t = 0; t < ntiles; t++) {
-                    strip_kernel(Wq, s, P + t * K * NT_STRIP, acc);
+                    if (t < first_packed)
+                        strip_kernel(Wq, s, X + t * NT_STRIP, ldx, acc);
+                    else
+                        strip_kernel(Wq, s, P + (t - first_packed) * K * NT_STRIP,
+                                     NT_STRIP, acc);
                     for (int r = 0; r < 4; r++)
                         finish_row(epi, acc + r * NT_STRIP, 4 * s + r,
                                    t * NT_STRIP, N, NT_STRIP, Y, ldy, yt);

@@ -1,0 +1,83 @@
+"""Saving and loading BlockSparseMatrix in SciPy's .npz layout (no pickle)."""
+import os
+import zipfile
+
+import numpy as np
+
+from ._matrix import BlockSparseMatrix
+
+__all__ = ["save_npz", "load_npz"]
+
+
+def save_npz(file, matrix, compressed=True):
+    """Save a BlockSparseMatrix to a ``.npz`` file.
+
+    The layout is SciPy's for BSR (``data``, ``indices``, ``indptr``,
+    ``shape``, ``format=b"bsr"``), so :func:`scipy.sparse.load_npz` reads
+    the file too.
+
+    Parameters
+    ----------
+    file : str, os.PathLike or file-like
+        Destination; ``.npz`` is appended to a name without it (as NumPy does).
+    matrix : BlockSparseMatrix
+    compressed : bool, optional
+        Use zip compression (default True).
+    """
+    if not isinstance(matrix, BlockSparseMatrix):
+        raise TypeError(f"matrix must be a BlockSparseMatrix, got {type(matrix).__name__}")
+    arrays = dict(data=matrix.data, indices=matrix.indices, indptr=matrix.indptr,
+                  shape=np.array(matrix.shape, dtype=np.int64), format=np.array(b"bsr"),
+                  _is_array=np.array(True))
+    (np.savez_compressed if compressed else np.savez)(file, **arrays)
+
+
+def load_npz(file):
+    """Load a matrix saved by :func:`save_npz` or :func:`scipy.sparse.save_npz`.
+
+    Files are read with ``allow_pickle=False``.  A SciPy file in another
+    format (CSR, COO, ...) is converted with the default blocksize.
+
+    Parameters
+    ----------
+    file : str, os.PathLike or file-like
+
+    Returns
+    -------
+    BlockSparseMatrix
+
+    Raises
+    ------
+    ValueError
+        If the file is not a valid sparse ``.npz`` file or its arrays break
+        the block-CSR invariants.
+    """
+    try:
+        with np.load(file, allow_pickle=False) as f:
+            keys = set(f.files)
+            if "format" not in keys or "shape" not in keys:
+                raise ValueError("the file does not hold a sparse matrix "
+                                 "(no 'format' or 'shape' entry)")
+            fmt = f["format"].item()
+            fmt = fmt.decode("ascii") if isinstance(fmt, bytes) else str(fmt)
+            arrays = {k: f[k] for k in keys}
+    except (zipfile.BadZipFile, EOFError, OSError, KeyError) as exc:
+        if isinstance(exc, FileNotFoundError) or (isinstance(exc, OSError) and
+                                                  not os.path.exists(os.fspath(file))
+                                                  if isinstance(file, (str, os.PathLike))
+                                                  else False):
+            raise
+        raise ValueError(f"cannot read the sparse matrix file: {exc}") from None
+    shape = tuple(int(s) for s in arrays["shape"])
+    if fmt == "bsr":
+        for key in ("data", "indices", "indptr"):
+            if key not in arrays:
+                raise ValueError(f"the BSR file has no {key!r} entry")
+        return BlockSparseMatrix((arrays["data"], arrays["indices"], arrays["indptr"]),
+                                 shape=shape)
+    import scipy.sparse as sp
+    try:
+        S = sp.load_npz(file)
+    except Exception as exc:  # scipy raises a mix of types for bad files
+        raise ValueError(f"cannot read the {fmt!r} sparse matrix file: {exc}") from None
+    return BlockSparseMatrix(S)

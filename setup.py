@@ -90,7 +90,7 @@ built_isas = [isa for isa in ISA_FLAGS
 macros = [(f"BSK_HAVE_{isa.upper()}", "1") for isa in built_isas]
 
 exact = ["-ffp-contract=off"]
-libraries = [("bsk_core", {"sources": ["src/dispatch.c", "src/ref/spmm_scalar.c"],
+libraries = [("bsk_core", {"sources": ["src/dispatch.c", "src/quantize.c", "src/ref/spmm_scalar.c"],
                            "include_dirs": ["include"], "macros": macros,
                            "cflags": base_cflags + exact})]
 for isa in built_isas:

@@ -199,3 +199,33 @@ def qspmm_kernel_name(int isa, tuple blocksize, bint grouped):
     q.w.R, q.w.C = blocksize
     q.gptr = <const int32_t *>1 if grouped else NULL
     return bsk_qspmm_kernel_name(<bsk_isa>isa, &q).decode()
+
+
+QUANT_MODES = {"static": BSK_QUANT_STATIC, "tensor": BSK_QUANT_PER_TENSOR,
+               "token": BSK_QUANT_PER_ROW}
+
+
+def quantize_u8(cnp.ndarray X, str mode, cnp.ndarray scale, cnp.ndarray zero,
+                cnp.ndarray Q, int num_threads):
+    """Quantize float32 X (rows, cols) into uint8 Q; see bsk_quantize_u8."""
+    cdef int64_t rows = X.shape[0], cols = X.shape[1]
+    cdef bsk_status st
+    _check_dense(X, "x", np.float32, rows, cols, False)
+    _check_dense(Q, "out", np.uint8, rows, cols, True)
+    cdef int64_t n = rows if mode == "token" else 1
+    if scale.dtype != np.float32 or scale.ndim != 1 or scale.shape[0] < n or \
+            not scale.flags.c_contiguous or not scale.flags.writeable:
+        raise ValueError(f"scale must be a writable float32 array of length {n}")
+    if zero.dtype != np.int32 or zero.ndim != 1 or zero.shape[0] < n or \
+            not zero.flags.c_contiguous or not zero.flags.writeable:
+        raise ValueError(f"zero must be a writable int32 array of length {n}")
+    cdef int m = QUANT_MODES[mode]
+    cdef const float *xp = <const float *>cnp.PyArray_DATA(X)
+    cdef float *sp = <float *>cnp.PyArray_DATA(scale)
+    cdef int32_t *zp = <int32_t *>cnp.PyArray_DATA(zero)
+    cdef uint8_t *qp = <uint8_t *>cnp.PyArray_DATA(Q)
+    with nogil:
+        st = bsk_quantize_u8(xp, rows, cols, cols, m, sp, zp, qp, cols, num_threads)
+    if st != BSK_OK:
+        _raise(st, "bsk_quantize_u8", 0)
+    return Q

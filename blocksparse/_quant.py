@@ -1,0 +1,379 @@
+"""INT8 quantization: per-row symmetric weights, asymmetric uint8 activations.
+
+Scheme (DESIGN.md, "Quantization"):
+
+* weights, per output row m: ``s_w[m] = max|W[m, :]| / 127`` and
+  ``Wq = clip(rint(W / s_w), -127, 127)`` (int8);
+* activations: ``xq = clip(rint(x / s_x) + z_x, 0, 255)`` (uint8), with
+  ``s_x, z_x`` from the data (dynamic, per token or per tensor) or given
+  (static, e.g. from :func:`calibrate`);
+* product: ``acc = Wq @ xq`` exactly in int32, then the fused epilogue
+  ``y = s_w[m] * s_x * (acc - z_x * rowsum(Wq)[m]) + b[m]``, an optional
+  ReLU/GELU, and float32 output or uint8 requantized with a given scale and
+  zero point.
+"""
+import numbers
+
+import numpy as np
+
+from . import _config, _kernels
+from ._matrix import BlockSparseMatrix, _as_operand
+
+__all__ = ["QuantizedMatrix", "quantize", "quantize_activations", "calibrate", "linear"]
+
+_ACTIVATIONS = (None, "relu", "gelu")
+
+
+def _finite_positive(value, name):
+    arr = np.asarray(value, dtype=np.float64)
+    if arr.dtype.kind not in "f" or not np.all(np.isfinite(arr)) or np.any(arr <= 0):
+        raise ValueError(f"{name} must be finite and positive, got {value!r}")
+    return arr
+
+
+def _zero_point(value, name):
+    arr = np.asarray(value)
+    if arr.dtype.kind not in "iu" and not (arr.dtype.kind == "f" and np.all(arr == np.round(arr))):
+        raise TypeError(f"{name} must be an integer in [0, 255], got {value!r}")
+    if np.any(arr < 0) or np.any(arr > 255):
+        raise ValueError(f"{name} must lie in [0, 255], got {value!r}")
+    return arr.astype(np.int32)
+
+
+class QuantizedMatrix:
+    """Block-sparse INT8 weights with per-row scales, packed for the kernels.
+
+    Made by :func:`quantize`.  ``Wq.dequantize()`` gives back float32;
+    ``Wq @ X`` multiplies float ``(K, N)`` or ``(K,)`` operands with dynamic
+    per-tensor activation quantization inside; :func:`linear` is the
+    Linear-layer form with bias, activation and output options.
+
+    Attributes
+    ----------
+    weight : BlockSparseMatrix
+        int8 values ``Wq``, shape (M, K), the blocksize of the source.
+    scale : ndarray of shape (M,), dtype float32
+        Per-row scales ``s_w``.
+    shape, blocksize, nnzb, density
+        Those of `weight`.
+    """
+
+    def __init__(self, weight, scale):
+        if not isinstance(weight, BlockSparseMatrix) or weight.dtype != np.int8:
+            raise TypeError("weight must be an int8 BlockSparseMatrix")
+        scale = np.ascontiguousarray(scale, dtype=np.float32)
+        if scale.shape != (weight.shape[0],):
+            raise ValueError(f"scale must have shape ({weight.shape[0]},), got {scale.shape}")
+        if scale.size:
+            _finite_positive(scale, "scale")
+        if weight.shape[1] > _kernels.MAX_K_INT8:
+            raise ValueError(f"K = {weight.shape[1]} is too large for exact int32 accumulation "
+                             f"(at most {_kernels.MAX_K_INT8})")
+        self.weight = weight
+        self.scale = scale
+        self.scale.flags.writeable = False
+        weight._int8_pack()  # pack once, now, not on the first call
+        weight._int8_rowsum()
+
+    shape = property(lambda self: self.weight.shape, doc="(M, K)")
+    blocksize = property(lambda self: self.weight.blocksize, doc="(R, C) of the weight")
+    nnzb = property(lambda self: self.weight.nnzb, doc="stored blocks")
+    density = property(lambda self: self.weight.density, doc="stored blocks / all blocks")
+    dtype = property(lambda self: self.weight.dtype, doc="int8")
+
+    def __repr__(self):
+        R, C = self.blocksize
+        return (f"<QuantizedMatrix of shape {self.shape}, int8, blocksize ({R}, {C}), "
+                f"{self.nnzb} stored blocks ({self.density:.1%} dense)>")
+
+    def dequantize(self):
+        """The float32 weights ``s_w[m] * Wq[m, k]`` as a BlockSparseMatrix."""
+        W = self.weight
+        R = W.blocksize[0]
+        from ._pack import block_rows
+        rows = block_rows(W._kernel_arrays()[0])
+        s = self.scale.reshape(-1, R)[rows][:, :, None]
+        data = (W.data.astype(np.float32) * s).astype(np.float32)
+        return BlockSparseMatrix._from_parts(data, W.indices, W.indptr, W.shape, W.blocksize)
+
+    def __matmul__(self, X):
+        X = _as_operand(X, "X")
+        if X.dtype.kind != "f":
+            raise TypeError(f"X must be float for a quantized product, got {X.dtype}")
+        vec = X.ndim == 1
+        X2 = X[:, None] if vec else X
+        if X2.shape[0] != self.shape[1]:
+            raise ValueError(f"matmul: X has {X2.shape[0]} rows but the matrix has "
+                             f"{self.shape[1]} columns")
+        xq, s, z = quantize_activations(X2, per_token=False)
+        N = X2.shape[1]
+        Y = np.empty((self.shape[0], N), dtype=np.float32)
+        _run(self, xq, False, Y, False, "float32", None, np.full(N, s, np.float32),
+             np.full(N, z, np.int32), None, 1.0, 0)
+        return Y[:, 0] if vec else Y
+
+    def __reduce__(self):
+        return (QuantizedMatrix, (self.weight, np.array(self.scale)))
+
+
+def quantize(W, blocksize=None):
+    """Quantize float weights to per-row symmetric INT8.
+
+    ``s_w[m] = max|W[m, :]| / 127`` (1.0 for an all-zero row) and
+    ``Wq = clip(rint(W / s_w), -127, 127)``; -128 is never produced, so the
+    weights are symmetric.  The (4, 1) kernel's grouped layout and the row
+    sums for the zero-point term are made once, here.
+
+    Parameters
+    ----------
+    W : BlockSparseMatrix, scipy.sparse matrix or array_like of shape (M, K)
+        Float weights.  Dense and SciPy inputs are converted with
+        `blocksize`.
+    blocksize : tuple of int, optional
+        For non-BlockSparseMatrix input.  ``(4, 1)``: four consecutive
+        output rows in one input column; ``(1, 4)``: four consecutive
+        weights of one row along K.  These two have VNNI kernels; other
+        shapes run on the portable kernel.
+
+    Returns
+    -------
+    QuantizedMatrix
+
+    Raises
+    ------
+    ValueError
+        If W has NaN or Inf, or K exceeds exact int32 accumulation.
+    TypeError
+        If W is not float.
+
+    Examples
+    --------
+    >>> import numpy as np, blocksparse
+    >>> W = np.array([[0.5, -1.0, 0, 0], [0, 0, 2.0, 0.25]] * 2, dtype=np.float32)
+    >>> Q = blocksparse.quantize(W, blocksize=(1, 2))
+    >>> Q.weight.toarray()[0].tolist(), float(Q.scale[0]) == np.float32(1.0 / 127)
+    ([64, -127, 0, 0], True)
+    """
+    if not isinstance(W, BlockSparseMatrix):
+        W = BlockSparseMatrix(W, blocksize=blocksize)
+    elif blocksize is not None and tuple(blocksize) != W.blocksize:
+        W = BlockSparseMatrix(W, blocksize=blocksize)
+    if W.dtype.kind != "f":
+        raise TypeError(f"quantize needs float weights, got {W.dtype}")
+    data = W.data.astype(np.float64)
+    if not np.all(np.isfinite(data)):
+        raise ValueError("W has NaN or Inf values, which INT8 cannot represent")
+    M, K = W.shape
+    R, C = W.blocksize
+    from ._pack import block_rows
+    rows = block_rows(W._kernel_arrays()[0])
+    amax = np.zeros((M // R, R), dtype=np.float64)
+    if W.nnzb:
+        np.maximum.at(amax, rows, np.abs(data).max(axis=2))
+    amax = amax.reshape(M)
+    scale = np.where(amax > 0, amax / 127.0, 1.0).astype(np.float32)
+    s = scale.astype(np.float64).reshape(-1, R)[rows][:, :, None]
+    q = np.clip(np.rint(data / s), -127, 127).astype(np.int8)
+    Wq = BlockSparseMatrix._from_parts(q, W.indices, W.indptr, W.shape, W.blocksize)
+    return QuantizedMatrix(Wq, scale)
+
+
+def quantize_activations(x, scale=None, zero_point=None, per_token=True):
+    """Quantize float activations to asymmetric uint8.
+
+    ``xq = clip(rint(x / scale) + zero_point, 0, 255)`` in float32
+    arithmetic.  Dynamic (no `scale` given): the range is
+    ``[min(x, 0), max(x, 0)]``, ``scale = range / 255`` and
+    ``zero_point = clip(rint(-min / scale), 0, 255)``, per row of `x`
+    (per token in the Linear form) or over the whole tensor.
+
+    Parameters
+    ----------
+    x : array_like of shape (N, K)
+        float32 or float64 (converted to float32); NaN/Inf refused.
+    scale, zero_point : float and int, optional
+        Static quantization parameters; give both or neither.
+    per_token : bool, optional
+        Dynamic parameters per row (default) or per tensor.
+
+    Returns
+    -------
+    xq : ndarray of shape (N, K), dtype uint8
+    scale : ndarray of shape (N,) or (), dtype float32
+    zero_point : ndarray of shape (N,) or (), dtype int32
+    """
+    x = _as_operand(x, "x")
+    if x.dtype.kind != "f":
+        raise TypeError(f"x must be float32 or float64, got {x.dtype}")
+    if x.ndim != 2:
+        raise ValueError(f"x must be 2-D (N, K), got shape {x.shape}")
+    xc = np.ascontiguousarray(x, dtype=np.float32)
+    if not np.all(np.isfinite(xc)):
+        raise ValueError("x has NaN or Inf values (or values beyond float32), which uint8 "
+                         "quantization cannot represent")
+    if (scale is None) != (zero_point is None):
+        raise ValueError("give both scale and zero_point (static) or neither (dynamic)")
+    q = np.empty(xc.shape, dtype=np.uint8)
+    if scale is not None:
+        s = np.array([_finite_positive(scale, "scale")], dtype=np.float32).reshape(1)
+        if s.size != 1:
+            raise ValueError("a static scale must be a scalar")
+        z = _zero_point(zero_point, "zero_point").reshape(1)
+        mode = "static"
+    else:
+        n = xc.shape[0] if per_token else 1
+        s = np.empty(max(n, 1), dtype=np.float32)
+        z = np.empty(max(n, 1), dtype=np.int32)
+        mode = "token" if per_token else "tensor"
+    if xc.size or mode != "token":
+        _kernels.quantize_u8(xc, mode, s, z, q, _config.get_num_threads())
+    if mode == "token":
+        return q, s[:xc.shape[0]], z[:xc.shape[0]]
+    return q, s.reshape(()), z.reshape(())
+
+
+def calibrate(samples, per_tensor=True):
+    """Static activation parameters from sample activations (min/max).
+
+    Parameters
+    ----------
+    samples : array_like or iterable of array_like
+        Activations the layer will see; all finite.
+
+    Returns
+    -------
+    scale : float
+    zero_point : int
+        For :func:`quantize_activations` and :func:`linear`.
+    """
+    if not per_tensor:
+        raise NotImplementedError("only per-tensor static calibration is supported")
+    if isinstance(samples, np.ndarray) or np.isscalar(samples):
+        samples = [samples]
+    lo, hi, seen = 0.0, 0.0, False
+    for a in samples:
+        a = np.asarray(a, dtype=np.float64)
+        if a.size == 0:
+            continue
+        if not np.all(np.isfinite(a)):
+            raise ValueError("samples have NaN or Inf values")
+        lo, hi, seen = min(lo, a.min()), max(hi, a.max()), True
+    if not seen:
+        raise ValueError("samples hold no values to calibrate from")
+    lo32, hi32 = np.float32(lo), np.float32(hi)
+    s = np.float32((hi32 - lo32) / np.float32(255.0))
+    if not s > 0:
+        s = np.float32(1.0)
+    z = int(np.clip(np.rint(-lo32 / s), 0, 255))
+    return float(s), z
+
+
+def _run(Wq, xq, x_transposed, Y, y_transposed, kind, activation, x_scale, x_zero, bias,
+         out_scale, out_zero):
+    W = Wq.weight
+    indptr, indices = W._kernel_arrays()
+    gptr, gcols, gw = W._int8_pack()
+    isa = _config._active_isa()
+    N = Y.shape[0] if y_transposed else Y.shape[1]
+    _config._log_kernel(_kernels.qspmm_kernel_name(isa, W.blocksize, gptr is not None), isa,
+                        f"M={W.shape[0]} K={W.shape[1]} N={N} {kind} act={activation}")
+    _kernels.qspmm(isa, W.shape, W.blocksize, indptr, indices, W.data, gptr, gcols, gw,
+                   np.ascontiguousarray(xq), x_transposed, Y, y_transposed, kind, activation,
+                   W._int8_rowsum(), Wq.scale, x_scale, x_zero, bias, out_scale, out_zero,
+                   _config.get_num_threads())
+    return Y
+
+
+def linear(x, Wq, bias=None, activation=None, out=None, *, x_scale=None, x_zero_point=None,
+           per_token=True, out_dtype=None, out_scale=None, out_zero_point=None):
+    """INT8 Linear layer: ``y = act(x @ W.T + bias)`` with a fused epilogue.
+
+    Parameters
+    ----------
+    x : ndarray of shape (N, K)
+        float32/float64 activations (quantized to uint8 here, dynamically
+        unless `x_scale` and `x_zero_point` are given), or uint8 activations
+        already quantized with `x_scale` and `x_zero_point`.
+    Wq : QuantizedMatrix
+        Weights of shape (M, K) = (out_features, in_features).
+    bias : array_like of shape (M,), optional
+    activation : {None, "relu", "gelu"}, optional
+        GELU is the erf form, with erf from Abramowitz & Stegun 7.1.28
+        (absolute error below 3e-7).
+    out : ndarray of shape (N, M), optional
+        C-contiguous output of the output dtype; fully overwritten.
+    x_scale, x_zero_point : float and int, optional
+        Static activation parameters.
+    per_token : bool, optional
+        Dynamic quantization per token (default) or per tensor.
+    out_dtype : {None, "float32", "uint8"}, optional
+        float32 by default; uint8 requantizes with `out_scale` and
+        `out_zero_point` (``clip(rint(y / out_scale) + out_zero_point, 0, 255)``).
+
+    Returns
+    -------
+    ndarray of shape (N, M), dtype float32 or uint8
+
+    Notes
+    -----
+    The integer core is exact; the float epilogue gives the same bits on
+    every ISA variant.  Against a float64 product of the *dequantized*
+    operands the error is a few float32 ulps (int32 to float rounding and
+    two products).  Against the unquantized float product, element (n, m)
+    is within ``sum_k |x[n,k]| s_w[m]/2 + |W[m,k]| s_x[n]/2 + s_w[m] s_x[n]/4``.
+    The GIL is released; threads split the output rows.
+    """
+    if not isinstance(Wq, QuantizedMatrix):
+        raise TypeError(f"Wq must be a QuantizedMatrix (see blocksparse.quantize), "
+                        f"got {type(Wq).__name__}")
+    if activation not in _ACTIVATIONS:
+        raise ValueError(f"activation must be one of None, 'relu', 'gelu', got {activation!r}")
+    x = _as_operand(x, "x")
+    if x.ndim != 2:
+        raise ValueError(f"x must be 2-D (N, K), got shape {x.shape}")
+    M, K = Wq.shape
+    N = x.shape[0]
+    if x.shape[1] != K:
+        raise ValueError(f"x has {x.shape[1]} features but the weights have K = {K}")
+    kind = "float32" if out_dtype is None else np.dtype(out_dtype).name
+    if kind not in ("float32", "uint8"):
+        raise ValueError(f"out_dtype must be float32 or uint8, got {out_dtype!r}")
+    if kind == "uint8":
+        if out_scale is None or out_zero_point is None:
+            raise ValueError("uint8 output needs out_scale and out_zero_point")
+        out_s = float(_finite_positive(out_scale, "out_scale"))
+        out_z = int(_zero_point(out_zero_point, "out_zero_point"))
+    else:
+        if out_scale is not None or out_zero_point is not None:
+            raise ValueError("out_scale and out_zero_point are for out_dtype='uint8'")
+        out_s, out_z = 1.0, 0
+    if x.dtype == np.uint8:
+        if x_scale is None or x_zero_point is None:
+            raise ValueError("uint8 x needs x_scale and x_zero_point")
+        xq = x
+        s = np.full(N, _finite_positive(x_scale, "x_scale"), dtype=np.float32)
+        z = np.full(N, _zero_point(x_zero_point, "x_zero_point"), dtype=np.int32)
+    elif x.dtype.kind == "f":
+        xq, s, z = quantize_activations(x, x_scale, x_zero_point, per_token=per_token)
+        s = np.broadcast_to(s, (N,)).astype(np.float32)
+        z = np.broadcast_to(z, (N,)).astype(np.int32)
+    else:
+        raise TypeError(f"x must be float or uint8, got {x.dtype}")
+    if bias is not None:
+        bias = np.asarray(bias)
+        if bias.shape != (M,):
+            raise ValueError(f"bias must have shape ({M},), got {bias.shape}")
+        if bias.dtype.kind not in "iuf":
+            raise TypeError(f"bias must be numeric, got {bias.dtype}")
+        bias = np.ascontiguousarray(bias, dtype=np.float32)
+    if out is None:
+        out = np.empty((N, M), dtype=kind)
+    else:
+        if not isinstance(out, np.ndarray) or out.dtype != kind or out.shape != (N, M) or \
+                not out.flags.c_contiguous or not out.flags.writeable:
+            raise ValueError(f"out must be a writable C-contiguous {kind} array of shape {(N, M)}")
+        if np.shares_memory(out, x) or (bias is not None and np.shares_memory(out, bias)):
+            raise ValueError("out must not overlap x or bias")
+    if out.size == 0:
+        return out
+    return _run(Wq, xq, True, out, True, kind, activation, s, z, bias, out_s, out_z)

@@ -1,0 +1,108 @@
+/*
+ * Asymmetric uint8 quantization of float32 activations (one pass for the
+ * range, one for the values).  Compiled once with baseline flags and
+ * -ffp-contract=off; the arithmetic matches NumPy float32 exactly:
+ *   scale = (max(hi, 0) - min(lo, 0)) / 255   (1 if that is 0)
+ *   zero  = clip(rint(-min(lo, 0) / scale), 0, 255)
+ *   q     = clip(rint(x / scale) + zero, 0, 255)
+ */
+#include <math.h>
+
+#include "blocksparse/bsk_internal.h"
+
+static void range_of(const float *x, int64_t n, float *lo, float *hi)
+{
+    bsk_v16f vlo = (bsk_v16f){0}, vhi = (bsk_v16f){0};
+    int64_t k = 0;
+    for (; k + 16 <= n; k += 16) {
+        const bsk_v16f v = *(const bsk_v16f_u *)(x + k);
+        vlo = bsk_select(v < vlo, v, vlo);
+        vhi = bsk_select(v > vhi, v, vhi);
+    }
+    float l = 0.0f, h = 0.0f;
+    for (int i = 0; i < 16; i++) {
+        l = vlo[i] < l ? vlo[i] : l;
+        h = vhi[i] > h ? vhi[i] : h;
+    }
+    for (; k < n; k++) {
+        l = x[k] < l ? x[k] : l;
+        h = x[k] > h ? x[k] : h;
+    }
+    if (*lo > l)
+        *lo = l;
+    if (*hi < h)
+        *hi = h;
+}
+
+static float rint_clamped(float v)
+{
+    v = v > -512.0f ? v : -512.0f;
+    v = v < 512.0f ? v : 512.0f;
+    return (v + 12582912.0f) - 12582912.0f;
+}
+
+static void params_of(float lo, float hi, float *scale, int32_t *zero)
+{
+    float s = (hi - lo) / 255.0f;
+    if (!(s > 0.0f))
+        s = 1.0f;
+    float z = rint_clamped(-lo / s);
+    z = z < 0.0f ? 0.0f : z > 255.0f ? 255.0f : z;
+    *scale = s;
+    *zero = (int32_t)z;
+}
+
+static void quantize_row(const float *x, int64_t n, float s, int32_t z, uint8_t *q)
+{
+    const float zf = (float)z;
+    int64_t k = 0;
+    for (; k + 16 <= n; k += 16) {
+        bsk_v16f v = *(const bsk_v16f_u *)(x + k) / s;
+        v = bsk_select(v > -512.0f, v, (bsk_v16f){0} - 512.0f);
+        v = bsk_select(v < 512.0f, v, (bsk_v16f){0} + 512.0f);
+        v = (v + 12582912.0f) - 12582912.0f;
+        v = v + zf;
+        v = bsk_select(v > 0.0f, v, (bsk_v16f){0});
+        v = bsk_select(v < 255.0f, v, (bsk_v16f){0} + 255.0f);
+        const bsk_v16i vi = __builtin_convertvector(v, bsk_v16i);
+        for (int i = 0; i < 16; i++)
+            q[k + i] = (uint8_t)vi[i];
+    }
+    for (; k < n; k++) {
+        float v = rint_clamped(x[k] / s) + zf;
+        v = v < 0.0f ? 0.0f : v > 255.0f ? 255.0f : v;
+        q[k] = (uint8_t)v;
+    }
+}
+
+bsk_status bsk_quantize_u8(const float *X, int64_t rows, int64_t cols,
+                           int64_t ldx, int mode, float *scale, int32_t *zero,
+                           uint8_t *Q, int64_t ldq, int num_threads)
+{
+    if (rows < 0 || cols < 0 || mode < BSK_QUANT_STATIC || mode > BSK_QUANT_PER_ROW)
+        return BSK_EINVAL;
+    if (num_threads < 1)
+        num_threads = 1;
+    if (mode == BSK_QUANT_PER_TENSOR) {
+        float lo = 0.0f, hi = 0.0f;
+        for (int64_t r = 0; r < rows; r++)
+            range_of(X + r * ldx, cols, &lo, &hi);
+        params_of(lo, hi, &scale[0], &zero[0]);
+    }
+    if (mode != BSK_QUANT_PER_ROW && !(scale[0] > 0.0f && isfinite(scale[0])))
+        return BSK_EINVAL;
+#pragma omp parallel for schedule(static) num_threads(num_threads)
+    for (int64_t r = 0; r < rows; r++) {
+        float s = scale[0];
+        int32_t z = zero[0];
+        if (mode == BSK_QUANT_PER_ROW) {
+            float lo = 0.0f, hi = 0.0f;
+            range_of(X + r * ldx, cols, &lo, &hi);
+            params_of(lo, hi, &scale[r], &zero[r]);
+            s = scale[r];
+            z = zero[r];
+        }
+        quantize_row(X + r * ldx, cols, s, z, Q + r * ldq);
+    }
+    return BSK_OK;
+}

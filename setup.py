@@ -12,6 +12,7 @@ ISA.  Environment switches:
   BLOCKSPARSE_NO_OPENMP=1                 build without OpenMP
   BLOCKSPARSE_DEBUG_CYTHON=1              Cython bounds/wraparound checks on
 """
+import glob
 import os
 import platform
 import shlex
@@ -90,7 +91,8 @@ built_isas = [isa for isa in ISA_FLAGS
 macros = [(f"BSK_HAVE_{isa.upper()}", "1") for isa in built_isas]
 
 exact = ["-ffp-contract=off"]
-libraries = [("bsk_core", {"sources": ["src/dispatch.c", "src/quantize.c", "src/ref/spmm_scalar.c"],
+libraries = [("bsk_core", {"sources": ["src/dispatch.c", "src/quantize.c", "src/ref/spmm_scalar.c"]
+                           + sorted(glob.glob("src/nn/*.c")),
                            "include_dirs": ["include"], "macros": macros,
                            "cflags": base_cflags + exact})]
 for isa in built_isas:

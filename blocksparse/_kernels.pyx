@@ -229,3 +229,6 @@ def quantize_u8(cnp.ndarray X, str mode, cnp.ndarray scale, cnp.ndarray zero,
     if st != BSK_OK:
         _raise(st, "bsk_quantize_u8", 0)
     return Q
+
+
+include "_kernels_nn.pxi"

@@ -1,0 +1,46 @@
+"""Shared fixtures: hypothesis profiles and the ISA variants of this machine.
+
+Profiles (``BLOCKSPARSE_HYPOTHESIS_PROFILE``): ``dev`` (fast), ``ci``
+(derandomized, no deadline; the default under ``CI``), ``nightly`` (many
+examples).
+"""
+import os
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, settings
+
+import blocksparse
+
+settings.register_profile("dev", max_examples=30, deadline=None)
+settings.register_profile("ci", max_examples=60, deadline=None, derandomize=True,
+                          suppress_health_check=[HealthCheck.too_slow])
+settings.register_profile("nightly", max_examples=1000, deadline=None,
+                          suppress_health_check=[HealthCheck.too_slow])
+settings.load_profile(os.environ.get("BLOCKSPARSE_HYPOTHESIS_PROFILE",
+                                     "ci" if os.environ.get("CI") else "dev"))
+
+ISAS = blocksparse.available_isas()
+
+
+@pytest.fixture(params=ISAS)
+def isa(request):
+    """Every ISA variant this CPU and build support, forced in turn."""
+    with blocksparse.isa_context(request.param):
+        yield request.param
+
+
+@pytest.fixture(params=[1, 2])
+def num_threads(request):
+    """Run the test with 1 and with 2 kernel threads."""
+    saved = blocksparse.get_num_threads()
+    blocksparse.set_num_threads(request.param)
+    try:
+        yield request.param
+    finally:
+        blocksparse.set_num_threads(saved)
+
+
+@pytest.fixture
+def rng():
+    return np.random.default_rng(12345)

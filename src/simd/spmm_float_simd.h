@@ -50,6 +50,11 @@ typedef BSK_T bsk_vec_u __attribute__((vector_size(BSK_VBYTES), aligned(BSK_TSIZ
 #ifndef BSK_CHUNK_BYTES
 #define BSK_CHUNK_BYTES (64 * 1024)
 #endif
+/* Widest token tile.  64 tokens are as fast per flop as 128 for (1, 4) and
+ * give N = 128 two tiles, so two threads split tiles and pack nothing twice. */
+#ifndef BSK_MAX_NT
+#define BSK_MAX_NT 64
+#endif
 #ifndef BSK_YBLOCK_BYTES
 #define BSK_YBLOCK_BYTES (64 * 1024)
 #endif
@@ -240,6 +245,8 @@ static rows_fn choose_rows(int64_t R, int64_t C, int64_t N, int *nv_out)
     int nvmax = BSK_ACC / rb;
     if (nvmax > 8)
         nvmax = 8;
+    if (nvmax > BSK_MAX_NT / BSK_LANES)
+        nvmax = BSK_MAX_NT / BSK_LANES;
     if (rb == 2 && nvmax > 4)
         nvmax = 4;
     if (nvmax < 1)
@@ -294,18 +301,21 @@ static int64_t split_point(const int32_t *indptr, int64_t nbr, int64_t gb,
 
 /* ---- packing ------------------------------------------------------------- */
 
-/* P[k][n] = token n0 + n of feature k for n < cnt, 0 for cnt <= n < NT. */
-static void pack_tile(BSK_T *P, int64_t NT, const BSK_T *X, int64_t ldx,
-                      int64_t K, int64_t n0, int64_t cnt, int transposed)
+/* P[k][n] = token n0 + n of feature k for k0 <= k < k1 and n < cnt, 0 for
+ * cnt <= n < NT (padding lanes are computed and dropped; zeros keep them
+ * free of NaN and denormal slow paths). */
+static void pack_rows(BSK_T *P, int64_t NT, const BSK_T *X, int64_t ldx,
+                      int64_t k0, int64_t k1, int64_t n0, int64_t cnt,
+                      int transposed)
 {
     if (!transposed) {
-        for (int64_t k = 0; k < K; k++)
+        for (int64_t k = k0; k < k1; k++)
             memcpy(P + k * NT, X + k * ldx + n0, (size_t)cnt * sizeof(BSK_T));
     } else {
-        transpose_copy(P, NT, X + n0 * ldx, ldx, K, cnt, 0);
+        transpose_copy(P + k0 * NT, NT, X + n0 * ldx + k0, ldx, k1 - k0, cnt, 0);
     }
     if (cnt < NT)
-        for (int64_t k = 0; k < K; k++)
+        for (int64_t k = k0; k < k1; k++)
             memset(P + k * NT + cnt, 0, (size_t)(NT - cnt) * sizeof(BSK_T));
 }
 
@@ -352,9 +362,16 @@ bsk_status BSK_FN(const bsk_bcsr *W, const BSK_T *X, int64_t ldx, int64_t N,
 #else
         const int p = 0, np = 1;
 #endif
-        /* pr row ranges x pt token-tile phases */
-        const int pr = (int)(ngran < np ? (ngran > 0 ? ngran : 1) : np);
-        const int pt = (int)(np / pr < ntiles ? np / pr : ntiles);
+        /* pr row ranges x pt token-tile phases: whole tiles per thread when
+         * they divide evenly (nothing packed twice), else row ranges */
+        int pr, pt;
+        if (ntiles % np == 0) {
+            pr = 1;
+            pt = np;
+        } else {
+            pr = (int)(ngran < np ? (ngran > 0 ? ngran : 1) : np);
+            pt = (int)(np / pr < ntiles ? np / pr : ntiles);
+        }
         const int64_t i0 = split_point(W->indptr, nbr, gb, pr, p % pr);
         const int64_t i1 = split_point(W->indptr, nbr, gb, pr, p % pr + 1);
         if (p < pr * pt && i0 < i1) {
@@ -368,7 +385,6 @@ bsk_status BSK_FN(const bsk_bcsr *W, const BSK_T *X, int64_t ldx, int64_t N,
             } else {
                 for (int64_t t = p / pr; t < ntiles; t += pt) {
                     const int64_t n0 = t * NT, cnt = N - n0 < NT ? N - n0 : NT;
-                    pack_tile(P, NT, X, ldx, K, n0, cnt, transposed);
                     const int direct = !transposed && cnt == NT;
                     for (int64_t ib = i0; ib < i1; ib += mbr) {
                         const int64_t ie = ib + mbr < i1 ? ib + mbr : i1;
@@ -377,9 +393,12 @@ bsk_status BSK_FN(const bsk_bcsr *W, const BSK_T *X, int64_t ldx, int64_t N,
                         for (int64_t i = ib; i < ie; i++)
                             cur[i - ib] = W->indptr[i];
                         /* at least one pass, so K == 0 still writes zeros */
-                        for (int64_t b0 = 0; b0 == 0 || b0 < nbc; b0 += kcb)
-                            fn(W, ib, ie, b0 + kcb < nbc ? b0 + kcb : nbc, b0 == 0,
-                               P, yb, ldys, cur);
+                        for (int64_t b0 = 0; b0 == 0 || b0 < nbc; b0 += kcb) {
+                            const int64_t b1 = b0 + kcb < nbc ? b0 + kcb : nbc;
+                            if (ib == i0) /* pack each chunk just before its first use */
+                                pack_rows(P, NT, X, ldx, b0 * C, b1 * C, n0, cnt, transposed);
+                            fn(W, ib, ie, b1, b0 == 0, P, yb, ldys, cur);
+                        }
                         if (direct)
                             continue;
                         const int64_t rows = (ie - ib) * R;

@@ -44,19 +44,6 @@ static inline int grouped_token(int q)
     return 16 * L + 4 * v + j;
 }
 
-/* Store NT accumulators of row m for tokens n0.. through the epilogue. */
-static inline void finish_row(const bsk_epilogue *e, const int32_t *acc,
-                              int64_t m, int64_t n0, int64_t N, int nt_tile,
-                              void *Y, int64_t ldy, int yt)
-{
-    for (int t = 0; t < nt_tile && n0 + t < N; t += 16) {
-        const int cnt = N - (n0 + t) < 16 ? (int)(N - (n0 + t)) : 16;
-        bsk_v16i a;
-        memcpy(&a, acc + t, sizeof(a));
-        bsk_epilogue16(e, a, m, n0 + t, cnt, Y, ldy, yt);
-    }
-}
-
 /* Unpermute 4 * chunks accumulators and store them in token order. */
 static inline void store_tokens(QV *acc, int chunks, int32_t *out)
 {
@@ -248,9 +235,8 @@ bsk_status BSK_QFN(const bsk_qbcsr *Wq, const uint8_t *X, int64_t ldx,
                     else
                         strip_kernel(Wq, s, P + (t - first_packed) * K * NT_STRIP,
                                      NT_STRIP, acc);
-                    for (int r = 0; r < 4; r++)
-                        finish_row(epi, acc + r * NT_STRIP, 4 * s + r,
-                                   t * NT_STRIP, N, NT_STRIP, Y, ldy, yt);
+                    bsk_epilogue_rows(epi, acc, NT_STRIP, 4, 4 * s, t * NT_STRIP,
+                                      NT_STRIP, N, Y, ldy, yt);
                 }
             }
         } else {
@@ -263,7 +249,8 @@ bsk_status BSK_QFN(const bsk_qbcsr *Wq, const uint8_t *X, int64_t ldx,
                     continue;
                 for (int64_t t = 0; t < ntiles; t++) {
                     row_kernel(W, m, P + t * K * NT_ROW, acc);
-                    finish_row(epi, acc, m, t * NT_ROW, N, NT_ROW, Y, ldy, yt);
+                    bsk_epilogue_rows(epi, acc, NT_ROW, 1, m, t * NT_ROW, NT_ROW, N,
+                                      Y, ldy, yt);
                 }
             }
         }

@@ -226,7 +226,7 @@ def quantize_activations(x, scale=None, zero_point=None, per_token=True):
         z = np.empty(max(n, 1), dtype=np.int32)
         mode = "token" if per_token else "tensor"
     if xc.size or mode != "token":
-        _kernels.quantize_u8(xc, mode, s, z, q, _config.get_num_threads())
+        _kernels.quantize_u8(_config._active_isa(), xc, mode, s, z, q, _config.get_num_threads())
     if mode == "token":
         return q, s[:xc.shape[0]], z[:xc.shape[0]]
     return q, s.reshape(()), z.reshape(())

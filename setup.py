@@ -108,6 +108,14 @@ class BuildExt(build_ext):
 
     def run(self):
         if self.distribution.has_c_libraries():
+            clib = self.get_finalized_command("build_clib")
+            # build_clib does not track headers: rebuild when one is newer
+            headers = glob.glob("include/**/*.h", recursive=True) + glob.glob("src/**/*.h",
+                                                                              recursive=True)
+            archives = glob.glob(os.path.join(clib.build_clib, "*.a"))
+            if archives and headers and max(map(os.path.getmtime, headers)) > \
+                    min(map(os.path.getmtime, archives)):
+                clib.force = True
             self.run_command("build_clib")
         super().run()
 

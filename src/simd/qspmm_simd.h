@@ -75,13 +75,13 @@ static inline void interleave4(QV x0, QV x1, QV x2, QV x3, QV *x)
 
 /* Panel of tile t: [K/4][NT_ROW] 32-bit groups, lane-grouped per chunk. */
 static void pack_row(const uint8_t *X, int64_t ldx, int64_t K, int64_t N,
-                     int xt, uint8_t *P, int64_t t)
+                     int xt, uint8_t *P, int64_t t, int64_t g0, int64_t g1)
 {
     const int64_t G = K / 4, n0 = t * NT_ROW;
     uint8_t *pt = P + t * G * NT_ROW * 4;
     const int64_t cnt = N - n0 < NT_ROW ? N - n0 : NT_ROW;
     uint8_t rows[4][CHUNK];
-    for (int64_t g = 0; g < G; g++) {
+    for (int64_t g = g0; g < g1; g++) {
         uint8_t *dst = pt + g * NT_ROW * 4;
         if (xt) {
             uint32_t *d32 = (uint32_t *)dst;
@@ -306,9 +306,13 @@ bsk_status BSK_QFN(const bsk_qbcsr *Wq, const uint8_t *X, int64_t ldx,
                 }
             }
         } else {
+            const int64_t gchunks = (K / 4 + 31) / 32;
 #pragma omp for schedule(static)
-            for (int64_t t = 0; t < ntiles; t++)
-                pack_row(X, ldx, K, N, xt, P, t);
+            for (int64_t u = 0; u < ntiles * gchunks; u++) {
+                const int64_t g0 = (u % gchunks) * 32;
+                pack_row(X, ldx, K, N, xt, P, u / gchunks, g0,
+                         g0 + 32 < K / 4 ? g0 + 32 : K / 4);
+            }
 #pragma omp for schedule(static)
             for (int64_t m0 = 0; m0 < W->M; m0 += ROW_CHUNK) {
                 if (!acc)

@@ -40,6 +40,11 @@ def have_openmp():
     return bool(bsk_have_openmp())
 
 
+def set_min_work_per_thread(int64_t work):
+    """Fewer threads for products with less work per thread (0: never)."""
+    bsk_set_min_work_per_thread(work)
+
+
 cdef object _raise(bsk_status st, str kernel, int isa):
     where = f"{kernel} ({ISA_NAMES[isa]})"
     if st == BSK_EINVAL:

@@ -276,8 +276,9 @@ def _run(Wq, xq, x_transposed, Y, y_transposed, kind, activation, x_scale, x_zer
     gptr, gcols, gw = W._int8_pack()
     isa = _config._active_isa()
     N = Y.shape[0] if y_transposed else Y.shape[1]
-    _config._log_kernel(_kernels.qspmm_kernel_name(isa, W.blocksize, gptr is not None), isa,
-                        f"M={W.shape[0]} K={W.shape[1]} N={N} {kind} act={activation}")
+    if _config._State.verbose:
+        _config._log_kernel(_kernels.qspmm_kernel_name(isa, W.blocksize, gptr is not None), isa,
+                            f"M={W.shape[0]} K={W.shape[1]} N={N} {kind} act={activation}")
     _kernels.qspmm(isa, W.shape, W.blocksize, indptr, indices, W.data, gptr, gcols, gw,
                    np.ascontiguousarray(xq), x_transposed, Y, y_transposed, kind, activation,
                    W._int8_rowsum(), Wq.scale, x_scale, x_zero, bias, out_scale, out_zero,

@@ -103,6 +103,9 @@ const char *bsk_isa_name(bsk_isa isa);
 int bsk_default_threads(void);
 /* 1 if built with OpenMP. */
 int bsk_have_openmp(void);
+/* Products with less stored work (multiply-adds) per thread than this use
+ * fewer threads; 0 always uses the requested count (for tests). */
+void bsk_set_min_work_per_thread(int64_t work);
 
 /* ---- float products ------------------------------------------------------ */
 

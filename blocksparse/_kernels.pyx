@@ -205,7 +205,7 @@ QUANT_MODES = {"static": BSK_QUANT_STATIC, "tensor": BSK_QUANT_PER_TENSOR,
                "token": BSK_QUANT_PER_ROW}
 
 
-def quantize_u8(cnp.ndarray X, str mode, cnp.ndarray scale, cnp.ndarray zero,
+def quantize_u8(int isa, cnp.ndarray X, str mode, cnp.ndarray scale, cnp.ndarray zero,
                 cnp.ndarray Q, int num_threads):
     """Quantize float32 X (rows, cols) into uint8 Q; see bsk_quantize_u8."""
     cdef int64_t rows = X.shape[0], cols = X.shape[1]
@@ -225,9 +225,9 @@ def quantize_u8(cnp.ndarray X, str mode, cnp.ndarray scale, cnp.ndarray zero,
     cdef int32_t *zp = <int32_t *>cnp.PyArray_DATA(zero)
     cdef uint8_t *qp = <uint8_t *>cnp.PyArray_DATA(Q)
     with nogil:
-        st = bsk_quantize_u8(xp, rows, cols, cols, m, sp, zp, qp, cols, num_threads)
+        st = bsk_quantize_u8(<bsk_isa>isa, xp, rows, cols, cols, m, sp, zp, qp, cols, num_threads)
     if st != BSK_OK:
-        _raise(st, "bsk_quantize_u8", 0)
+        _raise(st, "bsk_quantize_u8", isa)
     return Q
 
 

@@ -226,8 +226,9 @@ class BlockSparseMatrix:
             blocksize = S.blocksize if S.format == "bsr" else _default_blocksize(S.shape)
         R, C = _check_blocksize(blocksize, S.shape)
         dt = dtype or _check_dtype(S.dtype, "the input's dtype")
-        B = sp.bsr_array(S, blocksize=(R, C), copy=True) if S.format != "bsr" or \
-            S.blocksize != (R, C) else sp.bsr_array(S, copy=True)
+        if S.format == "bsr" and S.blocksize != (R, C):
+            S = S.tocsr()  # scipy ignores blocksize= for a BSR input of another blocksize
+        B = sp.bsr_array(S, blocksize=(R, C), copy=True)
         B.sum_duplicates()
         B.sort_indices()
         data = _cast_values(B.data, dt, "the input's data")

@@ -225,8 +225,9 @@ def quantize_activations(x, scale=None, zero_point=None, per_token=True):
         s = np.empty(max(n, 1), dtype=np.float32)
         z = np.empty(max(n, 1), dtype=np.int32)
         mode = "token" if per_token else "tensor"
-    if xc.size or mode != "token":
-        _kernels.quantize_u8(xc, mode, s, z, q, _config.get_num_threads())
+    if xc.shape[0] or mode != "token":  # K = 0 rows still get scale 1, zero point 0
+        _kernels.quantize_u8(_config._active_isa(), xc, mode, s, z, q,
+                             _config.get_num_threads())
     if mode == "token":
         return q, s[:xc.shape[0]], z[:xc.shape[0]]
     return q, s.reshape(()), z.reshape(())

@@ -230,3 +230,27 @@ bsk_status bsk_qspmm(bsk_isa isa, const bsk_qbcsr *W, const uint8_t *X,
     return bsk_qspmm_u8s8s32_scalar(W, X, ldx, N, x_transposed, Y, ldy,
                                     y_transposed, epi, num_threads);
 }
+
+bsk_status bsk_quantize_u8(bsk_isa isa, const float *X, int64_t rows,
+                           int64_t cols, int64_t ldx, int mode, float *scale,
+                           int32_t *zero, uint8_t *Q, int64_t ldq, int num_threads)
+{
+    if (!usable(isa))
+        return BSK_EUNSUPPORTED;
+    switch (isa) {
+#ifdef BSK_HAVE_AVX512_VNNI
+    case BSK_ISA_AVX512_VNNI:
+        return bsk_quantize_u8_avx512_vnni(X, rows, cols, ldx, mode, scale, zero, Q, ldq, num_threads);
+#endif
+#ifdef BSK_HAVE_AVX_VNNI
+    case BSK_ISA_AVX_VNNI:
+        return bsk_quantize_u8_avx_vnni(X, rows, cols, ldx, mode, scale, zero, Q, ldq, num_threads);
+#endif
+#ifdef BSK_HAVE_AVX2
+    case BSK_ISA_AVX2:
+        return bsk_quantize_u8_avx2(X, rows, cols, ldx, mode, scale, zero, Q, ldq, num_threads);
+#endif
+    default:
+        return bsk_quantize_u8_scalar(X, rows, cols, ldx, mode, scale, zero, Q, ldq, num_threads);
+    }
+}

@@ -20,6 +20,7 @@ from blocksparse import _cli, _cli_bench, _cli_model
 from blocksparse.__main__ import main
 
 ROOT = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.thread_unsafe  # main() prints, bench saves and restores thread state
 
 
 def run(argv, capsys):

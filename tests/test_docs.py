@@ -6,17 +6,20 @@ docstrings need only the package.
 """
 import doctest
 import importlib.util
+import inspect
 import json
 import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 import blocksparse
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = ROOT / "docs"
+pytestmark = pytest.mark.thread_unsafe  # the examples set the thread count and ISA
 PAGES = sorted(p.name for p in DOCS.glob("*.rst"))
 FLAGS = doctest.NORMALIZE_WHITESPACE | doctest.ELLIPSIS
 
@@ -76,8 +79,12 @@ def test_docstring_examples(name, obj, request):
         request.applymarker(pytest.mark.xfail(reason=KNOWN_BAD_EXAMPLES[name], strict=False))
     finder = doctest.DocTestFinder(exclude_empty=True)
     runner = doctest.DocTestRunner(optionflags=FLAGS)
-    for test in finder.find(obj, name, globs={"np": __import__("numpy"),
-                                              "blocksparse": blocksparse}):
+    # The defining module's globals, as `python -m doctest` and pytest give them.
+    module = inspect.getmodule(obj)
+    globs = dict(vars(module)) if module is not None else {}
+    globs.setdefault("np", np)
+    globs.setdefault("blocksparse", blocksparse)
+    for test in finder.find(obj, name, module=module, globs=globs):
         runner.run(test)
     result = runner.summarize(verbose=False)
     assert result.failed == 0, f"{result.failed} docstring examples failed in {name}"

@@ -38,7 +38,7 @@ from pathlib import Path
 
 import blocksparse
 from . import _config
-from ._cli import DEFAULT_SUITES, SUITES, UsageError
+from ._cli import DEFAULT_SUITES, UsageError
 from ._cli_info import BENCH_PEERS, collect_info, optional_packages
 from ._cli_report import Progress, print_suite_table, plot_speedup
 
@@ -187,13 +187,13 @@ def run_bench(args):
             if s not in found:
                 _say(f"note: {SUITE_MODULES[s]}.py is not in {bench_dir}; skipping the {s} suite")
         if not suites:
-            raise UsageError(f"no benchmark modules ({', '.join(m + '.py' for m in SUITE_MODULES.values())}) "
-                             f"in {bench_dir}")
+            names = ", ".join(m + ".py" for m in SUITE_MODULES.values())
+            raise UsageError(f"no benchmark modules ({names}) in {bench_dir}")
     else:
         missing = [s for s in args.suite if s not in found]
         if missing:
-            raise UsageError(f"--suite {','.join(missing)}: no "
-                             f"{', '.join(SUITE_MODULES[s] + '.py' for s in missing)} in {bench_dir}")
+            names = ", ".join(SUITE_MODULES[s] + ".py" for s in missing)
+            raise UsageError(f"--suite {','.join(missing)}: no {names} in {bench_dir}")
         suites = list(args.suite)
 
     out_dir = Path(args.out_dir)

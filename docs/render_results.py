@@ -182,8 +182,8 @@ def render(results_dir=RESULTS, output=OUTPUT, fallback_png=BENCH_PNG, image_pre
         png = path.with_suffix(".png")
         if png.is_file():
             shutil.copyfile(png, output.parent / png.name)
-            lines += [f".. image:: {image_prefix}{png.name}", f"   :alt: speedup against sparsity, {path.stem}",
-                      "   :width: 100%", ""]
+            lines += [f".. image:: {image_prefix}{png.name}",
+                      f"   :alt: speedup against sparsity, {path.stem}", "   :width: 100%", ""]
             images += 1
     if not files:
         lines += [".. note::", "",
@@ -194,8 +194,8 @@ def render(results_dir=RESULTS, output=OUTPUT, fallback_png=BENCH_PNG, image_pre
     if not images and Path(fallback_png).is_file():
         shutil.copyfile(fallback_png, output.parent / "bench-speedup.png")
         lines += ["The latest local run (``bench-results/speedup.png``):", "",
-                  f".. image:: {image_prefix}bench-speedup.png", "   :alt: speedup against sparsity",
-                  "   :width: 100%", ""]
+                  f".. image:: {image_prefix}bench-speedup.png",
+                  "   :alt: speedup against sparsity", "   :width: 100%", ""]
     text = "\n".join(lines) + "\n"
     # Rewrite only on change, so Sphinx does not rebuild the page needlessly.
     if not output.is_file() or output.read_text() != text:

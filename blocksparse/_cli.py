@@ -237,7 +237,8 @@ def _add_sparsify(sub):
             "(safetensors tensors + JSON metadata) to DST, which BertModel.from_pretrained\n"
             "and 'blocksparse embed --model DST' load back.  Tokenizer files are copied.\n\n"
             + _BLOCK_RULE),
-        epilog="example:\n  python -m blocksparse sparsify ./minilm ./minilm-90 --sparsity 0.9 --int8")
+        epilog=("example:\n"
+                "  python -m blocksparse sparsify ./minilm ./minilm-90 --sparsity 0.9 --int8"))
     p.add_argument("src", metavar="SRC", help="checkpoint directory to read")
     p.add_argument("dst", metavar="DST", help="directory to write (created)")
     p.add_argument("--sparsity", type=fraction, required=True, metavar="S",

@@ -2,28 +2,32 @@
 
 Contract for a benchmark module ``benchmarks/bench_<name>.py``:
 
-``run(args) -> dict`` with
+``run(args) -> dict`` (or ``run(args, progress=None)``) with
 
 * ``"name"``: str, the suite's title;
 * ``"machine"``: dict describing the machine and build the numbers belong to;
 * ``"records"``: list of dicts, each with at least ``"case"`` (str),
   ``"time_s"`` (float, blocksparse's time) and ``"speedup"`` (float or None:
-  the best peer's time over ours), plus any other fields; ``"sparsity"`` (a
-  fraction) and a shape (``"shape"`` str, or ``"M"`` and ``"K"``) let the
-  plot draw speedup against sparsity per shape;
+  the best peer's time over ours), plus any other fields.  ``"sparsity"`` (a
+  fraction) and a shape (``"shape"``, or ``"M"`` and ``"K"``) let the plot
+  draw speedup against sparsity per shape (panels per ``"blocksize"`` and
+  ``"threads"``, lines per ``"N"`` when they vary); ``"peer"`` or
+  ``"best_peer"`` and ``"peer_time_s"`` or ``"peer_times_s"`` (a dict by
+  peer name) fill the table's peer columns;
 * optionally ``"table"``: a preformatted str, shown with ``--verbose``.
 
 ``args`` is an :class:`argparse.Namespace` with ``quick`` (bool), ``shapes``
 (list of ``(M, K)`` tuples or None for the module's default), ``sparsity``
 (list of fractions or None), ``threads`` (list of ints or None), ``out_dir``
 (:class:`pathlib.Path`), ``peers`` (``{name: version}`` of the installed
-peer libraries), ``verbose`` (bool) and ``progress``: a callable
-``progress(done, total, desc="")`` the module may call after each case to
-drive the progress bar.
+peer libraries), ``verbose`` (bool) and ``progress``.  The progress callable
+(also passed as ``run(args, progress=...)`` when run() has that parameter)
+takes ``(done, total, desc="")`` or a single message string per step.
 """
 import argparse
 import datetime
 import importlib.util
+import inspect
 import json
 import math
 import os
@@ -34,7 +38,7 @@ from pathlib import Path
 
 import blocksparse
 from . import _config
-from ._cli import DEFAULT_SUITES, SUITES, UsageError
+from ._cli import DEFAULT_SUITES, UsageError
 from ._cli_info import BENCH_PEERS, collect_info, optional_packages
 from ._cli_report import Progress, print_suite_table, plot_speedup
 
@@ -114,6 +118,17 @@ def _check_result(result, path):
     return result
 
 
+def _call_run(module, ns, report):
+    """``module.run(ns)``, also passing ``progress=`` if run() takes it."""
+    try:
+        params = inspect.signature(module.run).parameters
+    except (TypeError, ValueError):
+        params = {}
+    if "progress" in params:
+        return module.run(ns, progress=report)
+    return module.run(ns)
+
+
 def _jsonable(obj):
     """Plain JSON types: NumPy scalars and arrays unwrapped, NaN/Inf as null."""
     if isinstance(obj, dict):
@@ -172,13 +187,13 @@ def run_bench(args):
             if s not in found:
                 _say(f"note: {SUITE_MODULES[s]}.py is not in {bench_dir}; skipping the {s} suite")
         if not suites:
-            raise UsageError(f"no benchmark modules ({', '.join(m + '.py' for m in SUITE_MODULES.values())}) "
-                             f"in {bench_dir}")
+            names = ", ".join(m + ".py" for m in SUITE_MODULES.values())
+            raise UsageError(f"no benchmark modules ({names}) in {bench_dir}")
     else:
         missing = [s for s in args.suite if s not in found]
         if missing:
-            raise UsageError(f"--suite {','.join(missing)}: no "
-                             f"{', '.join(SUITE_MODULES[s] + '.py' for s in missing)} in {bench_dir}")
+            names = ", ".join(SUITE_MODULES[s] + ".py" for s in missing)
+            raise UsageError(f"--suite {','.join(missing)}: no {names} in {bench_dir}")
         suites = list(args.suite)
 
     out_dir = Path(args.out_dir)
@@ -220,7 +235,8 @@ def run_bench(args):
         try:
             with progress.suite(suite, i, len(suites), path) as report:
                 module = _load(path)
-                result = module.run(_suite_args(args, suite, out_dir, report, peers, default_run))
+                ns = _suite_args(args, suite, out_dir, report, peers, default_run)
+                result = _call_run(module, ns, report)
                 _check_result(result, path)
         except Exception as exc:
             if getattr(args, "traceback", False):

@@ -59,7 +59,9 @@ def _nn():
 
 
 def _dtype(args):
-    return "int8" if args.int8 else "float32"
+    # None lets from_pretrained keep a saved model's own dtype (float32 for a
+    # Hugging Face checkpoint); asking a saved INT8 model for float32 is an error.
+    return "int8" if args.int8 else None
 
 
 def read_texts(texts, file):
@@ -147,21 +149,28 @@ def _hidden(output):
     return output
 
 
-def _summary(texts, emb, model_dir, args, elapsed, ntokens):
-    kind = "int8" if args.int8 else "float32"
-    sparsity = "dense" if args.sparsity is None else \
-        f"{args.sparsity:.0%} block sparsity, blocksize {args.blocksize}"
-    print(f"model      : {model_dir} ({kind} weights, {sparsity})")
-    print(f"embeddings : shape {emb.shape}, {emb.dtype}; {len(texts)} texts, {ntokens} tokens "
+def _describe(model, args):
+    """What the loaded model is: its own attributes when it has them."""
+    kind = getattr(model, "dtype", None) or ("int8" if args.int8 else "float32")
+    sparsity = getattr(model, "sparsity", args.sparsity)
+    blocks = getattr(model, "blocksize", args.blocksize)
+    dense = sparsity is None or sparsity == 0
+    return f"{kind} weights, " + ("dense" if dense else
+                                  f"{sparsity:.0%} block sparsity, blocksize {tuple(blocks)}")
+
+
+def _summary(texts, emb, norms, normalized, model_dir, description, elapsed, ntokens):
+    print(f"model      : {model_dir} ({description})")
+    print(f"embeddings : shape {emb.shape}, {emb.dtype}"
+          f"{', L2-normalized' if normalized else ''}; {len(texts)} texts, {ntokens} tokens "
           f"in {elapsed:.2f} s")
-    norms = np.linalg.norm(emb, axis=1)
-    print("norms      :")
+    print("norms      :" + (" (before normalization)" if normalized else ""))
     for i, (t, n) in enumerate(zip(texts, norms)):
         short = t if len(t) <= 60 else t[:57] + "..."
         print(f"  [{i}] {n:8.4f}  {short}")
     if len(texts) < 2:
         return
-    unit = emb / np.where(norms > 0, norms, 1.0)[:, None]
+    unit = emb / np.maximum(np.linalg.norm(emb, axis=1), 1e-12)[:, None]
     cos = unit @ unit.T
     if len(texts) <= 8:
         print("cosine     :")
@@ -190,9 +199,9 @@ def run_embed(args):
         ntokens += int(mask.sum())
         hidden = _hidden(model(ids, attention_mask=mask, token_type_ids=types))
         chunks.append(np.asarray(mean_pooling(hidden, mask), dtype=np.float32))
-    emb = np.concatenate(chunks, axis=0)
-    if normalize:
-        emb = emb / np.maximum(np.linalg.norm(emb, axis=1, keepdims=True), 1e-12)
+    raw = np.concatenate(chunks, axis=0)
+    norms = np.linalg.norm(raw, axis=1)
+    emb = raw / np.maximum(norms, 1e-12)[:, None] if normalize else raw
     elapsed = time.perf_counter() - t0
     if args.output:
         path = Path(args.output)
@@ -203,7 +212,7 @@ def run_embed(args):
         print(f"wrote {path}: shape {emb.shape}, float32"
               f"{', L2-normalized' if normalize else ''}", file=sys.stderr)
         return 0
-    _summary(texts, emb, model_dir, args, elapsed, ntokens)
+    _summary(texts, emb, norms, normalize, model_dir, _describe(model, args), elapsed, ntokens)
     return 0
 
 
@@ -241,8 +250,7 @@ def run_sparsify(args):
             (shutil.copytree if s.is_dir() else shutil.copy2)(s, d)
             copied.append(name)
     elapsed = time.perf_counter() - t0
-    print(f"wrote {dst} in {elapsed:.1f} s: {args.sparsity:.0%} block sparsity, blocksize "
-          f"{args.blocksize}, {_dtype(args)} weights"
+    print(f"wrote {dst} in {elapsed:.1f} s: {_describe(model, args)}"
           f"{', balanced rows' if args.balanced else ''}")
     print(f"size: {_size(dst) / 1e6:.1f} MB (source {_size(src) / 1e6:.1f} MB)")
     if copied:

@@ -54,13 +54,21 @@ class Progress:
 
     @contextlib.contextmanager
     def suite(self, name, index, count, path):
-        """Context manager yielding the ``progress(done, total, desc="")`` callback."""
+        """Context manager yielding the progress callback of one suite.
+
+        The callback takes either ``(done, total, desc="")`` (a bar with a
+        known length) or a single message string (one step of unknown
+        count), so modules written either way drive the same display.
+        """
         label = f"[{index}/{count}] {name}"
         print(f"{label}: running {Path(path).name}", file=self.stream, flush=True)
-        state = {"bar": None, "last": 0.0}
+        state = {"bar": None, "last": 0.0, "steps": 0}
 
-        def report(done, total, desc=""):
-            done, total = int(done), max(int(total), 0)
+        def report(done=None, total=None, desc=""):
+            if isinstance(done, str) and total is None:  # message form: one more step
+                desc, done = done, state["steps"] + 1
+            state["steps"] = done = int(done or 0)
+            total = None if total is None else max(int(total), 0)
             if self._tqdm is not None:
                 bar = state["bar"]
                 if bar is None:
@@ -74,11 +82,13 @@ class Progress:
                 bar.refresh()
                 return
             now = time.monotonic()
+            last = total is not None and done >= total
             # plain lines: at most one every 2 s, plus the last one
-            if done >= total or now - state["last"] >= 2.0:
+            if last or now - state["last"] >= 2.0:
                 state["last"] = now
+                count_text = f"{done}/{total}" if total is not None else f"{done}"
                 tail = f"  {desc}" if desc else ""
-                print(f"  {label} {done}/{total}{tail}", file=self.stream, flush=True)
+                print(f"  {label} {count_text}{tail}", file=self.stream, flush=True)
 
         try:
             yield report
@@ -99,25 +109,46 @@ def shape_label(rec):
     return None
 
 
+def peer_name(rec):
+    """Name of the best peer of a record (``peer`` or ``best_peer``), or None."""
+    return rec.get("peer", rec.get("best_peer"))
+
+
+def peer_time(rec):
+    """The best peer's time: ``peer_time_s``, or its entry in ``peer_times_s``."""
+    if rec.get("peer_time_s") is not None:
+        return rec["peer_time_s"]
+    times = rec.get("peer_times_s")
+    name = peer_name(rec)
+    if isinstance(times, dict) and name in times:
+        return times[name]
+    return None
+
+
 # Optional record fields shown as table columns when present: before and after the time.
 def _pct(v):
     return f"{100 * v:.0f}%" if isinstance(v, float) else str(v)
 
 
-_BEFORE = (("sparsity", "sparsity", _pct), ("threads", "threads", str))
-_AFTER = (("peer", "best peer", str), ("peer_time_s", "peer time", format_time))
+_BEFORE = (("sparsity", "sparsity", lambda r: r.get("sparsity"), _pct),
+           ("threads", "threads", lambda r: r.get("threads"), str))
+_AFTER = (("peer", "best peer", peer_name, str),
+          ("peer_time", "peer time", peer_time, format_time))
 
 
 def _table_rows(records):
     def present(cols):
-        return [c for c in cols if any(rec.get(c[0]) is not None for rec in records)]
+        return [c for c in cols if any(c[2](rec) is not None for rec in records)]
 
     before, after = present(_BEFORE), present(_AFTER)
-    header = ["case"] + [t for _, t, _ in before] + ["time"] + [t for _, t, _ in after] + \
-        ["speedup"]
+    header = ["case"] + [c[1] for c in before] + ["time"] + [c[1] for c in after] + ["speedup"]
 
     def cells(rec, cols):
-        return ["-" if rec.get(k) is None else fmt(rec[k]) for k, _, fmt in cols]
+        out = []
+        for _, _, get, fmt in cols:
+            v = get(rec)
+            out.append("-" if v is None else fmt(v))
+        return out
 
     rows = [[str(rec["case"])] + cells(rec, before) + [format_time(rec["time_s"])] +
             cells(rec, after) + [format_speedup(rec["speedup"])] for rec in records]
@@ -178,29 +209,55 @@ def print_suite_table(entry, plain=False, file=None):
     print(file=file)
 
 
-def _series(records):
-    """{line label: [(sparsity, speedup), ...]} over the records that can be plotted."""
-    usable = [r for r in records if isinstance(r.get("sparsity"), (int, float)) and
+# Record fields that split a suite's plot into panels, and lines within a panel,
+# when their values vary.
+_FACETS = ("blocksize", "threads")
+_LINE_KEYS = ("N", "dtype", "path")
+
+
+def _fmt_value(key, value):
+    if key == "blocksize" and isinstance(value, (list, tuple)):
+        return f"({', '.join(map(str, value))})"
+    return str(value)
+
+
+def _panels(suite):
+    """{panel title: {line label: [(sparsity, speedup), ...]}} for one suite."""
+    usable = [r for r in suite["records"]
+              if isinstance(r.get("sparsity"), (int, float)) and
               isinstance(r.get("speedup"), (int, float))]
-    # Extra dimensions that vary within the suite split a shape into several lines.
-    extra = [k for k in ("threads", "N", "blocksize", "dtype", "path")
-             if len({str(r.get(k)) for r in usable}) > 1]
-    lines = {}
+
+    def varies(key):
+        return len({_fmt_value(key, r.get(key)) for r in usable}) > 1
+
+    facets = [k for k in _FACETS if varies(k)]
+    extra = [k for k in _LINE_KEYS if varies(k)]
+    panels = {}
     for r in usable:
-        parts = [shape_label(r) or "all"] + [f"{k}={r.get(k)}" for k in extra]
-        lines.setdefault(" ".join(parts), []).append((float(r["sparsity"]), float(r["speedup"])))
-    return {k: sorted(v) for k, v in lines.items()}
+        title = str(suite["name"])
+        if facets:
+            title += "\n" + ", ".join(f"{k}={_fmt_value(k, r.get(k))}" for k in facets)
+        label = " ".join([shape_label(r) or "all"] +
+                         [f"{k}={_fmt_value(k, r.get(k))}" for k in extra])
+        panels.setdefault(title, {}).setdefault(label, []).append(
+            (float(r["sparsity"]), float(r["speedup"])))
+    return {t: {lab: sorted(pts) for lab, pts in lines.items()} for t, lines in panels.items()}
 
 
 def plot_speedup(suites, path):
-    """Draw speedup against sparsity, one panel per suite and one line per shape.
+    """Draw speedup against sparsity: one line per shape, as the paper's figures.
+
+    A suite whose records vary in blocksize or thread count gets one panel
+    per combination; token counts (``N``) and dtypes that vary become
+    separate lines.
 
     Parameters
     ----------
     suites : list of dict
         Suite results as returned by the benchmark modules.
     path : str or os.PathLike
-        PNG file to write (parent directories are created).
+        Image to write (PNG unless the suffix names another format);
+        parent directories are created.
 
     Returns
     -------
@@ -213,16 +270,15 @@ def plot_speedup(suites, path):
         from matplotlib.figure import Figure
     except ImportError:
         return "matplotlib is not installed: no plot (pip install matplotlib)"
-    panels = [(s["name"], _series(s["records"])) for s in suites]
-    panels = [(name, lines) for name, lines in panels if lines]
+    panels = [item for s in suites for item in _panels(s).items()]
     if not panels:
         return "no record has both a sparsity and a speedup: no plot"
-    ncols = min(len(panels), 3)
+    ncols = len(panels) if len(panels) <= 3 else 2
     nrows = -(-len(panels) // ncols)
     # Figure + Agg canvas, not pyplot: no global state, no display needed.
-    fig = Figure(figsize=(5.2 * ncols, 4.0 * nrows), layout="constrained")
+    fig = Figure(figsize=(5.4 * ncols, 4.2 * nrows), layout="constrained")
     FigureCanvasAgg(fig)
-    for i, (name, lines) in enumerate(panels):
+    for i, (title, lines) in enumerate(panels):
         ax = fig.add_subplot(nrows, ncols, i + 1)
         for label, pts in lines.items():
             xs, ys = zip(*pts)
@@ -233,12 +289,12 @@ def plot_speedup(suites, path):
             ax.set_yscale("log")
         else:
             ax.set_ylim(bottom=0)
-        ax.set_title(name, fontsize=10)
+        ax.set_title(title, fontsize=9)
         ax.set_xlabel("sparsity (% of blocks removed)")
         ax.set_ylabel("speedup vs best peer")
         ax.grid(True, alpha=0.3)
-        ax.legend(fontsize=7, ncol=2 if len(lines) > 6 else 1)
+        ax.legend(fontsize=6, ncol=2 if len(lines) > 6 else 1)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110, format=path.suffix.lstrip(".").lower() or "png")
+    fig.savefig(path, dpi=100, format=path.suffix.lstrip(".").lower() or "png")
     return f"wrote {path}"

@@ -20,6 +20,7 @@ from blocksparse import _cli, _cli_bench, _cli_model
 from blocksparse.__main__ import main
 
 ROOT = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.thread_unsafe  # main() prints, bench saves and restores thread state
 
 
 def run(argv, capsys):
@@ -456,3 +457,48 @@ def test_sparsify_then_embed(tmp_path, capsys):
     code, out, err = run(["embed", "hello world", "--model", str(dst)], capsys)
     assert code == 0, err
     assert "shape (1, 384)" in out
+
+
+def test_bench_message_progress_and_lead_field_names(bench_dir, tmp_path, capsys):
+    """run(args, progress=...) with message strings; best_peer/peer_times_s columns."""
+    (bench_dir / "bench_spmm_int8.py").write_text(textwrap.dedent('''
+        def run(args=None, progress=None):
+            recs = []
+            for t in (1, 2):
+                for bs in ((4, 1), (1, 4)):
+                    for s in (0.8, 0.9):
+                        progress(f"case t={t} {bs} {s}")
+                        recs.append({"case": f"768x768 {s} {bs} t{t}", "M": 768, "K": 768,
+                                     "N": 128, "blocksize": list(bs), "threads": t,
+                                     "sparsity": s, "time_s": 1e-4,
+                                     "best_peer": "ort", "peer_times_s": {"ort": 3e-4},
+                                     "speedup": 3.0})
+            return {"name": "spmm_int8", "machine": {}, "records": recs}
+        '''))
+    png = tmp_path / "p.png"
+    code, out, err = run(["bench", "--suite", "int8", "--out-dir", str(tmp_path), "--plain",
+                          "--plot", str(png)], capsys)
+    assert code == 0, err
+    assert "case t=1 (4, 1) 0.8" in err  # the first message is printed
+    assert "best peer" in out and "ort" in out and "300.0 us" in out
+    from blocksparse._cli_report import _panels
+    data = json.loads((tmp_path / "bench.json").read_text())
+    panels = _panels(data["suites"][0])
+    assert sorted(panels) == sorted(f"spmm_int8\nblocksize={b}, threads={t}"
+                                    for b in ("(4, 1)", "(1, 4)") for t in (1, 2))
+    assert all(list(lines) == ["768x768"] for lines in panels.values())
+    if _has("matplotlib"):
+        assert png.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_progress_callback_forms():
+    import io
+    from blocksparse._cli_report import Progress
+    buf = io.StringIO()
+    with Progress(plain=True, stream=buf).suite("int8", 1, 1, "bench_x.py") as report:
+        report(1, 3, "a")
+        report(3, 3, "c")
+        report("message step")
+    text = buf.getvalue()
+    assert "[1/1] int8: running bench_x.py" in text
+    assert "1/3  a" in text and "3/3  c" in text

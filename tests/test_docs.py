@@ -56,9 +56,7 @@ def test_page_examples(page):
 
 # Docstring examples known to fail, with the reason; reported to their owners.
 # (non-strict xfail: an XPASS once fixed is the cue to remove the entry)
-KNOWN_BAD_EXAMPLES = {
-    "blocksparse.quantize": "under NumPy 2, float == np.float32 gives np.True_, not True",
-}
+KNOWN_BAD_EXAMPLES = {}
 
 
 def _public_objects():

@@ -25,7 +25,7 @@ import json
 import math
 import os
 import sys
-import time
+import warnings
 
 import numpy as np
 
@@ -63,6 +63,7 @@ def _torch_peers(M, K, N, threads):
     b = torch.randint(-127, 127, (K, M), dtype=torch.int8)
     peers["torch_int_mm"] = lambda: torch._int_mm(a, b)
     try:
+        warnings.filterwarnings("ignore", category=UserWarning, module="torch")
         torch.backends.quantized.engine = "onednn"
         ql = torch.ao.nn.quantized.Linear(K, M, dtype=torch.qint8)
         wq = torch.quantize_per_tensor(torch.randn(M, K), 0.05, 0, torch.qint8)
@@ -135,7 +136,6 @@ def run(args=None, progress=None):
     progress : callable, optional
         Called with a short string before each case.
     """
-    import scipy.sparse as sp
     shapes, tokens, sparsities, threads_list, blocksizes = _grid(args or argparse.Namespace())
     reps = 15 if getattr(args, "quick", False) else 30
     ceiling = vnni_ceiling.measure()

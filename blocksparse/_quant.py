@@ -12,7 +12,6 @@ Scheme (DESIGN.md, "Quantization"):
   ReLU/GELU, and float32 output or uint8 requantized with a given scale and
   zero point.
 """
-import numbers
 
 import numpy as np
 

@@ -73,8 +73,16 @@ def load_npz(file):
         for key in ("data", "indices", "indptr"):
             if key not in arrays:
                 raise ValueError(f"the BSR file has no {key!r} entry")
-        return BlockSparseMatrix((arrays["data"], arrays["indices"], arrays["indptr"]),
-                                 shape=shape)
+        triple = (arrays["data"], arrays["indices"], arrays["indptr"])
+        try:
+            return BlockSparseMatrix(triple, shape=shape)
+        except ValueError as exc:
+            # scipy writes BSR files with unsorted (even duplicate) block indices;
+            # the ranges are checked by now, so canonicalize those through scipy
+            if "sorted" not in str(exc) and "duplicate" not in str(exc):
+                raise
+        import scipy.sparse as sp
+        return BlockSparseMatrix(sp.bsr_array(triple, shape=shape))
     import scipy.sparse as sp
     try:
         S = sp.load_npz(file)

@@ -31,9 +31,12 @@
  *              exactly, so every output is still summed over k in
  *              ascending order in one register lane: chunking, tiling and
  *              the thread split do not change any result.
- *   output     W @ X with a full tile accumulates straight into Y; a ragged
- *              last tile, and the Linear form, go through a private row-block
- *              buffer that is then copied (or transposed) into Y.
+ *   output     accumulators of a row block live in a private aligned buffer
+ *              (ys, rows x NT) between chunks and are copied (W @ X) or
+ *              transposed (Linear form) into Y once the row block is done.
+ *              Accumulating in Y itself was no faster on one thread and
+ *              slower on two: NumPy's Y is only 16-byte aligned, so the two
+ *              threads' token tiles share a cache line in every row.
  *   threads    one parallel region, no barriers: thread p takes a
  *              contiguous range of block rows with about the same number of
  *              stored blocks (split points on 16-row boundaries so that
@@ -151,13 +154,13 @@ static void transpose_copy(BSK_T *dst, int64_t ldd, const BSK_T *src,
 
 /*
  * Block rows [i0, i1), block columns below bend, starting at cur[i - i0]
- * (advanced on return).  Accumulator rows live at ys + (row - i0 * R) * ldys;
+ * (advanced on return).  Accumulator rows live at ys + (row - i0 * R) * NT;
  * `first` starts them at zero instead of loading them.  RB rows x NV vectors
  * per register tile; C_ == 0 means the block width is read at run time.
  */
 BSK_INLINE void rows_core(const bsk_bcsr *W, int64_t i0, int64_t i1,
                           int64_t bend, int first, const BSK_T *P, BSK_T *ys,
-                          int64_t ldys, int32_t *cur, const int RB,
+                          int32_t *cur, const int RB,
                           const int C_, const int NV)
 {
     const int64_t R = W->R, C = C_ ? C_ : W->C, RC = R * C;
@@ -171,14 +174,14 @@ BSK_INLINE void rows_core(const bsk_bcsr *W, int64_t i0, int64_t i1,
             continue; /* nothing in this chunk: accumulators stay in memory */
         int64_t jend = jb;
         for (int64_t r0 = 0; r0 < R; r0 += RB) {
-            BSK_T *y = ys + ((i - i0) * R + r0) * ldys;
+            BSK_T *y = ys + ((i - i0) * R + r0) * NT;
             bsk_vec acc[8][8];
 #pragma GCC unroll 8
             for (int rr = 0; rr < RB; rr++)
 #pragma GCC unroll 8
                 for (int v = 0; v < NV; v++)
                     acc[rr][v] = first ? (bsk_vec){0}
-                                       : *(const bsk_vec_u *)(y + rr * ldys + v * BSK_LANES);
+                                       : *(const bsk_vec *)(y + rr * NT + v * BSK_LANES);
             const BSK_T *blk = data + jb * RC + r0 * C;
             /* the first row group finds the chunk's end, the others reuse it */
             const int64_t jlim = r0 == 0 ? je : jend;
@@ -209,22 +212,22 @@ BSK_INLINE void rows_core(const bsk_bcsr *W, int64_t i0, int64_t i1,
             for (int rr = 0; rr < RB; rr++)
 #pragma GCC unroll 8
                 for (int v = 0; v < NV; v++)
-                    *(bsk_vec_u *)(y + rr * ldys + v * BSK_LANES) = acc[rr][v];
+                    *(bsk_vec *)(y + rr * NT + v * BSK_LANES) = acc[rr][v];
         }
         cur[i - i0] = (int32_t)jend;
     }
 }
 
 typedef void (*rows_fn)(const bsk_bcsr *, int64_t, int64_t, int64_t, int,
-                        const BSK_T *, BSK_T *, int64_t, int32_t *);
+                        const BSK_T *, BSK_T *, int32_t *);
 
 #define BSK_ROWS(RB, C, NV)                                                   \
     static void rows_##RB##_##C##_##NV(const bsk_bcsr *W, int64_t i0,         \
                                        int64_t i1, int64_t bend, int first,   \
                                        const BSK_T *P, BSK_T *ys,             \
-                                       int64_t ldys, int32_t *cur)            \
+                                       int32_t *cur)                          \
     {                                                                         \
-        rows_core(W, i0, i1, bend, first, P, ys, ldys, cur, RB, C, NV);       \
+        rows_core(W, i0, i1, bend, first, P, ys, cur, RB, C, NV);             \
     }
 /* block width 1 (e.g. (4, 1), (16, 1)), 4 (e.g. (1, 4), (4, 4)), any */
 #define BSK_ROWS_C(RB, NV) BSK_ROWS(RB, 1, NV) BSK_ROWS(RB, 4, NV) BSK_ROWS(RB, 0, NV)
@@ -385,11 +388,8 @@ bsk_status BSK_FN(const bsk_bcsr *W, const BSK_T *X, int64_t ldx, int64_t N,
             } else {
                 for (int64_t t = p / pr; t < ntiles; t += pt) {
                     const int64_t n0 = t * NT, cnt = N - n0 < NT ? N - n0 : NT;
-                    const int direct = !transposed && cnt == NT;
                     for (int64_t ib = i0; ib < i1; ib += mbr) {
                         const int64_t ie = ib + mbr < i1 ? ib + mbr : i1;
-                        BSK_T *yb = direct ? Y + ib * R * ldy + n0 : ys;
-                        const int64_t ldys = direct ? ldy : NT;
                         for (int64_t i = ib; i < ie; i++)
                             cur[i - ib] = W->indptr[i];
                         /* at least one pass, so K == 0 still writes zeros */
@@ -397,10 +397,8 @@ bsk_status BSK_FN(const bsk_bcsr *W, const BSK_T *X, int64_t ldx, int64_t N,
                             const int64_t b1 = b0 + kcb < nbc ? b0 + kcb : nbc;
                             if (ib == i0) /* pack each chunk just before its first use */
                                 pack_rows(P, NT, X, ldx, b0 * C, b1 * C, n0, cnt, transposed);
-                            fn(W, ib, ie, b1, b0 == 0, P, yb, ldys, cur);
+                            fn(W, ib, ie, b1, b0 == 0, P, ys, cur);
                         }
-                        if (direct)
-                            continue;
                         const int64_t rows = (ie - ib) * R;
                         if (transposed && !stage) {
                             transpose_copy(Y + n0 * ldy + ib * R, ldy, ys, NT, cnt, rows, 1);

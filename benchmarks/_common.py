@@ -84,7 +84,20 @@ def machine_description():
         "versions": {m: _version(m) for m in
                      ("blocksparse", "numpy", "scipy", "torch", "onnxruntime")},
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "loadavg": load_average(),
     }
+
+
+def load_average():
+    """1, 5 and 15 minute load averages (None where unavailable).
+
+    Recorded with the results: on a shared machine a load above the core count
+    means other processes took CPU time, and two-thread timings suffer most.
+    """
+    try:
+        return [round(v, 2) for v in os.getloadavg()]
+    except (OSError, AttributeError):
+        return None
 
 
 _FLUSH = None

@@ -19,7 +19,8 @@ Peers, timed in the same run on the same operands:
 * ``numpy_f32``      dense float32 through NumPy's BLAS, limited to the same
   thread count with threadpoolctl when it is installed.
 
-Each record has the median time (``time_s``, also ``time_min_s``), effective
+Each record has the median time (``time_s``, also ``time_min_s``, and with
+``--cold`` ``time_cold_s``, the caches flushed before every call), effective
 GOPS (``2MNK/t``, dense-equivalent) and actual GOPS (times the stored density),
 ``ratio_vs_scipy`` and ``ratio_vs_numpy`` (peer time / blocksparse time, so
 > 1 means blocksparse is faster), and ``speedup`` against the faster peer.
@@ -41,7 +42,8 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 
 import blocksparse  # noqa: E402
-from _common import format_table, gops, machine_description, time_call, write_json  # noqa: E402
+from _common import (format_table, gops, load_average, machine_description, time_call,  # noqa: E402
+                     write_json)
 
 SHAPES = [(768, 768), (3072, 768), (768, 3072), (1024, 4096)]
 TOKENS = [128, 384]
@@ -89,7 +91,8 @@ def run(args=None, progress=None):
     ----------
     args : argparse.Namespace, optional
         Attributes quick, shapes (list of (M, K)), tokens, sparsity, threads,
-        blocksizes, forms; missing or None ones take the defaults.
+        blocksizes, forms, cold (also time with flushed caches: ``time_cold_s``);
+        missing or None ones take the defaults.
     progress : callable, optional
         Called with a short message before each case.
 
@@ -101,10 +104,12 @@ def run(args=None, progress=None):
     args = args or argparse.Namespace()
     shapes, tokens, sparsities, threads_list, blocksizes, forms = _grid(args)
     quick = getattr(args, "quick", False)
+    cold = getattr(args, "cold", False)
     reps = 10 if quick else 30
     peer_reps = 3 if quick else 5
     rng = np.random.default_rng(0)
     records = []
+    load_before = load_average()
     saved_threads = blocksparse.get_num_threads()
     try:
         for M, K in shapes:
@@ -144,6 +149,8 @@ def run(args=None, progress=None):
                                 blocksparse.set_num_threads(threads)
                                 tm = time_call(ours, repeat=reps, warmup=5)
                                 t = tm["median"]
+                                t_cold = time_call(ours, repeat=max(5, reps // 3), warmup=1,
+                                                   cold=True)["median"] if cold else None
                                 t_np = numpy_t[form, threads]
                                 peers = {"scipy_bsr_f32": t_sp, "numpy_f32": t_np}
                                 best = min(peers, key=peers.get)
@@ -155,7 +162,7 @@ def run(args=None, progress=None):
                                     "density": W.density, "blocksize": list(bsz),
                                     "threads": threads, "form": form,
                                     "isa": blocksparse.get_isa(), "dtype": "float32",
-                                    "time_s": t, "time_min_s": tm["min"],
+                                    "time_s": t, "time_min_s": tm["min"], "time_cold_s": t_cold,
                                     "gops_eff": eff, "gops_actual": act,
                                     "peer_times_s": peers, "best_peer": best,
                                     "speedup": peers[best] / t,
@@ -164,7 +171,9 @@ def run(args=None, progress=None):
     finally:
         blocksparse.set_num_threads(saved_threads)
     summary = summarize(records)
-    return {"name": "spmm_float", "machine": machine_description(), "records": records,
+    machine = machine_description()
+    machine["loadavg_before"] = load_before
+    return {"name": "spmm_float", "machine": machine, "records": records,
             "summary": summary, "table": make_table(records, summary)}
 
 
@@ -216,6 +225,39 @@ def make_table(records, summary):
     return text
 
 
+def to_markdown(result):
+    """Markdown for docs/results: machine description, the 90 % target check, all records."""
+    m = result["machine"]
+    lines = [f"# {result['name']}: float32 block-sparse products", "",
+             "| machine | |", "|---|---|"]
+    for key in ("cpu", "cpu_family_model_stepping", "cpu_mhz", "cores", "caches", "platform",
+                "isa_in_use", "openmp", "python", "versions", "date", "loadavg_before",
+                "loadavg"):
+        v = m.get(key)
+        if isinstance(v, dict):
+            v = ", ".join(f"{k} {w}" for k, w in v.items() if w is not None)
+        lines.append(f"| {key} | {v} |")
+    lines += ["", f"## Target: >= {TARGET_VS_SCIPY:g}x scipy.sparse.bsr_array at 1 thread and "
+              f">= {TARGET_SCALING:g}x from 1 to 2 threads, 90 % sparsity", "",
+              "| shape | N | blocksize | form | 1 thread vs scipy | 2 threads / 1 thread | met |",
+              "|---|---:|---|---|---:|---:|---|"]
+    for e in result["summary"]:
+        sc = "-" if e["scaling_2t"] is None else f"{e['scaling_2t']:.2f}"
+        lines.append(f"| {e['M']}x{e['K']} | {e['N']} | {e['blocksize'][0]}x{e['blocksize'][1]} "
+                     f"| {e['form']} | {e['vs_scipy_1t']:.1f}x | {sc} | "
+                     f"{'yes' if e['meets_target'] else 'NO'} |")
+    lines += ["", "## All cases (median of the timed calls; min in brackets)", "",
+              "| case | time us | scipy us | numpy us | vs scipy | vs numpy | eff GOPS | act GOPS |",
+              "|---|---:|---:|---:|---:|---:|---:|---:|"]
+    for r in result["records"]:
+        p = r["peer_times_s"]
+        lines.append(f"| {r['case']} | {r['time_s'] * 1e6:.1f} ({r['time_min_s'] * 1e6:.1f}) "
+                     f"| {p['scipy_bsr_f32'] * 1e6:.0f} | {p['numpy_f32'] * 1e6:.0f} "
+                     f"| {r['ratio_vs_scipy']:.1f}x | {r['ratio_vs_numpy']:.1f}x "
+                     f"| {r['gops_eff']:.0f} | {r['gops_actual']:.0f} |")
+    return "\n".join(lines) + "\n"
+
+
 def _parse_list(text, conv):
     return [conv(t) for t in text.split(",") if t.strip()]
 
@@ -234,13 +276,19 @@ def main(argv=None):
     parser.add_argument("--threads", type=lambda s: _parse_list(s, int), help="e.g. 1,2")
     parser.add_argument("--blocksizes", type=_parse_pairs, help="e.g. 4x1,1x4 (R x C)")
     parser.add_argument("--forms", type=lambda s: _parse_list(s, str), help="W@X,x@W.T")
+    parser.add_argument("--cold", action="store_true",
+                        help="also time blocksparse with the caches flushed before each call")
     parser.add_argument("--json", help="write the results here")
+    parser.add_argument("--markdown", help="write a markdown report here")
     args = parser.parse_args(argv)
     result = run(args, progress=lambda msg: print(f"  {msg}", file=sys.stderr, flush=True))
     print(json.dumps(result["machine"], indent=1))
     print(result["table"])
     if args.json:
         write_json(args.json, result)
+    if args.markdown:
+        with open(args.markdown, "w") as f:
+            f.write(to_markdown(result))
     return 0
 
 

@@ -114,7 +114,8 @@ def flush_cache(nbytes=64 << 20):
 def time_call(fn, repeat=30, warmup=5, cold=False):
     """Time ``fn()``: `warmup` untimed calls, then `repeat` timed ones.
 
-    Returns ``{"median", "min", "repeat"}`` in seconds.  The median is the
+    Returns ``{"median", "min", "repeat", "times"}`` in seconds (``times``:
+    every timed call, for pooling over several rounds).  The median is the
     number to report on a shared machine (other processes only ever add time);
     the min shows what a quiet machine can do.  With `cold`, the caches are
     flushed (64 MiB touched, not timed) before every timed call.
@@ -128,7 +129,8 @@ def time_call(fn, repeat=30, warmup=5, cold=False):
         t0 = time.perf_counter()
         fn()
         times.append(time.perf_counter() - t0)
-    return {"median": float(np.median(times)), "min": float(np.min(times)), "repeat": repeat}
+    return {"median": float(np.median(times)), "min": float(np.min(times)), "repeat": repeat,
+            "times": times}
 
 
 def gops(M, K, N, seconds, density=1.0):

@@ -67,6 +67,25 @@ def _blas_threads(n):
     return threadpool_limits(limits=n, user_api="blas")
 
 
+def _interleaved(fn, threads_list, reps, rounds=3):
+    """Time fn at every thread count in alternating rounds of reps // rounds calls.
+
+    On a shared machine the background load changes over seconds; alternating
+    the thread counts makes them see the same load, so their ratio (the
+    scaling) is not an artefact of when each was measured.  Returns
+    {threads: {"median", "min", "repeat"}} over all rounds.
+    """
+    times = {t: [] for t in threads_list}
+    per = max(1, reps // rounds)
+    for r in range(rounds):
+        for threads in threads_list:
+            blocksparse.set_num_threads(threads)
+            res = time_call(fn, repeat=per, warmup=5 if r == 0 else 2)
+            times[threads].extend(res.pop("times"))
+    return {t: {"median": float(np.median(v)), "min": float(np.min(v)), "repeat": len(v)}
+            for t, v in times.items()}
+
+
 def _grid(args):
     quick = getattr(args, "quick", False)
     shapes = getattr(args, "shapes", None) or (SHAPES[:2] if quick else SHAPES)
@@ -143,11 +162,12 @@ def run(args=None, progress=None):
                                            time_call(lambda: (S @ x.T).T, repeat=peer_reps,
                                                      warmup=1)["median"])
                                 ours = (lambda: x @ WT)
+                            _say(progress, f"{M}x{K} N={N} {sparsity:.0%} {bsz} {form} "
+                                           f"threads {threads_list}")
+                            warm = _interleaved(ours, threads_list, reps)
                             for threads in threads_list:
-                                _say(progress, f"{M}x{K} N={N} {sparsity:.0%} {bsz} {form} "
-                                               f"t={threads}")
                                 blocksparse.set_num_threads(threads)
-                                tm = time_call(ours, repeat=reps, warmup=5)
+                                tm = warm[threads]
                                 t = tm["median"]
                                 t_cold = time_call(ours, repeat=max(5, reps // 3), warmup=1,
                                                    cold=True)["median"] if cold else None

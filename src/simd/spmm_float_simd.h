@@ -37,12 +37,14 @@
  *              Accumulating in Y itself was no faster on one thread and
  *              slower on two: NumPy's Y is only 16-byte aligned, so the two
  *              threads' token tiles share a cache line in every row.
- *   threads    one parallel region, no barriers: thread p takes a
- *              contiguous range of block rows with about the same number of
- *              stored blocks (split points on 16-row boundaries so that
- *              (N, M) outputs share no cache line), and, when there are
- *              more threads than row ranges, every pt-th token tile.  Each
- *              thread packs the tiles it needs itself.
+ *   threads    one parallel region with no barrier inside: when the token
+ *              tiles divide evenly among the threads (N = 128 or 384 with
+ *              64-token tiles on two threads), thread p takes every np-th
+ *              tile and all rows, so no tile is packed twice; otherwise it
+ *              takes a contiguous range of block rows holding about the same
+ *              number of stored blocks (split on 16-row boundaries), packs
+ *              every tile itself and computes its rows.  Either way each
+ *              output element is computed by one thread in the same order.
  */
 #include "blocksparse/bsk_internal.h"
 

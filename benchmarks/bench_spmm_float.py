@@ -23,7 +23,11 @@ Each record has the median time (``time_s``, also ``time_min_s``, and with
 ``--cold`` ``time_cold_s``, the caches flushed before every call), effective
 GOPS (``2MNK/t``, dense-equivalent) and actual GOPS (times the stored density),
 ``ratio_vs_scipy`` and ``ratio_vs_numpy`` (peer time / blocksparse time, so
-> 1 means blocksparse is faster), and ``speedup`` against the faster peer.
+> 1 means blocksparse is faster), ``speedup`` against the faster peer, and the
+actual GOPS as fractions of two ceilings measured at the start by a small C
+probe (:func:`measure_ceilings`, per thread): ``ceiling_fraction`` of the FMA
+rate, ``l1_load_ceiling_fraction`` of the rate at one L1 vector load per FMA,
+which is what blocksize (1, 4) can reach at best.
 ``summary`` checks issue 2's target at 90 % sparsity: >= 10x scipy at one
 thread and >= 1.7x from one to two threads.
 
@@ -56,6 +60,96 @@ param_names = ["shape", "N", "sparsity", "blocksize", "threads", "form"]
 
 TARGET_VS_SCIPY = 10.0   # issue 2: at 90 % sparsity, one thread
 TARGET_SCALING = 1.7     # issue 2: one -> two threads
+
+
+# ---- ceilings ---------------------------------------------------------------------
+
+_PROBE_C = r"""
+typedef float vec __attribute__((vector_size(VBYTES)));
+#define L (VBYTES / 4)
+/* 16 independent FMA chains in registers: the FMA issue rate. */
+float fma_peak(long iters) {
+    vec a[16], b = (vec){0} + 1.0000001f, c = (vec){0} + 1e-7f, s = (vec){0};
+    for (int i = 0; i < 16; i++) a[i] = (vec){0} + (float)i;
+    for (long it = 0; it < iters; it++) {
+#pragma GCC unroll 16
+        for (int i = 0; i < 16; i++) a[i] = a[i] * b + c;
+    }
+    for (int i = 0; i < 16; i++) s += a[i];
+    return s[0];
+}
+/* One vector load from an L1-resident buffer per FMA: the ceiling of a kernel
+ * that cannot reuse activation loads across rows, such as blocksize (1, 4). */
+float fma_load(const float *buf, long nvec, long reps) {
+    vec a[16], s = (vec){0};
+    const float w = 0.999f;
+    for (int i = 0; i < 16; i++) a[i] = (vec){0};
+    for (long r = 0; r < reps; r++) {
+        for (long i = 0; i + 16 <= nvec; i += 16) {
+#pragma GCC unroll 16
+            for (int v = 0; v < 16; v++) a[v] += w * *(const vec *)(buf + (i + v) * L);
+        }
+        __asm__ volatile("" : : "r"(buf) : "memory");
+    }
+    for (int i = 0; i < 16; i++) s += a[i];
+    return s[0];
+}
+int lanes(void) { return L; }
+"""
+
+
+def measure_ceilings():
+    """fp32 GFLOPS ceilings of one core, from a small C probe built with the best ISA's flags.
+
+    ``fma_gflops``: FMAs from registers only (the compute ceiling);
+    ``fma_l1_load_gflops``: one vector load from L1 per FMA (the ceiling
+    when every multiply needs a new activation vector, as for (1, 4) blocks).
+    None values when no C compiler is available.
+    """
+    import ctypes
+    import shlex
+    import subprocess
+    import sysconfig
+    import tempfile
+    import time
+    wide = "avx512_vnni" in blocksparse.available_isas()
+    flags = (["-mavx512f", "-DVBYTES=64"] if wide else ["-mavx2", "-DVBYTES=32"]) + ["-mfma"]
+    out = {"fma_gflops": None, "fma_l1_load_gflops": None, "vector_bits": 512 if wide else 256}
+    cc = shlex.split(os.environ.get("CC") or sysconfig.get_config_var("CC") or "cc")
+    with tempfile.TemporaryDirectory() as tmp:
+        src, lib_path = os.path.join(tmp, "probe.c"), os.path.join(tmp, "probe.so")
+        with open(src, "w") as f:
+            f.write(_PROBE_C)
+        try:
+            subprocess.run(cc + ["-O2", "-shared", "-fPIC", "-ffp-contract=fast"] + flags +
+                           [src, "-o", lib_path], check=True, capture_output=True)
+            lib = ctypes.CDLL(lib_path)
+        except (subprocess.CalledProcessError, OSError):
+            return out
+        lib.fma_peak.argtypes = [ctypes.c_long]
+        lib.fma_load.argtypes = [ctypes.c_void_p, ctypes.c_long, ctypes.c_long]
+        lanes = lib.lanes()
+        buf = np.full(16 * 1024 // 4 + 64, 1e-3, dtype=np.float32)  # 16 KiB: stays in L1
+        base = buf.ctypes.data
+        ptr = base + (-base) % 64  # vector-aligned
+        nvec = 16 * 1024 // (4 * lanes)
+
+        def best(fn, *a):
+            # many short runs, the fastest: a ceiling is what a quiet core does
+            fn(*a)
+            ts = []
+            for _ in range(25):
+                t0 = time.perf_counter()
+                fn(*a)
+                ts.append(time.perf_counter() - t0)
+            return min(ts)
+
+        iters = 500_000
+        out["fma_gflops"] = iters * 16 * lanes * 2 / best(lib.fma_peak, iters) / 1e9
+        reps = 5_000
+        out["fma_l1_load_gflops"] = reps * nvec * lanes * 2 / best(lib.fma_load, ptr, nvec,
+                                                                   reps) / 1e9
+    return out
 
 
 def _blas_threads(n):
@@ -118,7 +212,7 @@ def run(args=None, progress=None):
     Returns
     -------
     dict
-        ``{"name", "machine", "records", "summary", "table"}``.
+        ``{"name", "machine", "ceiling", "records", "summary", "table"}``.
     """
     args = args or argparse.Namespace()
     shapes, tokens, sparsities, threads_list, blocksizes, forms = _grid(args)
@@ -129,6 +223,7 @@ def run(args=None, progress=None):
     rng = np.random.default_rng(0)
     records = []
     load_before = load_average()
+    ceiling = measure_ceilings()
     saved_threads = blocksparse.get_num_threads()
     try:
         for M, K in shapes:
@@ -190,10 +285,20 @@ def run(args=None, progress=None):
                                 })
     finally:
         blocksparse.set_num_threads(saved_threads)
+    # measured again at the end: the larger of the two is the less disturbed
+    again = measure_ceilings()
+    for key in ("fma_gflops", "fma_l1_load_gflops"):
+        if again[key] and (ceiling[key] is None or again[key] > ceiling[key]):
+            ceiling[key] = again[key]
+    peak, peak_ld = ceiling["fma_gflops"], ceiling["fma_l1_load_gflops"]
+    for r in records:
+        act, threads = r["gops_actual"], r["threads"]
+        r["ceiling_fraction"] = act / (peak * threads) if peak else None
+        r["l1_load_ceiling_fraction"] = act / (peak_ld * threads) if peak_ld else None
     summary = summarize(records)
     machine = machine_description()
     machine["loadavg_before"] = load_before
-    return {"name": "spmm_float", "machine": machine, "records": records,
+    return {"name": "spmm_float", "machine": machine, "ceiling": ceiling, "records": records,
             "summary": summary, "table": make_table(records, summary)}
 
 
@@ -245,6 +350,10 @@ def make_table(records, summary):
     return text
 
 
+def _pct(v):
+    return "-" if v is None else f"{100 * v:.0f}"
+
+
 def to_markdown(result):
     """Markdown for docs/results: machine description, the 90 % target check, all records."""
     m = result["machine"]
@@ -257,6 +366,11 @@ def to_markdown(result):
         if isinstance(v, dict):
             v = ", ".join(f"{k} {w}" for k, w in v.items() if w is not None)
         lines.append(f"| {key} | {v} |")
+    c = result.get("ceiling") or {}
+    if c.get("fma_gflops"):
+        lines += ["", f"Ceilings of one core (C probe, {c['vector_bits']}-bit): "
+                  f"{c['fma_gflops']:.0f} GFLOPS from registers, "
+                  f"{c['fma_l1_load_gflops']:.0f} GFLOPS with one L1 load per FMA."]
     lines += ["", f"## Target: >= {TARGET_VS_SCIPY:g}x scipy.sparse.bsr_array at 1 thread and "
               f">= {TARGET_SCALING:g}x from 1 to 2 threads, 90 % sparsity", "",
               "| shape | N | blocksize | form | 1 thread vs scipy | 2 threads / 1 thread | met |",
@@ -267,14 +381,16 @@ def to_markdown(result):
                      f"| {e['form']} | {e['vs_scipy_1t']:.1f}x | {sc} | "
                      f"{'yes' if e['meets_target'] else 'NO'} |")
     lines += ["", "## All cases (median of the timed calls; min in brackets)", "",
-              "| case | time us | scipy us | numpy us | vs scipy | vs numpy | eff GOPS | act GOPS |",
-              "|---|---:|---:|---:|---:|---:|---:|---:|"]
+              "| case | time us | scipy us | numpy us | vs scipy | vs numpy | eff GOPS | act GOPS "
+              "| % FMA ceiling | % L1-load ceiling |",
+              "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in result["records"]:
         p = r["peer_times_s"]
         lines.append(f"| {r['case']} | {r['time_s'] * 1e6:.1f} ({r['time_min_s'] * 1e6:.1f}) "
                      f"| {p['scipy_bsr_f32'] * 1e6:.0f} | {p['numpy_f32'] * 1e6:.0f} "
                      f"| {r['ratio_vs_scipy']:.1f}x | {r['ratio_vs_numpy']:.1f}x "
-                     f"| {r['gops_eff']:.0f} | {r['gops_actual']:.0f} |")
+                     f"| {r['gops_eff']:.0f} | {r['gops_actual']:.0f} "
+                     f"| {_pct(r['ceiling_fraction'])} | {_pct(r['l1_load_ceiling_fraction'])} |")
     return "\n".join(lines) + "\n"
 
 

@@ -52,6 +52,8 @@ def load_npz(file):
         If the file is not a valid sparse ``.npz`` file or its arrays break
         the block-CSR invariants.
     """
+    # a file object is read twice for non-BSR formats: remember where it starts
+    start = file.tell() if hasattr(file, "seek") and hasattr(file, "tell") else None
     try:
         with np.load(file, allow_pickle=False) as f:
             keys = set(f.files)
@@ -85,7 +87,13 @@ def load_npz(file):
         return BlockSparseMatrix(sp.bsr_array(triple, shape=shape))
     import scipy.sparse as sp
     try:
+        if start is not None:
+            file.seek(start)
         S = sp.load_npz(file)
+        if hasattr(S, "check_format"):
+            # scipy checks index ranges only on request; converting a corrupt
+            # CSR/CSC file to BSR would read and write out of bounds
+            S.check_format(full_check=True)
     except Exception as exc:  # scipy raises a mix of types for bad files
         raise ValueError(f"cannot read the {fmt!r} sparse matrix file: {exc}") from None
     return BlockSparseMatrix(S)

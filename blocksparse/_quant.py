@@ -157,7 +157,7 @@ def quantize(W, blocksize=None):
     >>> import numpy as np, blocksparse
     >>> W = np.array([[0.5, -1.0, 0, 0], [0, 0, 2.0, 0.25]] * 2, dtype=np.float32)
     >>> Q = blocksparse.quantize(W, blocksize=(1, 2))
-    >>> Q.weight.toarray()[0].tolist(), float(Q.scale[0]) == np.float32(1.0 / 127)
+    >>> Q.weight.toarray()[0].tolist(), bool(Q.scale[0] == np.float32(1.0 / 127))
     ([64, -127, 0, 0], True)
     """
     if not isinstance(W, BlockSparseMatrix):

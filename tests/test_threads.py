@@ -185,6 +185,8 @@ def test_gil_released_during_kernel(kind, restore_threads):
         blocksparse.set_num_threads(1)
         f = long_call(kind)
         inside, dur = progress_during(f)
+        if inside == 0:  # a heavily loaded machine may not schedule the counter: once more
+            inside, dur = progress_during(lambda: (f(), f(), f()))
     assert dur > 0.08, f"the call was too short ({dur:.3f} s) to tell"
     assert inside > 0, f"no Python progress during a {dur:.3f} s {kind} kernel: GIL held?"
 
@@ -247,19 +249,24 @@ def test_no_memory_growth_over_many_calls(restore_threads):
     for _ in range(300):  # warm up allocator pools and OpenMP teams
         for c in calls:
             c()
-    tracemalloc.start()
-    try:
-        rss0 = rss_bytes()
-        snap0 = tracemalloc.take_snapshot()
-        for _ in range(2000):  # 5 calls each: 10**4 calls
-            for c in calls:
-                c()
-        snap1 = tracemalloc.take_snapshot()
-        rss1 = rss_bytes()
-    finally:
-        tracemalloc.stop()
-    py_growth = sum(s.size_diff for s in snap1.compare_to(snap0, "filename"))
-    assert py_growth < 256 * 1024, f"Python allocations grew by {py_growth} bytes"
+    # 1. resident memory over 10**4 calls (tracemalloc off: its own tables would count)
+    rss0 = rss_bytes()
+    for _ in range(2000):  # 5 call kinds: 10**4 calls
+        for c in calls:
+            c()
+    rss1 = rss_bytes()
     # each call kind runs 2000 times: leaking one 2 KiB kernel buffer per call
     # of one kind adds 4 MiB
     assert rss1 - rss0 < 3 * 2**20, f"RSS grew by {(rss1 - rss0) / 2**20:.1f} MiB"
+    # 2. Python-level allocations (caches that grow per call, ...)
+    tracemalloc.start()
+    try:
+        snap0 = tracemalloc.take_snapshot()
+        for _ in range(400):
+            for c in calls:
+                c()
+        snap1 = tracemalloc.take_snapshot()
+    finally:
+        tracemalloc.stop()
+    py_growth = sum(s.size_diff for s in snap1.compare_to(snap0, "filename"))
+    assert py_growth < 64 * 1024, f"Python allocations grew by {py_growth} bytes"

@@ -3,5 +3,6 @@
 #define BSK_ACC 8
 
 #define BSK_T double
+#define BSK_TSIZE 8
 #define BSK_FN bsk_spmm_f64_avx2
 #include "../simd/spmm_float_simd.h"

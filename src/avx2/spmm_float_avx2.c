@@ -3,5 +3,6 @@
 #define BSK_ACC 8
 
 #define BSK_T float
+#define BSK_TSIZE 4
 #define BSK_FN bsk_spmm_f32_avx2
 #include "../simd/spmm_float_simd.h"

@@ -160,8 +160,9 @@ static void BSK_NN_FN(attn_pair)(const bsk_nn_attn_args *a, int64_t b, int64_t h
         const int rb = S - i0 >= BSK_NN_RB ? BSK_NN_RB : (int)(S - i0);
         const float *q = qb + i0 * ldq;
         if (uniform) {
-            for (int64_t e = 0; e < rb * kp; e++)
-                sc[e] = 0.0f;
+            /* equal scores: 0 for the keys, -inf for the padding to kp */
+            for (int r = 0; r < rb; r++)
+                memcpy(sc + r * kp, madd, (size_t)kp * sizeof(float));
         } else if (rb == BSK_NN_RB) {
             int64_t j0 = 0;
             for (; j0 + 16 * BSK_NN_JV <= kp; j0 += 16 * BSK_NN_JV)

@@ -15,26 +15,37 @@ static void BSK_NN_FN(add_layernorm_rows)(const bsk_nn_rows_args *a, int64_t r0,
         const float *x = a->X + r * a->ldx;
         const float *res = a->Res ? a->Res + r * a->ldr : NULL;
         float *y = a->Y + r * a->ldy;
-        /* pass 1: t = x + res (kept in y) and its sum */
+        /* pass 1: t = x + res (kept in y) and its sum, taken about the
+         * row's first value so that a large common offset does not eat the
+         * float32 mantissa of the sum */
+        const float pivot = x[0] + (res ? res[0] : 0.0f);
         bsk_v16f vs = (bsk_v16f){0};
         int64_t k = 0;
-        for (; k < n; k += 16) {
-            bsk_v16f t = bsk_nn_load_part(x + k, n - k);
+        for (; k + 16 <= n; k += 16) {
+            bsk_v16f t = bsk_nn_load(x + k);
             if (res)
-                t = t + bsk_nn_load_part(res + k, n - k);
-            bsk_nn_store_part(y + k, t, n - k);
-            vs = vs + t;
+                t = t + bsk_nn_load(res + k);
+            bsk_nn_store(y + k, t);
+            vs = vs + (t - pivot);
         }
-        const float mean = bsk_nn_hsum(vs) * inv_n;
+        float tail = 0.0f;
+        for (; k < n; k++) {
+            const float t = x[k] + (res ? res[k] : 0.0f);
+            y[k] = t;
+            tail += t - pivot;
+        }
+        /* the mean as pivot + moff: (t - pivot) - moff keeps the digits that
+         * a float32 mean near a large offset would round away */
+        const float moff = (bsk_nn_hsum(vs) + tail) * inv_n;
         /* pass 2: variance about the mean (two passes: no cancellation) */
         bsk_v16f vv = (bsk_v16f){0};
         for (k = 0; k + 16 <= n; k += 16) {
-            const bsk_v16f d = bsk_nn_load(y + k) - mean;
+            const bsk_v16f d = (bsk_nn_load(y + k) - pivot) - moff;
             vv = vv + d * d;
         }
         if (k < n) {
-            bsk_v16f d = bsk_nn_load_part(y + k, n - k) - mean;
-            /* zero the lanes past the end, which hold -mean */
+            bsk_v16f d = (bsk_nn_load_part(y + k, n - k) - pivot) - moff;
+            /* zero the lanes past the end, which hold -pivot - moff */
             bsk_v16i lane = {0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15};
             d = bsk_select(lane < (int32_t)(n - k), d, (bsk_v16f){0});
             vv = vv + d * d;
@@ -44,7 +55,7 @@ static void BSK_NN_FN(add_layernorm_rows)(const bsk_nn_rows_args *a, int64_t r0,
         /* pass 3: normalize, scale, shift */
         for (k = 0; k < n; k += 16) {
             const int64_t c = n - k;
-            bsk_v16f t = (bsk_nn_load_part(y + k, c) - mean) * rstd;
+            bsk_v16f t = ((bsk_nn_load_part(y + k, c) - pivot) - moff) * rstd;
             t = t * bsk_nn_load_part(a->gamma + k, c) + bsk_nn_load_part(a->beta + k, c);
             bsk_nn_store_part(y + k, t, c);
         }

@@ -226,8 +226,9 @@ class BlockSparseMatrix:
             blocksize = S.blocksize if S.format == "bsr" else _default_blocksize(S.shape)
         R, C = _check_blocksize(blocksize, S.shape)
         dt = dtype or _check_dtype(S.dtype, "the input's dtype")
-        B = sp.bsr_array(S, blocksize=(R, C), copy=True) if S.format != "bsr" or \
-            S.blocksize != (R, C) else sp.bsr_array(S, copy=True)
+        if S.format == "bsr" and S.blocksize != (R, C):
+            S = S.tocsr()  # scipy ignores blocksize= for a BSR input of another blocksize
+        B = sp.bsr_array(S, blocksize=(R, C), copy=True)
         B.sum_duplicates()
         B.sort_indices()
         data = _cast_values(B.data, dt, "the input's data")
@@ -706,8 +707,9 @@ def _int8_product(W, X, transposed, out_shape):
     indptr, indices = W._kernel_arrays()
     gptr, gcols, gw = W._int8_pack()
     isa = _config._active_isa()
-    _config._log_kernel(_kernels.qspmm_kernel_name(isa, W.blocksize, gptr is not None), isa,
-                        f"M={M} K={K} N={N} int32")
+    if _config._State.verbose:
+        _config._log_kernel(_kernels.qspmm_kernel_name(isa, W.blocksize, gptr is not None), isa,
+                            f"M={M} K={K} N={N} int32")
     _kernels.qspmm(isa, W.shape, W.blocksize, indptr, indices, W._data, gptr, gcols, gw,
                    Xc, transposed, Y, transposed, "int32", None,
                    W._int8_rowsum() if zero else None, None, None,

@@ -12,7 +12,6 @@ Scheme (DESIGN.md, "Quantization"):
   ReLU/GELU, and float32 output or uint8 requantized with a given scale and
   zero point.
 """
-import numbers
 
 import numpy as np
 
@@ -25,9 +24,15 @@ _ACTIVATIONS = (None, "relu", "gelu")
 
 
 def _finite_positive(value, name):
-    arr = np.asarray(value, dtype=np.float64)
-    if arr.dtype.kind not in "f" or not np.all(np.isfinite(arr)) or np.any(arr <= 0):
-        raise ValueError(f"{name} must be finite and positive, got {value!r}")
+    try:
+        arr = np.asarray(value, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise TypeError(f"{name} must be a positive number, got {value!r}") from None
+    # the kernels use float32: a scale that rounds to 0 or inf there is refused too
+    with np.errstate(over="ignore", under="ignore"):
+        arr32 = arr.astype(np.float32)
+    if not np.all(np.isfinite(arr32)) or np.any(arr32 <= 0):
+        raise ValueError(f"{name} must be finite and positive in float32, got {value!r}")
     return arr
 
 
@@ -151,7 +156,7 @@ def quantize(W, blocksize=None):
     >>> import numpy as np, blocksparse
     >>> W = np.array([[0.5, -1.0, 0, 0], [0, 0, 2.0, 0.25]] * 2, dtype=np.float32)
     >>> Q = blocksparse.quantize(W, blocksize=(1, 2))
-    >>> Q.weight.toarray()[0].tolist(), float(Q.scale[0]) == np.float32(1.0 / 127)
+    >>> Q.weight.toarray()[0].tolist(), bool(Q.scale[0] == np.float32(1.0 / 127))
     ([64, -127, 0, 0], True)
     """
     if not isinstance(W, BlockSparseMatrix):
@@ -207,7 +212,8 @@ def quantize_activations(x, scale=None, zero_point=None, per_token=True):
         raise TypeError(f"x must be float32 or float64, got {x.dtype}")
     if x.ndim != 2:
         raise ValueError(f"x must be 2-D (N, K), got shape {x.shape}")
-    xc = np.ascontiguousarray(x, dtype=np.float32)
+    with np.errstate(over="ignore"):  # values beyond float32 become inf: refused below
+        xc = np.ascontiguousarray(x, dtype=np.float32)
     if not np.all(np.isfinite(xc)):
         raise ValueError("x has NaN or Inf values (or values beyond float32), which uint8 "
                          "quantization cannot represent")
@@ -215,18 +221,22 @@ def quantize_activations(x, scale=None, zero_point=None, per_token=True):
         raise ValueError("give both scale and zero_point (static) or neither (dynamic)")
     q = np.empty(xc.shape, dtype=np.uint8)
     if scale is not None:
-        s = np.array([_finite_positive(scale, "scale")], dtype=np.float32).reshape(1)
+        s = np.array(_finite_positive(scale, "scale"), dtype=np.float32).reshape(-1)
         if s.size != 1:
-            raise ValueError("a static scale must be a scalar")
-        z = _zero_point(zero_point, "zero_point").reshape(1)
+            raise ValueError(f"a static scale must be a scalar, got shape {np.shape(scale)}")
+        z = _zero_point(zero_point, "zero_point").reshape(-1)
+        if z.size != 1:
+            raise ValueError(f"a static zero_point must be a scalar, got shape "
+                             f"{np.shape(zero_point)}")
         mode = "static"
     else:
         n = xc.shape[0] if per_token else 1
         s = np.empty(max(n, 1), dtype=np.float32)
         z = np.empty(max(n, 1), dtype=np.int32)
         mode = "token" if per_token else "tensor"
-    if xc.size or mode != "token":
-        _kernels.quantize_u8(xc, mode, s, z, q, _config.get_num_threads())
+    if xc.shape[0] or mode != "token":  # K = 0 rows still get scale 1, zero point 0
+        _kernels.quantize_u8(_config._active_isa(), xc, mode, s, z, q,
+                             _config.get_num_threads())
     if mode == "token":
         return q, s[:xc.shape[0]], z[:xc.shape[0]]
     return q, s.reshape(()), z.reshape(())
@@ -275,8 +285,9 @@ def _run(Wq, xq, x_transposed, Y, y_transposed, kind, activation, x_scale, x_zer
     gptr, gcols, gw = W._int8_pack()
     isa = _config._active_isa()
     N = Y.shape[0] if y_transposed else Y.shape[1]
-    _config._log_kernel(_kernels.qspmm_kernel_name(isa, W.blocksize, gptr is not None), isa,
-                        f"M={W.shape[0]} K={W.shape[1]} N={N} {kind} act={activation}")
+    if _config._State.verbose:
+        _config._log_kernel(_kernels.qspmm_kernel_name(isa, W.blocksize, gptr is not None), isa,
+                            f"M={W.shape[0]} K={W.shape[1]} N={N} {kind} act={activation}")
     _kernels.qspmm(isa, W.shape, W.blocksize, indptr, indices, W.data, gptr, gcols, gw,
                    np.ascontiguousarray(xq), x_transposed, Y, y_transposed, kind, activation,
                    W._int8_rowsum(), Wq.scale, x_scale, x_zero, bias, out_scale, out_zero,
@@ -335,7 +346,10 @@ def linear(x, Wq, bias=None, activation=None, out=None, *, x_scale=None, x_zero_
     N = x.shape[0]
     if x.shape[1] != K:
         raise ValueError(f"x has {x.shape[1]} features but the weights have K = {K}")
-    kind = "float32" if out_dtype is None else np.dtype(out_dtype).name
+    try:
+        kind = "float32" if out_dtype is None else np.dtype(out_dtype).name
+    except TypeError:
+        kind = None
     if kind not in ("float32", "uint8"):
         raise ValueError(f"out_dtype must be float32 or uint8, got {out_dtype!r}")
     if kind == "uint8":
@@ -354,6 +368,10 @@ def linear(x, Wq, bias=None, activation=None, out=None, *, x_scale=None, x_zero_
         s = np.full(N, _finite_positive(x_scale, "x_scale"), dtype=np.float32)
         z = np.full(N, _zero_point(x_zero_point, "x_zero_point"), dtype=np.int32)
     elif x.dtype.kind == "f":
+        if x_scale is not None:  # validated here so that errors name x_scale
+            _finite_positive(x_scale, "x_scale")
+        if x_zero_point is not None:
+            _zero_point(x_zero_point, "x_zero_point")
         xq, s, z = quantize_activations(x, x_scale, x_zero_point, per_token=per_token)
         s = np.broadcast_to(s, (N,)).astype(np.float32)
         z = np.broadcast_to(z, (N,)).astype(np.int32)

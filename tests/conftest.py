@@ -32,12 +32,18 @@ def isa(request):
 
 @pytest.fixture(params=[1, 2])
 def num_threads(request):
-    """Run the test with 1 and with 2 kernel threads."""
+    """Run the test with 1 and with 2 kernel threads.
+
+    Small products normally stay on one thread; the fixture turns that off
+    so the 2-thread split really runs on the test's small matrices.
+    """
     saved = blocksparse.get_num_threads()
     blocksparse.set_num_threads(request.param)
+    blocksparse._kernels.set_min_work_per_thread(0)
     try:
         yield request.param
     finally:
+        blocksparse._kernels.set_min_work_per_thread(1 << 17)
         blocksparse.set_num_threads(saved)
 
 

@@ -1,8 +1,10 @@
 """The encoder's C kernels (bsk_nn.h) against NumPy float64 twins.
 
 Attention, fused residual + LayerNorm (+ quantization), bias + activation
-and per-row quantization, on every ISA variant of this machine and with 1
-and 2 threads (the ``isa`` and ``num_threads`` fixtures of conftest.py).
+and per-token quantization, on every ISA variant of this machine and with 1
+and 2 threads (the ``isa`` and ``num_threads`` fixtures of conftest.py),
+through the public (tokens, features) functions and the (features, tokens)
+inner paths the encoder uses.
 """
 import math
 
@@ -140,10 +142,11 @@ def test_attention_fused_quantization_equals_separate(isa, num_threads, rng):
     from blocksparse.nn import _ops
     batch, seq, heads, d = 2, 21, 3, 32
     qkv = qkv_input(rng, batch, seq, heads, d)
-    out = np.empty((batch * seq, heads * d), np.float32)
-    y, qa = _ops._attention(qkv, batch, seq, heads, None, out, True)
-    xq, s, z = blocksparse.quantize_activations(y)
-    np.testing.assert_array_equal(qa.q, xq, strict=True)
+    out = np.empty((heads * d, batch * seq), np.float32)
+    y, qa = _ops._attention(np.ascontiguousarray(qkv.T), batch, seq, heads, None, out, True)
+    np.testing.assert_allclose(y.T, attention_twin(qkv, batch, heads), rtol=1e-4, atol=1e-5)
+    xq, s, z = blocksparse.quantize_activations(y.T)
+    np.testing.assert_array_equal(qa.q.T, xq, strict=False)
     np.testing.assert_array_equal(qa.scale, s, strict=True)
     np.testing.assert_array_equal(qa.zero, z, strict=True)
 
@@ -175,23 +178,25 @@ def test_attention_bad_arguments(rng):
 
 def test_attention_kernel_checks_buffers(rng):
     """The Cython layer refuses what would let C write out of bounds."""
-    qkv = qkv_input(rng, 1, 4, 2, 16)
+    qkv = np.ascontiguousarray(qkv_input(rng, 1, 4, 2, 16).T)      # (96, 4)
     isa = _config._active_isa()
-    out = np.empty((4, 32), np.float32)
-    with pytest.raises(ValueError, match="out must have shape"):
-        _kernels.attention(isa, qkv, 1, 4, 2, None, 0.25, out[:3], None, None, None, 1)
+    out = np.empty((32, 4), np.float32)
+    with pytest.raises(ValueError, match="qkv must have shape"):
+        _kernels.attention(isa, qkv, 1, 4, 2, None, 0.25, out[:16], None, None, None, 1)
     with pytest.raises(ValueError, match="must be C-contiguous"):
         _kernels.attention(isa, np.asfortranarray(qkv), 1, 4, 2, None, 0.25, out, None, None,
                            None, 1)
     with pytest.raises(ValueError, match="mask must have shape"):
         _kernels.attention(isa, qkv, 1, 4, 2, np.ones((1, 3), np.uint8), 0.25, out, None,
                            None, None, 1)
-    overlapping = qkv.reshape(-1)[:128].reshape(4, 32)   # contiguous view into qkv
+    overlapping = qkv.reshape(-1)[:128].reshape(32, 4)   # contiguous view into qkv
     with pytest.raises(ValueError, match="out must not overlap qkv"):
         _kernels.attention(isa, qkv, 1, 4, 2, None, 0.25, overlapping, None, None, None, 1)
     with pytest.raises(ValueError, match="q_scale must be"):
-        _kernels.attention(isa, qkv, 1, 4, 2, None, 0.25, out, np.empty((4, 32), np.uint8),
+        _kernels.attention(isa, qkv, 1, 4, 2, None, 0.25, out, np.empty((32, 4), np.uint8),
                            np.empty(3, np.float32), np.empty(4, np.int32), 1)
+    with pytest.raises(ValueError, match="heads must be positive and divide"):
+        _kernels.attention(isa, qkv, 1, 4, 3, None, 0.25, out, None, None, None, 1)
 
 
 # ---- LayerNorm ------------------------------------------------------------------------
@@ -232,24 +237,33 @@ def test_layer_norm_in_place(isa, rng):
     np.testing.assert_array_equal(r2, want)
 
 
-def test_layer_norm_fused_quantization(isa, num_threads, rng):
+@pytest.mark.parametrize("tokens", [1, 16, 20, 37])
+def test_layer_norm_fused_quantization(isa, num_threads, rng, tokens):
+    """The (features, tokens) inner path: LayerNorm + per-token uint8 codes."""
     from blocksparse.nn import _ops
-    x = rng.standard_normal((20, 300)).astype(np.float32)
-    r = rng.standard_normal((20, 300)).astype(np.float32)
-    g = rng.standard_normal(300).astype(np.float32)
-    b = rng.standard_normal(300).astype(np.float32)
+    F = 300
+    x = rng.standard_normal((F, tokens)).astype(np.float32)
+    r = rng.standard_normal((F, tokens)).astype(np.float32)
+    g = rng.standard_normal(F).astype(np.float32)
+    b = rng.standard_normal(F).astype(np.float32)
     y, qa = _ops._layer_norm(x, r, g, b, 1e-12, np.empty_like(x), True)
-    xq, s, z = blocksparse.quantize_activations(y)
-    np.testing.assert_array_equal(qa.q, xq, strict=True)
+    np.testing.assert_allclose(y.T, layer_norm_twin(x.T, g, b, 1e-12, r.T), rtol=1e-4,
+                               atol=1e-4)
+    xq, s, z = blocksparse.quantize_activations(y.T)
+    np.testing.assert_array_equal(qa.q.T, xq)
     np.testing.assert_array_equal(qa.scale, s, strict=True)
     np.testing.assert_array_equal(qa.zero, z, strict=True)
     # with per-feature factors the codes are those of y * q_mul
-    mul = rng.uniform(0.1, 3, 300).astype(np.float32)
+    mul = rng.uniform(0.1, 3, F).astype(np.float32)
     y2, qa2 = _ops._layer_norm(x, r, g, b, 1e-12, np.empty_like(x), True, mul)
     np.testing.assert_array_equal(y2, y)
-    xq2, s2, z2 = blocksparse.quantize_activations(y * mul)
-    np.testing.assert_array_equal(qa2.q, xq2, strict=True)
+    xq2, s2, z2 = blocksparse.quantize_activations((y * mul[:, None]).T)
+    np.testing.assert_array_equal(qa2.q.T, xq2)
     np.testing.assert_array_equal(qa2.scale, s2, strict=True)
+    # tokens-major input (the embeddings' path) gives the same
+    y3, qa3 = _ops._layer_norm(np.ascontiguousarray((x + r).T), None, g, b, 1e-12,
+                               np.empty_like(x), True, mul, x_tokens=True)
+    np.testing.assert_allclose(y3, y, rtol=1e-6, atol=1e-6)
 
 
 def test_layer_norm_bad_arguments(rng):
@@ -283,10 +297,11 @@ def test_gelu_matches_erf_form(isa, num_threads):
 
 @pytest.mark.parametrize("activation", [None, "relu", "gelu"])
 def test_bias_act(isa, num_threads, rng, activation):
+    """y (M, N) = act(y + bias[:, None]): one bias per feature row."""
     from blocksparse.nn import _ops
-    y = rng.standard_normal((9, 35)).astype(np.float32) * 3
+    y = rng.standard_normal((35, 9)).astype(np.float32) * 3
     bias = rng.standard_normal(35).astype(np.float32)
-    want = y.astype(np.float64) + bias
+    want = y.astype(np.float64) + bias[:, None]
     want = {None: want, "relu": np.maximum(want, 0), "gelu": gelu_twin(want)}[activation]
     got = _ops._bias_act(y.copy(), bias, activation)
     np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-5)
@@ -297,20 +312,22 @@ def test_quantize_rows_bit_identical_to_quantize_activations(isa, num_threads, r
     x = (rng.standard_normal((17, cols)) * rng.uniform(0.01, 10, (17, 1))).astype(np.float32)
     x[3] = 0.0                       # an all-zero row: scale 1, zero point 0
     x[4] = np.abs(x[4])              # non-negative row
-    qa = quantize_rows(x)
+    q, scale, zero = quantize_rows(x)
     xq, s, z = blocksparse.quantize_activations(x)
-    np.testing.assert_array_equal(qa.q, xq, strict=True)
-    np.testing.assert_array_equal(qa.scale, s, strict=True)
-    np.testing.assert_array_equal(qa.zero, z, strict=True)
-    assert qa.scale[3] == 1.0 and qa.zero[3] == 0
-    np.testing.assert_allclose(qa.dequantize(), x, atol=float(qa.scale.max()) * 0.5001)
+    np.testing.assert_array_equal(q, xq, strict=True)
+    np.testing.assert_array_equal(scale, s, strict=True)
+    np.testing.assert_array_equal(zero, z, strict=True)
+    assert scale[3] == 1.0 and zero[3] == 0
+    from blocksparse.nn import _ops
+    qa = _ops._quantize_tokens(np.ascontiguousarray(x.T))
+    np.testing.assert_allclose(qa.dequantize(), x.T, atol=float(scale.max()) * 0.5001)
 
 
 def test_quantize_rows_empty():
-    qa = quantize_rows(np.zeros((0, 5), np.float32))
-    assert qa.q.shape == (0, 5) and qa.scale.shape == (0,)
-    qa = quantize_rows(np.zeros((2, 0), np.float32))
-    assert qa.q.shape == (2, 0) and qa.scale.tolist() == [1.0, 1.0]
+    q, s, z = quantize_rows(np.zeros((0, 5), np.float32))
+    assert q.shape == (0, 5) and s.shape == (0,)
+    q, s, z = quantize_rows(np.zeros((2, 0), np.float32))
+    assert q.shape == (2, 0) and s.tolist() == [1.0, 1.0]
 
 
 def test_kernels_refuse_unusable_isa(monkeypatch, rng):
@@ -318,8 +335,8 @@ def test_kernels_refuse_unusable_isa(monkeypatch, rng):
     missing = [i for i in range(len(_config.ISA_NAMES)) if not _config._usable(i)]
     if not missing:
         pytest.skip("every ISA variant is usable here")
-    x = rng.standard_normal((2, 4)).astype(np.float32)
+    x = rng.standard_normal((4, 2)).astype(np.float32)
     with pytest.raises(NotImplementedError, match="not supported"):
-        _kernels.add_layernorm(missing[0], x, None, np.ones(4, np.float32),
+        _kernels.add_layernorm(missing[0], x, False, None, np.ones(4, np.float32),
                                np.zeros(4, np.float32), 1e-5, np.empty_like(x), None, None,
                                None, None, 1)

@@ -130,9 +130,9 @@ def test_linear_kinds(rng, isa, opts, kind, activation):
         assert cosine(y, act(linear_twin(ref, x.reshape(10, 32)))) > 0.999
     else:
         np.testing.assert_allclose(y, want, rtol=1e-4, atol=1e-4)
-    # the inner path (tokens x features, optional uint8 input) gives the same
-    inner = lin._forward(np.ascontiguousarray(x.reshape(10, 32)), None, activation)
-    np.testing.assert_array_equal(inner.reshape(y.shape), y)
+    # the inner path ((features, tokens) arrays) gives the same
+    inner = lin._forward(np.ascontiguousarray(x.reshape(10, 32).T), None, activation)
+    np.testing.assert_allclose(inner.T.reshape(y.shape), y, rtol=1e-6, atol=1e-6)
 
 
 def test_linear_from_objects(rng):

@@ -16,9 +16,10 @@ __all__ = ["gelu", "layer_norm", "attention", "quantize_rows"]
 
 
 class QuantizedActivations:
-    """uint8 activations with one scale and zero point per token (row).
+    """uint8 activations with one scale and zero point per token.
 
-    ``x ~ (q - zero[:, None]) * scale[:, None]``; made by the fused kernels
+    ``q`` is (features, tokens) like the float activations it stands for:
+    ``x ~ (q - zero[None, :]) * scale[None, :]``.  Made by the fused kernels
     so that an INT8 Linear layer needs no separate quantization pass.
     """
 
@@ -28,14 +29,14 @@ class QuantizedActivations:
         self.q, self.scale, self.zero = q, scale, zero
 
     @classmethod
-    def empty(cls, rows, cols):
-        return cls(np.empty((rows, cols), np.uint8), np.empty(rows, np.float32),
-                   np.empty(rows, np.int32))
+    def empty(cls, features, tokens):
+        return cls(np.empty((features, tokens), np.uint8), np.empty(tokens, np.float32),
+                   np.empty(tokens, np.int32))
 
     def dequantize(self):
-        """float32 (N, K) values the uint8 codes stand for."""
-        return ((self.q.astype(np.float32) - self.zero[:, None].astype(np.float32))
-                * self.scale[:, None])
+        """float32 (features, tokens) values the uint8 codes stand for."""
+        return ((self.q.astype(np.float32) - self.zero[None, :].astype(np.float32))
+                * self.scale[None, :])
 
 
 def _float32_2d(x, name):
@@ -56,11 +57,17 @@ def _vector(v, n, name):
     return np.ascontiguousarray(v, dtype=np.float32)
 
 
-# ---- unchecked paths (arrays made by the layers: float32, contiguous) -------
+def _features_major(x):
+    """(tokens, features) -> contiguous float32 (features, tokens)."""
+    return np.ascontiguousarray(x.T, dtype=np.float32)
 
-def _layer_norm(x, residual, gamma, beta, eps, out, quantize, q_mul=None):
-    qa = QuantizedActivations.empty(*x.shape) if quantize else None
-    _kernels.add_layernorm(_config._active_isa(), x, residual, gamma, beta, eps, out,
+
+# ---- unchecked paths: (features, tokens) float32 arrays the layers made ----------
+
+def _layer_norm(x, residual, gamma, beta, eps, out, quantize, q_mul=None, x_tokens=False):
+    """out (F, N) = LayerNorm(x + residual); x is (N, F) if x_tokens."""
+    qa = QuantizedActivations.empty(*out.shape) if quantize else None
+    _kernels.add_layernorm(_config._active_isa(), x, x_tokens, residual, gamma, beta, eps, out,
                            qa.q if qa else None, qa.scale if qa else None,
                            qa.zero if qa else None, q_mul if qa else None,
                            _config.get_num_threads())
@@ -68,22 +75,23 @@ def _layer_norm(x, residual, gamma, beta, eps, out, quantize, q_mul=None):
 
 
 def _bias_act(y, bias, activation):
+    """y (M, N) = act(y + bias[:, None]) in place."""
     _kernels.bias_act(_config._active_isa(), y, bias, activation, _config.get_num_threads())
     return y
 
 
-def _quantize_rows(x, q_mul=None):
+def _quantize_tokens(x, q_mul=None):
     qa = QuantizedActivations.empty(*x.shape)
-    _kernels.quantize_rows(_config._active_isa(), x, qa.q, qa.scale, qa.zero, q_mul,
-                           _config.get_num_threads())
+    _kernels.quantize_tokens(_config._active_isa(), x, q_mul, qa.q, qa.scale, qa.zero,
+                             _config.get_num_threads())
     return qa
 
 
 def _attention(qkv, batch, seq, heads, mask, out, quantize):
-    hidden = qkv.shape[1] // 3
-    qa = QuantizedActivations.empty(qkv.shape[0], hidden) if quantize else None
+    """out (H, N) from qkv (3H, N)."""
+    qa = QuantizedActivations.empty(*out.shape) if quantize else None
     _kernels.attention(_config._active_isa(), qkv, batch, seq, heads, mask,
-                       1.0 / math.sqrt(hidden // heads), out, qa.q if qa else None,
+                       1.0 / math.sqrt(out.shape[0] // heads), out, qa.q if qa else None,
                        qa.scale if qa else None, qa.zero if qa else None,
                        _config.get_num_threads())
     return out, qa
@@ -129,7 +137,7 @@ def gelu(x):
         return 0.5 * x64 * (1.0 + erf(x64 / math.sqrt(2.0)))
     y = np.array(x, dtype=np.float32, order="C", copy=True)
     if y.size:
-        _bias_act(y.reshape(-1, y.shape[-1] if y.ndim else 1), None, "gelu")
+        _bias_act(y.reshape(1, -1), None, "gelu")
     return y
 
 
@@ -150,6 +158,12 @@ def layer_norm(x, gamma, beta, eps=1e-12, residual=None, out=None):
         Added to `x` before normalizing (the Transformer's skip connection).
     out : ndarray of shape (N, H), dtype float32, optional
         C-contiguous; may be `x` or `residual` itself.
+
+    Notes
+    -----
+    The kernel works on (features, tokens) arrays, the layout the encoder
+    keeps its activations in; this (tokens, features) convenience form
+    transposes on the way in and out.
 
     Returns
     -------
@@ -189,10 +203,11 @@ def layer_norm(x, gamma, beta, eps=1e-12, residual=None, out=None):
             or not out.flags.c_contiguous or not out.flags.writeable:
         raise ValueError(f"out must be a writable C-contiguous float32 array of shape "
                          f"{x.shape}")
-    for name, a in (("x", x), ("residual", residual)):
-        if a is not None and a is not out and np.shares_memory(a, out):
-            raise ValueError(f"out must be {name} itself or not overlap it")
-    return _layer_norm(x, residual, gamma, beta, eps, out, False)[0]
+    y = np.empty((H, N), dtype=np.float32)
+    _layer_norm(x, None if residual is None else _features_major(residual), gamma, beta, eps,
+                y, False, x_tokens=True)
+    out[...] = y.T
+    return out
 
 
 def attention(qkv, num_heads, attention_mask=None, batch_size=1):
@@ -222,6 +237,12 @@ def attention(qkv, num_heads, attention_mask=None, batch_size=1):
     ndarray of shape (batch_size * seq, hidden), dtype float32
         The heads' outputs side by side, as the output projection expects.
 
+    Notes
+    -----
+    The kernel works on (features, tokens) arrays, the layout the encoder
+    keeps its activations in (queries along the vector lanes); this
+    (tokens, features) convenience form transposes on the way in and out.
+
     Raises
     ------
     ValueError
@@ -250,8 +271,9 @@ def attention(qkv, num_heads, attention_mask=None, batch_size=1):
                          f"got {batch_size!r}")
     seq = rows // batch_size
     mask = _mask_u8(attention_mask, (batch_size, seq))
-    out = np.empty((rows, hidden), dtype=np.float32)
-    return _attention(qkv, int(batch_size), seq, int(num_heads), mask, out, False)[0]
+    out = np.empty((hidden, rows), dtype=np.float32)
+    _attention(_features_major(qkv), int(batch_size), seq, int(num_heads), mask, out, False)
+    return np.ascontiguousarray(out.T)
 
 
 def _mask_u8(attention_mask, shape):
@@ -280,15 +302,17 @@ def quantize_rows(x):
 
     Returns
     -------
-    QuantizedActivations
-        ``.q`` (N, K) uint8, ``.scale`` (N,) float32, ``.zero`` (N,) int32.
+    q : ndarray of shape (N, K), dtype uint8
+    scale : ndarray of shape (N,), dtype float32
+    zero_point : ndarray of shape (N,), dtype int32
 
     Examples
     --------
     >>> import numpy as np
     >>> from blocksparse.nn import quantize_rows
-    >>> qa = quantize_rows(np.array([[-1.0, 0.0, 1.0]]))
-    >>> qa.q.tolist(), qa.zero.tolist()
+    >>> q, scale, zero = quantize_rows(np.array([[-1.0, 0.0, 1.0]]))
+    >>> q.tolist(), zero.tolist()
     ([[0, 127, 254]], [127])
     """
-    return _quantize_rows(_float32_2d(x, "x"))
+    qa = _quantize_tokens(_features_major(_float32_2d(x, "x")))
+    return np.ascontiguousarray(qa.q.T), qa.scale, qa.zero

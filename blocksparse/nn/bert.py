@@ -53,19 +53,19 @@ class BertEmbeddings:
         self.hidden_size = H
 
     def _forward(self, ids, token_type_ids, consumer=None):
+        """(hidden, tokens) LayerNorm output (and its uint8 copy for consumer)."""
         B, S = ids.shape
         H = self.hidden_size
-        x = np.take(self.word, ids.reshape(-1), axis=0)
+        # the gathers and adds run tokens-major (contiguous rows of the
+        # tables); the LayerNorm kernel reads that and writes (H, N)
+        x = np.take(self.word, ids.reshape(-1), axis=0).reshape(B, S, H)
+        x += self.position[:S]
         if self.token_type is not None:
-            tt = np.zeros(B * S, np.intp) if token_type_ids is None else \
-                token_type_ids.reshape(-1)
-            res = np.take(self.token_type, tt, axis=0)
-            res.reshape(B, S, H)[...] += self.position[:S]
-        else:
-            res = np.empty((B, S, H), np.float32)
-            res[...] = self.position[:S]
-            res = res.reshape(B * S, H)
-        return self.ln._forward(x, res, consumer, out=x)
+            if token_type_ids is None:
+                x += self.token_type[0]
+            else:
+                x += np.take(self.token_type, token_type_ids.reshape(-1), axis=0).reshape(B, S, H)
+        return self.ln._forward(x.reshape(B * S, H), None, consumer, x_tokens=True)
 
 
 class BertModel:
@@ -527,7 +527,8 @@ class BertModel:
         if B * S == 0:
             return np.zeros((B, S, H), dtype=np.float32)
         x, xq = self.embeddings._forward(ids, tt, self.encoder.first_linear)
-        return self.encoder._forward(x, xq, mask, B, S).reshape(B, S, H)
+        x = self.encoder._forward(x, xq, mask, B, S)
+        return np.ascontiguousarray(x.T).reshape(B, S, H)
 
     def pool(self, hidden):
         """BERT's pooled output ``tanh(hidden[:, 0] @ W.T + b)``.

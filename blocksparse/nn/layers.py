@@ -1,18 +1,18 @@
 """Encoder layers as plain Python classes over the package's operations.
 
-Every layer works on tokens x features activations: a float32 (N, H)
-array, N = batch * seq, row t = b * seq + s.  This is the NumPy
-(batch, seq, hidden) array flattened, so model inputs and outputs need no
-transposes, and it is the layout the fused kernels want: a token's
-features are one contiguous row for the per-token INT8 quantization, for
-LayerNorm and for a head's slice in attention, and the INT8 Linear kernel
-takes this (N, K) form directly (``x @ W.T``).
-
 The public ``__call__`` of each layer validates its input and takes and
-returns (batch, seq, hidden) arrays; ``_forward`` is the unchecked inner
-path the model uses, which also passes uint8 activations
-(:class:`~blocksparse.nn._ops.QuantizedActivations`) made by the previous
-fused kernel straight to the next INT8 Linear layer.
+returns NumPy-style (batch, seq, hidden) arrays (or (..., features) for
+Linear and LayerNorm).  Inside, activations run features x tokens: a
+float32 (H, N) array, N = batch * seq, column t = b * seq + s.  That is the
+paper's layout and the ``W @ X`` form of the INT8 kernel, whose output is
+then written row by row (the (N, M) form scatters it); the per-token work
+(LayerNorm statistics, quantization ranges, the softmax over keys) runs
+with one token per vector lane, without horizontal reductions.  The model
+transposes once on the way in (embeddings) and once on the way out.
+
+``_forward`` is the unchecked inner path the model uses; it also passes
+uint8 activations (:class:`~blocksparse.nn._ops.QuantizedActivations`)
+made by the previous fused kernel straight to the next INT8 Linear layer.
 """
 import numpy as np
 
@@ -136,7 +136,6 @@ class Linear:
         else:
             weight = _float_weight(weight)
             self.kind = "dense"
-            self._wt = weight.T  # BLAS reads the transposed view without a copy
         self.weight = weight
         self.out_features, self.in_features = weight.shape
         if bias is not None:
@@ -220,24 +219,21 @@ class Linear:
                 x2 = x2 * self.input_scale
             y = linear(x2, self.weight, self.bias, activation)
         else:
-            y = self._forward(x2, None, activation)
-        return y.reshape(lead + (self.out_features,))
+            y = self._forward(_ops._features_major(x2), None, activation).T
+        return np.ascontiguousarray(y).reshape(lead + (self.out_features,))
 
     def _forward(self, x, xq, activation=None):
-        """Unchecked: x float32 (N, K) contiguous (or None with xq), xq uint8 or None."""
+        """Unchecked: y (M, N) from x (K, N) float32 (or None with xq) or uint8 xq."""
         if self.kind == "int8":
             if xq is None:
-                xq = _ops._quantize_rows(x, self.input_scale)
-            N = xq.q.shape[0]
-            y = np.empty((N, self.out_features), dtype=np.float32)
+                xq = _ops._quantize_tokens(x, self.input_scale)
+            N = xq.q.shape[1]
+            y = np.empty((self.out_features, N), dtype=np.float32)
             if N:
-                _quant._run(self.weight, xq.q, True, y, True, "float32", activation, xq.scale,
+                _quant._run(self.weight, xq.q, False, y, False, "float32", activation, xq.scale,
                             xq.zero, self.bias, 1.0, 0)
             return y
-        if self.kind == "dense":
-            y = np.matmul(x, self._wt)
-        else:
-            y = x @ self.weight.T
+        y = self.weight @ x
         if (self.bias is not None or activation is not None) and y.size:
             _ops._bias_act(y, self.bias, activation)
         return y
@@ -389,12 +385,17 @@ class LayerNorm:
         y = _ops.layer_norm(x.reshape(-1, H), self.weight, self.bias, self.eps, residual=r)
         return y.reshape(x.shape)
 
-    def _forward(self, x, residual, consumer=None, out=None):
-        """Unchecked: (y, uint8 copy of y for `consumer` if it is an INT8 Linear, else None)."""
+    def _forward(self, x, residual, consumer=None, out=None, x_tokens=False):
+        """Unchecked, (features, tokens) arrays (x (tokens, features) if x_tokens).
+
+        Returns (y, uint8 copy of y for `consumer` if it is an INT8 Linear,
+        else None).
+        """
         quantize = consumer is not None and consumer.uses_int8
-        return _ops._layer_norm(x, residual, self.weight, self.bias, self.eps,
-                                np.empty_like(x) if out is None else out, quantize,
-                                consumer.input_scale if quantize else None)
+        if out is None:
+            out = np.empty(x.shape[::-1] if x_tokens else x.shape, dtype=np.float32)
+        return _ops._layer_norm(x, residual, self.weight, self.bias, self.eps, out, quantize,
+                                consumer.input_scale if quantize else None, x_tokens)
 
 
 def _hidden_3d(hidden_states, H, name="hidden_states"):
@@ -406,6 +407,17 @@ def _hidden_3d(hidden_states, H, name="hidden_states"):
     if h.ndim != 3 or h.shape[2] != H:
         raise ValueError(f"{name} must have shape (batch, seq, {H}), got {h.shape}")
     return h
+
+
+def _to_internal(h):
+    """(batch, seq, hidden) -> float32 (hidden, batch * seq)."""
+    B, S, H = h.shape
+    return _ops._features_major(h.reshape(B * S, H))
+
+
+def _from_internal(x, B, S):
+    """float32 (hidden, batch * seq) -> (batch, seq, hidden)."""
+    return np.ascontiguousarray(x.T).reshape(B, S, x.shape[0])
 
 
 class MultiHeadSelfAttention:
@@ -474,12 +486,11 @@ class MultiHeadSelfAttention:
         h = _hidden_3d(hidden_states, self.hidden_size)
         B, S, H = h.shape
         mask = _ops._mask_u8(attention_mask, (B, S))
-        x = np.ascontiguousarray(h.reshape(B * S, H), dtype=np.float32)
-        return self._forward(x, None, mask, B, S).reshape(B, S, H)
+        return _from_internal(self._forward(_to_internal(h), None, mask, B, S), B, S)
 
     def _forward(self, x, xq, mask, B, S):
         qkv = self.qkv._forward(x, xq)
-        ctx = np.empty((B * S, self.hidden_size), dtype=np.float32)
+        ctx = np.empty((self.hidden_size, B * S), dtype=np.float32)
         # the kernel's fused quantization has no per-feature factors
         fuse = self.out.uses_int8 and self.out.input_scale is None
         ctx, ctxq = _ops._attention(qkv, B, S, self.num_heads, mask, ctx, fuse)
@@ -541,25 +552,24 @@ class BertLayer:
         h = _hidden_3d(hidden_states, self.hidden_size)
         B, S, H = h.shape
         mask = _ops._mask_u8(attention_mask, (B, S))
-        x = np.ascontiguousarray(h.reshape(B * S, H), dtype=np.float32)
-        return self._forward(x, None, mask, B, S)[0].reshape(B, S, H)
+        return _from_internal(self._forward(_to_internal(h), None, mask, B, S)[0], B, S)
 
     def _forward(self, x, xq, mask, B, S, consumer=None):
         """(output, its uint8 copy for `consumer`, the next INT8 Linear, or None)."""
         a = self.attention._forward(x, xq, mask, B, S)
         h1, h1q = self.ln1._forward(a, x, self.ffn1, out=a)
         inter = self.ffn1._forward(h1, h1q, self.activation)
-        interq = _ops._quantize_rows(inter, self.ffn2.input_scale) if self.ffn2.uses_int8 \
+        interq = _ops._quantize_tokens(inter, self.ffn2.input_scale) if self.ffn2.uses_int8 \
             else None
         o = self.ffn2._forward(inter, interq)
         return self.ln2._forward(o, h1, consumer, out=o)
 
     def _calibrate(self, x, mask, B, S):
         """(output, max |input| per feature of qkv, of ffn1), float path."""
-        qkv_in = np.abs(x).max(axis=0) if x.shape[0] else np.zeros(x.shape[1], np.float32)
+        qkv_in = np.abs(x).max(axis=1)
         a = self.attention._forward(x, None, mask, B, S)
         h1, _ = self.ln1._forward(a, x, None, out=a)
-        ffn1_in = np.abs(h1).max(axis=0) if h1.shape[0] else np.zeros_like(qkv_in)
+        ffn1_in = np.abs(h1).max(axis=1)
         o = self.ffn2._forward(self.ffn1._forward(h1, None, self.activation), None)
         return self.ln2._forward(o, h1, None, out=o)[0], qkv_in, ffn1_in
 
@@ -620,8 +630,7 @@ class BertEncoder:
         h = _hidden_3d(hidden_states, H)
         B, S, _ = h.shape
         mask = _ops._mask_u8(attention_mask, (B, S))
-        x = np.ascontiguousarray(h.reshape(B * S, H), dtype=np.float32)
-        return self._forward(x, None, mask, B, S).reshape(B, S, H)
+        return _from_internal(self._forward(_to_internal(h), None, mask, B, S), B, S)
 
     def _forward(self, x, xq, mask, B, S):
         layers = self.layers

@@ -1,223 +1,194 @@
 /*
- * Multi-head self-attention for one (sequence, head) pair, instantiated
- * once per ISA by attention.c inside a `#pragma GCC target` region.  The
- * including file defines
+ * Multi-head self-attention on (features, tokens) arrays for one
+ * (sequence, head, block of queries) task, instantiated once per ISA by
+ * attention.c inside a `#pragma GCC target` region.  The including file
+ * defines
  *   BSK_NN_SFX  name suffix
- *   BSK_NN_RB   query rows per register block
- *   BSK_NN_JV   16-key vectors per register block of the score product
- *   BSK_NN_DV   16-feature vectors per register block of P V
- * so that RB * JV and RB * DV accumulators (of 16 floats) stay in
+ *   BSK_NN_IV   16-query vectors per block (the block is 16 * IV queries)
+ *   BSK_NN_JB   keys per register block of the score product
+ *   BSK_NN_CB   features per register block of P V
+ * so that JB * IV and CB * IV accumulators (of 16 floats) stay in
  * registers.
  *
- * Work per pair, with S queries, kend keys (the last attended key + 1),
- * kp = kend rounded up to 16 and head size D (dp rounded up to 16):
- *   kt (D x kp)  = K_h transposed, zero-padded: one contiguous vector of 16
- *                  keys per feature, so the score product broadcasts a
- *                  query element and multiplies whole key vectors;
- *   vp (kend x dp) = V_h rows, zero-padded;
- *   per block of RB queries: scores (RB x kp) = Q K^T * scale + mask,
- *   softmax in place (masked keys exactly 0), Y = (P V) / rowsum(P).
- * Nothing of size S x S is materialized: the block of scores lives in a
- * small scratch row per query of the block.
+ * The queries run along the vector lanes.  With nk attended keys (the
+ * masked ones are left out), head size D and QW = 16 * IV queries:
+ *   kp (nk x D), vp (nk x D): the keys and values of the head, one key per
+ *       row, so the inner loops broadcast contiguous scalars;
+ *   qp (D x QW): the block's queries, zero-padded past the sequence end;
+ *   st (nk x QW): scores Q^T K for the block, scaled, then softmax in
+ *       place lane by lane (a query's weights run down one lane: no
+ *       horizontal reductions);
+ *   Y[f, queries] = (sum_j V[f, j] P[j, queries]) / rowsum, stored
+ *       straight into the (hidden, tokens) output.
+ * Nothing of size seq x seq is materialized beyond the block's QW columns.
+ * kp and vp are packed once per (sequence, head) and reused while the same
+ * thread handles further query blocks of it.
  */
 #define BSK_NN_FN(name) BSK_NN_CAT(name, BSK_NN_SFX)
+#define BSK_NN_QW (16 * BSK_NN_IV)
 
-/* sc[r][j0 .. j0 + 16 jv) = (q_r . k_j) * scale + madd[j], r < rb. */
-BSK_INLINE void BSK_NN_FN(attn_scores)(const float *q, int64_t ldq, const int rb,
-                                       const float *kt, int64_t kp, int64_t j0,
-                                       const int jv, int64_t D, float scale,
-                                       const float *madd, float *sc)
+/* st[j0 + u][q] = scale * sum_c kp[j0 + u][c] qp[c][q], u < jb */
+BSK_INLINE void BSK_NN_FN(attn_scores)(const float *kp, int64_t D, int64_t j0, const int jb,
+                                       const float *qp, float scale, float *st)
 {
-    bsk_v16f acc[BSK_NN_RB][BSK_NN_JV];
+    bsk_v16f acc[BSK_NN_JB][BSK_NN_IV];
 #pragma GCC unroll 8
-    for (int r = 0; r < rb; r++)
+    for (int u = 0; u < jb; u++)
 #pragma GCC unroll 8
-        for (int v = 0; v < jv; v++)
-            acc[r][v] = (bsk_v16f){0};
-    const float *kc = kt + j0;
-    for (int64_t c = 0; c < D; c++, kc += kp) {
-        bsk_v16f kv[BSK_NN_JV];
-#pragma GCC unroll 8
-        for (int v = 0; v < jv; v++)
-            kv[v] = bsk_nn_load(kc + 16 * v);
-#pragma GCC unroll 8
-        for (int r = 0; r < rb; r++) {
-            const float qv = q[r * ldq + c];
-#pragma GCC unroll 8
-            for (int v = 0; v < jv; v++)
-                acc[r][v] += qv * kv[v];
-        }
-    }
-#pragma GCC unroll 8
-    for (int r = 0; r < rb; r++)
-#pragma GCC unroll 8
-        for (int v = 0; v < jv; v++)
-            bsk_nn_store(sc + r * kp + j0 + 16 * v,
-                         acc[r][v] * scale + bsk_nn_load(madd + j0 + 16 * v));
-}
-
-/* Softmax of one score row in place (unnormalized); returns 1 / sum. */
-BSK_INLINE float BSK_NN_FN(attn_softmax)(float *s, int64_t kp)
-{
-    bsk_v16f vm = (bsk_v16f){0} - INFINITY;
-    for (int64_t j = 0; j < kp; j += 16) {
-        const bsk_v16f v = bsk_nn_load(s + j);
-        vm = bsk_select(v > vm, v, vm);
-    }
-    const float m = bsk_nn_hmax(vm);
-    bsk_v16f vs = (bsk_v16f){0};
-    for (int64_t j = 0; j < kp; j += 16) {
-        const bsk_v16f v = bsk_nn_load(s + j);
-        bsk_v16f e = bsk_nn_exp16(v - m);
-        e = bsk_select(v > -INFINITY, e, (bsk_v16f){0}); /* masked keys: exactly 0 */
-        bsk_nn_store(s + j, e);
-        vs = vs + e;
-    }
-    return 1.0f / bsk_nn_hsum(vs);
-}
-
-/* y_r[16 c0 .. 16 (c0 + dv)) = inv_r * sum_j p_r[j] v_j, r < rb. */
-BSK_INLINE void BSK_NN_FN(attn_pv)(const float *p, int64_t kp, const int rb,
-                                   const float *vp, int64_t dp, int64_t kend,
-                                   int64_t c0, const int dv, const float *inv,
-                                   float *y, int64_t ldy, int64_t D)
-{
-    bsk_v16f acc[BSK_NN_RB][BSK_NN_DV];
-#pragma GCC unroll 8
-    for (int r = 0; r < rb; r++)
-#pragma GCC unroll 8
-        for (int v = 0; v < dv; v++)
-            acc[r][v] = (bsk_v16f){0};
-    const float *vj = vp + 16 * c0;
-    for (int64_t j = 0; j < kend; j++, vj += dp) {
-        bsk_v16f x[BSK_NN_DV];
-#pragma GCC unroll 8
-        for (int v = 0; v < dv; v++)
-            x[v] = bsk_nn_load(vj + 16 * v);
-#pragma GCC unroll 8
-        for (int r = 0; r < rb; r++) {
-            const float pr = p[r * kp + j];
-#pragma GCC unroll 8
-            for (int v = 0; v < dv; v++)
-                acc[r][v] += pr * x[v];
-        }
-    }
-#pragma GCC unroll 8
-    for (int r = 0; r < rb; r++)
-#pragma GCC unroll 8
-        for (int v = 0; v < dv; v++) {
-            const int64_t c = 16 * (c0 + v);
-            bsk_nn_store_part(y + r * ldy + c, acc[r][v] * inv[r], D - c);
-        }
-}
-
-static void BSK_NN_FN(attn_pair)(const bsk_nn_attn_args *a, int64_t b, int64_t h,
-                                 float *scratch)
-{
-    const int64_t S = a->seq, D = a->head_dim, hidden = a->heads * D, ldq = a->ldqkv;
-    const int64_t dp = (D + 15) / 16 * 16;
-    const float *qb = a->QKV + b * S * ldq + h * D;
-    const float *kb = qb + hidden, *vb = qb + 2 * hidden;
-    const uint8_t *m = a->mask ? a->mask + b * S : NULL;
-    float *yb = a->Y + b * S * a->ldy + h * D;
-
-    /* keys past the last attended one are skipped altogether */
-    int64_t kend = S;
-    int uniform = 0;
-    if (m) {
-        kend = 0;
-        for (int64_t j = 0; j < S; j++)
-            if (m[j])
-                kend = j + 1;
-        if (kend == 0) {
-            uniform = 1;
-            kend = S;
-        }
-    }
-    const int64_t kp = (kend + 15) / 16 * 16;
-    float *kt = scratch;
-    float *vp = kt + D * a->kp_max;
-    float *sc = vp + a->seq * dp;
-    float *madd = sc + BSK_NN_RB * a->kp_max;
-    float inv[BSK_NN_RB];
-
-    for (int64_t j = 0; j < kp; j++)
-        madd[j] = j < kend && (uniform || !m || m[j]) ? 0.0f : -INFINITY;
+        for (int v = 0; v < BSK_NN_IV; v++)
+            acc[u][v] = (bsk_v16f){0};
+    const float *k = kp + j0 * D;
     for (int64_t c = 0; c < D; c++) {
-        float *row = kt + c * kp;
-        for (int64_t j = 0; j < kend; j++)
-            row[j] = kb[j * ldq + c];
-        for (int64_t j = kend; j < kp; j++)
-            row[j] = 0.0f;
-    }
-    for (int64_t j = 0; j < kend; j++) {
-        memcpy(vp + j * dp, vb + j * ldq, (size_t)D * sizeof(float));
-        for (int64_t c = D; c < dp; c++)
-            vp[j * dp + c] = 0.0f;
-    }
-
-    for (int64_t i0 = 0; i0 < S; i0 += BSK_NN_RB) {
-        const int rb = S - i0 >= BSK_NN_RB ? BSK_NN_RB : (int)(S - i0);
-        const float *q = qb + i0 * ldq;
-        if (uniform) {
-            /* equal scores: 0 for the keys, -inf for the padding to kp */
-            for (int r = 0; r < rb; r++)
-                memcpy(sc + r * kp, madd, (size_t)kp * sizeof(float));
-        } else if (rb == BSK_NN_RB) {
-            int64_t j0 = 0;
-            for (; j0 + 16 * BSK_NN_JV <= kp; j0 += 16 * BSK_NN_JV)
-                BSK_NN_FN(attn_scores)(q, ldq, BSK_NN_RB, kt, kp, j0, BSK_NN_JV, D,
-                                       a->scale, madd, sc);
-            for (; j0 < kp; j0 += 16)
-                BSK_NN_FN(attn_scores)(q, ldq, BSK_NN_RB, kt, kp, j0, 1, D, a->scale,
-                                       madd, sc);
-        } else {
-            for (int r = 0; r < rb; r++) {
-                int64_t j0 = 0;
-                for (; j0 + 16 * BSK_NN_JV <= kp; j0 += 16 * BSK_NN_JV)
-                    BSK_NN_FN(attn_scores)(q + r * ldq, ldq, 1, kt, kp, j0, BSK_NN_JV,
-                                           D, a->scale, madd, sc + r * kp);
-                for (; j0 < kp; j0 += 16)
-                    BSK_NN_FN(attn_scores)(q + r * ldq, ldq, 1, kt, kp, j0, 1, D,
-                                           a->scale, madd, sc + r * kp);
-            }
-        }
-        for (int r = 0; r < rb; r++)
-            inv[r] = BSK_NN_FN(attn_softmax)(sc + r * kp, kp);
-
-        float *y = yb + i0 * a->ldy;
-        const int64_t nv = dp / 16;
-        if (rb == BSK_NN_RB) {
-            int64_t c0 = 0;
-            for (; c0 + BSK_NN_DV <= nv; c0 += BSK_NN_DV)
-                BSK_NN_FN(attn_pv)(sc, kp, BSK_NN_RB, vp, dp, kend, c0, BSK_NN_DV, inv, y,
-                                   a->ldy, D);
-            for (; c0 + 2 <= nv && BSK_NN_DV > 2; c0 += 2)
-                BSK_NN_FN(attn_pv)(sc, kp, BSK_NN_RB, vp, dp, kend, c0, 2, inv, y, a->ldy,
-                                   D);
-            for (; c0 < nv; c0++)
-                BSK_NN_FN(attn_pv)(sc, kp, BSK_NN_RB, vp, dp, kend, c0, 1, inv, y, a->ldy,
-                                   D);
-        } else {
-            for (int r = 0; r < rb; r++) {
-                int64_t c0 = 0;
-                for (; c0 + BSK_NN_DV <= nv; c0 += BSK_NN_DV)
-                    BSK_NN_FN(attn_pv)(sc + r * kp, kp, 1, vp, dp, kend, c0, BSK_NN_DV,
-                                       inv + r, y + r * a->ldy, a->ldy, D);
-                for (; c0 < nv; c0++)
-                    BSK_NN_FN(attn_pv)(sc + r * kp, kp, 1, vp, dp, kend, c0, 1, inv + r,
-                                       y + r * a->ldy, a->ldy, D);
-            }
+        bsk_v16f q[BSK_NN_IV];
+#pragma GCC unroll 8
+        for (int v = 0; v < BSK_NN_IV; v++)
+            q[v] = bsk_nn_load(qp + c * BSK_NN_QW + 16 * v);
+#pragma GCC unroll 8
+        for (int u = 0; u < jb; u++) {
+            const float kv = k[u * D + c];
+#pragma GCC unroll 8
+            for (int v = 0; v < BSK_NN_IV; v++)
+                acc[u][v] += kv * q[v];
         }
     }
+#pragma GCC unroll 8
+    for (int u = 0; u < jb; u++)
+#pragma GCC unroll 8
+        for (int v = 0; v < BSK_NN_IV; v++)
+            bsk_nn_store(st + (j0 + u) * BSK_NN_QW + 16 * v, acc[u][v] * scale);
 }
 
-static void BSK_NN_FN(attn_quant_rows)(const bsk_nn_attn_args *a, int64_t r0, int64_t r1)
+/* y[c0 + u][q] = inv[q] * sum_j vp[j][c0 + u] st[j][q], u < cb */
+BSK_INLINE void BSK_NN_FN(attn_pv)(const float *vp, int64_t D, int64_t nk, int64_t c0,
+                                   const int cb, const float *st, const bsk_v16f *inv,
+                                   float *y, int64_t N, int cnt)
 {
-    const int64_t hidden = a->heads * a->head_dim;
-    for (int64_t r = r0; r < r1; r++)
-        bsk_nn_quant_row(a->Y + r * a->ldy, NULL, hidden, a->Q + r * a->ldq, a->q_scale + r,
-                         a->q_zero + r);
+    bsk_v16f acc[BSK_NN_CB][BSK_NN_IV];
+#pragma GCC unroll 8
+    for (int u = 0; u < cb; u++)
+#pragma GCC unroll 8
+        for (int v = 0; v < BSK_NN_IV; v++)
+            acc[u][v] = (bsk_v16f){0};
+    const float *vj = vp + c0;
+    for (int64_t j = 0; j < nk; j++, vj += D) {
+        bsk_v16f p[BSK_NN_IV];
+#pragma GCC unroll 8
+        for (int v = 0; v < BSK_NN_IV; v++)
+            p[v] = bsk_nn_load(st + j * BSK_NN_QW + 16 * v);
+#pragma GCC unroll 8
+        for (int u = 0; u < cb; u++) {
+            const float vv = vj[u];
+#pragma GCC unroll 8
+            for (int v = 0; v < BSK_NN_IV; v++)
+                acc[u][v] += vv * p[v];
+        }
+    }
+#pragma GCC unroll 8
+    for (int u = 0; u < cb; u++)
+#pragma GCC unroll 8
+        for (int v = 0; v < BSK_NN_IV; v++)
+            if (16 * v < cnt)
+                bsk_nn_store_part(y + (c0 + u) * N + 16 * v, acc[u][v] * inv[v], cnt - 16 * v);
 }
 
+/*
+ * One task: sequence b, head h, queries [i0, i0 + QW) (fewer at the end).
+ * ws: the thread's scratch and the (b, h) its kp, vp were packed for.
+ */
+static void BSK_NN_FN(attn_task)(const bsk_nn_attn_args *a, int64_t b, int64_t h, int64_t i0,
+                                 bsk_nn_attn_ws *ws)
+{
+    const int64_t S = a->seq, D = a->head_dim, N = a->batch * a->seq;
+    const int64_t hidden = a->heads * D;
+    const float *qb = a->QKV + (h * D) * N + b * S;
+    const float *kb = qb + hidden * N, *vb = qb + 2 * hidden * N;
+    float *kp = ws->kp, *vp = ws->vp, *qp = ws->qp, *st = ws->st;
+
+    if (ws->b != b || ws->h != h) {
+        /* the attended keys of sequence b (all of them if none is) */
+        const uint8_t *m = a->mask ? a->mask + b * S : NULL;
+        int64_t nk = 0;
+        for (int64_t j = 0; j < S; j++)
+            if (!m || m[j])
+                ws->keys[nk++] = j;
+        ws->uniform = nk == 0;
+        if (nk == 0)
+            for (; nk < S; nk++)
+                ws->keys[nk] = nk;
+        ws->nk = nk;
+        for (int64_t c = 0; c < D; c++) {
+            const float *kc = kb + c * N, *vc = vb + c * N;
+            for (int64_t j = 0; j < nk; j++) {
+                kp[j * D + c] = kc[ws->keys[j]];
+                vp[j * D + c] = vc[ws->keys[j]];
+            }
+        }
+        ws->b = b;
+        ws->h = h;
+    }
+    const int64_t nk = ws->nk;
+    const int cnt = S - i0 < BSK_NN_QW ? (int)(S - i0) : BSK_NN_QW;
+
+    /* the block's queries, zero-padded to QW */
+    for (int64_t c = 0; c < D; c++) {
+        memcpy(qp + c * BSK_NN_QW, qb + c * N + i0, (size_t)cnt * sizeof(float));
+        for (int t = cnt; t < BSK_NN_QW; t++)
+            qp[c * BSK_NN_QW + t] = 0.0f;
+    }
+
+    /* scores */
+    if (ws->uniform) {
+        memset(st, 0, (size_t)(nk * BSK_NN_QW) * sizeof(float));
+    } else {
+        int64_t j0 = 0;
+        for (; j0 + BSK_NN_JB <= nk; j0 += BSK_NN_JB)
+            BSK_NN_FN(attn_scores)(kp, D, j0, BSK_NN_JB, qp, a->scale, st);
+        for (; j0 < nk; j0++)
+            BSK_NN_FN(attn_scores)(kp, D, j0, 1, qp, a->scale, st);
+    }
+
+    /* softmax down each lane */
+    bsk_v16f mx[BSK_NN_IV], sum[BSK_NN_IV], inv[BSK_NN_IV];
+    for (int v = 0; v < BSK_NN_IV; v++) {
+        mx[v] = (bsk_v16f){0} - INFINITY;
+        sum[v] = (bsk_v16f){0};
+    }
+    for (int64_t j = 0; j < nk; j++)
+        for (int v = 0; v < BSK_NN_IV; v++)
+            mx[v] = bsk_nn_max(mx[v], bsk_nn_load(st + j * BSK_NN_QW + 16 * v));
+    for (int64_t j = 0; j < nk; j++)
+        for (int v = 0; v < BSK_NN_IV; v++) {
+            float *s = st + j * BSK_NN_QW + 16 * v;
+            const bsk_v16f e = bsk_nn_exp16(bsk_nn_load(s) - mx[v]);
+            bsk_nn_store(s, e);
+            sum[v] = sum[v] + e;
+        }
+    for (int v = 0; v < BSK_NN_IV; v++)
+        inv[v] = 1.0f / sum[v];
+
+    /* Y = V P^T / rowsum, into the (hidden, tokens) output */
+    float *y = a->Y + (h * D) * N + b * S + i0;
+    int64_t c0 = 0;
+    for (; c0 + BSK_NN_CB <= D; c0 += BSK_NN_CB)
+        BSK_NN_FN(attn_pv)(vp, D, nk, c0, BSK_NN_CB, st, inv, y, N, cnt);
+    for (; c0 < D; c0++)
+        BSK_NN_FN(attn_pv)(vp, D, nk, c0, 1, st, inv, y, N, cnt);
+}
+
+static void BSK_NN_FN(attn_quant)(const bsk_nn_attn_args *a, int64_t b0, int64_t b1)
+{
+    const int64_t N = a->batch * a->seq;
+    const int64_t F = a->heads * a->head_dim;
+    for (int64_t blk = b0; blk < b1; blk++) {
+        const int64_t n0 = blk * 16;
+        if (N - n0 >= 16)
+            bsk_nn_quant_block(a->Y + n0, F, N, 1, 16, NULL, a->Q + n0, a->q_scale + n0,
+                               a->q_zero + n0);
+        else
+            bsk_nn_quant_block(a->Y + n0, F, N, 0, (int)(N - n0), NULL, a->Q + n0,
+                               a->q_scale + n0, a->q_zero + n0);
+    }
+}
+
+#undef BSK_NN_QW
 #undef BSK_NN_FN

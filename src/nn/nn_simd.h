@@ -9,6 +9,12 @@
  * own target and no wide instruction can reach code that runs before the
  * dispatcher has checked the CPU (bsk_isa_detected).
  *
+ * Layout (bsk_nn.h): activations are features x tokens, row-major, so one
+ * 16-lane vector holds one feature of 16 consecutive tokens.  Per-token
+ * reductions (LayerNorm statistics, quantization ranges, softmax over keys)
+ * are then lane-wise: no horizontal operations, and the order of every sum
+ * is fixed by the feature loop alone.
+ *
  * OpenMP regions stay in the baseline dispatchers: they hand contiguous,
  * deterministic ranges of work to the per-ISA functions, so results do not
  * depend on the thread count.
@@ -35,24 +41,21 @@ typedef uint8_t bsk_nn_v16b_u __attribute__((vector_size(16), aligned(1)));
 #define BSK_NN_CAT2(a, b) a##_##b
 #define BSK_NN_CAT(a, b) BSK_NN_CAT2(a, b)
 
-/* Arguments of the row-wise kernels (rowwise.c); unused fields are NULL. */
+/* Arguments of the token-block kernels (tokens.c); unused fields are NULL. */
 typedef struct {
-    const float *X;
-    int64_t ldx;
-    const float *Res;
-    int64_t ldr;
-    float *Y;
-    int64_t ldy;
-    int64_t cols;
+    const float *X;       /* (features, tokens), or (tokens, features) if x_tokens */
+    int x_tokens;
+    const float *Res;     /* (features, tokens) */
+    float *Y;             /* (features, tokens) */
+    int64_t features, tokens;
     const float *gamma, *beta, *bias;
     float eps;
     int act;
-    uint8_t *Q;
-    int64_t ldq;
-    float *q_scale;
-    int32_t *q_zero;
-    const float *q_mul;
-} bsk_nn_rows_args;
+    uint8_t *Q;           /* (features, tokens) */
+    float *q_scale;       /* (tokens) */
+    int32_t *q_zero;      /* (tokens) */
+    const float *q_mul;   /* (features) */
+} bsk_nn_tok_args;
 
 BSK_INLINE bsk_v16f bsk_nn_load(const float *p)
 {
@@ -82,38 +85,28 @@ BSK_INLINE void bsk_nn_store_part(float *p, bsk_v16f v, int64_t count)
         memcpy(p, &v, (size_t)count * sizeof(float));
 }
 
-BSK_INLINE float bsk_nn_hsum(bsk_v16f v)
+BSK_INLINE void bsk_nn_store_bytes(uint8_t *p, bsk_nn_v16b v, int64_t count)
 {
-    /* pairwise tree: a fixed order, so the same on every ISA */
-    float s8[8], s4[4];
-    for (int i = 0; i < 8; i++)
-        s8[i] = v[i] + v[i + 8];
-    for (int i = 0; i < 4; i++)
-        s4[i] = s8[i] + s8[i + 4];
-    return (s4[0] + s4[2]) + (s4[1] + s4[3]);
+    if (count >= 16)
+        *(bsk_nn_v16b_u *)p = v;
+    else
+        memcpy(p, &v, (size_t)count);
 }
 
-BSK_INLINE float bsk_nn_hmax(bsk_v16f v)
+BSK_INLINE bsk_v16f bsk_nn_max(bsk_v16f a, bsk_v16f b)
 {
-    float m = v[0];
-    for (int i = 1; i < 16; i++)
-        m = v[i] > m ? v[i] : m;
-    return m;
+    return bsk_select(a > b, a, b);
 }
 
-BSK_INLINE float bsk_nn_hmin(bsk_v16f v)
+BSK_INLINE bsk_v16f bsk_nn_min(bsk_v16f a, bsk_v16f b)
 {
-    float m = v[0];
-    for (int i = 1; i < 16; i++)
-        m = v[i] < m ? v[i] : m;
-    return m;
+    return bsk_select(a < b, a, b);
 }
 
 /*
  * exp(x) for x <= 0 (softmax arguments), Cephes-style: x = n ln2 + r with
  * |r| <= ln2/2, a degree-6 polynomial for exp(r) (about 1 ulp), and 2^n put
- * into the exponent bits.  x below -87 gives about 1.6e-38, never 0: the
- * callers zero masked entries explicitly.
+ * into the exponent bits.  x below -87 gives about 1.6e-38, never 0.
  */
 BSK_INLINE bsk_v16f bsk_nn_exp16(bsk_v16f x)
 {
@@ -135,94 +128,121 @@ BSK_INLINE bsk_v16f bsk_nn_exp16(bsk_v16f x)
 }
 
 /*
- * Dynamic per-row uint8 quantization, the same arithmetic as
- * bsk_quantize_u8 (src/quantize.c) and blocksparse.quantize_activations:
+ * Dynamic per-token uint8 quantization, the same arithmetic as
+ * bsk_quantize_u8 (src/quantize.c) and blocksparse.quantize_activations,
+ * lane by lane:
  *   lo = min(x, 0), hi = max(x, 0), scale = (hi - lo) / 255 (1 if 0),
  *   zero = clip(rint(-lo / scale), 0, 255),
  *   q = clip(rint(x / scale) + zero, 0, 255).
  * Only compares, adds and divides: the same bits on every ISA.
  */
-BSK_INLINE float bsk_nn_rint_clamped(float v)
+BSK_INLINE bsk_v16f bsk_nn_rint_clamped16(bsk_v16f v)
 {
-    v = v > -512.0f ? v : -512.0f;
-    v = v < 512.0f ? v : 512.0f;
+    v = bsk_select(v > -512.0f, v, (bsk_v16f){0} - 512.0f);
+    v = bsk_select(v < 512.0f, v, (bsk_v16f){0} + 512.0f);
     return (v + 12582912.0f) - 12582912.0f;
 }
 
-BSK_INLINE void bsk_nn_qparams(float lo, float hi, float *scale, int32_t *zero)
+/* scale and zero point (as float) per lane from the lane ranges */
+BSK_INLINE void bsk_nn_qparams16(bsk_v16f lo, bsk_v16f hi, bsk_v16f *scale, bsk_v16f *zero)
 {
-    float s = (hi - lo) / 255.0f;
-    if (!(s > 0.0f))
-        s = 1.0f;
-    float z = bsk_nn_rint_clamped(-lo / s);
-    z = z < 0.0f ? 0.0f : z > 255.0f ? 255.0f : z;
+    bsk_v16f s = (hi - lo) / 255.0f;
+    s = bsk_select(s > 0.0f, s, (bsk_v16f){0} + 1.0f); /* also maps NaN to 1 */
+    bsk_v16f z = bsk_nn_rint_clamped16(-lo / s);
+    z = bsk_select(z > 0.0f, z, (bsk_v16f){0});
+    z = bsk_select(z < 255.0f, z, (bsk_v16f){0} + 255.0f);
     *scale = s;
-    *zero = (int32_t)z;
+    *zero = z;
 }
 
-/* x[k] * mul[k], or x[k] without mul; `count` < 16 zero-fills the rest */
-BSK_INLINE bsk_v16f bsk_nn_load_mul(const float *x, const float *mul, int64_t count)
+BSK_INLINE bsk_nn_v16b bsk_nn_quant16(bsk_v16f v, bsk_v16f s, bsk_v16f zf)
 {
-    bsk_v16f v = bsk_nn_load_part(x, count);
-    return mul ? v * bsk_nn_load_part(mul, count) : v;
-}
-
-BSK_INLINE void bsk_nn_range(const float *x, const float *mul, int64_t n, float *lo,
-                             float *hi)
-{
-    /* four independent min/max chains: the compare-select latency, not the
-     * loads, would otherwise bound the loop */
-    bsk_v16f vlo[4] = {{0}}, vhi[4] = {{0}};
-    int64_t k = 0;
-    for (; k + 64 <= n; k += 64) {
-        for (int u = 0; u < 4; u++) {
-            const bsk_v16f v = bsk_nn_load_mul(x + k + 16 * u, mul ? mul + k + 16 * u : 0, 16);
-            vlo[u] = bsk_select(v < vlo[u], v, vlo[u]);
-            vhi[u] = bsk_select(v > vhi[u], v, vhi[u]);
-        }
-    }
-    for (; k < n; k += 16) {
-        /* zero-filled tail lanes are harmless: the range always holds 0 */
-        const bsk_v16f v = bsk_nn_load_mul(x + k, mul ? mul + k : 0, n - k);
-        vlo[0] = bsk_select(v < vlo[0], v, vlo[0]);
-        vhi[0] = bsk_select(v > vhi[0], v, vhi[0]);
-    }
-    for (int u = 1; u < 4; u++) {
-        vlo[0] = bsk_select(vlo[u] < vlo[0], vlo[u], vlo[0]);
-        vhi[0] = bsk_select(vhi[u] > vhi[0], vhi[u], vhi[0]);
-    }
-    *lo = bsk_nn_hmin(vlo[0]);
-    *hi = bsk_nn_hmax(vhi[0]);
-}
-
-BSK_INLINE bsk_nn_v16b bsk_nn_quant16(bsk_v16f v, float s, float zf)
-{
-    v = v / s;
-    v = bsk_select(v > -512.0f, v, (bsk_v16f){0} - 512.0f);
-    v = bsk_select(v < 512.0f, v, (bsk_v16f){0} + 512.0f);
-    v = (v + 12582912.0f) - 12582912.0f;
-    v = v + zf;
+    /* no +-512 clamp before the rounding, unlike bsk_nn_rint_clamped16: it
+     * cannot change the clipped result (NaN and +-inf included), and the
+     * range makes |v / s| <= 255 anyway */
+    v = ((v / s + 12582912.0f) - 12582912.0f) + zf;
     v = bsk_select(v > 0.0f, v, (bsk_v16f){0});
     v = bsk_select(v < 255.0f, v, (bsk_v16f){0} + 255.0f);
     return __builtin_convertvector(__builtin_convertvector(v, bsk_v16i), bsk_nn_v16b);
 }
 
-/* Quantize row x (times mul, if not NULL) with its own scale and zero point. */
-BSK_INLINE void bsk_nn_quant_row(const float *x, const float *mul, int64_t n, uint8_t *q,
-                                 float *scale, int32_t *zero)
+/* Row loads and stores of a token block: `full` (a compile-time constant
+ * at every call) selects plain 16-lane accesses, else `cnt` lanes. */
+BSK_INLINE bsk_v16f bsk_nn_ld(const float *p, const int full, int cnt)
 {
-    float lo, hi;
-    bsk_nn_range(x, mul, n, &lo, &hi);
-    bsk_nn_qparams(lo, hi, scale, zero);
-    const float s = *scale, zf = (float)*zero;
-    int64_t k = 0;
-    for (; k + 16 <= n; k += 16)
-        *(bsk_nn_v16b_u *)(q + k) = bsk_nn_quant16(bsk_nn_load_mul(x + k, mul ? mul + k : 0, 16),
-                                                   s, zf);
-    if (k < n) {
-        bsk_nn_v16b b = bsk_nn_quant16(bsk_nn_load_mul(x + k, mul ? mul + k : 0, n - k), s, zf);
-        memcpy(q + k, &b, (size_t)(n - k));
+    return full ? bsk_nn_load(p) : bsk_nn_load_part(p, cnt);
+}
+
+BSK_INLINE void bsk_nn_st(float *p, bsk_v16f v, const int full, int cnt)
+{
+    if (full)
+        bsk_nn_store(p, v);
+    else
+        bsk_nn_store_part(p, v, cnt);
+}
+
+/* Per-lane scale and zero point from lane ranges, stored for `cnt` tokens. */
+BSK_INLINE void bsk_nn_qstore_params(bsk_v16f s, bsk_v16f z, int cnt, float *q_scale,
+                                     int32_t *q_zero)
+{
+    const bsk_v16i zi = __builtin_convertvector(z, bsk_v16i);
+    for (int t = 0; t < cnt; t++) {
+        q_scale[t] = s[t];
+        q_zero[t] = zi[t];
     }
+}
+
+/* uint8 codes of Y's block (times mul[f]) with known per-lane params. */
+BSK_INLINE void bsk_nn_quant_codes(const float *Y, int64_t F, int64_t N, const int full,
+                                   int cnt, const float *mul, bsk_v16f s, bsk_v16f z,
+                                   uint8_t *Q)
+{
+    for (int64_t f = 0; f < F; f++) {
+        bsk_v16f v = bsk_nn_ld(Y + f * N, full, cnt);
+        if (mul)
+            v = v * mul[f];
+        const bsk_nn_v16b b = bsk_nn_quant16(v, s, z);
+        if (full)
+            *(bsk_nn_v16b_u *)(Q + f * N) = b;
+        else
+            memcpy(Q + f * N, &b, (size_t)cnt);
+    }
+}
+
+/*
+ * Quantize a block of `cnt` (<= 16) tokens, Y and Q pointing at its first
+ * column of the (F, N) arrays (times mul[f] per feature if mul is not
+ * NULL), scales and zero points into q_scale[0 .. cnt), q_zero[...].
+ */
+BSK_INLINE void bsk_nn_quant_block(const float *Y, int64_t F, int64_t N, const int full,
+                                   int cnt, const float *mul, uint8_t *Q, float *q_scale,
+                                   int32_t *q_zero)
+{
+    /* two independent min/max chains hide the compare-select latency */
+    bsk_v16f lo0 = (bsk_v16f){0}, hi0 = lo0, lo1 = lo0, hi1 = lo0;
+    int64_t f = 0;
+    for (; f + 2 <= F; f += 2) {
+        bsk_v16f a = bsk_nn_ld(Y + f * N, full, cnt), b = bsk_nn_ld(Y + (f + 1) * N, full, cnt);
+        if (mul) {
+            a = a * mul[f];
+            b = b * mul[f + 1];
+        }
+        lo0 = bsk_nn_min(lo0, a);
+        hi0 = bsk_nn_max(hi0, a);
+        lo1 = bsk_nn_min(lo1, b);
+        hi1 = bsk_nn_max(hi1, b);
+    }
+    if (f < F) {
+        bsk_v16f a = bsk_nn_ld(Y + f * N, full, cnt);
+        if (mul)
+            a = a * mul[f];
+        lo0 = bsk_nn_min(lo0, a);
+        hi0 = bsk_nn_max(hi0, a);
+    }
+    bsk_v16f s, z;
+    bsk_nn_qparams16(bsk_nn_min(lo0, lo1), bsk_nn_max(hi0, hi1), &s, &z);
+    bsk_nn_quant_codes(Y, F, N, full, cnt, mul, s, z, Q);
+    bsk_nn_qstore_params(s, z, cnt, q_scale, q_zero);
 }
 
 /*

@@ -36,12 +36,14 @@ def hf_tensors(model, style="bert", prefix="", old_ln_names=False):
     H = model.hidden_size
     for i, layer in enumerate(model.encoder):
         qkv = layer.attention.qkv
-        parts = {"q": (qkv.weight[:H], qkv.bias[:H]), "k": (qkv.weight[H:2 * H], qkv.bias[H:2 * H]),
+        parts = {"q": (qkv.weight[:H], qkv.bias[:H]),
+                 "k": (qkv.weight[H:2 * H], qkv.bias[H:2 * H]),
                  "v": (qkv.weight[2 * H:], qkv.bias[2 * H:]),
                  "o": (layer.attention.out.weight, layer.attention.out.bias),
                  "ffn1": (layer.ffn1.weight, layer.ffn1.bias),
                  "ffn2": (layer.ffn2.weight, layer.ffn2.bias),
-                 "ln1": (layer.ln1.weight, layer.ln1.bias), "ln2": (layer.ln2.weight, layer.ln2.bias)}
+                 "ln1": (layer.ln1.weight, layer.ln1.bias),
+                 "ln2": (layer.ln2.weight, layer.ln2.bias)}
         if style == "distilbert":
             p = f"transformer.layer.{i}."
             names = {"q": "attention.q_lin", "k": "attention.k_lin", "v": "attention.v_lin",

@@ -61,9 +61,10 @@ def _positive_int(cfg, key, default=None, allow_zero=False):
             raise ValueError(f"config is missing the key {key!r}")
         return default
     v = cfg[key]
-    if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < (0 if allow_zero else 1):
-        raise ValueError(f"config key {key!r} must be a {'non-negative' if allow_zero else 'positive'}"
-                         f" integer, got {v!r}")
+    lowest = 0 if allow_zero else 1
+    if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < lowest:
+        kind = "non-negative" if allow_zero else "positive"
+        raise ValueError(f"config key {key!r} must be a {kind} integer, got {v!r}")
     return int(v)
 
 

@@ -484,7 +484,7 @@ class MultiHeadSelfAttention:
     def __call__(self, hidden_states, attention_mask=None):
         """Attention output (before the residual), shape (batch, seq, hidden)."""
         h = _hidden_3d(hidden_states, self.hidden_size)
-        B, S, H = h.shape
+        B, S, _ = h.shape
         mask = _ops._mask_u8(attention_mask, (B, S))
         return _from_internal(self._forward(_to_internal(h), None, mask, B, S), B, S)
 
@@ -550,7 +550,7 @@ class BertLayer:
     def __call__(self, hidden_states, attention_mask=None):
         """Layer output, shape (batch, seq, hidden), float32."""
         h = _hidden_3d(hidden_states, self.hidden_size)
-        B, S, H = h.shape
+        B, S, _ = h.shape
         mask = _ops._mask_u8(attention_mask, (B, S))
         return _from_internal(self._forward(_to_internal(h), None, mask, B, S)[0], B, S)
 

@@ -219,3 +219,12 @@ def test_normalize_config_defaults():
     assert d["model_type"] == "distilbert" and d["type_vocab_size"] == 0
     with pytest.raises(TypeError, match="config must be a dict"):
         normalize_config([1])
+
+
+def test_missing_safetensors_names_the_extra(tmp_path, model, monkeypatch):
+    d = write_hf(tmp_path / "hf", CFG, hf_tensors(model))
+    monkeypatch.setitem(__import__("sys").modules, "safetensors", None)
+    with pytest.raises(ImportError, match=r"pip install 'blocksparse\[models\]'"):
+        BertModel.from_pretrained(d)
+    with pytest.raises(ImportError, match="needs the 'safetensors' package"):
+        model.save_pretrained(tmp_path / "out")

@@ -101,22 +101,25 @@ class BertModel:
 
     Notes
     -----
-    Layout: activations run through the encoder as a tokens x features
-    float32 array (batch * seq, hidden), the NumPy (batch, seq, hidden)
-    array flattened.  Per-token INT8 quantization, LayerNorm and each
-    head's slice are then contiguous rows, and input and output need no
-    transposes.  The paper's features x tokens layout serves its kernel's
-    activation panel; here the INT8 kernel packs its panel from the
-    (tokens, features) form itself.
+    Layout: inside the encoder, activations are features x tokens float32
+    arrays (hidden, batch * seq), the paper's layout.  It is the ``W @ X``
+    form of the INT8 kernel, whose output is written row by row (in the
+    (tokens, features) form the same kernel scatters its output, about
+    twice as slow for the FFN1 product on BERT-Base); the per-token work
+    (LayerNorm statistics, quantization ranges, the softmax over keys) runs
+    with one token per vector lane, without horizontal reductions.  The
+    embeddings' LayerNorm reads the gathered (tokens, features) rows and
+    writes the features x tokens array; the last hidden state is transposed
+    back once.
 
     What is fused, per layer: Q, K and V are one product (stacked
-    weights); attention is one C call (scores, masked softmax and the
-    product with V per head, no (seq x seq) NumPy temporaries) that also
-    quantizes its output for the output projection; the residual add,
-    LayerNorm and the quantization of the next layer's input are one C
-    call; bias + GELU are in the INT8 product's epilogue.  The GIL is
-    released in every kernel, and threads follow
-    :func:`blocksparse.set_num_threads`.
+    weights); attention is one C call per layer (scores, masked softmax and
+    the product with V for every head and block of queries, no (seq x seq)
+    NumPy temporaries, masked keys skipped) that also quantizes its output
+    for the output projection; the residual add, LayerNorm and the
+    quantization of the next layer's input are one C call; bias + GELU are
+    in the INT8 product's epilogue.  The GIL is released in every kernel,
+    and threads follow :func:`blocksparse.set_num_threads`.
     """
 
     def __init__(self, config, embeddings, encoder, pooler=None):

@@ -73,7 +73,7 @@ typedef struct {
 #endif
 
 typedef void (*task_fn)(const bsk_nn_attn_args *, int64_t, int64_t, int64_t, bsk_nn_attn_ws *);
-typedef void (*quant_fn)(const bsk_nn_attn_args *, int64_t, int64_t);
+typedef void (*quant_fn)(const bsk_nn_attn_args *, int64_t, int64_t, float *);
 
 #define BSK_NN_MAX_QW 64
 
@@ -176,8 +176,24 @@ bsk_status bsk_attention_f32(bsk_isa isa, const float *QKV, int64_t batch,
 #ifdef _OPENMP
 #pragma omp barrier
 #endif
+            /* per-token quantization needs every head of a token: after the
+             * barrier, split the tokens in whole 16-token blocks */
             bsk_split((N + 15) / 16, T, t, &lo, &hi);
-            quant(&a, lo, hi);
+            lo *= 16;
+            hi = hi * 16 < N ? hi * 16 : N;
+            if (hi > lo) {
+                float *qws = (float *)bsk_alloc((size_t)(4 * ((hi - lo + 15) / 16 * 16)) *
+                                                sizeof(float));
+                if (qws)
+                    quant(&a, lo, hi, qws);
+                else {
+#ifdef _OPENMP
+#pragma omp atomic write
+#endif
+                    failed = 1;
+                }
+                free(qws);
+            }
         }
     }
     return failed ? BSK_ENOMEM : BSK_OK;

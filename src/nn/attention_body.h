@@ -166,28 +166,25 @@ static void BSK_NN_FN(attn_task)(const bsk_nn_attn_args *a, int64_t b, int64_t h
     for (int v = 0; v < BSK_NN_IV; v++)
         inv[v] = 1.0f / sum[v];
 
-    /* Y = V P^T / rowsum, into the (hidden, tokens) output */
-    float *y = a->Y + (h * D) * N + b * S + i0;
+    /* Y = V P^T / rowsum, first into the query tile (qp is free now: one
+     * contiguous D x QW block, so the accumulator stores do not stride by a
+     * row of the output), then row by row into the (hidden, tokens) output */
     int64_t c0 = 0;
     for (; c0 + BSK_NN_CB <= D; c0 += BSK_NN_CB)
-        BSK_NN_FN(attn_pv)(vp, D, nk, c0, BSK_NN_CB, st, inv, y, N, cnt);
+        BSK_NN_FN(attn_pv)(vp, D, nk, c0, BSK_NN_CB, st, inv, qp, BSK_NN_QW, BSK_NN_QW);
     for (; c0 < D; c0++)
-        BSK_NN_FN(attn_pv)(vp, D, nk, c0, 1, st, inv, y, N, cnt);
+        BSK_NN_FN(attn_pv)(vp, D, nk, c0, 1, st, inv, qp, BSK_NN_QW, BSK_NN_QW);
+    float *y = a->Y + (h * D) * N + b * S + i0;
+    for (int64_t c = 0; c < D; c++)
+        memcpy(y + c * N, qp + c * BSK_NN_QW, (size_t)cnt * sizeof(float));
 }
 
-static void BSK_NN_FN(attn_quant)(const bsk_nn_attn_args *a, int64_t b0, int64_t b1)
+static void BSK_NN_FN(attn_quant)(const bsk_nn_attn_args *a, int64_t n0, int64_t n1,
+                                  float *ws)
 {
     const int64_t N = a->batch * a->seq;
-    const int64_t F = a->heads * a->head_dim;
-    for (int64_t blk = b0; blk < b1; blk++) {
-        const int64_t n0 = blk * 16;
-        if (N - n0 >= 16)
-            bsk_nn_quant_block(a->Y + n0, F, N, 1, 16, NULL, a->Q + n0, a->q_scale + n0,
-                               a->q_zero + n0);
-        else
-            bsk_nn_quant_block(a->Y + n0, F, N, 0, (int)(N - n0), NULL, a->Q + n0,
-                               a->q_scale + n0, a->q_zero + n0);
-    }
+    bsk_nn_quant_rows(a->Y + n0, a->heads * a->head_dim, N, n1 - n0, NULL, a->Q + n0,
+                      a->q_scale + n0, a->q_zero + n0, ws);
 }
 
 #undef BSK_NN_QW

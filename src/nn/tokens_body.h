@@ -1,119 +1,107 @@
 /*
  * Per-token encoder kernels, instantiated once per ISA by tokens.c inside a
  * `#pragma GCC target` region.  The including file defines BSK_NN_SFX.
- * Arrays are (features, tokens); a block is 16 consecutive tokens, one per
- * vector lane.  layernorm_blocks and quantize_blocks handle token blocks
- * [b0, b1); bias_act_rows handles feature rows [b0, b1).
+ * Arrays are (features, tokens).  The *_range functions handle the tokens
+ * [n0, n1) with whole-row passes and per-token state in the scratch `ws`
+ * (see bsk_nn_quant_rows); bias_act_rows handles feature rows [n0, n1).
  */
 #define BSK_NN_FN(name) BSK_NN_CAT(name, BSK_NN_SFX)
 
-/* Row f of X for the block's tokens, from (F, N) or tokens-major (N, F) X. */
-BSK_INLINE bsk_v16f BSK_NN_FN(x_row)(const bsk_nn_tok_args *a, int64_t f, int64_t n0,
-                                     const int full, int cnt)
+/* Y[f, n] = X[n, f] for the tokens [n0, n1): 16 x 16 tiles, so that both
+ * sides are read and written in whole cache lines. */
+static void BSK_NN_FN(transpose_range)(const bsk_nn_tok_args *a, int64_t n0, int64_t n1,
+                                       float *ws)
 {
-    if (!a->x_tokens)
-        return bsk_nn_ld(a->X + f * a->tokens + n0, full, cnt);
-    bsk_v16f v = (bsk_v16f){0};
-    const float *x = a->X + n0 * a->features + f;
-    for (int t = 0; t < cnt; t++)
-        v[t] = x[t * a->features];
-    return v;
+    (void)ws;
+    const int64_t F = a->features, N = a->tokens;
+    for (int64_t nb = n0; nb < n1; nb += 16) {
+        const int64_t tn = n1 - nb < 16 ? n1 - nb : 16;
+        for (int64_t fb = 0; fb < F; fb += 16) {
+            const int64_t tf = F - fb < 16 ? F - fb : 16;
+            for (int64_t f = 0; f < tf; f++)
+                for (int64_t t = 0; t < tn; t++)
+                    a->Y[(fb + f) * N + nb + t] = a->Xt[(nb + t) * F + fb + f];
+        }
+    }
 }
 
-/* LayerNorm (+ quantization) of the tokens [n0, n0 + cnt). */
-BSK_INLINE void BSK_NN_FN(layernorm_block)(const bsk_nn_tok_args *a, int64_t n0,
-                                           const int full, int cnt)
+/* Y = LayerNorm(X + Res) (+ uint8 codes) for the tokens [n0, n1). */
+static void BSK_NN_FN(layernorm_range)(const bsk_nn_tok_args *a, int64_t n0, int64_t n1,
+                                       float *ws)
 {
-    const int64_t F = a->features, N = a->tokens;
+    const int64_t F = a->features, N = a->tokens, T = n1 - n0;
+    const int64_t Tv = (T + 15) / 16 * 16;
     const float inv_f = 1.0f / (float)F;
-    const float *res = a->Res ? a->Res + n0 : NULL;
-    float *y = a->Y + n0;
+    float *pivot = ws, *acc = ws + Tv, *var = ws + 2 * Tv;
+    const float *X = a->X + n0, *R = a->Res ? a->Res + n0 : NULL;
+    float *Y = a->Y + n0;
+
     /* pass 1: t = x + res (kept in y) and its sum, taken about the token's
      * first feature so that a large common offset does not eat the float32
      * mantissa of the sum */
-    bsk_v16f pivot = BSK_NN_FN(x_row)(a, 0, n0, full, cnt);
-    if (res)
-        pivot = pivot + bsk_nn_ld(res, full, cnt);
-    bsk_v16f sum0 = (bsk_v16f){0}, sum1 = sum0;
-    int64_t f = 0;
-    for (; f < F; f++) {
-        bsk_v16f t = BSK_NN_FN(x_row)(a, f, n0, full, cnt);
-        if (res)
-            t = t + bsk_nn_ld(res + f * N, full, cnt);
-        bsk_nn_st(y + f * N, t, full, cnt);
-        if (f & 1)
-            sum1 = sum1 + (t - pivot);
-        else
-            sum0 = sum0 + (t - pivot);
+    BSK_NN_FOR_TOKENS(T, {
+        bsk_v16f t = bsk_nn_ld(X + n_, full_, cnt_);
+        if (R)
+            t = t + bsk_nn_ld(R + n_, full_, cnt_);
+        bsk_nn_st(Y + n_, t, full_, cnt_);
+        bsk_nn_store(pivot + n_, t);
+        bsk_nn_store(acc + n_, (bsk_v16f){0});
+    });
+    for (int64_t f = 1; f < F; f++) {
+        const float *x = X + f * N, *r = R ? R + f * N : NULL;
+        float *y = Y + f * N;
+        BSK_NN_FOR_TOKENS(T, {
+            bsk_v16f t = bsk_nn_ld(x + n_, full_, cnt_);
+            if (r)
+                t = t + bsk_nn_ld(r + n_, full_, cnt_);
+            bsk_nn_st(y + n_, t, full_, cnt_);
+            bsk_nn_store(acc + n_, bsk_nn_load(acc + n_) + (t - bsk_nn_load(pivot + n_)));
+        });
     }
     /* the mean as pivot + moff: (t - pivot) - moff keeps the digits that a
      * float32 mean near a large offset would round away */
-    const bsk_v16f moff = (sum0 + sum1) * inv_f;
+    BSK_NN_FOR_TOKENS(T, {
+        bsk_nn_store(acc + n_, bsk_nn_load(acc + n_) * inv_f);
+        bsk_nn_store(var + n_, (bsk_v16f){0});
+    });
     /* pass 2: variance about the mean (two passes: no cancellation) */
-    bsk_v16f var0 = (bsk_v16f){0}, var1 = var0;
-    for (f = 0; f + 2 <= F; f += 2) {
-        const bsk_v16f d0 = (bsk_nn_ld(y + f * N, full, cnt) - pivot) - moff;
-        const bsk_v16f d1 = (bsk_nn_ld(y + (f + 1) * N, full, cnt) - pivot) - moff;
-        var0 = var0 + d0 * d0;
-        var1 = var1 + d1 * d1;
+    for (int64_t f = 0; f < F; f++) {
+        const float *y = Y + f * N;
+        BSK_NN_FOR_TOKENS(T, {
+            const bsk_v16f d = (bsk_nn_ld(y + n_, full_, cnt_) - bsk_nn_load(pivot + n_))
+                               - bsk_nn_load(acc + n_);
+            bsk_nn_store(var + n_, bsk_nn_load(var + n_) + d * d);
+        });
     }
-    if (f < F) {
-        const bsk_v16f d0 = (bsk_nn_ld(y + f * N, full, cnt) - pivot) - moff;
-        var0 = var0 + d0 * d0;
+    for (int64_t n = 0; n < Tv; n++)
+        var[n] = 1.0f / sqrtf(var[n] * inv_f + a->eps);
+    /* pass 3: normalize, scale, shift */
+    for (int64_t f = 0; f < F; f++) {
+        float *y = Y + f * N;
+        const float g = a->gamma[f], b = a->beta[f];
+        BSK_NN_FOR_TOKENS(T, {
+            bsk_v16f t = ((bsk_nn_ld(y + n_, full_, cnt_) - bsk_nn_load(pivot + n_))
+                          - bsk_nn_load(acc + n_)) * bsk_nn_load(var + n_);
+            bsk_nn_st(y + n_, t * g + b, full_, cnt_);
+        });
     }
-    const bsk_v16f v = (var0 + var1) * inv_f + a->eps;
-    bsk_v16f rstd = (bsk_v16f){0};
-    for (int t = 0; t < 16; t++)
-        rstd[t] = 1.0f / sqrtf(v[t]);
-    /* pass 3: normalize, scale, shift (and the quantization range) */
-    bsk_v16f lo = (bsk_v16f){0}, hi = lo;
-    const float *mul = a->q_mul;
-    for (f = 0; f < F; f++) {
-        bsk_v16f t = ((bsk_nn_ld(y + f * N, full, cnt) - pivot) - moff) * rstd;
-        t = t * a->gamma[f] + a->beta[f];
-        bsk_nn_st(y + f * N, t, full, cnt);
-        if (a->Q) {
-            const bsk_v16f m = mul ? t * mul[f] : t;
-            lo = bsk_nn_min(lo, m);
-            hi = bsk_nn_max(hi, m);
-        }
-    }
-    if (a->Q) {
-        /* pass 4: uint8 codes, as bsk_nn_quant_block with the range known */
-        bsk_v16f s, z;
-        bsk_nn_qparams16(lo, hi, &s, &z);
-        bsk_nn_quant_codes(y, F, N, full, cnt, mul, s, z, a->Q + n0);
-        bsk_nn_qstore_params(s, z, cnt, a->q_scale + n0, a->q_zero + n0);
-    }
+    /* pass 4: uint8 codes for the next INT8 layer */
+    if (a->Q)
+        bsk_nn_quant_rows(Y, F, N, T, a->q_mul, a->Q + n0, a->q_scale + n0, a->q_zero + n0,
+                          ws + 3 * Tv);
 }
 
-static void BSK_NN_FN(layernorm_blocks)(const bsk_nn_tok_args *a, int64_t b0, int64_t b1)
+static void BSK_NN_FN(quantize_range)(const bsk_nn_tok_args *a, int64_t n0, int64_t n1,
+                                      float *ws)
 {
-    for (int64_t blk = b0; blk < b1; blk++) {
-        const int64_t n0 = blk * 16;
-        if (a->tokens - n0 >= 16)
-            BSK_NN_FN(layernorm_block)(a, n0, 1, 16);
-        else
-            BSK_NN_FN(layernorm_block)(a, n0, 0, (int)(a->tokens - n0));
-    }
+    bsk_nn_quant_rows(a->X + n0, a->features, a->tokens, n1 - n0, a->q_mul, a->Q + n0,
+                      a->q_scale + n0, a->q_zero + n0, ws);
 }
 
-static void BSK_NN_FN(quantize_blocks)(const bsk_nn_tok_args *a, int64_t b0, int64_t b1)
+static void BSK_NN_FN(bias_act_rows)(const bsk_nn_tok_args *a, int64_t r0, int64_t r1,
+                                     float *ws)
 {
-    const int64_t F = a->features, N = a->tokens;
-    for (int64_t blk = b0; blk < b1; blk++) {
-        const int64_t n0 = blk * 16;
-        if (N - n0 >= 16)
-            bsk_nn_quant_block(a->X + n0, F, N, 1, 16, a->q_mul, a->Q + n0, a->q_scale + n0,
-                               a->q_zero + n0);
-        else
-            bsk_nn_quant_block(a->X + n0, F, N, 0, (int)(N - n0), a->q_mul, a->Q + n0,
-                               a->q_scale + n0, a->q_zero + n0);
-    }
-}
-
-static void BSK_NN_FN(bias_act_rows)(const bsk_nn_tok_args *a, int64_t r0, int64_t r1)
-{
+    (void)ws;
     const int64_t N = a->tokens;
     for (int64_t m = r0; m < r1; m++) {
         float *y = a->Y + m * N;

@@ -41,8 +41,8 @@ def have_openmp():
 
 
 def set_min_work_per_thread(int64_t work):
-    """Fewer threads for products with less work per thread (0: never)."""
-    bsk_set_min_work_per_thread(work)
+    """Fewer threads for products with less work per thread (0: never); returns the old value."""
+    return bsk_set_min_work_per_thread(work)
 
 
 cdef object _raise(bsk_status st, str kernel, int isa):

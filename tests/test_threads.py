@@ -70,9 +70,9 @@ def assert_bit_identical(results, baseline, what):
 def restore_threads():
     """Restore the thread count; meanwhile small products really use every thread."""
     saved = blocksparse.get_num_threads()
-    blocksparse._kernels.set_min_work_per_thread(0)
+    saved_work = blocksparse._kernels.set_min_work_per_thread(0)
     yield
-    blocksparse._kernels.set_min_work_per_thread(1 << 17)
+    blocksparse._kernels.set_min_work_per_thread(saved_work)
     blocksparse.set_num_threads(saved)
 
 

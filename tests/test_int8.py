@@ -71,7 +71,7 @@ def test_extreme_values_large_k(isa, num_threads, blocksize, K):
     for N in (1, 16, 65):
         X = gen.choice(np.array([0, 255, 255], np.uint8), size=(K, N))
         X[:, 0] = 255
-        Y, Z = check_int8(W, X, np.ascontiguousarray(X.T))
+        Y, _ = check_int8(W, X, np.ascontiguousarray(X.T))
         assert Y[0, 0] == -128 * 255 * K
         Xs = gen.choice(np.array([-128, 127], np.int8), size=(K, N))
         check_int8(W, Xs, np.ascontiguousarray(Xs.T))

@@ -39,11 +39,12 @@ ISA_PROBES = {
 # (library suffix, sources) per ISA; "_f" libraries hold the float kernels.
 ISA_SOURCES = {
     "avx2": {"f": ["src/avx2/spmm_float_avx2.c", "src/avx2/spmm_double_avx2.c"],
-             "q": ["src/avx2/qspmm_avx2.c"]},
-    "avx_vnni": {"q": ["src/avxvnni/qspmm_avxvnni.c"]},
+             "q": ["src/avx2/qspmm_avx2.c", "src/avx2/quantize_avx2.c"]},
+    "avx_vnni": {"q": ["src/avxvnni/qspmm_avxvnni.c", "src/avxvnni/quantize_avxvnni.c"]},
     "avx512_vnni": {"f": ["src/avx512vnni/spmm_float_avx512vnni.c",
                           "src/avx512vnni/spmm_double_avx512vnni.c"],
-                    "q": ["src/avx512vnni/qspmm_avx512vnni.c"]},
+                    "q": ["src/avx512vnni/qspmm_avx512vnni.c",
+                          "src/avx512vnni/quantize_avx512vnni.c"]},
 }
 
 
@@ -91,7 +92,7 @@ built_isas = [isa for isa in ISA_FLAGS
 macros = [(f"BSK_HAVE_{isa.upper()}", "1") for isa in built_isas]
 
 exact = ["-ffp-contract=off"]
-libraries = [("bsk_core", {"sources": ["src/dispatch.c", "src/quantize.c", "src/ref/spmm_scalar.c"]
+libraries = [("bsk_core", {"sources": ["src/dispatch.c", "src/ref/spmm_scalar.c", "src/ref/quantize_scalar.c"]
                            + sorted(glob.glob("src/nn/*.c")),
                            "include_dirs": ["include"], "macros": macros,
                            "cflags": base_cflags + exact})]
@@ -107,6 +108,14 @@ class BuildExt(build_ext):
 
     def run(self):
         if self.distribution.has_c_libraries():
+            clib = self.get_finalized_command("build_clib")
+            # build_clib does not track headers: rebuild when one is newer
+            headers = glob.glob("include/**/*.h", recursive=True) + glob.glob("src/**/*.h",
+                                                                              recursive=True)
+            archives = glob.glob(os.path.join(clib.build_clib, "*.a"))
+            if archives and headers and max(map(os.path.getmtime, headers)) > \
+                    min(map(os.path.getmtime, archives)):
+                clib.force = True
             self.run_command("build_clib")
         super().run()
 

@@ -49,6 +49,7 @@ cdef extern from "blocksparse/bsk.h" nogil:
     const char *bsk_isa_name(bsk_isa isa)
     int bsk_default_threads()
     int bsk_have_openmp()
+    int64_t bsk_set_min_work_per_thread(int64_t work)
 
     bsk_status bsk_spmm_f32(bsk_isa isa, const bsk_bcsr *W, const float *X,
                             int64_t ldx, int64_t N, float *Y, int64_t ldy,
@@ -61,7 +62,7 @@ cdef extern from "blocksparse/bsk.h" nogil:
                          int64_t ldy, int y_transposed, const bsk_epilogue *epi,
                          int num_threads)
     int BSK_QUANT_STATIC, BSK_QUANT_PER_TENSOR, BSK_QUANT_PER_ROW
-    bsk_status bsk_quantize_u8(const float *X, int64_t rows, int64_t cols,
+    bsk_status bsk_quantize_u8(bsk_isa isa, const float *X, int64_t rows, int64_t cols,
                                int64_t ldx, int mode, float *scale, int32_t *zero,
                                uint8_t *Q, int64_t ldq, int num_threads)
     const char *bsk_qspmm_kernel_name(bsk_isa isa, const bsk_qbcsr *W)

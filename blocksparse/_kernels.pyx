@@ -40,6 +40,11 @@ def have_openmp():
     return bool(bsk_have_openmp())
 
 
+def set_min_work_per_thread(int64_t work):
+    """Fewer threads for products with less work per thread (0: never); returns the old value."""
+    return bsk_set_min_work_per_thread(work)
+
+
 cdef object _raise(bsk_status st, str kernel, int isa):
     where = f"{kernel} ({ISA_NAMES[isa]})"
     if st == BSK_EINVAL:
@@ -205,7 +210,7 @@ QUANT_MODES = {"static": BSK_QUANT_STATIC, "tensor": BSK_QUANT_PER_TENSOR,
                "token": BSK_QUANT_PER_ROW}
 
 
-def quantize_u8(cnp.ndarray X, str mode, cnp.ndarray scale, cnp.ndarray zero,
+def quantize_u8(int isa, cnp.ndarray X, str mode, cnp.ndarray scale, cnp.ndarray zero,
                 cnp.ndarray Q, int num_threads):
     """Quantize float32 X (rows, cols) into uint8 Q; see bsk_quantize_u8."""
     cdef int64_t rows = X.shape[0], cols = X.shape[1]
@@ -225,9 +230,9 @@ def quantize_u8(cnp.ndarray X, str mode, cnp.ndarray scale, cnp.ndarray zero,
     cdef int32_t *zp = <int32_t *>cnp.PyArray_DATA(zero)
     cdef uint8_t *qp = <uint8_t *>cnp.PyArray_DATA(Q)
     with nogil:
-        st = bsk_quantize_u8(xp, rows, cols, cols, m, sp, zp, qp, cols, num_threads)
+        st = bsk_quantize_u8(<bsk_isa>isa, xp, rows, cols, cols, m, sp, zp, qp, cols, num_threads)
     if st != BSK_OK:
-        _raise(st, "bsk_quantize_u8", 0)
+        _raise(st, "bsk_quantize_u8", isa)
     return Q
 
 

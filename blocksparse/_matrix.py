@@ -707,8 +707,9 @@ def _int8_product(W, X, transposed, out_shape):
     indptr, indices = W._kernel_arrays()
     gptr, gcols, gw = W._int8_pack()
     isa = _config._active_isa()
-    _config._log_kernel(_kernels.qspmm_kernel_name(isa, W.blocksize, gptr is not None), isa,
-                        f"M={M} K={K} N={N} int32")
+    if _config._State.verbose:
+        _config._log_kernel(_kernels.qspmm_kernel_name(isa, W.blocksize, gptr is not None), isa,
+                            f"M={M} K={K} N={N} int32")
     _kernels.qspmm(isa, W.shape, W.blocksize, indptr, indices, W._data, gptr, gcols, gw,
                    Xc, transposed, Y, transposed, "int32", None,
                    W._int8_rowsum() if zero else None, None, None,

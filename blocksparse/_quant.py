@@ -12,7 +12,6 @@ Scheme (DESIGN.md, "Quantization"):
   ReLU/GELU, and float32 output or uint8 requantized with a given scale and
   zero point.
 """
-import numbers
 
 import numpy as np
 
@@ -236,7 +235,8 @@ def quantize_activations(x, scale=None, zero_point=None, per_token=True):
         z = np.empty(max(n, 1), dtype=np.int32)
         mode = "token" if per_token else "tensor"
     if xc.shape[0] or mode != "token":  # K = 0 rows still get scale 1, zero point 0
-        _kernels.quantize_u8(xc, mode, s, z, q, _config.get_num_threads())
+        _kernels.quantize_u8(_config._active_isa(), xc, mode, s, z, q,
+                             _config.get_num_threads())
     if mode == "token":
         return q, s[:xc.shape[0]], z[:xc.shape[0]]
     return q, s.reshape(()), z.reshape(())
@@ -285,8 +285,9 @@ def _run(Wq, xq, x_transposed, Y, y_transposed, kind, activation, x_scale, x_zer
     gptr, gcols, gw = W._int8_pack()
     isa = _config._active_isa()
     N = Y.shape[0] if y_transposed else Y.shape[1]
-    _config._log_kernel(_kernels.qspmm_kernel_name(isa, W.blocksize, gptr is not None), isa,
-                        f"M={W.shape[0]} K={W.shape[1]} N={N} {kind} act={activation}")
+    if _config._State.verbose:
+        _config._log_kernel(_kernels.qspmm_kernel_name(isa, W.blocksize, gptr is not None), isa,
+                            f"M={W.shape[0]} K={W.shape[1]} N={N} {kind} act={activation}")
     _kernels.qspmm(isa, W.shape, W.blocksize, indptr, indices, W.data, gptr, gcols, gw,
                    np.ascontiguousarray(xq), x_transposed, Y, y_transposed, kind, activation,
                    W._int8_rowsum(), Wq.scale, x_scale, x_zero, bias, out_scale, out_zero,

@@ -122,14 +122,36 @@ static int usable(bsk_isa isa)
     return bsk_isa_built(isa) && bsk_isa_detected(isa);
 }
 
+/* Waking a second thread costs microseconds (far more when the other core
+ * is busy), so products with little work run on the calling thread only.
+ * The threshold is in multiply-adds of stored work; results do not depend
+ * on the thread count, so this changes speed only. */
+static int64_t min_work_per_thread = (int64_t)1 << 17;
+
+int64_t bsk_set_min_work_per_thread(int64_t work)
+{
+    return __atomic_exchange_n(&min_work_per_thread, work < 0 ? 0 : work, __ATOMIC_RELAXED);
+}
+
+static int threads_for(int num_threads, int64_t nnz, int64_t N)
+{
+    if (num_threads < 1)
+        return 1;
+    const int64_t per = __atomic_load_n(&min_work_per_thread, __ATOMIC_RELAXED);
+    if (per == 0)
+        return num_threads;
+    const int64_t work = nnz * (N > 0 ? N : 1);
+    const int64_t most = work / per;
+    return most < 1 ? 1 : (most < num_threads ? (int)most : num_threads);
+}
+
 bsk_status bsk_spmm_f32(bsk_isa isa, const bsk_bcsr *W, const float *X,
                         int64_t ldx, int64_t N, float *Y, int64_t ldy,
                         int transposed, int num_threads)
 {
     if (!usable(isa))
         return BSK_EUNSUPPORTED;
-    if (num_threads < 1)
-        num_threads = 1;
+    num_threads = threads_for(num_threads, W->nnzb * W->R * W->C, N);
     switch (isa) {
 #ifdef BSK_HAVE_AVX512_VNNI
     case BSK_ISA_AVX512_VNNI:
@@ -151,8 +173,7 @@ bsk_status bsk_spmm_f64(bsk_isa isa, const bsk_bcsr *W, const double *X,
 {
     if (!usable(isa))
         return BSK_EUNSUPPORTED;
-    if (num_threads < 1)
-        num_threads = 1;
+    num_threads = threads_for(num_threads, W->nnzb * W->R * W->C, N);
     switch (isa) {
 #ifdef BSK_HAVE_AVX512_VNNI
     case BSK_ISA_AVX512_VNNI:
@@ -197,8 +218,8 @@ bsk_status bsk_qspmm(bsk_isa isa, const bsk_qbcsr *W, const uint8_t *X,
         return BSK_EUNSUPPORTED;
     if (W->w.K > BSK_MAX_K_INT8)
         return BSK_EOVERFLOW;
-    if (num_threads < 1)
-        num_threads = 1;
+    /* the packing and the epilogue are work too: count one MAC per output */
+    num_threads = threads_for(num_threads, W->w.nnzb * W->w.R * W->w.C + W->w.M, N);
     bsk_status st = BSK_EUNSUPPORTED;
     if (qspmm_has_fast_path(W)) {
         switch (isa) {
@@ -229,4 +250,28 @@ bsk_status bsk_qspmm(bsk_isa isa, const bsk_qbcsr *W, const uint8_t *X,
     /* any other block shape, or no vector variant: the reference kernel */
     return bsk_qspmm_u8s8s32_scalar(W, X, ldx, N, x_transposed, Y, ldy,
                                     y_transposed, epi, num_threads);
+}
+
+bsk_status bsk_quantize_u8(bsk_isa isa, const float *X, int64_t rows,
+                           int64_t cols, int64_t ldx, int mode, float *scale,
+                           int32_t *zero, uint8_t *Q, int64_t ldq, int num_threads)
+{
+    if (!usable(isa))
+        return BSK_EUNSUPPORTED;
+    switch (isa) {
+#ifdef BSK_HAVE_AVX512_VNNI
+    case BSK_ISA_AVX512_VNNI:
+        return bsk_quantize_u8_avx512_vnni(X, rows, cols, ldx, mode, scale, zero, Q, ldq, num_threads);
+#endif
+#ifdef BSK_HAVE_AVX_VNNI
+    case BSK_ISA_AVX_VNNI:
+        return bsk_quantize_u8_avx_vnni(X, rows, cols, ldx, mode, scale, zero, Q, ldq, num_threads);
+#endif
+#ifdef BSK_HAVE_AVX2
+    case BSK_ISA_AVX2:
+        return bsk_quantize_u8_avx2(X, rows, cols, ldx, mode, scale, zero, Q, ldq, num_threads);
+#endif
+    default:
+        return bsk_quantize_u8_scalar(X, rows, cols, ldx, mode, scale, zero, Q, ldq, num_threads);
+    }
 }

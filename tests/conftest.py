@@ -32,12 +32,18 @@ def isa(request):
 
 @pytest.fixture(params=[1, 2])
 def num_threads(request):
-    """Run the test with 1 and with 2 kernel threads."""
+    """Run the test with 1 and with 2 kernel threads.
+
+    Small products normally stay on one thread; the fixture turns that off
+    so the 2-thread split really runs on the test's small matrices.
+    """
     saved = blocksparse.get_num_threads()
     blocksparse.set_num_threads(request.param)
+    saved_work = blocksparse._kernels.set_min_work_per_thread(0)
     try:
         yield request.param
     finally:
+        blocksparse._kernels.set_min_work_per_thread(saved_work)
         blocksparse.set_num_threads(saved)
 
 

@@ -68,8 +68,11 @@ def assert_bit_identical(results, baseline, what):
 
 @pytest.fixture
 def restore_threads():
+    """Restore the thread count; meanwhile small products really use every thread."""
     saved = blocksparse.get_num_threads()
+    saved_work = blocksparse._kernels.set_min_work_per_thread(0)
     yield
+    blocksparse._kernels.set_min_work_per_thread(saved_work)
     blocksparse.set_num_threads(saved)
 
 

@@ -103,6 +103,10 @@ const char *bsk_isa_name(bsk_isa isa);
 int bsk_default_threads(void);
 /* 1 if built with OpenMP. */
 int bsk_have_openmp(void);
+/* Products with less stored work (multiply-adds) per thread than this use
+ * fewer threads; 0 always uses the requested count (for tests).  Returns
+ * the previous value. */
+int64_t bsk_set_min_work_per_thread(int64_t work);
 
 /* ---- float products ------------------------------------------------------ */
 
@@ -140,10 +144,11 @@ bsk_status bsk_qspmm(bsk_isa isa, const bsk_qbcsr *W, const uint8_t *X,
  * scale[0], zero[0]; BSK_QUANT_PER_TENSOR computes them from the data into
  * scale[0], zero[0]; BSK_QUANT_PER_ROW computes one pair per row into
  * scale[r], zero[r].  Non-finite inputs saturate; callers refuse them first.
+ * Every ISA variant gives the same bytes.
  */
 enum { BSK_QUANT_STATIC = 0, BSK_QUANT_PER_TENSOR = 1, BSK_QUANT_PER_ROW = 2 };
-bsk_status bsk_quantize_u8(const float *X, int64_t rows, int64_t cols,
-                           int64_t ldx, int mode, float *scale, int32_t *zero,
+bsk_status bsk_quantize_u8(bsk_isa isa, const float *X, int64_t rows,
+                           int64_t cols, int64_t ldx, int mode, float *scale, int32_t *zero,
                            uint8_t *Q, int64_t ldq, int num_threads);
 
 /* Name of the INT8 kernel that bsk_qspmm runs for this ISA and matrix. */

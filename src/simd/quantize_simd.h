@@ -1,7 +1,7 @@
 /*
  * Asymmetric uint8 quantization of float32 activations (one pass for the
- * range, one for the values).  Compiled once with baseline flags and
- * -ffp-contract=off; the arithmetic matches NumPy float32 exactly:
+ * range, one for the values), compiled with -ffp-contract=off; the
+ * arithmetic matches NumPy float32 exactly:
  *   scale = (max(hi, 0) - min(lo, 0)) / 255   (1 if that is 0)
  *   zero  = clip(rint(-min(lo, 0) / scale), 0, 255)
  *   q     = clip(rint(x / scale) + zero, 0, 255)
@@ -9,6 +9,9 @@
 #include <math.h>
 
 #include "blocksparse/bsk_internal.h"
+
+/* Compiled once per ISA (the including file defines BSK_QUANT_FN); only
+ * IEEE operations in a fixed order, so every variant gives the same bytes. */
 
 static void range_of(const float *x, int64_t n, float *lo, float *hi)
 {
@@ -64,9 +67,8 @@ static void quantize_row(const float *x, int64_t n, float s, int32_t z, uint8_t 
         v = v + zf;
         v = bsk_select(v > 0.0f, v, (bsk_v16f){0});
         v = bsk_select(v < 255.0f, v, (bsk_v16f){0} + 255.0f);
-        const bsk_v16i vi = __builtin_convertvector(v, bsk_v16i);
-        for (int i = 0; i < 16; i++)
-            q[k + i] = (uint8_t)vi[i];
+        const bsk_v16b vb = __builtin_convertvector(__builtin_convertvector(v, bsk_v16i), bsk_v16b);
+        *(bsk_v16b_u *)(q + k) = vb;
     }
     for (; k < n; k++) {
         float v = rint_clamped(x[k] / s) + zf;
@@ -75,7 +77,7 @@ static void quantize_row(const float *x, int64_t n, float s, int32_t z, uint8_t 
     }
 }
 
-bsk_status bsk_quantize_u8(const float *X, int64_t rows, int64_t cols,
+bsk_status BSK_QUANT_FN(const float *X, int64_t rows, int64_t cols,
                            int64_t ldx, int mode, float *scale, int32_t *zero,
                            uint8_t *Q, int64_t ldq, int num_threads)
 {

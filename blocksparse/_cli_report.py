@@ -1,0 +1,300 @@
+"""Progress bars, tables and the speedup plot of ``blocksparse bench``.
+
+Each uses its optional package when it is importable (tqdm, rich,
+matplotlib) and falls back to plain text, or skips the plot, when not.
+"""
+import contextlib
+import sys
+import time
+from pathlib import Path
+
+__all__ = ["Progress", "print_suite_table", "plot_speedup", "format_time", "format_speedup",
+           "shape_label"]
+
+
+def format_time(seconds):
+    """A duration in the unit that keeps 3-4 significant digits."""
+    if seconds is None:
+        return "-"
+    if seconds < 1e-3:
+        return f"{seconds * 1e6:.1f} us"
+    if seconds < 1.0:
+        return f"{seconds * 1e3:.2f} ms"
+    return f"{seconds:.2f} s"
+
+
+def format_speedup(value):
+    return "-" if value is None else f"{value:.2f}x"
+
+
+class Progress:
+    """Per-suite progress: a tqdm bar when importable, else plain lines.
+
+    Parameters
+    ----------
+    plain : bool
+        Plain lines even if tqdm is installed.
+    stream : file-like, optional
+        Where to write; standard error by default, so that tables on
+        standard output stay clean when redirected.
+    """
+
+    def __init__(self, plain=False, stream=None):
+        self.stream = stream if stream is not None else sys.stderr
+        self._tqdm = None
+        # A bar redrawn with carriage returns only makes sense on a terminal;
+        # logs and pipes get plain lines.
+        if not plain and getattr(self.stream, "isatty", lambda: False)():
+            try:
+                import tqdm as _tqdm_pkg  # noqa: F401
+                from tqdm import tqdm
+            except ImportError:
+                tqdm = None
+            self._tqdm = tqdm
+
+    @contextlib.contextmanager
+    def suite(self, name, index, count, path):
+        """Context manager yielding the progress callback of one suite.
+
+        The callback takes either ``(done, total, desc="")`` (a bar with a
+        known length) or a single message string (one step of unknown
+        count), so modules written either way drive the same display.
+        """
+        label = f"[{index}/{count}] {name}"
+        print(f"{label}: running {Path(path).name}", file=self.stream, flush=True)
+        state = {"bar": None, "last": 0.0, "steps": 0}
+
+        def report(done=None, total=None, desc=""):
+            if isinstance(done, str) and total is None:  # message form: one more step
+                desc, done = done, state["steps"] + 1
+            state["steps"] = done = int(done or 0)
+            total = None if total is None else max(int(total), 0)
+            if self._tqdm is not None:
+                bar = state["bar"]
+                if bar is None:
+                    bar = state["bar"] = self._tqdm(total=total, desc=label, unit="case",
+                                                    file=self.stream, leave=True,
+                                                    dynamic_ncols=True)
+                if bar.total != total:
+                    bar.total = total
+                bar.n = done
+                bar.set_postfix_str(str(desc)[:40], refresh=False)
+                bar.refresh()
+                return
+            now = time.monotonic()
+            last = total is not None and done >= total
+            # plain lines: at most one every 2 s, plus the last one
+            if last or now - state["last"] >= 2.0:
+                state["last"] = now
+                count_text = f"{done}/{total}" if total is not None else f"{done}"
+                tail = f"  {desc}" if desc else ""
+                print(f"  {label} {count_text}{tail}", file=self.stream, flush=True)
+
+        try:
+            yield report
+        finally:
+            if state["bar"] is not None:
+                state["bar"].close()
+
+
+def shape_label(rec):
+    """The weight shape a record belongs to, e.g. ``"3072x768"``, or None."""
+    if rec.get("shape") is not None:
+        shape = rec["shape"]
+        if isinstance(shape, (list, tuple)):
+            return "x".join(str(s) for s in shape)
+        return str(shape)
+    if rec.get("M") is not None and rec.get("K") is not None:
+        return f"{rec['M']}x{rec['K']}"
+    return None
+
+
+def peer_name(rec):
+    """Name of the best peer of a record (``peer`` or ``best_peer``), or None."""
+    return rec.get("peer", rec.get("best_peer"))
+
+
+def peer_time(rec):
+    """The best peer's time: ``peer_time_s``, or its entry in ``peer_times_s``."""
+    if rec.get("peer_time_s") is not None:
+        return rec["peer_time_s"]
+    times = rec.get("peer_times_s")
+    name = peer_name(rec)
+    if isinstance(times, dict) and name in times:
+        return times[name]
+    return None
+
+
+# Optional record fields shown as table columns when present: before and after the time.
+def _pct(v):
+    return f"{100 * v:.0f}%" if isinstance(v, float) else str(v)
+
+
+_BEFORE = (("sparsity", "sparsity", lambda r: r.get("sparsity"), _pct),
+           ("threads", "threads", lambda r: r.get("threads"), str))
+_AFTER = (("peer", "best peer", peer_name, str),
+          ("peer_time", "peer time", peer_time, format_time))
+
+
+def _table_rows(records):
+    def present(cols):
+        return [c for c in cols if any(c[2](rec) is not None for rec in records)]
+
+    before, after = present(_BEFORE), present(_AFTER)
+    header = ["case"] + [c[1] for c in before] + ["time"] + [c[1] for c in after] + ["speedup"]
+
+    def cells(rec, cols):
+        out = []
+        for _, _, get, fmt in cols:
+            v = get(rec)
+            out.append("-" if v is None else fmt(v))
+        return out
+
+    rows = [[str(rec["case"])] + cells(rec, before) + [format_time(rec["time_s"])] +
+            cells(rec, after) + [format_speedup(rec["speedup"])] for rec in records]
+    return header, rows
+
+
+def _plain_table(title, header, rows, file):
+    widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h)
+              for i, h in enumerate(header)]
+    print(title, file=file)
+    line = "  ".join(h.ljust(w) if i == 0 else h.rjust(w)
+                     for i, (h, w) in enumerate(zip(header, widths)))
+    print(line, file=file)
+    print("-" * len(line), file=file)
+    for r in rows:
+        print("  ".join(c.ljust(w) if i == 0 else c.rjust(w)
+                        for i, (c, w) in enumerate(zip(r, widths))), file=file)
+
+
+def print_suite_table(entry, plain=False, file=None):
+    """Print one suite's records: case, time, best peer, speedup.
+
+    Parameters
+    ----------
+    entry : dict
+        A suite result (``name``, ``records``).
+    plain : bool
+        Plain text even if rich is installed.
+    file : file-like, optional
+        Standard output by default.
+    """
+    file = file if file is not None else sys.stdout
+    header, rows = _table_rows(entry["records"])
+    title = f"{entry['name']}  (speedup = best peer's time / blocksparse's time)"
+    if not rows:
+        print(f"{entry['name']}: no records", file=file)
+        return
+    if not plain:
+        try:
+            import rich  # noqa: F401  (the package itself first: submodules may be cached)
+            from rich.console import Console
+            from rich.table import Table
+        except ImportError:
+            Console = None
+        if Console is not None:
+            table = Table(title=entry["name"], title_justify="left",
+                          caption="speedup = best peer's time / blocksparse's time",
+                          caption_justify="left")
+            for i, h in enumerate(header):
+                table.add_column(h, justify="left" if i == 0 else "right",
+                                 no_wrap=i > 0)
+            for r in rows:
+                table.add_row(*r)
+            width = None if file.isatty() else 120
+            Console(file=file, width=width).print(table)
+            return
+    _plain_table(title, header, rows, file)
+    print(file=file)
+
+
+# Record fields that split a suite's plot into panels, and lines within a panel,
+# when their values vary.
+_FACETS = ("blocksize", "threads")
+_LINE_KEYS = ("N", "dtype", "path")
+
+
+def _fmt_value(key, value):
+    if key == "blocksize" and isinstance(value, (list, tuple)):
+        return f"({', '.join(map(str, value))})"
+    return str(value)
+
+
+def _panels(suite):
+    """{panel title: {line label: [(sparsity, speedup), ...]}} for one suite."""
+    usable = [r for r in suite["records"]
+              if isinstance(r.get("sparsity"), (int, float)) and
+              isinstance(r.get("speedup"), (int, float))]
+
+    def varies(key):
+        return len({_fmt_value(key, r.get(key)) for r in usable}) > 1
+
+    facets = [k for k in _FACETS if varies(k)]
+    extra = [k for k in _LINE_KEYS if varies(k)]
+    panels = {}
+    for r in usable:
+        title = str(suite["name"])
+        if facets:
+            title += "\n" + ", ".join(f"{k}={_fmt_value(k, r.get(k))}" for k in facets)
+        label = " ".join([shape_label(r) or "all"] +
+                         [f"{k}={_fmt_value(k, r.get(k))}" for k in extra])
+        panels.setdefault(title, {}).setdefault(label, []).append(
+            (float(r["sparsity"]), float(r["speedup"])))
+    return {t: {lab: sorted(pts) for lab, pts in lines.items()} for t, lines in panels.items()}
+
+
+def plot_speedup(suites, path):
+    """Draw speedup against sparsity: one line per shape, as the paper's figures.
+
+    A suite whose records vary in blocksize or thread count gets one panel
+    per combination; token counts (``N``) and dtypes that vary become
+    separate lines.
+
+    Parameters
+    ----------
+    suites : list of dict
+        Suite results as returned by the benchmark modules.
+    path : str or os.PathLike
+        Image to write (PNG unless the suffix names another format);
+        parent directories are created.
+
+    Returns
+    -------
+    str
+        What happened, for the user: the file written, or why not.
+    """
+    try:
+        import matplotlib  # noqa: F401  (the package itself first: submodules may be cached)
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+        from matplotlib.figure import Figure
+    except ImportError:
+        return "matplotlib is not installed: no plot (pip install matplotlib)"
+    panels = [item for s in suites for item in _panels(s).items()]
+    if not panels:
+        return "no record has both a sparsity and a speedup: no plot"
+    ncols = len(panels) if len(panels) <= 3 else 2
+    nrows = -(-len(panels) // ncols)
+    # Figure + Agg canvas, not pyplot: no global state, no display needed.
+    fig = Figure(figsize=(5.4 * ncols, 4.2 * nrows), layout="constrained")
+    FigureCanvasAgg(fig)
+    for i, (title, lines) in enumerate(panels):
+        ax = fig.add_subplot(nrows, ncols, i + 1)
+        for label, pts in lines.items():
+            xs, ys = zip(*pts)
+            ax.plot([100 * x for x in xs], ys, marker="o", label=label)
+        ax.axhline(1.0, color="0.5", linestyle="--", linewidth=1)
+        ys_all = [y for pts in lines.values() for _, y in pts]
+        if min(ys_all) > 0 and max(ys_all) / min(ys_all) > 20:
+            ax.set_yscale("log")
+        else:
+            ax.set_ylim(bottom=0)
+        ax.set_title(title, fontsize=9)
+        ax.set_xlabel("sparsity (% of blocks removed)")
+        ax.set_ylabel("speedup vs best peer")
+        ax.grid(True, alpha=0.3)
+        ax.legend(fontsize=6, ncol=2 if len(lines) > 6 else 1)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100, format=path.suffix.lstrip(".").lower() or "png")
+    return f"wrote {path}"

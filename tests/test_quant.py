@@ -197,8 +197,10 @@ def test_linear_dynamic(isa, num_threads, case, act, per_token):
     Wq, sw = ref.quantize_weights(W.toarray())
     y_ref, y_pre = ref.linear_dequantized(Wq, sw, xq, s, z, bias, act)
     assert_close_to_dequantized(y, y_ref, y_pre, bias, "dequantized reference")
-    ref.assert_not_vacuous(y, np.where(np.abs(y_ref) > 1e-3 * np.abs(y_ref).max(initial=0),
-                                       y_ref, 0))
+    # entries below the tolerance may legitimately round to 0 (GELU of -6 is 1e-9)
+    scale = max(float(np.abs(y_pre).max(initial=0)),
+                float(np.abs(bias).max(initial=0)) if bias is not None else 0.0)
+    ref.assert_not_vacuous(y, np.where(np.abs(y_ref) > 1e-4 * scale, y_ref, 0))
 
     # 2. against the unquantized float product, within the documented bound
     y_float = x.astype(np.float64) @ W.toarray().astype(np.float64).T

@@ -12,16 +12,15 @@ import pickle
 
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
 import blocksparse
 from blocksparse import BlockSparseMatrix, QuantizedMatrix
 import reference as ref
-from strategies import bcsr_matrices, draw_values
+from strategies import bcsr_matrices, draw_values, per_variant_settings
 
-fixture_settings = settings(suppress_health_check=[HealthCheck.function_scoped_fixture,
-                                                   HealthCheck.too_slow])
+fixture_settings = per_variant_settings()
 
 Q_BLOCKSIZES = [(4, 1), (1, 4), (4, 1), (1, 4), (4, 4), (1, 1), (3, 2)]
 GELU_LIPSCHITZ = 1.13  # max |GELU'(y)| = 1.1289...

@@ -145,3 +145,14 @@ def dense_operands(draw, K, dtype=np.float32, n=None, transposed=False):
     style = draw(st.sampled_from(VALUE_STYLES))
     shape = (N, K) if transposed else (K, N)
     return draw_values(gen, shape, dtype, style)
+
+
+def per_variant_settings():
+    """Settings for a @given test that the `isa` (and `num_threads`) fixtures
+    repeat for every variant: half the profile's examples per variant (the
+    total still exceeds the profile's), and no complaint about the fixtures,
+    which are meant to stay set for all examples of one run."""
+    from hypothesis import HealthCheck, settings
+    return settings(max_examples=max(settings.default.max_examples // 2, 10),
+                    suppress_health_check=[HealthCheck.function_scoped_fixture,
+                                           HealthCheck.too_slow])

@@ -578,7 +578,8 @@ def test_strided_and_read_only_quantized_inputs(rng):
               np.asfortranarray(base[:5, :16])):
         before = x.copy()
         c = np.ascontiguousarray(x)
-        np.testing.assert_array_equal(blocksparse.linear(x, Q, bias), blocksparse.linear(c, Q, bias))
+        np.testing.assert_array_equal(blocksparse.linear(x, Q, bias),
+                                      blocksparse.linear(c, Q, bias))
         np.testing.assert_array_equal(blocksparse.quantize_activations(x)[0],
                                       blocksparse.quantize_activations(c)[0])
         np.testing.assert_array_equal(Q @ x.T, Q @ c.T)

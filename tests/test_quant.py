@@ -12,16 +12,15 @@ import pickle
 
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
 import blocksparse
 from blocksparse import BlockSparseMatrix, QuantizedMatrix
 import reference as ref
-from strategies import bcsr_matrices, draw_values
+from strategies import bcsr_matrices, draw_values, per_variant_settings
 
-fixture_settings = settings(suppress_health_check=[HealthCheck.function_scoped_fixture,
-                                                   HealthCheck.too_slow])
+fixture_settings = per_variant_settings()
 
 Q_BLOCKSIZES = [(4, 1), (1, 4), (4, 1), (1, 4), (4, 4), (1, 1), (3, 2)]
 GELU_LIPSCHITZ = 1.13  # max |GELU'(y)| = 1.1289...
@@ -197,8 +196,10 @@ def test_linear_dynamic(isa, num_threads, case, act, per_token):
     Wq, sw = ref.quantize_weights(W.toarray())
     y_ref, y_pre = ref.linear_dequantized(Wq, sw, xq, s, z, bias, act)
     assert_close_to_dequantized(y, y_ref, y_pre, bias, "dequantized reference")
-    ref.assert_not_vacuous(y, np.where(np.abs(y_ref) > 1e-3 * np.abs(y_ref).max(initial=0),
-                                       y_ref, 0))
+    # entries below the tolerance may legitimately round to 0 (GELU of -6 is 1e-9)
+    scale = max(float(np.abs(y_pre).max(initial=0)),
+                float(np.abs(bias).max(initial=0)) if bias is not None else 0.0)
+    ref.assert_not_vacuous(y, np.where(np.abs(y_ref) > 1e-4 * scale, y_ref, 0))
 
     # 2. against the unquantized float product, within the documented bound
     y_float = x.astype(np.float64) @ W.toarray().astype(np.float64).T

@@ -163,14 +163,21 @@ def long_call(kind):
     M = K = 512
     if kind == "float":
         W = BlockSparseMatrix(gen.standard_normal((M, K)).astype(np.float32), blocksize=(4, 1))
-        make = lambda n: (lambda X=gen.standard_normal((K, n)).astype(np.float32): W @ X)
     elif kind == "int8":
         W = BlockSparseMatrix(gen.integers(-128, 128, (M, K)).astype(np.int8), blocksize=(1, 4))
-        make = lambda n: (lambda X=gen.integers(0, 256, (K, n)).astype(np.uint8): W @ X)
     else:
         Q = blocksparse.quantize(gen.standard_normal((M, K)).astype(np.float32))
-        make = lambda n: (lambda x=gen.standard_normal((n, K)).astype(np.float32):
-                          blocksparse.linear(x, Q, activation="gelu"))
+
+    def make(n):
+        if kind == "float":
+            X = gen.standard_normal((K, n)).astype(np.float32)
+            return lambda: W @ X
+        if kind == "int8":
+            X = gen.integers(0, 256, (K, n)).astype(np.uint8)
+            return lambda: W @ X
+        x = gen.standard_normal((n, K)).astype(np.float32)
+        return lambda: blocksparse.linear(x, Q, activation="gelu")
+
     n = 64
     while True:
         f = make(n)

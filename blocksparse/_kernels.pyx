@@ -21,10 +21,12 @@ ACTIVATIONS = {None: BSK_ACT_NONE, "relu": BSK_ACT_RELU, "gelu": BSK_ACT_GELU}
 
 
 def isa_built(int isa):
+    _check_isa(isa)
     return bool(bsk_isa_built(<bsk_isa>isa))
 
 
 def isa_detected(int isa):
+    _check_isa(isa)
     return bool(bsk_isa_detected(<bsk_isa>isa))
 
 
@@ -43,6 +45,12 @@ def have_openmp():
 def set_min_work_per_thread(int64_t work):
     """Fewer threads for products with less work per thread (0: never); returns the old value."""
     return bsk_set_min_work_per_thread(work)
+
+
+cdef int _check_isa(int isa) except -1:
+    if isa < 0 or isa >= BSK_ISA_COUNT:
+        raise ValueError(f"isa must be an ISA index in [0, {BSK_ISA_COUNT}), got {isa}")
+    return 0
 
 
 cdef object _raise(bsk_status st, str kernel, int isa):
@@ -103,6 +111,7 @@ def spmm_float(int isa, tuple shape, tuple blocksize, cnp.ndarray indptr,
     cdef bsk_bcsr v
     cdef bsk_status st
     cdef int64_t M, K, N
+    _check_isa(isa)
     _check_bcsr(&v, shape, blocksize, indptr, indices, data)
     M, K = v.M, v.K
     if data.dtype != np.float32 and data.dtype != np.float64:
@@ -150,6 +159,7 @@ def qspmm(int isa, tuple shape, tuple blocksize, cnp.ndarray indptr,
     cdef bsk_epilogue e
     cdef bsk_status st
     cdef int64_t M, K, N, ngroups
+    _check_isa(isa)
     if data.dtype != np.int8:
         raise TypeError(f"data must be int8, got {data.dtype}")
     _check_bcsr(&q.w, shape, blocksize, indptr, indices, data)
@@ -201,6 +211,7 @@ def qspmm(int isa, tuple shape, tuple blocksize, cnp.ndarray indptr,
 
 def qspmm_kernel_name(int isa, tuple blocksize, bint grouped):
     cdef bsk_qbcsr q
+    _check_isa(isa)
     q.w.R, q.w.C = blocksize
     q.gptr = <const int32_t *>1 if grouped else NULL
     return bsk_qspmm_kernel_name(<bsk_isa>isa, &q).decode()
@@ -215,6 +226,7 @@ def quantize_u8(int isa, cnp.ndarray X, str mode, cnp.ndarray scale, cnp.ndarray
     """Quantize float32 X (rows, cols) into uint8 Q; see bsk_quantize_u8."""
     cdef int64_t rows = X.shape[0], cols = X.shape[1]
     cdef bsk_status st
+    _check_isa(isa)
     _check_dense(X, "x", np.float32, rows, cols, False)
     _check_dense(Q, "out", np.uint8, rows, cols, True)
     cdef int64_t n = rows if mode == "token" else 1

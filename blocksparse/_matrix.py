@@ -125,7 +125,10 @@ class BlockSparseMatrix:
     Notes
     -----
     ``data``, ``indices`` and ``indptr`` are read-only views: the kernels
-    trust the structure checked at construction.  Slicing, element
+    trust the structure checked at construction.  Products follow NumPy's
+    result dtypes, with two documented exceptions: int8 matrices times uint8
+    or int8 operands give exact int32 (NumPy would wrap around in int8 or
+    int16), and float16 operands are computed and returned in float32.  Slicing, element
     assignment, sparse + sparse and sparse @ sparse are not supported;
     convert with :meth:`to_scipy` for those.
 

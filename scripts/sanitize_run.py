@@ -94,7 +94,7 @@ def source_files(root):
         out = subprocess.run(["git", "ls-files", "-z", "--cached", "--others",
                               "--exclude-standard"], cwd=root, capture_output=True,
                              check=True, timeout=60).stdout
-        files = [f for f in out.decode().split("\0") if f]
+        files = [f for f in out.decode().split("\0") if f and not f.startswith(".venv")]
         if files:
             return [f for f in files if os.path.isfile(os.path.join(root, f))]
     except (OSError, subprocess.SubprocessError):
@@ -102,7 +102,8 @@ def source_files(root):
     skip_dirs = {".git", "build", ".venv", "__pycache__", ".hypothesis", ".pytest_cache"}
     files = []
     for dirpath, dirnames, filenames in os.walk(root):
-        dirnames[:] = [d for d in dirnames if d not in skip_dirs and not d.endswith(".egg-info")]
+        dirnames[:] = [d for d in dirnames if d not in skip_dirs and not d.startswith(".venv")
+                       and not d.endswith(".egg-info")]
         for name in filenames:
             if not name.endswith((".so", ".o", ".a", ".pyc")):
                 files.append(os.path.relpath(os.path.join(dirpath, name), root))

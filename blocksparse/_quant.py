@@ -213,7 +213,7 @@ def quantize_activations(x, scale=None, zero_point=None, per_token=True):
     if x.ndim != 2:
         raise ValueError(f"x must be 2-D (N, K), got shape {x.shape}")
     with np.errstate(over="ignore"):  # values beyond float32 become inf: refused below
-        xc = np.ascontiguousarray(x, dtype=np.float32)
+        xc = np.require(x, dtype=np.float32, requirements="CA")
     if not np.all(np.isfinite(xc)):
         raise ValueError("x has NaN or Inf values (or values beyond float32), which uint8 "
                          "quantization cannot represent")
@@ -289,7 +289,7 @@ def _run(Wq, xq, x_transposed, Y, y_transposed, kind, activation, x_scale, x_zer
         _config._log_kernel(_kernels.qspmm_kernel_name(isa, W.blocksize, gptr is not None), isa,
                             f"M={W.shape[0]} K={W.shape[1]} N={N} {kind} act={activation}")
     _kernels.qspmm(isa, W.shape, W.blocksize, indptr, indices, W.data, gptr, gcols, gw,
-                   np.ascontiguousarray(xq), x_transposed, Y, y_transposed, kind, activation,
+                   np.require(xq, requirements="CA"), x_transposed, Y, y_transposed, kind, activation,
                    W._int8_rowsum(), Wq.scale, x_scale, x_zero, bias, out_scale, out_zero,
                    _config.get_num_threads())
     return Y

@@ -921,15 +921,10 @@ def test_fuzz_corrupt_npz(W, data):
     L.toarray()
 
 
-# ---- known findings, as minimal repros -------------------------------------------------------
-# Each states the documented or expected behaviour and is a strict xfail today: when the
-# package is fixed the XPASS fails, and the xfail mark (and the KNOWN entry) should go.
-
-def _xfail(reason):
-    return pytest.mark.xfail(strict=True, reason=f"known (issue 6 report): {reason}")
+# ---- findings of the first fuzz runs, as minimal regression tests ----------------------------
+# (all fixed; the fuzz tests above still count a hit of any of them in the summary line)
 
 
-@_xfail(KNOWN["aligned"])
 def test_known_unaligned_operand_is_accepted():
     X = np.zeros(8 * 3 * 4 + 1, np.uint8)[1:].view(np.float32).reshape(8, 3)
     X[...] = 1.0
@@ -938,19 +933,16 @@ def test_known_unaligned_operand_is_accepted():
     np.testing.assert_array_equal(W @ X, X)
 
 
-@_xfail(KNOWN["complex"])
 def test_known_complex_input_is_refused():
     with pytest.raises(TypeError, match="complex"):
         BlockSparseMatrix(np.ones((4, 4), np.complex64), dtype=np.float32)
 
 
-@_xfail(KNOWN["overflow"])
 def test_known_float64_beyond_float32_gives_only_the_value_error():
     with pytest.raises(ValueError, match="beyond float32"):
         blocksparse.quantize_activations(np.full((2, 4), 1e39))
 
 
-@_xfail(KNOWN["npz"])
 def test_known_damaged_npz_member_gives_value_error():
     buf = io.BytesIO()
     with zipfile.ZipFile(buf, "w") as z:
@@ -961,14 +953,12 @@ def test_known_damaged_npz_member_gives_value_error():
         blocksparse.load_npz(io.BytesIO(buf.getvalue()))
 
 
-@_xfail(KNOWN["scale32"])
 def test_known_scale_that_underflows_float32_is_refused():
     Q = blocksparse.quantize(np.eye(8, dtype=np.float32))
     with pytest.raises(ValueError, match="x_scale"):
         blocksparse.linear(np.ones((2, 8), np.uint8), Q, x_scale=1e-50, x_zero_point=0)
 
 
-@_xfail(KNOWN["einval"])
 def test_known_scale_error_names_the_argument():
     with pytest.raises(ValueError, match="scale"):
         blocksparse.quantize_activations(np.ones((2, 4), np.float32), scale=1e-50,
@@ -977,7 +967,6 @@ def test_known_scale_error_names_the_argument():
 
 @pytest.mark.skipif(bool(os.environ.get("BLOCKSPARSE_SANITIZER_RUN")),
                     reason="its out-of-bounds read would be a sanitizer report")
-@_xfail(KNOWN["writeable"])
 def test_known_mutated_indices_do_not_crash():
     import subprocess
     import sys

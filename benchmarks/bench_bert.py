@@ -18,8 +18,16 @@ Cases: batch 1 x seq 128 latency (median of >= 20 runs) and batch 8 x seq
 threads.  ``speedup`` is the best peer's time over ours.  Also a per-op time
 breakdown of one BERT-Base layer (90 %, INT8, batch 1 x seq 128): the four
 INT8 SpMMs, attention, the fused add + LayerNorm (+ quantization) kernels,
-the per-token quantization of the FFN1 output, and the Python overhead (the
-layer's time minus its kernels').
+the per-token quantization of the FFN1 output, and the rest ("python
+overhead": the layer's time minus its pieces', each piece timed alone
+through its own Python call, so the rest can come out slightly negative when
+the pieces gain from warm caches inside the layer).  The breakdown uses the
+fastest of >= 20 runs of each piece (medians are in the JSON): on a shared
+machine the medians carry other processes' noise.
+
+On a machine with 2 cores shared with other work, 2-thread times can jump
+by orders of magnitude (every OpenMP region waits for a descheduled
+thread); compare 2-thread numbers only from a quiet run.
 
 Run ``python benchmarks/bench_bert.py [--quick] [--threads 1 2] [--json PATH]``
 or via ``python -m blocksparse bench``.  The machine is described in every

@@ -18,11 +18,20 @@ cdef extern from "blocksparse/bsk_nn.h" nogil:
                                       int64_t N, const float *q_mul, uint8_t *Q,
                                       float *q_scale, int32_t *q_zero,
                                       int num_threads)
+    int64_t bsk_nn_set_min_work_per_thread(int64_t work)
     bsk_status bsk_attention_f32(bsk_isa isa, const float *QKV, int64_t batch,
                                  int64_t seq, int64_t heads, int64_t head_dim,
                                  const uint8_t *mask, float scale, float *Y,
                                  uint8_t *Q, float *q_scale, int32_t *q_zero,
                                  int num_threads)
+
+
+def nn_set_min_work_per_thread(int64_t work):
+    """Elements per thread below which the per-token kernels use fewer threads.
+
+    0 always uses the requested count (tests).  Returns the previous value.
+    """
+    return bsk_nn_set_min_work_per_thread(work)
 
 
 cdef int _check_quant_out(object Q, object q_scale, object q_zero, int64_t F,

@@ -228,3 +228,14 @@ def test_missing_safetensors_names_the_extra(tmp_path, model, monkeypatch):
         BertModel.from_pretrained(d)
     with pytest.raises(ImportError, match="needs the 'safetensors' package"):
         model.save_pretrained(tmp_path / "out")
+
+
+def test_from_config_reads_a_path(tmp_path):
+    (tmp_path / "config.json").write_text(json.dumps(CFG))
+    ids = IDS[:, :4]
+    by_dict = BertModel.from_config(CFG, seed=7)(ids)
+    np.testing.assert_array_equal(BertModel.from_config(tmp_path, seed=7)(ids), by_dict)
+    np.testing.assert_array_equal(
+        BertModel.from_config(str(tmp_path / "config.json"), seed=7)(ids), by_dict)
+    with pytest.raises(FileNotFoundError, match="no config.json"):
+        BertModel.from_config(tmp_path / "missing")

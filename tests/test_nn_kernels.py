@@ -19,6 +19,17 @@ from blocksparse.nn import attention, gelu, layer_norm, quantize_rows
 F32_MIN = np.finfo(np.float32).min
 
 
+@pytest.fixture(autouse=True)
+def split_small_inputs():
+    """Small inputs normally stay on one thread; split them anyway, so that
+    the 2-thread runs of the num_threads fixture really divide the work."""
+    saved = _kernels.nn_set_min_work_per_thread(0)
+    try:
+        yield
+    finally:
+        _kernels.nn_set_min_work_per_thread(saved)
+
+
 # ---- float64 twins ----------------------------------------------------------------
 
 def attention_twin(qkv, batch, heads, mask=None):
@@ -340,3 +351,24 @@ def test_kernels_refuse_unusable_isa(monkeypatch, rng):
         _kernels.add_layernorm(missing[0], x, False, None, np.ones(4, np.float32),
                                np.zeros(4, np.float32), 1e-5, np.empty_like(x), None, None,
                                None, None, 1)
+
+
+def test_token_kernels_same_result_any_thread_count(rng):
+    from blocksparse.nn import _ops
+    F, N = 96, 53                      # a partial 16-token block at the end
+    x = rng.standard_normal((F, N)).astype(np.float32)
+    r = rng.standard_normal((F, N)).astype(np.float32)
+    g, b = np.ones(F, np.float32), np.zeros(F, np.float32)
+    outs = []
+    saved = blocksparse.get_num_threads()
+    try:
+        for n in (1, 2, 3, 5):
+            blocksparse.set_num_threads(n)
+            y, qa = _ops._layer_norm(x, r, g, b, 1e-12, np.empty_like(x), True)
+            qb = _ops._quantize_tokens(x)
+            outs.append((y, qa.q, qa.scale, qb.q, qb.zero))
+    finally:
+        blocksparse.set_num_threads(saved)
+    for o in outs[1:]:
+        for got, want in zip(o, outs[0]):
+            np.testing.assert_array_equal(got, want)

@@ -7,9 +7,10 @@ Plain Python classes compose the package's operations: :class:`Linear`
 :func:`gelu`, :func:`layer_norm`, :func:`attention`, :func:`quantize_rows`
 and :func:`mean_pooling`.  The hot paths are C kernels (``bsk_nn.h``):
 attention, residual add + LayerNorm (+ quantization of the next input),
-bias + activation.  Activations are tokens x features (batch * seq,
-hidden) float32 arrays; see :class:`BertModel` for the layout and the
-fusions.
+bias + activation.  Inside the encoder, activations are features x tokens
+(hidden, batch * seq) float32 arrays, the paper's layout; inputs and outputs
+are NumPy-style (batch, seq, hidden).  See :class:`BertModel` for the
+layout and the fusions.
 
 Examples
 --------

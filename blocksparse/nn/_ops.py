@@ -1,10 +1,12 @@
 """Functional encoder operations over the C kernels of ``bsk_nn.h``.
 
-Activations are tokens x features: a 2-D float32 array of shape
-(N, features) with N = batch * seq, row t = b * seq + s (the NumPy
-(batch, seq, hidden) array flattened).  The public functions here validate
-their arguments; the underscore helpers are the unchecked inner-loop paths
-that the layers call with arrays they made themselves.
+The kernels take activations features x tokens: a float32 (features, N)
+array, N = batch * seq, column t = b * seq + s, the layout the encoder keeps
+(see :mod:`blocksparse.nn.layers`).  The public functions here take the
+NumPy-style (tokens, features) form, validate their arguments and transpose
+on the way in and out; the underscore helpers are the unchecked inner-loop
+paths that the layers call with (features, tokens) arrays they made
+themselves.
 """
 import math
 
@@ -145,8 +147,8 @@ def layer_norm(x, gamma, beta, eps=1e-12, residual=None, out=None):
     """LayerNorm over the features of each token, with a fused residual add.
 
     ``t = x + residual``; ``y = (t - mean(t)) / sqrt(var(t) + eps) * gamma
-    + beta`` per row, in one pass of the C kernel (float32; mean and
-    variance by two passes over the row).
+    + beta`` per token (row of `x`), in one C kernel call (float32; mean
+    and variance by Welford's update about the token's first feature).
 
     Parameters
     ----------
@@ -291,7 +293,7 @@ def _mask_u8(attention_mask, shape):
 
 
 def quantize_rows(x):
-    """Dynamic per-token uint8 quantization, fused into one C pass per row.
+    """Dynamic per-token (per-row) uint8 quantization in one C kernel call.
 
     The same numbers as ``blocksparse.quantize_activations(x,
     per_token=True)``, bit for bit, without its NaN check.

@@ -65,6 +65,13 @@ bsk_status bsk_quantize_tokens_u8(bsk_isa isa, const float *X, int64_t F,
                                   int num_threads);
 
 /*
+ * The per-token kernels above use one thread per `work` elements (features
+ * x tokens) at most, 256 K by default; 0 always uses the requested count
+ * (for tests).  Results do not depend on it.  Returns the previous value.
+ */
+int64_t bsk_nn_set_min_work_per_thread(int64_t work);
+
+/*
  * Multi-head self-attention, float32.  Per sequence b and head h:
  *   scores = (Q_h^T K_h) * scale over the attended keys only,
  *   P = softmax(scores) over the keys, Y_h = V_h P^T.

@@ -19,12 +19,12 @@ typedef struct {
     int32_t *q_zero;
 } bsk_nn_attn_args;
 
-/* Per-thread scratch; kp and vp hold the keys and values of (b, h). */
+/* Per-thread scratch; kp and vp hold the gathered keys and values of (b, h). */
 typedef struct {
     float *kp, *vp, *qp, *st;
     int64_t *keys;
     int64_t b, h, nk;
-    int uniform;
+    int uniform, direct;
 } bsk_nn_attn_ws;
 
 /* baseline: 16 xmm registers, a 16-lane vector takes four */

@@ -12,8 +12,9 @@
  *
  * The queries run along the vector lanes.  With nk attended keys (the
  * masked ones are left out), head size D and QW = 16 * IV queries:
- *   kp (nk x D), vp (nk x D): the keys and values of the head, one key per
- *       row, so the inner loops broadcast contiguous scalars;
+ *   K, V (D x nk, row stride ldk): the keys and values of the head, feature
+ *       by feature, read in place from QKV (ldk = tokens) when every key of
+ *       the sequence is attended, else gathered once into kp, vp (ldk = nk);
  *   qp (D x QW): the block's queries, zero-padded past the sequence end;
  *   st (nk x QW): scores Q^T K for the block, scaled, then softmax in
  *       place lane by lane (a query's weights run down one lane: no
@@ -21,15 +22,15 @@
  *   Y[f, queries] = (sum_j V[f, j] P[j, queries]) / rowsum, stored
  *       straight into the (hidden, tokens) output.
  * Nothing of size seq x seq is materialized beyond the block's QW columns.
- * kp and vp are packed once per (sequence, head) and reused while the same
- * thread handles further query blocks of it.
+ * A gathered kp, vp is reused while the same thread handles further query
+ * blocks of the same (sequence, head).
  */
 #define BSK_NN_FN(name) BSK_NN_CAT(name, BSK_NN_SFX)
 #define BSK_NN_QW (16 * BSK_NN_IV)
 
-/* st[j0 + u][q] = scale * sum_c kp[j0 + u][c] qp[c][q], u < jb */
-BSK_INLINE void BSK_NN_FN(attn_scores)(const float *kp, int64_t D, int64_t j0, const int jb,
-                                       const float *qp, float scale, float *st)
+/* st[j0 + u][q] = scale * sum_c K[c][j0 + u] qp[c][q], u < jb */
+BSK_INLINE void BSK_NN_FN(attn_scores)(const float *K, int64_t ldk, int64_t D, int64_t j0,
+                                       const int jb, const float *qp, float scale, float *st)
 {
     bsk_v16f acc[BSK_NN_JB][BSK_NN_IV];
 #pragma GCC unroll 8
@@ -37,15 +38,15 @@ BSK_INLINE void BSK_NN_FN(attn_scores)(const float *kp, int64_t D, int64_t j0, c
 #pragma GCC unroll 8
         for (int v = 0; v < BSK_NN_IV; v++)
             acc[u][v] = (bsk_v16f){0};
-    const float *k = kp + j0 * D;
-    for (int64_t c = 0; c < D; c++) {
+    const float *k = K + j0;
+    for (int64_t c = 0; c < D; c++, k += ldk) {
         bsk_v16f q[BSK_NN_IV];
 #pragma GCC unroll 8
         for (int v = 0; v < BSK_NN_IV; v++)
             q[v] = bsk_nn_load(qp + c * BSK_NN_QW + 16 * v);
 #pragma GCC unroll 8
         for (int u = 0; u < jb; u++) {
-            const float kv = k[u * D + c];
+            const float kv = k[u];
 #pragma GCC unroll 8
             for (int v = 0; v < BSK_NN_IV; v++)
                 acc[u][v] += kv * q[v];
@@ -58,8 +59,8 @@ BSK_INLINE void BSK_NN_FN(attn_scores)(const float *kp, int64_t D, int64_t j0, c
             bsk_nn_store(st + (j0 + u) * BSK_NN_QW + 16 * v, acc[u][v] * scale);
 }
 
-/* y[c0 + u][q] = inv[q] * sum_j vp[j][c0 + u] st[j][q], u < cb */
-BSK_INLINE void BSK_NN_FN(attn_pv)(const float *vp, int64_t D, int64_t nk, int64_t c0,
+/* y[c0 + u][q] = inv[q] * sum_j V[c0 + u][j] st[j][q], u < cb */
+BSK_INLINE void BSK_NN_FN(attn_pv)(const float *V, int64_t ldk, int64_t nk, int64_t c0,
                                    const int cb, const float *st, const bsk_v16f *inv,
                                    float *y, int64_t N, int cnt)
 {
@@ -69,15 +70,15 @@ BSK_INLINE void BSK_NN_FN(attn_pv)(const float *vp, int64_t D, int64_t nk, int64
 #pragma GCC unroll 8
         for (int v = 0; v < BSK_NN_IV; v++)
             acc[u][v] = (bsk_v16f){0};
-    const float *vj = vp + c0;
-    for (int64_t j = 0; j < nk; j++, vj += D) {
+    const float *vj = V + c0 * ldk;
+    for (int64_t j = 0; j < nk; j++, vj++) {
         bsk_v16f p[BSK_NN_IV];
 #pragma GCC unroll 8
         for (int v = 0; v < BSK_NN_IV; v++)
             p[v] = bsk_nn_load(st + j * BSK_NN_QW + 16 * v);
 #pragma GCC unroll 8
         for (int u = 0; u < cb; u++) {
-            const float vv = vj[u];
+            const float vv = vj[u * ldk];
 #pragma GCC unroll 8
             for (int v = 0; v < BSK_NN_IV; v++)
                 acc[u][v] += vv * p[v];
@@ -112,21 +113,26 @@ static void BSK_NN_FN(attn_task)(const bsk_nn_attn_args *a, int64_t b, int64_t h
             if (!m || m[j])
                 ws->keys[nk++] = j;
         ws->uniform = nk == 0;
-        if (nk == 0)
-            for (; nk < S; nk++)
-                ws->keys[nk] = nk;
-        ws->nk = nk;
-        for (int64_t c = 0; c < D; c++) {
-            const float *kc = kb + c * N, *vc = vb + c * N;
-            for (int64_t j = 0; j < nk; j++) {
-                kp[j * D + c] = kc[ws->keys[j]];
-                vp[j * D + c] = vc[ws->keys[j]];
+        ws->direct = nk == 0 || nk == S;
+        if (ws->direct) {
+            nk = S;
+        } else {
+            /* gather the attended keys and values, feature by feature */
+            for (int64_t c = 0; c < D; c++) {
+                const float *kc = kb + c * N, *vc = vb + c * N;
+                float *kr = kp + c * nk, *vr = vp + c * nk;
+                for (int64_t j = 0; j < nk; j++) {
+                    kr[j] = kc[ws->keys[j]];
+                    vr[j] = vc[ws->keys[j]];
+                }
             }
         }
+        ws->nk = nk;
         ws->b = b;
         ws->h = h;
     }
-    const int64_t nk = ws->nk;
+    const int64_t nk = ws->nk, ldk = ws->direct ? N : nk;
+    const float *K = ws->direct ? kb : kp, *V = ws->direct ? vb : vp;
     const int cnt = S - i0 < BSK_NN_QW ? (int)(S - i0) : BSK_NN_QW;
 
     /* the block's queries, zero-padded to QW */
@@ -142,9 +148,9 @@ static void BSK_NN_FN(attn_task)(const bsk_nn_attn_args *a, int64_t b, int64_t h
     } else {
         int64_t j0 = 0;
         for (; j0 + BSK_NN_JB <= nk; j0 += BSK_NN_JB)
-            BSK_NN_FN(attn_scores)(kp, D, j0, BSK_NN_JB, qp, a->scale, st);
+            BSK_NN_FN(attn_scores)(K, ldk, D, j0, BSK_NN_JB, qp, a->scale, st);
         for (; j0 < nk; j0++)
-            BSK_NN_FN(attn_scores)(kp, D, j0, 1, qp, a->scale, st);
+            BSK_NN_FN(attn_scores)(K, ldk, D, j0, 1, qp, a->scale, st);
     }
 
     /* softmax down each lane */
@@ -171,9 +177,9 @@ static void BSK_NN_FN(attn_task)(const bsk_nn_attn_args *a, int64_t b, int64_t h
      * row of the output), then row by row into the (hidden, tokens) output */
     int64_t c0 = 0;
     for (; c0 + BSK_NN_CB <= D; c0 += BSK_NN_CB)
-        BSK_NN_FN(attn_pv)(vp, D, nk, c0, BSK_NN_CB, st, inv, qp, BSK_NN_QW, BSK_NN_QW);
+        BSK_NN_FN(attn_pv)(V, ldk, nk, c0, BSK_NN_CB, st, inv, qp, BSK_NN_QW, BSK_NN_QW);
     for (; c0 < D; c0++)
-        BSK_NN_FN(attn_pv)(vp, D, nk, c0, 1, st, inv, qp, BSK_NN_QW, BSK_NN_QW);
+        BSK_NN_FN(attn_pv)(V, ldk, nk, c0, 1, st, inv, qp, BSK_NN_QW, BSK_NN_QW);
     float *y = a->Y + (h * D) * N + b * S + i0;
     for (int64_t c = 0; c < D; c++)
         memcpy(y + c * N, qp + c * BSK_NN_QW, (size_t)cnt * sizeof(float));

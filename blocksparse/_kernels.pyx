@@ -125,9 +125,9 @@ cdef int _check_dense(cnp.ndarray a, str name, object dtype, int64_t rows,
     return 0
 
 
-def spmm_float(int isa, tuple shape, tuple blocksize, cnp.ndarray indptr,
-               cnp.ndarray indices, cnp.ndarray data, cnp.ndarray X,
-               cnp.ndarray Y, bint transposed, int num_threads):
+def spmm_float(int isa, tuple shape, tuple blocksize, cnp.ndarray indptr not None,
+               cnp.ndarray indices not None, cnp.ndarray data not None, cnp.ndarray X not None,
+               cnp.ndarray Y not None, bint transposed, int num_threads):
     """Y = W @ X (transposed=False) or Y = X @ W.T (transposed=True), float."""
     cdef bsk_bcsr v
     cdef bsk_status st
@@ -169,9 +169,9 @@ cdef const void *_ptr_or_null(object a, str name, object dtype, int64_t n) excep
     return cnp.PyArray_DATA(arr)
 
 
-def qspmm(int isa, tuple shape, tuple blocksize, cnp.ndarray indptr,
-          cnp.ndarray indices, cnp.ndarray data, object gptr, object gcols,
-          object gw, cnp.ndarray X, bint x_transposed, cnp.ndarray Y,
+def qspmm(int isa, tuple shape, tuple blocksize, cnp.ndarray indptr not None,
+          cnp.ndarray indices not None, cnp.ndarray data not None, object gptr, object gcols,
+          object gw, cnp.ndarray X not None, bint x_transposed, cnp.ndarray Y not None,
           bint y_transposed, str kind, object activation, object rowsum,
           object w_scale, object x_scale, object x_zero, object bias,
           float out_scale, int out_zero, int num_threads):
@@ -242,8 +242,8 @@ QUANT_MODES = {"static": BSK_QUANT_STATIC, "tensor": BSK_QUANT_PER_TENSOR,
                "token": BSK_QUANT_PER_ROW}
 
 
-def quantize_u8(int isa, cnp.ndarray X, str mode, cnp.ndarray scale, cnp.ndarray zero,
-                cnp.ndarray Q, int num_threads):
+def quantize_u8(int isa, cnp.ndarray X not None, str mode, cnp.ndarray scale not None, cnp.ndarray zero not None,
+                cnp.ndarray Q not None, int num_threads):
     """Quantize float32 X (rows, cols) into uint8 Q; see bsk_quantize_u8."""
     cdef int64_t rows = X.shape[0], cols = X.shape[1]
     cdef bsk_status st

@@ -314,7 +314,9 @@ def linear(x, Wq, bias=None, activation=None, out=None, *, x_scale=None, x_zero_
     out : ndarray of shape (N, M), optional
         C-contiguous output of the output dtype; fully overwritten.
     x_scale, x_zero_point : float and int, optional
-        Static activation parameters.
+        Static activation parameters (scalars); for uint8 `x` they may also be
+        arrays of shape (N,), one pair per token (e.g. from
+        ``quantize_activations(..., per_token=True)``).
     per_token : bool, optional
         Dynamic quantization per token (default) or per tensor.
     out_dtype : {None, "float32", "uint8"}, optional
@@ -365,8 +367,13 @@ def linear(x, Wq, bias=None, activation=None, out=None, *, x_scale=None, x_zero_
         if x_scale is None or x_zero_point is None:
             raise ValueError("uint8 x needs x_scale and x_zero_point")
         xq = x
-        s = np.full(N, _finite_positive(x_scale, "x_scale"), dtype=np.float32)
-        z = np.full(N, _zero_point(x_zero_point, "x_zero_point"), dtype=np.int32)
+        s, z = _finite_positive(x_scale, "x_scale"), _zero_point(x_zero_point, "x_zero_point")
+        for name, a in (("x_scale", s), ("x_zero_point", z)):
+            if a.ndim > 1 or (a.ndim == 1 and a.shape != (N,)):
+                raise ValueError(f"{name} must be a scalar or have shape ({N},) (one per "
+                                 f"token), got shape {a.shape}")
+        s = np.ascontiguousarray(np.broadcast_to(s, (N,)), dtype=np.float32)
+        z = np.ascontiguousarray(np.broadcast_to(z, (N,)), dtype=np.int32)
     elif x.dtype.kind == "f":
         if x_scale is not None:  # validated here so that errors name x_scale
             _finite_positive(x_scale, "x_scale")

@@ -317,3 +317,15 @@ def test_quantized_matmul_refuses_integers(rng):
         Q @ np.ones((8, 2), np.uint8)
     with pytest.raises(ValueError, match="X has 7 rows but the matrix has 8 columns"):
         Q @ np.ones((7, 2), np.float32)
+
+
+def test_linear_uint8_input_with_per_token_parameters(rng):
+    """uint8 x with one (scale, zero point) per token equals dequantize-then-float."""
+    W = blocksparse.prune(rng.standard_normal((16, 32)).astype(np.float32), 0.5, (4, 1))
+    Q = blocksparse.quantize(W)
+    x = rng.standard_normal((9, 32)).astype(np.float32)
+    xq, s, z = blocksparse.quantize_activations(x, per_token=True)
+    y = blocksparse.linear(xq, Q, x_scale=s, x_zero_point=z)
+    np.testing.assert_array_equal(y, blocksparse.linear(x, Q))
+    with pytest.raises(ValueError, match="x_scale must be a scalar or have shape"):
+        blocksparse.linear(xq, Q, x_scale=s[:3], x_zero_point=z)

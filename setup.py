@@ -116,6 +116,9 @@ class BuildExt(build_ext):
             if archives and headers and max(map(os.path.getmtime, headers)) > \
                     min(map(os.path.getmtime, archives)):
                 clib.force = True
+            if clib.force:  # `ar rcs` would keep objects of deleted sources
+                for archive in archives:
+                    os.remove(archive)
             self.run_command("build_clib")
         super().run()
 
@@ -133,6 +136,9 @@ extensions = [Extension(
     extra_compile_args=[f for f in base_cflags if f not in ("-Wall", "-fvisibility=hidden")]
     + ["-Wno-unused-function"],
     extra_link_args=link_args,
+    # relink when a kernel source or header changes (build_clib rebuilds them)
+    depends=sorted(glob.glob("src/**/*.[ch]", recursive=True)
+                   + glob.glob("include/**/*.h", recursive=True)),
 )]
 
 setup(

@@ -49,7 +49,7 @@ cdef extern from "blocksparse/bsk.h" nogil:
     const char *bsk_isa_name(bsk_isa isa)
     int bsk_default_threads()
     int bsk_have_openmp()
-    void bsk_set_min_work_per_thread(int64_t work)
+    int64_t bsk_set_min_work_per_thread(int64_t work)
 
     bsk_status bsk_spmm_f32(bsk_isa isa, const bsk_bcsr *W, const float *X,
                             int64_t ldx, int64_t N, float *Y, int64_t ldy,

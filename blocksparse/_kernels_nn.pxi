@@ -1,2 +1,171 @@
 # Wrappers for the encoder kernels (include/blocksparse/bsk_nn.h), included
-# from _kernels.pyx so that one extension holds all the C glue.
+# from _kernels.pyx so that one extension holds all the C glue.  As there,
+# Python (blocksparse/nn/_ops.py) validates the arguments; these functions
+# check only what memory safety needs (dtypes, shapes, contiguity of every
+# buffer handed to C), release the GIL around the call and raise on a bad
+# status.  Activations are (features, tokens) arrays (see bsk_nn.h).
+
+cdef extern from "blocksparse/bsk_nn.h" nogil:
+    bsk_status bsk_add_layernorm_f32(bsk_isa isa, const float *X, int x_tokens,
+                                     const float *Res, int64_t F, int64_t N,
+                                     const float *gamma, const float *beta,
+                                     float eps, float *Y, uint8_t *Q,
+                                     float *q_scale, int32_t *q_zero,
+                                     const float *q_mul, int num_threads)
+    bsk_status bsk_bias_act_f32(bsk_isa isa, float *Y, int64_t M, int64_t N,
+                                const float *bias, int act, int num_threads)
+    bsk_status bsk_quantize_tokens_u8(bsk_isa isa, const float *X, int64_t F,
+                                      int64_t N, const float *q_mul, uint8_t *Q,
+                                      float *q_scale, int32_t *q_zero,
+                                      int num_threads)
+    int64_t bsk_nn_set_min_work_per_thread(int64_t work)
+    bsk_status bsk_attention_f32(bsk_isa isa, const float *QKV, int64_t batch,
+                                 int64_t seq, int64_t heads, int64_t head_dim,
+                                 const uint8_t *mask, float scale, float *Y,
+                                 uint8_t *Q, float *q_scale, int32_t *q_zero,
+                                 int num_threads)
+
+
+def nn_set_min_work_per_thread(int64_t work):
+    """Elements per thread below which the per-token kernels use fewer threads.
+
+    0 always uses the requested count (tests).  Returns the previous value.
+    """
+    return bsk_nn_set_min_work_per_thread(work)
+
+
+cdef int _check_quant_out(object Q, object q_scale, object q_zero, int64_t F,
+                          int64_t N) except -1:
+    """Q (F, N) uint8, q_scale (N,) float32, q_zero (N,) int32: all or none."""
+    if Q is None:
+        if q_scale is not None or q_zero is not None:
+            raise ValueError("q_scale and q_zero are only for a quantized output Q")
+        return 0
+    _check_dense(Q, "Q", np.uint8, F, N, True)
+    for name, a, dt in (("q_scale", q_scale, np.float32), ("q_zero", q_zero, np.int32)):
+        if not isinstance(a, np.ndarray) or a.dtype != dt or a.ndim != 1 or \
+                a.shape[0] != N or not a.flags.c_contiguous or not a.flags.writeable:
+            raise ValueError(f"{name} must be a writable contiguous 1-D {np.dtype(dt)} "
+                             f"array of length {N}")
+    return 0
+
+
+cdef inline void *_data_or_null(object a):
+    return NULL if a is None else cnp.PyArray_DATA(<cnp.ndarray>a)
+
+
+cdef inline int64_t _dim(cnp.ndarray a, int axis):
+    return a.shape[axis] if a.ndim == 2 else -1
+
+
+def add_layernorm(int isa, cnp.ndarray X not None, bint x_tokens, object Res,
+                  cnp.ndarray gamma not None, cnp.ndarray beta not None, float eps,
+                  cnp.ndarray Y not None, object Q, object q_scale, object q_zero,
+                  object q_mul, int num_threads):
+    """Y (F, N) = LayerNorm(X + Res) * gamma + beta per token; see bsk_nn.h.
+
+    X is (F, N), or (N, F) with x_tokens; Res (F, N) or None.  Y may be X
+    (not with x_tokens) or Res itself.  With Q (and q_scale, q_zero) the
+    result (times q_mul per feature, if given) is also quantized per token.
+    """
+    cdef int64_t F = _dim(Y, 0), N = _dim(Y, 1)
+    cdef bsk_status st
+    _check_dense(Y, "out", np.float32, F, N, True)
+    if F < 1:
+        raise ValueError("out must have at least one feature row")
+    if x_tokens:
+        _check_dense(X, "x", np.float32, N, F, False)
+        if np.shares_memory(X, Y):
+            raise ValueError("out must not overlap a tokens-major x")
+    else:
+        _check_dense(X, "x", np.float32, F, N, False)
+    if Res is not None:
+        _check_dense(Res, "residual", np.float32, F, N, False)
+    _ptr_or_null(gamma, "gamma", np.float32, F)
+    _ptr_or_null(beta, "beta", np.float32, F)
+    _check_quant_out(Q, q_scale, q_zero, F, N)
+    cdef const float *mp = <const float *>_ptr_or_null(q_mul, "q_mul", np.float32, F)
+    cdef const float *xp = <const float *>cnp.PyArray_DATA(X)
+    cdef const float *rp = <const float *>_data_or_null(Res)
+    cdef const float *gp = <const float *>cnp.PyArray_DATA(gamma)
+    cdef const float *bp = <const float *>cnp.PyArray_DATA(beta)
+    cdef float *yp = <float *>cnp.PyArray_DATA(Y)
+    cdef uint8_t *qp = <uint8_t *>_data_or_null(Q)
+    cdef float *sp = <float *>_data_or_null(q_scale)
+    cdef int32_t *zp = <int32_t *>_data_or_null(q_zero)
+    with nogil:
+        st = bsk_add_layernorm_f32(<bsk_isa>isa, xp, x_tokens, rp, F, N, gp, bp, eps, yp, qp,
+                                   sp, zp, mp, num_threads)
+    if st != BSK_OK:
+        _raise(st, "bsk_add_layernorm_f32", isa)
+    return Y
+
+
+def bias_act(int isa, cnp.ndarray Y not None, object bias, object activation,
+             int num_threads):
+    """Y (M, N) = act(Y + bias[:, None]) in place, activation None, "relu" or "gelu"."""
+    cdef int64_t M = _dim(Y, 0), N = _dim(Y, 1)
+    cdef bsk_status st
+    _check_dense(Y, "y", np.float32, M, N, True)
+    cdef const float *bp = <const float *>_ptr_or_null(bias, "bias", np.float32, M)
+    cdef int act = ACTIVATIONS[activation]
+    cdef float *yp = <float *>cnp.PyArray_DATA(Y)
+    with nogil:
+        st = bsk_bias_act_f32(<bsk_isa>isa, yp, M, N, bp, act, num_threads)
+    if st != BSK_OK:
+        _raise(st, "bsk_bias_act_f32", isa)
+    return Y
+
+
+def quantize_tokens(int isa, cnp.ndarray X not None, object q_mul, cnp.ndarray Q not None,
+                    cnp.ndarray q_scale not None, cnp.ndarray q_zero not None,
+                    int num_threads):
+    """Per-token (column) dynamic uint8 quantization of float32 X (F, N) into Q."""
+    cdef int64_t F = _dim(X, 0), N = _dim(X, 1)
+    cdef bsk_status st
+    _check_dense(X, "x", np.float32, F, N, False)
+    _check_quant_out(Q, q_scale, q_zero, F, N)
+    cdef const float *mp = <const float *>_ptr_or_null(q_mul, "q_mul", np.float32, F)
+    cdef const float *xp = <const float *>cnp.PyArray_DATA(X)
+    cdef uint8_t *qp = <uint8_t *>cnp.PyArray_DATA(Q)
+    cdef float *sp = <float *>cnp.PyArray_DATA(q_scale)
+    cdef int32_t *zp = <int32_t *>cnp.PyArray_DATA(q_zero)
+    with nogil:
+        st = bsk_quantize_tokens_u8(<bsk_isa>isa, xp, F, N, mp, qp, sp, zp, num_threads)
+    if st != BSK_OK:
+        _raise(st, "bsk_quantize_tokens_u8", isa)
+    return Q
+
+
+def attention(int isa, cnp.ndarray QKV not None, int64_t batch, int64_t seq,
+              int64_t heads, object mask, float scale, cnp.ndarray Y not None, object Q,
+              object q_scale, object q_zero, int num_threads):
+    """Multi-head self-attention; see bsk_attention_f32.
+
+    QKV (3 * hidden, batch * seq) float32, mask None or (batch, seq) uint8,
+    Y (hidden, batch * seq) float32, optional uint8 copy Q of Y.
+    """
+    cdef int64_t N = batch * seq
+    cdef int64_t hidden = _dim(Y, 0)
+    cdef bsk_status st
+    if batch < 0 or seq < 0 or heads <= 0 or hidden <= 0 or hidden % heads:
+        raise ValueError("heads must be positive and divide the hidden size")
+    _check_dense(QKV, "qkv", np.float32, 3 * hidden, N, False)
+    _check_dense(Y, "out", np.float32, hidden, N, True)
+    if mask is not None:
+        _check_dense(mask, "mask", np.uint8, batch, seq, False)
+    _check_quant_out(Q, q_scale, q_zero, hidden, N)
+    if np.shares_memory(QKV, Y):
+        raise ValueError("out must not overlap qkv")
+    cdef const float *xp = <const float *>cnp.PyArray_DATA(QKV)
+    cdef const uint8_t *mp = <const uint8_t *>_data_or_null(mask)
+    cdef float *yp = <float *>cnp.PyArray_DATA(Y)
+    cdef uint8_t *qp = <uint8_t *>_data_or_null(Q)
+    cdef float *sp = <float *>_data_or_null(q_scale)
+    cdef int32_t *zp = <int32_t *>_data_or_null(q_zero)
+    with nogil:
+        st = bsk_attention_f32(<bsk_isa>isa, xp, batch, seq, heads, hidden // heads, mp,
+                               scale, yp, qp, sp, zp, num_threads)
+    if st != BSK_OK:
+        _raise(st, "bsk_attention_f32", isa)
+    return Y

@@ -43,6 +43,9 @@ def _check_dtype(dtype, name="dtype"):
     except TypeError:
         raise TypeError(f"{name} {dtype!r} is not a NumPy dtype") from None
     dt = dt.newbyteorder("=") if dt.byteorder not in "=|" else dt
+    if dt.kind == "c":
+        raise TypeError(f"{name} {dt} is not supported: complex values cannot be stored "
+                        f"(BlockSparseMatrix stores real float32, float64 or int8)")
     if dt not in SUPPORTED_DTYPES:
         raise TypeError(f"{name} {dt} is not supported; BlockSparseMatrix stores float32, "
                         f"float64 or int8 (pass dtype= to convert)")
@@ -61,6 +64,8 @@ def _index_dtype(*maxima):
 def _cast_values(a, dtype, name):
     """Cast to a storage dtype; int8 only from values that fit exactly."""
     a = np.asarray(a)
+    if a.dtype.kind == "c":
+        raise TypeError(f"{name} is complex; the imaginary part cannot be stored")
     if dtype == np.int8 and a.dtype != np.int8:
         if a.dtype.kind not in "iubf" or a.size and (
                 not np.all(np.isfinite(a)) if a.dtype.kind == "f" else False):
@@ -125,7 +130,10 @@ class BlockSparseMatrix:
     Notes
     -----
     ``data``, ``indices`` and ``indptr`` are read-only views: the kernels
-    trust the structure checked at construction.  Slicing, element
+    trust the structure checked at construction.  Products follow NumPy's
+    result dtypes, with two documented exceptions: int8 matrices times uint8
+    or int8 operands give exact int32 (NumPy would wrap around in int8 or
+    int16), and float16 operands are computed and returned in float32.  Slicing, element
     assignment, sparse + sparse and sparse @ sparse are not supported;
     convert with :meth:`to_scipy` for those.
 
@@ -677,7 +685,7 @@ def _product(W, X, transposed):
     if K == 0 or W.nnzb == 0:
         Y.fill(0)
         return Y
-    Xc = np.ascontiguousarray(X, dtype=dtype)
+    Xc = np.require(X, dtype=dtype, requirements="CA")  # copies only if needed
     indptr, indices = W._kernel_arrays()
     isa = _config._active_isa()
     _kernels.spmm_float(isa, W.shape, W.blocksize, indptr, indices, W._float_data(dtype),
@@ -703,7 +711,7 @@ def _int8_product(W, X, transposed, out_shape):
     Y = np.empty(out_shape, dtype=np.int32)
     if Y.size == 0:
         return Y
-    Xc = np.ascontiguousarray(Xu)
+    Xc = np.require(Xu, requirements="CA")
     indptr, indices = W._kernel_arrays()
     gptr, gcols, gw = W._int8_pack()
     isa = _config._active_isa()

@@ -24,9 +24,15 @@ _ACTIVATIONS = (None, "relu", "gelu")
 
 
 def _finite_positive(value, name):
-    arr = np.asarray(value, dtype=np.float64)
-    if arr.dtype.kind not in "f" or not np.all(np.isfinite(arr)) or np.any(arr <= 0):
-        raise ValueError(f"{name} must be finite and positive, got {value!r}")
+    try:
+        arr = np.asarray(value, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise TypeError(f"{name} must be a positive number, got {value!r}") from None
+    # the kernels use float32: a scale that rounds to 0 or inf there is refused too
+    with np.errstate(over="ignore", under="ignore"):
+        arr32 = arr.astype(np.float32)
+    if not np.all(np.isfinite(arr32)) or np.any(arr32 <= 0):
+        raise ValueError(f"{name} must be finite and positive in float32, got {value!r}")
     return arr
 
 
@@ -206,7 +212,8 @@ def quantize_activations(x, scale=None, zero_point=None, per_token=True):
         raise TypeError(f"x must be float32 or float64, got {x.dtype}")
     if x.ndim != 2:
         raise ValueError(f"x must be 2-D (N, K), got shape {x.shape}")
-    xc = np.ascontiguousarray(x, dtype=np.float32)
+    with np.errstate(over="ignore"):  # values beyond float32 become inf: refused below
+        xc = np.require(x, dtype=np.float32, requirements="CA")
     if not np.all(np.isfinite(xc)):
         raise ValueError("x has NaN or Inf values (or values beyond float32), which uint8 "
                          "quantization cannot represent")
@@ -214,10 +221,13 @@ def quantize_activations(x, scale=None, zero_point=None, per_token=True):
         raise ValueError("give both scale and zero_point (static) or neither (dynamic)")
     q = np.empty(xc.shape, dtype=np.uint8)
     if scale is not None:
-        s = np.array([_finite_positive(scale, "scale")], dtype=np.float32).reshape(1)
+        s = np.array(_finite_positive(scale, "scale"), dtype=np.float32).reshape(-1)
         if s.size != 1:
-            raise ValueError("a static scale must be a scalar")
-        z = _zero_point(zero_point, "zero_point").reshape(1)
+            raise ValueError(f"a static scale must be a scalar, got shape {np.shape(scale)}")
+        z = _zero_point(zero_point, "zero_point").reshape(-1)
+        if z.size != 1:
+            raise ValueError(f"a static zero_point must be a scalar, got shape "
+                             f"{np.shape(zero_point)}")
         mode = "static"
     else:
         n = xc.shape[0] if per_token else 1
@@ -279,7 +289,7 @@ def _run(Wq, xq, x_transposed, Y, y_transposed, kind, activation, x_scale, x_zer
         _config._log_kernel(_kernels.qspmm_kernel_name(isa, W.blocksize, gptr is not None), isa,
                             f"M={W.shape[0]} K={W.shape[1]} N={N} {kind} act={activation}")
     _kernels.qspmm(isa, W.shape, W.blocksize, indptr, indices, W.data, gptr, gcols, gw,
-                   np.ascontiguousarray(xq), x_transposed, Y, y_transposed, kind, activation,
+                   np.require(xq, requirements="CA"), x_transposed, Y, y_transposed, kind, activation,
                    W._int8_rowsum(), Wq.scale, x_scale, x_zero, bias, out_scale, out_zero,
                    _config.get_num_threads())
     return Y
@@ -304,7 +314,9 @@ def linear(x, Wq, bias=None, activation=None, out=None, *, x_scale=None, x_zero_
     out : ndarray of shape (N, M), optional
         C-contiguous output of the output dtype; fully overwritten.
     x_scale, x_zero_point : float and int, optional
-        Static activation parameters.
+        Static activation parameters (scalars); for uint8 `x` they may also be
+        arrays of shape (N,), one pair per token (e.g. from
+        ``quantize_activations(..., per_token=True)``).
     per_token : bool, optional
         Dynamic quantization per token (default) or per tensor.
     out_dtype : {None, "float32", "uint8"}, optional
@@ -336,7 +348,10 @@ def linear(x, Wq, bias=None, activation=None, out=None, *, x_scale=None, x_zero_
     N = x.shape[0]
     if x.shape[1] != K:
         raise ValueError(f"x has {x.shape[1]} features but the weights have K = {K}")
-    kind = "float32" if out_dtype is None else np.dtype(out_dtype).name
+    try:
+        kind = "float32" if out_dtype is None else np.dtype(out_dtype).name
+    except TypeError:
+        kind = None
     if kind not in ("float32", "uint8"):
         raise ValueError(f"out_dtype must be float32 or uint8, got {out_dtype!r}")
     if kind == "uint8":
@@ -352,9 +367,18 @@ def linear(x, Wq, bias=None, activation=None, out=None, *, x_scale=None, x_zero_
         if x_scale is None or x_zero_point is None:
             raise ValueError("uint8 x needs x_scale and x_zero_point")
         xq = x
-        s = np.full(N, _finite_positive(x_scale, "x_scale"), dtype=np.float32)
-        z = np.full(N, _zero_point(x_zero_point, "x_zero_point"), dtype=np.int32)
+        s, z = _finite_positive(x_scale, "x_scale"), _zero_point(x_zero_point, "x_zero_point")
+        for name, a in (("x_scale", s), ("x_zero_point", z)):
+            if a.ndim > 1 or (a.ndim == 1 and a.shape != (N,)):
+                raise ValueError(f"{name} must be a scalar or have shape ({N},) (one per "
+                                 f"token), got shape {a.shape}")
+        s = np.ascontiguousarray(np.broadcast_to(s, (N,)), dtype=np.float32)
+        z = np.ascontiguousarray(np.broadcast_to(z, (N,)), dtype=np.int32)
     elif x.dtype.kind == "f":
+        if x_scale is not None:  # validated here so that errors name x_scale
+            _finite_positive(x_scale, "x_scale")
+        if x_zero_point is not None:
+            _zero_point(x_zero_point, "x_zero_point")
         xq, s, z = quantize_activations(x, x_scale, x_zero_point, per_token=per_token)
         s = np.broadcast_to(s, (N,)).astype(np.float32)
         z = np.broadcast_to(z, (N,)).astype(np.int32)

@@ -128,9 +128,9 @@ static int usable(bsk_isa isa)
  * on the thread count, so this changes speed only. */
 static int64_t min_work_per_thread = (int64_t)1 << 17;
 
-void bsk_set_min_work_per_thread(int64_t work)
+int64_t bsk_set_min_work_per_thread(int64_t work)
 {
-    __atomic_store_n(&min_work_per_thread, work < 0 ? 0 : work, __ATOMIC_RELAXED);
+    return __atomic_exchange_n(&min_work_per_thread, work < 0 ? 0 : work, __ATOMIC_RELAXED);
 }
 
 static int threads_for(int num_threads, int64_t nnz, int64_t N)

@@ -39,11 +39,11 @@ def num_threads(request):
     """
     saved = blocksparse.get_num_threads()
     blocksparse.set_num_threads(request.param)
-    blocksparse._kernels.set_min_work_per_thread(0)
+    saved_work = blocksparse._kernels.set_min_work_per_thread(0)
     try:
         yield request.param
     finally:
-        blocksparse._kernels.set_min_work_per_thread(1 << 17)
+        blocksparse._kernels.set_min_work_per_thread(saved_work)
         blocksparse.set_num_threads(saved)
 
 

@@ -5,17 +5,16 @@ never used for values).  Comparisons are exact and strict (dtype and shape).
 """
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
 import blocksparse
 from blocksparse import BlockSparseMatrix
 from blocksparse._kernels import MAX_K_INT8
 from reference import int_matmul_i32
-from strategies import bcsr_matrices, dense_operands, draw_values
+from strategies import bcsr_matrices, dense_operands, draw_values, per_variant_settings
 
-fixture_settings = settings(suppress_health_check=[HealthCheck.function_scoped_fixture,
-                                                   HealthCheck.too_slow])
+fixture_settings = per_variant_settings()
 
 INT8_BLOCKSIZES = [(4, 1), (1, 4), (4, 1), (1, 4), (4, 4), (1, 1), (16, 1), (3, 2), (2, 8)]
 
@@ -71,7 +70,7 @@ def test_extreme_values_large_k(isa, num_threads, blocksize, K):
     for N in (1, 16, 65):
         X = gen.choice(np.array([0, 255, 255], np.uint8), size=(K, N))
         X[:, 0] = 255
-        Y, Z = check_int8(W, X, np.ascontiguousarray(X.T))
+        Y, _ = check_int8(W, X, np.ascontiguousarray(X.T))
         assert Y[0, 0] == -128 * 255 * K
         Xs = gen.choice(np.array([-128, 127], np.int8), size=(K, N))
         check_int8(W, Xs, np.ascontiguousarray(Xs.T))

@@ -109,3 +109,19 @@ def test_scipy_bsr_file_with_unsorted_and_duplicate_blocks(tmp_path):
     sp.save_npz(tmp_path / "bad.npz", S)
     with pytest.raises(ValueError, match="indices must lie in"):
         blocksparse.load_npz(tmp_path / "bad.npz")
+
+
+@pytest.mark.parametrize("fmt", ["csr", "csc"])
+def test_non_bsr_file_objects_are_read_from_their_start(fmt):
+    """A non-BSR file is read twice; the second read must not depend on where
+    the first left the stream (np.savez's member order exposed this)."""
+    D = np.array([[0.0, 1.0, 0.0, 2.0], [3.0, 0.0, 0.0, 0.0]] * 2)
+    S = sp.csr_array(D).asformat(fmt)
+    buf = io.BytesIO()
+    buf.write(b"leading bytes that are not ours")
+    start = buf.tell()
+    np.savez(buf, data=S.data, indices=S.indices, indptr=S.indptr,
+             shape=np.array(S.shape), format=np.array(fmt.encode()))
+    buf.seek(start)
+    W = blocksparse.load_npz(buf)
+    np.testing.assert_array_equal(W.toarray(), D, strict=True)

@@ -407,3 +407,21 @@ def test_issparse_block_and_unsupported():
         W * np.ones(4)
     with pytest.raises(TypeError, match="scalars only"):
         W * W
+
+
+def test_check_format_cheap_and_full_checks():
+    """The O(1) checks always run; index scans only with full_check=True."""
+    W = BlockSparseMatrix(np.ones((2, 6), np.float32), blocksize=(1, 2))
+    W._indices = np.array([2, 1, 0, 0, 1, 2], dtype=W.indices.dtype)  # unsorted row 0
+    W.check_format()
+    with pytest.raises(ValueError, match="indices must be sorted within each block row"):
+        W.check_format(full_check=True)
+    W._indices = np.array([0, 1, 2, 0, 1, 5], dtype=W.indices.dtype)
+    with pytest.raises(ValueError, match=r"indices must lie in \[0, K/C\) = \[0, 3\)"):
+        W.check_format(full_check=True)
+    W._indptr = np.array([0, 3, 7], dtype=W.indptr.dtype)
+    with pytest.raises(ValueError, match="indptr must run from 0 to nnzb = 6"):
+        W.check_format()
+    W._indptr = np.array([0, 3], dtype=W.indptr.dtype)
+    with pytest.raises(ValueError, match=r"indptr must have length M/R \+ 1 = 3"):
+        W.check_format()

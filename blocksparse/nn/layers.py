@@ -1,0 +1,685 @@
+"""Encoder layers as plain Python classes over the package's operations.
+
+The public ``__call__`` of each layer validates its input and takes and
+returns NumPy-style (batch, seq, hidden) arrays (or (..., features) for
+Linear and LayerNorm).  Inside, activations run features x tokens: a
+float32 (H, N) array, N = batch * seq, column t = b * seq + s.  That is the
+paper's layout and the ``W @ X`` form of the INT8 kernel, whose output is
+then written row by row (the (N, M) form scatters it); the per-token work
+(LayerNorm statistics, quantization ranges, the softmax over keys) runs
+with one token per vector lane, without horizontal reductions.  The model
+transposes once on the way in (embeddings) and once on the way out.
+
+``_forward`` is the unchecked inner path the model uses; it also passes
+uint8 activations (:class:`~blocksparse.nn._ops.QuantizedActivations`)
+made by the previous fused kernel straight to the next INT8 Linear layer.
+"""
+import numpy as np
+
+from .. import _quant
+from .._matrix import BlockSparseMatrix
+from .._prune import prune
+from .._quant import QuantizedMatrix, linear, quantize
+from . import _ops
+
+__all__ = ["Linear", "LayerNorm", "MultiHeadSelfAttention", "BertLayer", "BertEncoder",
+           "mean_pooling"]
+
+_ACTIVATIONS = (None, "relu", "gelu")
+_DTYPES = ("float32", "int8")
+
+
+def _check_activation(activation):
+    if activation not in _ACTIVATIONS:
+        raise ValueError(f"activation must be None, 'relu' or 'gelu', got {activation!r}")
+    return activation
+
+
+def _check_dtype_name(dtype):
+    name = None if dtype is None else str(np.dtype(dtype)) if not isinstance(dtype, str) \
+        else dtype
+    if name not in _DTYPES:
+        raise ValueError(f"dtype must be 'float32' or 'int8', got {dtype!r}")
+    return name
+
+
+def _float_weight(weight, name="weight"):
+    w = np.asarray(weight)
+    if w.dtype.kind != "f":
+        raise TypeError(f"{name} must be a float array, got dtype {w.dtype}")
+    if w.ndim != 2:
+        raise ValueError(f"{name} must be 2-D (out_features, in_features), got shape {w.shape}")
+    w = np.ascontiguousarray(w, dtype=np.float32)
+    if not np.all(np.isfinite(w)):
+        raise ValueError(f"{name} has NaN or Inf values")
+    return w
+
+
+def _sparsify(weight, sparsity, blocksize, balanced):
+    """float32 dense weight -> pruned BlockSparseMatrix, or the dense array."""
+    if sparsity is None:
+        return weight
+    return prune(weight, sparsity, blocksize=blocksize, balanced=balanced, dtype=np.float32)
+
+
+def _stack_rows(weights):
+    """Stack weights along the output axis (dense arrays or BlockSparseMatrix)."""
+    if all(isinstance(w, np.ndarray) for w in weights):
+        return np.concatenate(weights, axis=0)
+    blocksize = weights[0].blocksize
+    K = weights[0].shape[1]
+    if any(not isinstance(w, BlockSparseMatrix) or w.blocksize != blocksize or w.shape[1] != K
+           for w in weights):
+        raise ValueError("weights to stack must all be BlockSparseMatrix with one blocksize "
+                         "and one number of input features")
+    indptrs, offset = [np.zeros(1, np.int64)], 0
+    for w in weights:
+        indptrs.append(w.indptr[1:].astype(np.int64) + offset)
+        offset += w.nnzb
+    data = np.concatenate([w.data for w in weights])
+    indices = np.concatenate([w.indices.astype(np.int64) for w in weights])
+    M = sum(w.shape[0] for w in weights)
+    return BlockSparseMatrix((data, indices, np.concatenate(indptrs)), shape=(M, K),
+                             blocksize=blocksize)
+
+
+class Linear:
+    """A Linear layer ``y = act(x @ W.T + b)`` in one of three forms.
+
+    ``Linear(weight, bias)`` with
+
+    * a float ndarray of shape (out_features, in_features): dense float32,
+      computed by BLAS (``kind == "dense"``);
+    * a float :class:`~blocksparse.BlockSparseMatrix`: block-sparse
+      float32 (``kind == "sparse"``);
+    * a :class:`~blocksparse.QuantizedMatrix` (:func:`blocksparse.quantize`):
+      block-sparse (or dense) INT8, computed by :func:`blocksparse.linear`
+      with dynamic per-token uint8 activations and bias + activation fused
+      into the kernel's epilogue (``kind == "int8"``).
+
+    :meth:`from_dense` prunes and quantizes a dense weight in one step.
+
+    Parameters
+    ----------
+    weight : ndarray, BlockSparseMatrix or QuantizedMatrix
+        Shape (out_features, in_features) = (M, K).
+    bias : array_like of shape (M,), optional
+    input_scale : array_like of shape (K,), optional
+        INT8 only: per-feature factors applied to the input before it is
+        quantized, the inverse of the factors already multiplied into the
+        weight's columns (SmoothQuant-style smoothing, see :meth:`to_int8`),
+        so the product is unchanged while activation outliers shrink.
+
+    Attributes
+    ----------
+    weight, bias, input_scale, kind, in_features, out_features
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from blocksparse.nn import Linear
+    >>> lin = Linear.from_dense(np.eye(4), np.ones(4), sparsity=0.75, blocksize=(1, 1))
+    >>> lin.kind, lin(np.array([[1.0, 2.0, 3.0, 4.0]])).tolist()
+    ('sparse', [[2.0, 3.0, 4.0, 5.0]])
+    """
+
+    def __init__(self, weight, bias=None, input_scale=None):
+        if isinstance(weight, QuantizedMatrix):
+            self.kind = "int8"
+        elif isinstance(weight, BlockSparseMatrix):
+            if weight.dtype.kind != "f":
+                raise TypeError("an integer BlockSparseMatrix has no scales: make INT8 "
+                                "weights with blocksparse.quantize")
+            if weight.dtype != np.float32:
+                weight = weight.astype(np.float32)
+            self.kind = "sparse"
+        else:
+            weight = _float_weight(weight)
+            self.kind = "dense"
+        self.weight = weight
+        self.out_features, self.in_features = weight.shape
+        if bias is not None:
+            bias = _ops._vector(bias, self.out_features, "bias")
+            if not np.all(np.isfinite(bias)):
+                raise ValueError("bias has NaN or Inf values")
+        self.bias = bias
+        if input_scale is not None:
+            if self.kind != "int8":
+                raise ValueError("input_scale is only for INT8 (QuantizedMatrix) weights")
+            input_scale = _ops._vector(input_scale, self.in_features, "input_scale")
+            if not np.all(np.isfinite(input_scale)) or np.any(input_scale <= 0):
+                raise ValueError("input_scale must be finite and positive")
+        self.input_scale = input_scale
+
+    @classmethod
+    def from_dense(cls, weight, bias=None, *, sparsity=None, blocksize=(4, 1),
+                   dtype="float32", balanced=False):
+        """Build from a dense float weight, pruning and quantizing it.
+
+        Parameters
+        ----------
+        weight : array_like of shape (out_features, in_features)
+        bias : array_like of shape (out_features,), optional
+        sparsity : float in [0, 1], optional
+            Fraction of blocks removed by :func:`blocksparse.prune` (by L2
+            norm); None keeps the weight dense.
+        blocksize : tuple of int, optional
+            Block shape (R, C) of the weight (out_features, in_features):
+            ``(4, 1)`` (default, the paper's "4x1") is four consecutive
+            output rows in one input column; ``(1, 4)`` four consecutive
+            weights of one row along the input features.
+        dtype : {"float32", "int8"}, optional
+            ``"int8"`` quantizes per output row (:func:`blocksparse.quantize`),
+            also without pruning (then every block is stored).
+        balanced : bool, optional
+            Prune every block row to the same number of blocks.
+
+        Returns
+        -------
+        Linear
+
+        Raises
+        ------
+        ValueError
+            For a bad `sparsity`, a `blocksize` that does not divide the
+            shape, an unknown `dtype` or non-finite weights.
+        """
+        dtype = _check_dtype_name(dtype)
+        w = _sparsify(_float_weight(weight), sparsity, blocksize, balanced)
+        return cls(_finish(w, dtype, blocksize), bias)
+
+    def __repr__(self):
+        return (f"<Linear {self.in_features} -> {self.out_features}, {self.kind}"
+                + (f", density {self.weight.density:.1%}" if self.kind != "dense" else "")
+                + (", bias" if self.bias is not None else "") + ">")
+
+    def __call__(self, x, activation=None):
+        """``act(x @ W.T + b)`` for x of shape (..., in_features).
+
+        Parameters
+        ----------
+        x : array_like of shape (..., in_features), float
+        activation : {None, "relu", "gelu"}, optional
+            GELU is the erf form.
+
+        Returns
+        -------
+        ndarray of shape (..., out_features), dtype float32
+        """
+        _check_activation(activation)
+        x = np.asarray(x)
+        if x.dtype.kind != "f":
+            raise TypeError(f"x must be a float array, got dtype {x.dtype}")
+        if x.ndim < 1 or x.shape[-1] != self.in_features:
+            raise ValueError(f"x must have shape (..., {self.in_features}), got {x.shape}")
+        lead = x.shape[:-1]
+        x2 = np.ascontiguousarray(x.reshape(-1, self.in_features), dtype=np.float32)
+        if self.kind == "int8":
+            if self.input_scale is not None:
+                x2 = x2 * self.input_scale
+            y = linear(x2, self.weight, self.bias, activation)
+        else:
+            y = self._forward(_ops._features_major(x2), None, activation).T
+        return np.ascontiguousarray(y).reshape(lead + (self.out_features,))
+
+    def _forward(self, x, xq, activation=None):
+        """Unchecked: y (M, N) from x (K, N) float32 (or None with xq) or uint8 xq."""
+        if self.kind == "int8":
+            if xq is None:
+                xq = _ops._quantize_tokens(x, self.input_scale)
+            N = xq.q.shape[1]
+            y = np.empty((self.out_features, N), dtype=np.float32)
+            if N:
+                _quant._run(self.weight, xq.q, False, y, False, "float32", activation, xq.scale,
+                            xq.zero, self.bias, 1.0, 0)
+            return y
+        y = self.weight @ x
+        if (self.bias is not None or activation is not None) and y.size:
+            _ops._bias_act(y, self.bias, activation)
+        return y
+
+    @property
+    def uses_int8(self):
+        """True if the layer takes uint8 activations (kind "int8")."""
+        return self.kind == "int8"
+
+    def to_int8(self, blocksize=(4, 1), input_absmax=None, smoothing=None):
+        """An INT8 copy of this float layer, optionally smoothed.
+
+        With `smoothing` = alpha and the per-feature maxima of the inputs
+        the layer sees, the inputs are divided and the weight columns
+        multiplied by ``s[k] = absmax[k]**alpha / max_m |W[m, k]|**(1 -
+        alpha)`` (SmoothQuant, Xiao et al. 2023), which moves the outlier
+        features of LayerNorm outputs into the per-row weight scales and
+        leaves ``x @ W.T`` unchanged before rounding.  The division is
+        fused into the quantization of the input (:attr:`input_scale`).
+
+        Parameters
+        ----------
+        blocksize : tuple of int, optional
+            For a dense float weight: the block shape of the INT8 matrix;
+            (4, 1) is four consecutive output rows in one input column.  A
+            block-sparse weight keeps its own.
+        input_absmax : array_like of shape (in_features,), optional
+            Calibration maxima of ``|x[:, k]|``.
+        smoothing : float in (0, 1], optional
+            The migration strength alpha; None (or 0) quantizes as is.
+
+        Returns
+        -------
+        Linear
+            kind "int8".
+        """
+        if self.kind == "int8":
+            raise ValueError("the layer is already INT8")
+        w, input_scale = self.weight, None
+        if smoothing:
+            if input_absmax is None:
+                raise ValueError("smoothing needs input_absmax (calibration maxima)")
+            s = _smoothing_factors(np.asarray(input_absmax, np.float64), _column_absmax(w),
+                                   float(smoothing))
+            w = _scale_columns(w, s)
+            input_scale = (1.0 / s).astype(np.float32)
+        return Linear(_finish(w, "int8", blocksize), self.bias, input_scale)
+
+
+def _column_absmax(w):
+    """max_m |W[m, k]| of a dense array or BlockSparseMatrix, float64 (K,)."""
+    if isinstance(w, np.ndarray):
+        return np.abs(w).max(axis=0).astype(np.float64)
+    out = np.zeros(w.shape[1], dtype=np.float64)
+    if w.nnzb:
+        C = w.blocksize[1]
+        cols = (w.indices.astype(np.int64)[:, None] * C + np.arange(C)).ravel()
+        np.maximum.at(out, cols, np.abs(w.data).max(axis=1).astype(np.float64).ravel())
+    return out
+
+
+def _smoothing_factors(act_absmax, w_absmax, alpha):
+    if not 0.0 < alpha <= 1.0:
+        raise ValueError(f"smoothing must lie in (0, 1], got {alpha}")
+    if act_absmax.shape != w_absmax.shape:
+        raise ValueError(f"input_absmax must have shape {w_absmax.shape}, got "
+                         f"{act_absmax.shape}")
+    ok = (act_absmax > 0) & (w_absmax > 0) & np.isfinite(act_absmax)
+    s = np.ones_like(w_absmax)
+    s[ok] = act_absmax[ok] ** alpha / w_absmax[ok] ** (1.0 - alpha)
+    # a bounded range keeps both sides representable; the factors are only a
+    # change of basis, so clipping them costs accuracy, never correctness
+    s = np.clip(s / np.exp(np.mean(np.log(s))), 1e-3, 1e3)
+    return s.astype(np.float32).astype(np.float64)
+
+
+def _scale_columns(w, s):
+    """W[:, k] * s[k] for a dense array or a float BlockSparseMatrix."""
+    if isinstance(w, np.ndarray):
+        return (w * s[None, :]).astype(np.float32)
+    C = w.blocksize[1]
+    cols = w.indices.astype(np.int64)[:, None] * C + np.arange(C)
+    data = (w.data * s[cols][:, None, :]).astype(np.float32)
+    return BlockSparseMatrix((data, w.indices, w.indptr), shape=w.shape, blocksize=w.blocksize)
+
+
+def _finish(w, dtype, blocksize):
+    """Dense array or float BlockSparseMatrix -> Linear weight of `dtype`."""
+    if dtype == "int8":
+        return quantize(w, blocksize=None if isinstance(w, BlockSparseMatrix) else blocksize)
+    return w
+
+
+class LayerNorm:
+    """LayerNorm over the last axis, with an optional fused residual add.
+
+    ``y = (t - mean) / sqrt(var + eps) * weight + bias`` with
+    ``t = x + residual``, computed per token by one C kernel.
+
+    Parameters
+    ----------
+    weight, bias : array_like of shape (H,)
+        Scale (gamma) and shift (beta).
+    eps : float, optional
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from blocksparse.nn import LayerNorm
+    >>> ln = LayerNorm(np.ones(2), np.zeros(2))
+    >>> np.round(ln(np.array([[0.0, 1.0]]), residual=np.array([[2.0, 3.0]])), 3).tolist()
+    [[-1.0, 1.0]]
+    """
+
+    def __init__(self, weight, bias, eps=1e-12):
+        weight = np.asarray(weight)
+        if weight.ndim != 1 or weight.size == 0:
+            raise ValueError(f"weight must be a non-empty 1-D array, got shape {weight.shape}")
+        self.weight = _ops._vector(weight, weight.shape[0], "weight")
+        self.bias = _ops._vector(bias, weight.shape[0], "bias")
+        self.eps = float(eps)
+        if not self.eps >= 0.0:
+            raise ValueError(f"eps must be non-negative, got {eps}")
+
+    @property
+    def normalized_shape(self):
+        return self.weight.shape
+
+    def __repr__(self):
+        return f"<LayerNorm {self.weight.shape[0]}, eps={self.eps:g}>"
+
+    def __call__(self, x, residual=None):
+        """LayerNorm(x + residual) over the last axis of x (..., H).
+
+        Returns
+        -------
+        ndarray of the shape of `x`, dtype float32
+        """
+        x = np.asarray(x)
+        H = self.weight.shape[0]
+        if x.ndim < 1 or x.shape[-1] != H:
+            raise ValueError(f"x must have shape (..., {H}), got {x.shape}")
+        r = None
+        if residual is not None:
+            r = np.asarray(residual)
+            if r.shape != x.shape:
+                raise ValueError(f"residual must have the shape of x {x.shape}, got {r.shape}")
+            r = r.reshape(-1, H)
+        y = _ops.layer_norm(x.reshape(-1, H), self.weight, self.bias, self.eps, residual=r)
+        return y.reshape(x.shape)
+
+    def _forward(self, x, residual, consumer=None, out=None, x_tokens=False):
+        """Unchecked, (features, tokens) arrays (x (tokens, features) if x_tokens).
+
+        Returns (y, uint8 copy of y for `consumer` if it is an INT8 Linear,
+        else None).
+        """
+        quantize = consumer is not None and consumer.uses_int8
+        if out is None:
+            out = np.empty(x.shape[::-1] if x_tokens else x.shape, dtype=np.float32)
+        return _ops._layer_norm(x, residual, self.weight, self.bias, self.eps, out, quantize,
+                                consumer.input_scale if quantize else None, x_tokens)
+
+
+def _hidden_3d(hidden_states, H, name="hidden_states"):
+    h = np.asarray(hidden_states)
+    if h.dtype.kind != "f":
+        raise TypeError(f"{name} must be a float array, got dtype {h.dtype}")
+    if h.ndim == 2:
+        h = h[None]
+    if h.ndim != 3 or h.shape[2] != H:
+        raise ValueError(f"{name} must have shape (batch, seq, {H}), got {h.shape}")
+    return h
+
+
+def _to_internal(h):
+    """(batch, seq, hidden) -> float32 (hidden, batch * seq)."""
+    B, S, H = h.shape
+    return _ops._features_major(h.reshape(B * S, H))
+
+
+def _from_internal(x, B, S):
+    """float32 (hidden, batch * seq) -> (batch, seq, hidden)."""
+    return np.ascontiguousarray(x.T).reshape(B, S, x.shape[0])
+
+
+class MultiHeadSelfAttention:
+    """Multi-head self-attention with Q, K and V as one product.
+
+    ``qkv = x @ [Wq; Wk; Wv].T + [bq; bk; bv]`` (one Linear layer of
+    3 * hidden outputs), then per head ``softmax(Q K^T / sqrt(d) + mask) V``
+    in one C kernel (:func:`blocksparse.nn.attention`), then the output
+    projection.  With INT8 projections the attention kernel also quantizes
+    its output per token for the output projection.
+
+    Parameters
+    ----------
+    qkv : Linear
+        in_features = hidden, out_features = 3 * hidden: queries, keys,
+        values stacked along the outputs.
+    out : Linear
+        The output projection, hidden -> hidden.
+    num_heads : int
+    """
+
+    def __init__(self, qkv, out, num_heads):
+        if not isinstance(qkv, Linear) or not isinstance(out, Linear):
+            raise TypeError("qkv and out must be Linear layers")
+        H = out.in_features
+        if out.out_features != H or qkv.in_features != H or qkv.out_features != 3 * H:
+            raise ValueError(f"qkv must map {H} -> {3 * H} and out {H} -> {H} features; got "
+                             f"qkv {qkv.in_features} -> {qkv.out_features}, out "
+                             f"{out.in_features} -> {out.out_features}")
+        if not isinstance(num_heads, (int, np.integer)) or num_heads <= 0 or H % num_heads:
+            raise ValueError(f"num_heads must be a positive divisor of hidden size {H}, got "
+                             f"{num_heads!r}")
+        self.qkv, self.out, self.num_heads = qkv, out, int(num_heads)
+        self.hidden_size = H
+
+    @classmethod
+    def from_weights(cls, q, k, v, o, num_heads, *, sparsity=None, blocksize=(4, 1),
+                     dtype="float32", balanced=False):
+        """Build from separate (weight, bias) pairs of the four projections.
+
+        Each weight (hidden, hidden) is pruned on its own (`sparsity`,
+        `blocksize`, `balanced` as in :meth:`Linear.from_dense`; blocksize
+        (4, 1) is four consecutive output rows in one input column), then
+        Q, K and V are stacked into one Linear layer; `dtype` "int8"
+        quantizes per output row, so stacking does not change the scales.
+        """
+        dtype = _check_dtype_name(dtype)
+        ws = [_sparsify(_float_weight(w, n), sparsity, blocksize, balanced)
+              for (w, _), n in zip((q, k, v), ("q weight", "k weight", "v weight"))]
+        biases = [b for _, b in (q, k, v)]
+        if any(b is None for b in biases) and not all(b is None for b in biases):
+            raise ValueError("give biases for all of q, k, v or for none")
+        bias = None if biases[0] is None else np.concatenate(
+            [np.asarray(b, dtype=np.float32).ravel() for b in biases])
+        qkv = Linear(_finish(_stack_rows(ws), dtype, blocksize), bias)
+        out = Linear.from_dense(o[0], o[1], sparsity=sparsity, blocksize=blocksize,
+                                dtype=dtype, balanced=balanced)
+        return cls(qkv, out, num_heads)
+
+    def __repr__(self):
+        return f"<MultiHeadSelfAttention {self.hidden_size}, {self.num_heads} heads, " \
+               f"{self.qkv.kind}>"
+
+    def __call__(self, hidden_states, attention_mask=None):
+        """Attention output (before the residual), shape (batch, seq, hidden)."""
+        h = _hidden_3d(hidden_states, self.hidden_size)
+        B, S, _ = h.shape
+        mask = _ops._mask_u8(attention_mask, (B, S))
+        return _from_internal(self._forward(_to_internal(h), None, mask, B, S), B, S)
+
+    def _forward(self, x, xq, mask, B, S):
+        qkv = self.qkv._forward(x, xq)
+        ctx = np.empty((self.hidden_size, B * S), dtype=np.float32)
+        # the kernel's fused quantization has no per-feature factors
+        fuse = self.out.uses_int8 and self.out.input_scale is None
+        ctx, ctxq = _ops._attention(qkv, B, S, self.num_heads, mask, ctx, fuse)
+        return self.out._forward(ctx, ctxq)
+
+
+class BertLayer:
+    """One Transformer encoder layer (post-LayerNorm, as BERT).
+
+    ``h1 = LN1(attention(h) + h)``; ``h2 = LN2(ffn2(act(ffn1(h1))) + h1)``,
+    with the residual adds fused into the LayerNorm kernel, bias +
+    activation fused into the FFN1 product and, on INT8 layers, the
+    per-token uint8 quantization of each Linear input fused into the kernel
+    that makes it (LayerNorm, attention) or done in one C pass (FFN2).
+
+    Parameters
+    ----------
+    attention : MultiHeadSelfAttention
+    ln1 : LayerNorm
+    ffn1, ffn2 : Linear
+        hidden -> intermediate and intermediate -> hidden.
+    ln2 : LayerNorm
+    activation : {"gelu", "relu"}, optional
+    """
+
+    def __init__(self, attention, ln1, ffn1, ffn2, ln2, activation="gelu"):
+        if not isinstance(attention, MultiHeadSelfAttention):
+            raise TypeError("attention must be a MultiHeadSelfAttention")
+        if not all(isinstance(ln, LayerNorm) for ln in (ln1, ln2)):
+            raise TypeError("ln1 and ln2 must be LayerNorm layers")
+        if not all(isinstance(f, Linear) for f in (ffn1, ffn2)):
+            raise TypeError("ffn1 and ffn2 must be Linear layers")
+        H = attention.hidden_size
+        if ffn1.in_features != H or ffn2.out_features != H or \
+                ffn2.in_features != ffn1.out_features:
+            raise ValueError(f"ffn1 must map {H} -> I and ffn2 I -> {H}; got "
+                             f"{ffn1.in_features} -> {ffn1.out_features} and "
+                             f"{ffn2.in_features} -> {ffn2.out_features}")
+        if ln1.weight.shape != (H,) or ln2.weight.shape != (H,):
+            raise ValueError(f"ln1 and ln2 must normalize {H} features")
+        if activation not in ("gelu", "relu"):
+            raise ValueError(f"activation must be 'gelu' or 'relu', got {activation!r}")
+        self.attention, self.ln1, self.ffn1, self.ffn2, self.ln2 = \
+            attention, ln1, ffn1, ffn2, ln2
+        self.activation = activation
+        self.hidden_size = H
+
+    def __repr__(self):
+        return (f"<BertLayer {self.hidden_size} -> {self.ffn1.out_features} -> "
+                f"{self.hidden_size}, {self.attention.num_heads} heads, {self.ffn1.kind}>")
+
+    @property
+    def linears(self):
+        """The four Linear layers: qkv, attention output, ffn1, ffn2."""
+        return [self.attention.qkv, self.attention.out, self.ffn1, self.ffn2]
+
+    def __call__(self, hidden_states, attention_mask=None):
+        """Layer output, shape (batch, seq, hidden), float32."""
+        h = _hidden_3d(hidden_states, self.hidden_size)
+        B, S, _ = h.shape
+        mask = _ops._mask_u8(attention_mask, (B, S))
+        return _from_internal(self._forward(_to_internal(h), None, mask, B, S)[0], B, S)
+
+    def _forward(self, x, xq, mask, B, S, consumer=None):
+        """(output, its uint8 copy for `consumer`, the next INT8 Linear, or None)."""
+        a = self.attention._forward(x, xq, mask, B, S)
+        h1, h1q = self.ln1._forward(a, x, self.ffn1, out=a)
+        inter = self.ffn1._forward(h1, h1q, self.activation)
+        interq = _ops._quantize_tokens(inter, self.ffn2.input_scale) if self.ffn2.uses_int8 \
+            else None
+        o = self.ffn2._forward(inter, interq)
+        return self.ln2._forward(o, h1, consumer, out=o)
+
+    def _calibrate(self, x, mask, B, S):
+        """(output, max |input| per feature of qkv, of ffn1), float path."""
+        qkv_in = np.abs(x).max(axis=1)
+        a = self.attention._forward(x, None, mask, B, S)
+        h1, _ = self.ln1._forward(a, x, None, out=a)
+        ffn1_in = np.abs(h1).max(axis=1)
+        o = self.ffn2._forward(self.ffn1._forward(h1, None, self.activation), None)
+        return self.ln2._forward(o, h1, None, out=o)[0], qkv_in, ffn1_in
+
+    def to_int8(self, qkv_absmax=None, ffn1_absmax=None, smoothing=None, blocksize=(4, 1)):
+        """An INT8 copy of this float layer (see :meth:`Linear.to_int8`).
+
+        `smoothing` (alpha) applies to the inputs of the Q/K/V and FFN1
+        products, the LayerNorm outputs whose outlier features per-token
+        quantization handles worst; it needs their calibration maxima
+        `qkv_absmax` and `ffn1_absmax`.  blocksize: as in
+        :meth:`Linear.to_int8` ((4, 1) = four consecutive output rows in
+        one input column).
+        """
+        att = self.attention
+        qkv = att.qkv.to_int8(blocksize, qkv_absmax, smoothing)
+        out = att.out.to_int8(blocksize)
+        ffn1 = self.ffn1.to_int8(blocksize, ffn1_absmax, smoothing)
+        ffn2 = self.ffn2.to_int8(blocksize)
+        return BertLayer(MultiHeadSelfAttention(qkv, out, att.num_heads), self.ln1, ffn1, ffn2,
+                         self.ln2, self.activation)
+
+
+class BertEncoder:
+    """A stack of :class:`BertLayer`.
+
+    Parameters
+    ----------
+    layers : sequence of BertLayer
+    """
+
+    def __init__(self, layers):
+        layers = list(layers)
+        if not all(isinstance(layer, BertLayer) for layer in layers):
+            raise TypeError("layers must be BertLayer instances")
+        if len({layer.hidden_size for layer in layers}) > 1:
+            raise ValueError("all layers must have the same hidden size")
+        self.layers = layers
+
+    def __len__(self):
+        return len(self.layers)
+
+    def __iter__(self):
+        return iter(self.layers)
+
+    def __repr__(self):
+        return f"<BertEncoder of {len(self.layers)} layers>"
+
+    @property
+    def first_linear(self):
+        """The Linear layer that reads the encoder's input (or None)."""
+        return self.layers[0].attention.qkv if self.layers else None
+
+    def __call__(self, hidden_states, attention_mask=None):
+        """Last hidden state, shape (batch, seq, hidden), float32."""
+        if not self.layers:
+            return np.array(hidden_states, dtype=np.float32)
+        H = self.layers[0].hidden_size
+        h = _hidden_3d(hidden_states, H)
+        B, S, _ = h.shape
+        mask = _ops._mask_u8(attention_mask, (B, S))
+        return _from_internal(self._forward(_to_internal(h), None, mask, B, S), B, S)
+
+    def _forward(self, x, xq, mask, B, S):
+        layers = self.layers
+        for i, layer in enumerate(layers):
+            consumer = layers[i + 1].attention.qkv if i + 1 < len(layers) else None
+            x, xq = layer._forward(x, xq, mask, B, S, consumer)
+        return x
+
+
+def mean_pooling(hidden, attention_mask=None):
+    """Sentence embeddings: the mean of the token vectors the mask keeps.
+
+    ``sum_s mask[b, s] * hidden[b, s] / max(sum_s mask[b, s], 1e-9)``, the
+    pooling of sentence-transformers models such as all-MiniLM-L6-v2.
+
+    Parameters
+    ----------
+    hidden : array_like of shape (batch, seq, hidden)
+        The last hidden state.
+    attention_mask : array_like of shape (batch, seq), optional
+        1 for real tokens, 0 for padding; all ones if omitted.
+
+    Returns
+    -------
+    ndarray of shape (batch, hidden), dtype float32
+
+    Raises
+    ------
+    ValueError
+        If the shapes do not match.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from blocksparse.nn import mean_pooling
+    >>> h = np.array([[[1.0, 2.0], [3.0, 4.0], [100.0, 100.0]]])
+    >>> mean_pooling(h, np.array([[1, 1, 0]])).tolist()
+    [[2.0, 3.0]]
+    """
+    h = np.asarray(hidden)
+    if h.dtype.kind != "f":
+        raise TypeError(f"hidden must be a float array, got dtype {h.dtype}")
+    if h.ndim != 3:
+        raise ValueError(f"hidden must have shape (batch, seq, hidden), got {h.shape}")
+    if attention_mask is None:
+        return h.mean(axis=1, dtype=np.float64).astype(np.float32)
+    m = np.asarray(attention_mask)
+    if m.shape != h.shape[:2]:
+        raise ValueError(f"attention_mask must have shape {h.shape[:2]}, got {m.shape}")
+    m = m.astype(np.float64)
+    total = np.einsum("bs,bsh->bh", m, h.astype(np.float64))
+    return (total / np.maximum(m.sum(axis=1), 1e-9)[:, None]).astype(np.float32)

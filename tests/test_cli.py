@@ -502,3 +502,17 @@ def test_progress_callback_forms():
     text = buf.getvalue()
     assert "[1/1] int8: running bench_x.py" in text
     assert "1/3  a" in text and "3/3  c" in text
+
+
+@needs_model
+def test_embed_matches_stored_pytorch_reference(tmp_path):
+    """Issue 5 without PyTorch installed: the stored transformers embeddings
+    (tests/data/minilm_reference.npz, made by scripts/make_minilm_reference.py)."""
+    data = np.load(Path(__file__).parent / "data" / "minilm_reference.npz")
+    texts = [str(t) for t in data["sentences"]]
+    npy = tmp_path / "e.npy"
+    assert main(["embed", *texts, "--output", str(npy)]) == 0
+    ours = np.load(npy)
+    ref = data["sentence_embeddings"].astype(np.float64)
+    cos = np.sum(ours * ref, axis=1) / (np.linalg.norm(ours, axis=1) * np.linalg.norm(ref, axis=1))
+    assert np.all(cos >= 0.9999), cos

@@ -238,7 +238,7 @@ def format_table(records, summary):
         c = s["geomean_ceiling_fraction"]
         sp_ = s.get("geomean_thread_speedup")
         lines.append(f"{s['sparsity']:8.0%} {s['blocksize'][0]}x{s['blocksize'][1]:<4} "
-                     f"{s['threads']:>4} {s['cases']:>3} {g if g is None else f'{g:.3f}':>15} "
+                     f"{s['threads']:>4} {s['cases']:>3} {'-' if g is None else f'{g:.3f}':>15} "
                      f"{'-' if c is None else f'{100 * c:.0f}':>6} "
                      f"{'-' if sp_ is None else f'{sp_:.2f}':>6}")
     return "\n".join(lines)

@@ -50,3 +50,23 @@ def num_threads(request):
 @pytest.fixture
 def rng():
     return np.random.default_rng(12345)
+
+
+# ---- safety summary: lines printed after the test results, also on success ----------------
+# The fuzz, ISA-environment and sanitizer modules report their counts here so that they
+# appear in the CI log of a passing run.
+SAFETY_SUMMARY = {}  # key -> line, or a callable returning it at the end of the run
+
+
+def pytest_terminal_summary(terminalreporter):
+    if SAFETY_SUMMARY:
+        terminalreporter.write_sep("-", "blocksparse safety summary")
+        for key in sorted(SAFETY_SUMMARY):
+            line = SAFETY_SUMMARY[key]
+            terminalreporter.write_line(line() if callable(line) else line)
+
+
+@pytest.fixture(scope="session")
+def safety_summary():
+    """The dict behind the "blocksparse safety summary" section."""
+    return SAFETY_SUMMARY

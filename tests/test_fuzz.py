@@ -70,35 +70,9 @@ KNOWN = {
 KNOWN_SEEN = {}
 
 
-# ---- reporting: a line in pytest's terminal summary, also on success ----------------------
-
-class _Summary:
-    """Collects one line per reporting module; printed after the test results."""
-
-    name = "blocksparse-safety-summary"
-
-    def __init__(self):
-        self.lines = {}
-
-    def pytest_terminal_summary(self, terminalreporter):
-        if self.lines:
-            terminalreporter.write_sep("-", "blocksparse safety summary")
-            for key in sorted(self.lines):
-                line = self.lines[key]
-                terminalreporter.write_line(line() if callable(line) else line)
-
-
-def _summary(config):
-    plugin = config.pluginmanager.get_plugin(_Summary.name)
-    if plugin is None:
-        plugin = _Summary()
-        config.pluginmanager.register(plugin, _Summary.name)
-    return plugin
-
-
 @pytest.fixture(autouse=True, scope="module")
-def _report_examples(request):
-    _summary(request.config).lines["fuzz"] = lambda: (
+def _report_examples(safety_summary):
+    safety_summary["fuzz"] = lambda: (
         f"fuzz: {sum(EXAMPLES.values())} examples over {len(EXAMPLES)} tests "
         f"(max_examples={FUZZ_EXAMPLES}): "
         + ", ".join(f"{k}={v}" for k, v in sorted(EXAMPLES.items()))

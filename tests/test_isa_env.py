@@ -60,35 +60,9 @@ sys.exit(pytest.main(sys.argv[1:], plugins=[ForcedIsa()]))
 """
 
 
-# ---- reporting: a line in pytest's terminal summary, also on success ----------------------
-
-class _Summary:
-    """Collects one line per reporting module; printed after the test results."""
-
-    name = "blocksparse-safety-summary"
-
-    def __init__(self):
-        self.lines = {}
-
-    def pytest_terminal_summary(self, terminalreporter):
-        if self.lines:
-            terminalreporter.write_sep("-", "blocksparse safety summary")
-            for key in sorted(self.lines):
-                line = self.lines[key]
-                terminalreporter.write_line(line() if callable(line) else line)
-
-
-def _summary(config):
-    plugin = config.pluginmanager.get_plugin(_Summary.name)
-    if plugin is None:
-        plugin = _Summary()
-        config.pluginmanager.register(plugin, _Summary.name)
-    return plugin
-
-
 @pytest.fixture(autouse=True, scope="module")
-def _report_runs(request):
-    _summary(request.config).lines["isa-env"] = lambda: "isa env runs: " + (
+def _report_runs(safety_summary):
+    safety_summary["isa-env"] = lambda: "isa env runs: " + (
         "; ".join(f"{k}: {v}" for k, v in RUNS.items()) or "none ran")
     yield
 

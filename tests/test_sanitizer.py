@@ -25,32 +25,6 @@ TIMEOUT = float(os.environ.get("BLOCKSPARSE_SANITIZE_TIMEOUT", "1500"))
 FUZZ_EXAMPLES = int(os.environ.get("BLOCKSPARSE_SANITIZE_FUZZ_EXAMPLES", "1000"))
 
 
-# ---- reporting: a line in pytest's terminal summary, also on success ----------------------
-
-class _Summary:
-    """Collects one line per reporting module; printed after the test results."""
-
-    name = "blocksparse-safety-summary"
-
-    def __init__(self):
-        self.lines = {}
-
-    def pytest_terminal_summary(self, terminalreporter):
-        if self.lines:
-            terminalreporter.write_sep("-", "blocksparse safety summary")
-            for key in sorted(self.lines):
-                line = self.lines[key]
-                terminalreporter.write_line(line() if callable(line) else line)
-
-
-def _summary(config):
-    plugin = config.pluginmanager.get_plugin(_Summary.name)
-    if plugin is None:
-        plugin = _Summary()
-        config.pluginmanager.register(plugin, _Summary.name)
-    return plugin
-
-
 def _load_script():
     spec = importlib.util.spec_from_file_location("sanitize_run", SCRIPT)
     module = importlib.util.module_from_spec(spec)
@@ -60,19 +34,19 @@ def _load_script():
 
 @pytest.mark.slow
 @pytest.mark.thread_unsafe
-def test_suite_and_fuzz_under_sanitizers(request):
+def test_suite_and_fuzz_under_sanitizers(safety_summary):
     if os.environ.get("BLOCKSPARSE_SANITIZER_RUN"):
         pytest.skip("already inside the sanitizer run")
     libasan, why = _load_script().find_toolchain()
     if libasan is None:
         pytest.skip(f"no sanitizer toolchain: {why}")
-    summary = _summary(request.config)
+    summary = safety_summary
     try:
         res = subprocess.run([sys.executable, SCRIPT, "--fuzz-examples", str(FUZZ_EXAMPLES),
                               "--timeout", str(TIMEOUT)], cwd=ROOT, capture_output=True,
                              text=True, timeout=TIMEOUT + 120)
     except subprocess.TimeoutExpired:
-        summary.lines["sanitizer"] = f"sanitizer run: TIMED OUT after {TIMEOUT + 120:.0f} s"
+        summary["sanitizer"] = f"sanitizer run: TIMED OUT after {TIMEOUT + 120:.0f} s"
         raise
     out = res.stdout + res.stderr
     lines = [ln for ln in res.stdout.splitlines() if ln.startswith("SANITIZE_RESULT ")]
@@ -81,7 +55,7 @@ def test_suite_and_fuzz_under_sanitizers(request):
     if res.returncode == 77:
         pytest.skip(f"no sanitizer toolchain: {result.get('skipped')}")
     suite, fuzz = result.get("suite", {}), result.get("fuzz", {})
-    summary.lines["sanitizer"] = (
+    summary["sanitizer"] = (
         f"sanitizer run (ASan+UBSan, {'clean' if result.get('ok') else 'FAILED'}): "
         f"build {result.get('build_s')} s; suite: {suite.get('summary')}; "
         f"fuzz: {result.get('fuzz_examples')} examples, {fuzz.get('summary')}; "

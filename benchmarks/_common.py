@@ -144,6 +144,15 @@ def gops(M, K, N, seconds, density=1.0):
     return eff, eff * density
 
 
+def report(result, json_path=None):
+    """Print a benchmark's machine description and table; write its JSON if asked."""
+    import sys
+    print(json.dumps(result["machine"], indent=1), file=sys.stdout)
+    print(result["table"])
+    if json_path:
+        write_json(json_path, result)
+
+
 def write_json(path, result):
     """Write a result dict as indented JSON, creating the directory."""
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)

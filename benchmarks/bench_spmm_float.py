@@ -41,7 +41,6 @@ Run ``python benchmarks/bench_spmm_float.py [--quick] [--json PATH]`` or via
 """
 import argparse
 import contextlib
-import json
 import os
 import sys
 
@@ -51,8 +50,8 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 
 import blocksparse  # noqa: E402
-from _common import (format_table, gops, load_average, machine_description, time_call,  # noqa: E402
-                     write_json)
+from _common import (format_table, gops, load_average, machine_description,  # noqa: E402
+                     report, time_call)
 
 SHAPES = [(768, 768), (3072, 768), (768, 3072), (1024, 4096)]
 TOKENS = [128, 384]
@@ -474,10 +473,7 @@ def main(argv=None):
     parser.add_argument("--markdown", help="write a markdown report here")
     args = parser.parse_args(argv)
     result = run(args, progress=lambda msg: print(f"  {msg}", file=sys.stderr, flush=True))
-    print(json.dumps(result["machine"], indent=1))
-    print(result["table"])
-    if args.json:
-        write_json(args.json, result)
+    report(result, args.json)
     if args.markdown:
         with open(args.markdown, "w") as f:
             f.write(to_markdown(result))

@@ -21,7 +21,6 @@ Run ``python benchmarks/bench_spmm_int8.py [--quick] [--json PATH]`` or via
 ``python -m blocksparse bench``.
 """
 import argparse
-import json
 import math
 import os
 import sys
@@ -34,7 +33,7 @@ sys.path.insert(0, HERE)
 
 import blocksparse  # noqa: E402
 import vnni_ceiling  # noqa: E402
-from _common import machine_description, time_call, write_json  # noqa: E402
+from _common import machine_description, report, time_call  # noqa: E402
 
 SHAPES = [(768, 768), (3072, 768), (768, 3072), (1024, 1024), (4096, 1024), (1024, 4096)]
 TOKENS = [128, 384]
@@ -261,10 +260,7 @@ def main(argv=None):
     parser.add_argument("--json", help="write the results here")
     args = parser.parse_args(argv)
     result = run(args, progress=lambda msg: print(f"  {msg}", file=sys.stderr, flush=True))
-    print(json.dumps(result["machine"], indent=1))
-    print(result["table"])
-    if args.json:
-        write_json(args.json, result)
+    report(result, args.json)
     return 0
 
 

@@ -70,15 +70,7 @@ def _read_environment():
     env_cap = os.environ.get("BLOCKSPARSE_MAX_ISA", "").strip()
     if env_cap:
         _State.cap = _parse_isa(env_cap, "BLOCKSPARSE_MAX_ISA")
-    env_threads = os.environ.get("BLOCKSPARSE_NUM_THREADS", "").strip()
-    if env_threads:
-        try:
-            n = int(env_threads)
-        except ValueError:
-            n = 0
-        if n < 1:
-            raise ValueError(f"BLOCKSPARSE_NUM_THREADS={env_threads!r} must be a positive integer")
-        _State.num_threads = n
+    _read_threads_env()
     _State.verbose = os.environ.get("BLOCKSPARSE_VERBOSE", "").strip() not in ("", "0")
 
 
@@ -216,9 +208,17 @@ def set_num_threads(n):
 
 
 def _read_threads_env():
+    """Set the thread count from BLOCKSPARSE_NUM_THREADS, if given."""
     env_threads = os.environ.get("BLOCKSPARSE_NUM_THREADS", "").strip()
-    if env_threads.isdigit() and int(env_threads) > 0:
-        _State.num_threads = int(env_threads)
+    if not env_threads:
+        return
+    try:
+        n = int(env_threads)
+    except ValueError:
+        n = 0
+    if n < 1:
+        raise ValueError(f"BLOCKSPARSE_NUM_THREADS={env_threads!r} must be a positive integer")
+    _State.num_threads = n
 
 
 def _log_kernel(name, isa, detail):

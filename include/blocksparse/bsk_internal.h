@@ -30,14 +30,6 @@ typedef uint32_t bsk_v16u __attribute__((vector_size(64)));
 typedef float bsk_v16f_u __attribute__((vector_size(64), aligned(4)));
 typedef int32_t bsk_v16i_u __attribute__((vector_size(64), aligned(4)));
 
-/* Token permutation of the (4, 1) activation panel, see spmm_u8s8 kernels:
- * panel position p holds token ((p >> 2) & 3) << 4 | (p >> 4) << 2 | (p & 3).
- * The map swaps two 2-bit fields, so it is its own inverse. */
-BSK_INLINE int bsk_perm64(int p)
-{
-    return (((p >> 2) & 3) << 4) | ((p >> 4) << 2) | (p & 3);
-}
-
 BSK_INLINE void *bsk_alloc(size_t bytes)
 {
     size_t rounded = (bytes + 63) / 64 * 64;

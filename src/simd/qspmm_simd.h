@@ -79,7 +79,6 @@ static void pack_row(const uint8_t *X, int64_t ldx, int64_t K, int64_t N,
 {
     const int64_t G = K / 4, n0 = t * NT_ROW;
     uint8_t *pt = P + t * G * NT_ROW * 4;
-    const int64_t cnt = N - n0 < NT_ROW ? N - n0 : NT_ROW;
     uint8_t rows[4][CHUNK];
     for (int64_t g = g0; g < g1; g++) {
         uint8_t *dst = pt + g * NT_ROW * 4;
@@ -113,7 +112,6 @@ static void pack_row(const uint8_t *X, int64_t ldx, int64_t K, int64_t N,
             for (int v = 0; v < 4; v++)
                 QV_STORE(dst + c * CHUNK * 4 + v * QV_BYTES, x[v]);
         }
-        (void)cnt;
     }
 }
 

@@ -36,15 +36,19 @@ ISA_PROBES = {
     "avx_vnni": "__m256i f(__m256i a){return _mm256_dpbusd_avx_epi32(a, a, a);}",
     "avx512_vnni": "__m512i f(__m512i a){return _mm512_dpbusd_epi32(a, a, a);}",
 }
-# (library suffix, sources) per ISA; "_f" libraries hold the float kernels.
+# (library suffix, sources) per ISA; "_f" libraries hold the float kernels, "_p" the
+# ceiling probes, which only blocksparse.bench._probes calls.
 ISA_SOURCES = {
     "avx2": {"f": ["src/avx2/spmm_float_avx2.c", "src/avx2/spmm_double_avx2.c"],
-             "q": ["src/avx2/qspmm_avx2.c", "src/avx2/quantize_avx2.c"]},
-    "avx_vnni": {"q": ["src/avxvnni/qspmm_avxvnni.c", "src/avxvnni/quantize_avxvnni.c"]},
+             "q": ["src/avx2/qspmm_avx2.c", "src/avx2/quantize_avx2.c"],
+             "p": ["src/probe/probe_avx2.c"]},
+    "avx_vnni": {"q": ["src/avxvnni/qspmm_avxvnni.c", "src/avxvnni/quantize_avxvnni.c"],
+                 "p": ["src/probe/probe_avxvnni.c"]},
     "avx512_vnni": {"f": ["src/avx512vnni/spmm_float_avx512vnni.c",
                           "src/avx512vnni/spmm_double_avx512vnni.c"],
                     "q": ["src/avx512vnni/qspmm_avx512vnni.c",
-                          "src/avx512vnni/quantize_avx512vnni.c"]},
+                          "src/avx512vnni/quantize_avx512vnni.c"],
+                    "p": ["src/probe/probe_avx512vnni.c"]},
 }
 
 
@@ -95,7 +99,10 @@ exact = ["-ffp-contract=off"]
 libraries = [("bsk_core", {"sources": ["src/dispatch.c", "src/ref/spmm_scalar.c", "src/ref/quantize_scalar.c"]
                            + sorted(glob.glob("src/nn/*.c")),
                            "include_dirs": ["include"], "macros": macros,
-                           "cflags": base_cflags + exact})]
+                           "cflags": base_cflags + exact}),
+             # before the ISA libraries: the linker resolves its calls into them
+             ("bsk_probe", {"sources": ["src/probe/probe.c"], "include_dirs": ["include"],
+                            "macros": macros, "cflags": base_cflags})]
 for isa in built_isas:
     for kind, sources in ISA_SOURCES[isa].items():
         flags = base_cflags + ISA_FLAGS[isa] + (exact if kind == "q" else ["-ffp-contract=fast"])
@@ -139,6 +146,13 @@ extensions = [Extension(
     # relink when a kernel source or header changes (build_clib rebuilds them)
     depends=sorted(glob.glob("src/**/*.[ch]", recursive=True)
                    + glob.glob("include/**/*.h", recursive=True)),
+), Extension(
+    "blocksparse.bench._probes",
+    sources=["blocksparse/bench/_probes.pyx"],
+    include_dirs=["include"],
+    extra_compile_args=[f for f in base_cflags if f not in ("-Wall", "-fvisibility=hidden")],
+    extra_link_args=link_args,
+    depends=sorted(glob.glob("src/probe/*.[ch]") + ["include/blocksparse/bsk_probe.h"]),
 )]
 
 setup(

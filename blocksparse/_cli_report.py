@@ -171,6 +171,10 @@ def _plain_table(title, header, rows, file):
 def print_suite_table(entry, plain=False, file=None):
     """Print one suite's records: case, time, best peer, speedup.
 
+    Records with ``contenders`` (``{name: {"min_s", "median_s", ...}}``)
+    get one column per contender with its min and median; the caption
+    carries the suite's ``quiet`` note when there is one.
+
     Parameters
     ----------
     entry : dict
@@ -181,8 +185,20 @@ def print_suite_table(entry, plain=False, file=None):
         Standard output by default.
     """
     file = file if file is not None else sys.stdout
-    header, rows = _table_rows(entry["records"])
-    title = f"{entry['name']}  (speedup = best peer's time / blocksparse's time)"
+    records = entry["records"]
+    if records and all(isinstance(r.get("contenders"), dict) and r["contenders"]
+                       for r in records):
+        from .bench._common import contender_cells
+        header, rows = contender_cells(records)
+        caption = ("speedup = best peer's time / blocksparse's, the median of per-round "
+                   "ratios; % ceiling: of the machine's measured ceiling")
+    else:
+        header, rows = _table_rows(records)
+        caption = "speedup = best peer's time / blocksparse's time"
+    quiet = (entry.get("quiet") or {}).get("note")
+    if quiet:
+        caption += "\n" + quiet
+    title = f"{entry['name']}  ({caption.splitlines()[0]})"
     if not rows:
         print(f"{entry['name']}: no records", file=file)
         return
@@ -194,8 +210,7 @@ def print_suite_table(entry, plain=False, file=None):
         except ImportError:
             Console = None
         if Console is not None:
-            table = Table(title=entry["name"], title_justify="left",
-                          caption="speedup = best peer's time / blocksparse's time",
+            table = Table(title=entry["name"], title_justify="left", caption=caption,
                           caption_justify="left")
             for i, h in enumerate(header):
                 table.add_column(h, justify="left" if i == 0 else "right",
@@ -206,95 +221,18 @@ def print_suite_table(entry, plain=False, file=None):
             Console(file=file, width=width).print(table)
             return
     _plain_table(title, header, rows, file)
+    if quiet:
+        print(quiet, file=file)
     print(file=file)
 
 
-# Record fields that split a suite's plot into panels, and lines within a panel,
-# when their values vary.
-_FACETS = ("blocksize", "threads")
-_LINE_KEYS = ("N", "dtype", "path")
-
-
-def _fmt_value(key, value):
-    if key == "blocksize" and isinstance(value, (list, tuple)):
-        return f"({', '.join(map(str, value))})"
-    return str(value)
-
-
-def _panels(suite):
-    """{panel title: {line label: [(sparsity, speedup), ...]}} for one suite."""
-    usable = [r for r in suite["records"]
-              if isinstance(r.get("sparsity"), (int, float)) and
-              isinstance(r.get("speedup"), (int, float))]
-
-    def varies(key):
-        return len({_fmt_value(key, r.get(key)) for r in usable}) > 1
-
-    facets = [k for k in _FACETS if varies(k)]
-    extra = [k for k in _LINE_KEYS if varies(k)]
-    panels = {}
-    for r in usable:
-        title = str(suite["name"])
-        if facets:
-            title += "\n" + ", ".join(f"{k}={_fmt_value(k, r.get(k))}" for k in facets)
-        label = " ".join([shape_label(r) or "all"] +
-                         [f"{k}={_fmt_value(k, r.get(k))}" for k in extra])
-        panels.setdefault(title, {}).setdefault(label, []).append(
-            (float(r["sparsity"]), float(r["speedup"])))
-    return {t: {lab: sorted(pts) for lab, pts in lines.items()} for t, lines in panels.items()}
-
-
 def plot_speedup(suites, path):
-    """Draw speedup against sparsity: one line per shape, as the paper's figures.
-
-    A suite whose records vary in blocksize or thread count gets one panel
-    per combination; token counts (``N``) and dtypes that vary become
-    separate lines.
-
-    Parameters
-    ----------
-    suites : list of dict
-        Suite results as returned by the benchmark modules.
-    path : str or os.PathLike
-        Image to write (PNG unless the suffix names another format);
-        parent directories are created.
+    """Draw the speedup figure of `suites` into `path` (see :mod:`blocksparse.bench.plot`).
 
     Returns
     -------
     str
         What happened, for the user: the file written, or why not.
     """
-    try:
-        import matplotlib  # noqa: F401  (the package itself first: submodules may be cached)
-        from matplotlib.backends.backend_agg import FigureCanvasAgg
-        from matplotlib.figure import Figure
-    except ImportError:
-        return "matplotlib is not installed: no plot (pip install matplotlib)"
-    panels = [item for s in suites for item in _panels(s).items()]
-    if not panels:
-        return "no record has both a sparsity and a speedup: no plot"
-    ncols = len(panels) if len(panels) <= 3 else 2
-    nrows = -(-len(panels) // ncols)
-    # Figure + Agg canvas, not pyplot: no global state, no display needed.
-    fig = Figure(figsize=(5.4 * ncols, 4.2 * nrows), layout="constrained")
-    FigureCanvasAgg(fig)
-    for i, (title, lines) in enumerate(panels):
-        ax = fig.add_subplot(nrows, ncols, i + 1)
-        for label, pts in lines.items():
-            xs, ys = zip(*pts)
-            ax.plot([100 * x for x in xs], ys, marker="o", label=label)
-        ax.axhline(1.0, color="0.5", linestyle="--", linewidth=1)
-        ys_all = [y for pts in lines.values() for _, y in pts]
-        if min(ys_all) > 0 and max(ys_all) / min(ys_all) > 20:
-            ax.set_yscale("log")
-        else:
-            ax.set_ylim(bottom=0)
-        ax.set_title(title, fontsize=9)
-        ax.set_xlabel("sparsity (% of blocks removed)")
-        ax.set_ylabel("speedup vs best peer")
-        ax.grid(True, alpha=0.3)
-        ax.legend(fontsize=6, ncol=2 if len(lines) > 6 else 1)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100, format=path.suffix.lstrip(".").lower() or "png")
-    return f"wrote {path}"
+    from .bench.plot import plot_suites
+    return plot_suites(suites, path)

@@ -1,7 +1,8 @@
 """The command line: parsing, exit codes, info, bench plumbing, embed/sparsify.
 
-Benchmarks are not run here: ``bench`` is tested against small stub modules
-in a temporary directory, which stands in for the checkout's benchmarks/.
+The real suites are run in tests/test_bench.py; here ``bench`` is tested
+against small stub modules in a temporary directory, which stands in for the
+package's suite directory (blocksparse/bench).
 """
 import argparse
 import json
@@ -167,8 +168,8 @@ def run(args):
 def bench_dir(tmp_path, monkeypatch):
     d = tmp_path / "benchmarks"
     d.mkdir()
-    (d / "bench_spmm_int8.py").write_text(STUB_INT8)
-    (d / "bench_bert.py").write_text(STUB_BERT)
+    (d / "spmm_int8.py").write_text(STUB_INT8)
+    (d / "bert.py").write_text(STUB_BERT)
     monkeypatch.setattr(_cli_bench, "benchmarks_dir", lambda: d)
     return d
 
@@ -240,24 +241,24 @@ def test_bench_list(bench_dir, capsys):
     code, out, _ = run(["bench", "--list"], capsys)
     assert code == 0
     assert "int8" in out and "present" in out
-    assert "bench_spmm_float.py  missing" in out
+    assert "spmm_float.py  missing" in out
 
 
-def test_bench_needs_source_checkout(tmp_path, capsys, monkeypatch):
+def test_bench_without_suite_directory(tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(_cli_bench, "benchmarks_dir", lambda: tmp_path / "nowhere")
     code, _, err = run(["bench", "--out-dir", str(tmp_path)], capsys)
     assert code == 2
-    assert "bench needs a source checkout" in err
+    assert "no benchmark suites at" in err
 
 
 def test_bench_explicit_missing_suite(bench_dir, tmp_path, capsys):
     code, _, err = run(["bench", "--suite", "float", "--out-dir", str(tmp_path)], capsys)
     assert code == 2
-    assert "no bench_spmm_float.py" in err
+    assert "no spmm_float.py" in err
 
 
 def test_bench_default_skips_missing_module(bench_dir, tmp_path, capsys):
-    (bench_dir / "bench_bert.py").unlink()
+    (bench_dir / "bert.py").unlink()
     code, _, err = run(["bench", "--out-dir", str(tmp_path), "--plain"], capsys)
     assert code == 0
     assert "skipping the bert suite" in err
@@ -273,10 +274,10 @@ def test_bench_benchmarks_dir_option(bench_dir, tmp_path, capsys):
 
 
 def test_bench_failing_suite_exits_1_and_keeps_others(bench_dir, tmp_path, capsys):
-    (bench_dir / "bench_bert.py").write_text("def run(args):\n    raise RuntimeError('boom')\n")
+    (bench_dir / "bert.py").write_text("def run(args):\n    raise RuntimeError('boom')\n")
     code, out, err = run(["bench", "--out-dir", str(tmp_path), "--plain"], capsys)
     assert code == 1
-    assert "the bert suite (bench_bert.py) failed: RuntimeError: boom" in err
+    assert "the bert suite (bert.py) failed: RuntimeError: boom" in err
     data = json.loads((tmp_path / "bench.json").read_text())
     assert [s["suite"] for s in data["suites"]] == ["int8"]
     assert data["errors"][0]["suite"] == "bert"
@@ -292,21 +293,21 @@ def test_bench_failing_suite_exits_1_and_keeps_others(bench_dir, tmp_path, capsy
     ("return {'name': 'x', 'records': 'none'}", "'records' as a list"),
 ])
 def test_bench_checks_the_result(body, message, bench_dir, tmp_path, capsys):
-    (bench_dir / "bench_bert.py").write_text(f"def run(args):\n    {body}\n")
+    (bench_dir / "bert.py").write_text(f"def run(args):\n    {body}\n")
     code, _, err = run(["bench", "--suite", "bert", "--out-dir", str(tmp_path)], capsys)
     assert code == 1
     assert re.search(message, err), err
 
 
 def test_bench_module_without_run(bench_dir, tmp_path, capsys):
-    (bench_dir / "bench_bert.py").write_text("x = 1\n")
+    (bench_dir / "bert.py").write_text("x = 1\n")
     code, _, err = run(["bench", "--suite", "bert", "--out-dir", str(tmp_path)], capsys)
     assert code == 1
     assert "has no run(args) function" in err
 
 
 def test_bench_json_sanitises_values(bench_dir, tmp_path, capsys):
-    (bench_dir / "bench_bert.py").write_text(textwrap.dedent('''
+    (bench_dir / "bert.py").write_text(textwrap.dedent('''
         import numpy as np
         def run(args):
             return {"name": "np", "machine": {"x": np.int64(3)}, "records": [
@@ -323,8 +324,8 @@ def test_bench_json_sanitises_values(bench_dir, tmp_path, capsys):
 
 
 def test_real_benchmarks_dir_location():
-    assert _cli_bench.benchmarks_dir() == Path(blocksparse.__file__).resolve().parents[1] / \
-        "benchmarks"
+    assert _cli_bench.benchmarks_dir() == Path(blocksparse.__file__).resolve().parent / "bench"
+    assert (_cli_bench.benchmarks_dir() / "spmm_int8.py").is_file()
 
 
 def test_report_helpers():
@@ -461,7 +462,7 @@ def test_sparsify_then_embed(tmp_path, capsys):
 
 def test_bench_message_progress_and_lead_field_names(bench_dir, tmp_path, capsys):
     """run(args, progress=...) with message strings; best_peer/peer_times_s columns."""
-    (bench_dir / "bench_spmm_int8.py").write_text(textwrap.dedent('''
+    (bench_dir / "spmm_int8.py").write_text(textwrap.dedent('''
         def run(args=None, progress=None):
             recs = []
             for t in (1, 2):
@@ -481,12 +482,12 @@ def test_bench_message_progress_and_lead_field_names(bench_dir, tmp_path, capsys
     assert code == 0, err
     assert "case t=1 (4, 1) 0.8" in err  # the first message is printed
     assert "best peer" in out and "ort" in out and "300.0 us" in out
-    from blocksparse._cli_report import _panels
+    from blocksparse.bench.plot import speedup_panels
     data = json.loads((tmp_path / "bench.json").read_text())
-    panels = _panels(data["suites"][0])
-    assert sorted(panels) == sorted(f"spmm_int8\nblocksize={b}, threads={t}"
-                                    for b in ("(4, 1)", "(1, 4)") for t in (1, 2))
-    assert all(list(lines) == ["768x768"] for lines in panels.values())
+    panels, peers = speedup_panels(data["suites"][0])
+    assert sorted(panels) == [1, 2]  # one panel per thread count
+    assert all(sorted(lines) == ["1x4 N=128", "4x1 N=128"] for lines in panels.values())
+    assert peers == {1: {"ort"}, 2: {"ort"}}
     if _has("matplotlib"):
         assert png.read_bytes()[:4] == b"\x89PNG"
 

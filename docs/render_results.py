@@ -3,13 +3,16 @@
     python docs/render_results.py [RESULTS_DIR] [OUTPUT.rst]
 
 Reads every ``*.json`` in ``docs/results/`` (what ``python -m blocksparse
-bench`` writes, or a single suite dict from one benchmark module's
-``run()``) and writes ``docs/_generated/results.rst``: per file, the machine
-description, one table per suite (case, time, best peer, speedup) and the
-sparsity from which blocksparse beats the best peer for each shape.  The
-plot next to a JSON file (same stem, ``.png``), or else the checkout's
-``bench-results/speedup.png``, is copied to ``docs/_generated/`` and
-embedded.  With no results it writes a short note, so the docs always build.
+bench`` writes, or a single suite dict from one suite's ``run()``) and writes
+``docs/_generated/results.rst``: per file, the machine description, one table
+per suite (case, blocksparse's min / median, the best peer and its min /
+median, the paired speedup, the fraction of the measured ceiling), the
+suite's "quiet machine?" note, and the sparsity from which blocksparse beats
+the best peer for each shape.  The plot next to a JSON file (same stem,
+``.png``) is copied to ``docs/_generated/`` and embedded; without one, the
+figure is drawn from the JSON with :mod:`blocksparse.bench.plot` when
+matplotlib is installed; else the checkout's ``bench-results/speedup.png`` is
+used.  With no results it writes a short note, so the docs always build.
 
 Plain Python (no Sphinx): ``docs/conf.py`` calls :func:`render` on every build.
 """
@@ -90,6 +93,21 @@ def crossover(records):
     return by_shape
 
 
+def _min_med(rec, which):
+    """``"min / median"`` of blocksparse (``which`` None) or of the named peer."""
+    contenders = rec.get("contenders") or {}
+    c = contenders.get(which) if which else next(
+        (v for v in contenders.values() if isinstance(v, dict) and v.get("kind") == "ours"),
+        None)
+    if not isinstance(c, dict):
+        return "-"
+    return f"{_fmt_time(c.get('min_s'))} / {_fmt_time(c.get('median_s'))}"
+
+
+def _pct(v):
+    return f"{100 * v:.0f}%" if isinstance(v, (int, float)) else "-"
+
+
 def _suite_rst(suite):
     records = suite.get("records") or []
     lines = _heading(str(suite.get("name", suite.get("suite", "suite"))), "^")
@@ -98,7 +116,7 @@ def _suite_rst(suite):
     def present(keys):
         return [k for k in keys if any(r.get(k) is not None for r in records)]
 
-    before, after = present(("sparsity", "threads")), present(("peer", "peer_time_s"))
+    before = present(("sparsity", "threads"))
     titles = {"sparsity": "sparsity", "threads": "threads", "peer": "best peer",
               "peer_time_s": "peer time"}
 
@@ -116,11 +134,26 @@ def _suite_rst(suite):
                 out.append(v)
         return out
 
-    header = ["case"] + [titles[k] for k in before] + ["time"] + [titles[k] for k in after] + \
-        ["speedup"]
-    rows = [[r.get("case", "?")] + cells(r, before) + [_fmt_time(r.get("time_s"))] +
-            cells(r, after) + [_fmt_speedup(r.get("speedup"))] for r in records]
+    if all(isinstance(r.get("contenders"), dict) for r in records):
+        pct = present(("ceiling_fraction",))
+        header = ["case"] + [titles[k] for k in before] + [
+            "blocksparse min / median", "best peer", "peer min / median", "speedup"] + \
+            (["% of ceiling"] if pct else [])
+        rows = [[r.get("case", "?")] + cells(r, before) +
+                [_min_med(r, None), r.get("best_peer") or "-",
+                 _min_med(r, r.get("best_peer")) if r.get("best_peer") else "-",
+                 _fmt_speedup(r.get("speedup"))] +
+                ([_pct(r.get("ceiling_fraction"))] if pct else []) for r in records]
+    else:
+        after = present(("peer", "peer_time_s"))
+        header = ["case"] + [titles[k] for k in before] + ["time"] + \
+            [titles[k] for k in after] + ["speedup"]
+        rows = [[r.get("case", "?")] + cells(r, before) + [_fmt_time(r.get("time_s"))] +
+                cells(r, after) + [_fmt_speedup(r.get("speedup"))] for r in records]
     lines += _list_table(header, rows)
+    quiet = (suite.get("quiet") or {}).get("note")
+    if quiet:
+        lines += [_cell(quiet), ""]
     cross = crossover(records)
     if cross:
         lines += ["Where blocksparse starts beating the best peer (speedup >= 1):", ""]
@@ -129,6 +162,15 @@ def _suite_rst(suite):
                                            else "not at the sparsities measured"))
         lines.append("")
     return lines
+
+
+def _draw(suites, png):
+    """Draw the figure of `suites` into `png` with blocksparse.bench.plot; True if drawn."""
+    try:
+        from blocksparse.bench.plot import plot_suites
+    except ImportError:
+        return False
+    return plot_suites(suites, png).startswith("wrote")
 
 
 def _machine_rst(machine):
@@ -180,8 +222,13 @@ def render(results_dir=RESULTS, output=OUTPUT, fallback_png=BENCH_PNG, image_pre
         for suite in suites:
             lines += _suite_rst(suite)
         png = path.with_suffix(".png")
+        drawn = False
         if png.is_file():
             shutil.copyfile(png, output.parent / png.name)
+            drawn = True
+        elif suites:
+            drawn = _draw(suites, output.parent / png.name)
+        if drawn:
             lines += [f".. image:: {image_prefix}{png.name}",
                       f"   :alt: speedup against sparsity, {path.stem}", "   :width: 100%", ""]
             images += 1

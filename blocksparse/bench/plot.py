@@ -6,6 +6,8 @@
 * BERT: speedup against sparsity, one line per (model, batch case);
 * contention (BERT with busy-process levels): each contender's slowdown
   against the number of busy processes;
+* a suite without speedups (no peer installed): its fraction of the measured
+  ceiling against sparsity instead;
 * anything else with ``sparsity`` and ``speedup``: one line per shape.
 
 Every series has its own colour and marker in the whole figure (a legend
@@ -59,11 +61,15 @@ def _series_label(suite, rec):
     return " ".join(p for p in (_shape(rec), label) if p) or "all"
 
 
-def speedup_panels(suite):
-    """``{threads: {label: [(sparsity, geomean, low, high), ...]}}`` and the peers seen."""
+def speedup_panels(suite, field="speedup"):
+    """``{threads: {label: [(sparsity, geomean, low, high), ...]}}`` and the peers seen.
+
+    `field` is the record value drawn: ``"speedup"``, or ``"ceiling_fraction"``
+    when no peer set a bar.
+    """
     panels, peers = {}, {}
     for r in suite.get("records", []):
-        sp, s = r.get("sparsity"), r.get("speedup")
+        sp, s = r.get("sparsity"), r.get(field)
         if not isinstance(sp, (int, float)) or not isinstance(s, (int, float)) or s <= 0:
             continue
         t = r.get("threads")
@@ -121,10 +127,18 @@ def _peer_label(peers):
 
 
 def figure_rows(suites):
-    """The rows of the figure: ``[(title, kind, {threads: lines}, peers)]``."""
+    """The rows of the figure: ``[(title, kind, {threads: lines}, peers)]``.
+
+    A suite without speedups (no peer could set the bar) is drawn as its
+    fraction of the measured ceiling instead (kind ``"ceiling"``).
+    """
     rows = []
     for suite in suites:
         panels, peers = speedup_panels(suite)
+        kind = "speedup"
+        if not panels:
+            panels, peers = speedup_panels(suite, "ceiling_fraction")
+            kind = "ceiling"
         if panels:
             title = str(suite.get("name", suite.get("suite", "")))
             recs = [r for r in suite.get("records", []) if not r.get("model")]
@@ -133,7 +147,7 @@ def figure_rows(suites):
             if merged and len(shapes) > 1:
                 title += f"\ngeomean of {len(shapes)} weight shapes, band: slowest to " \
                          f"fastest shape"
-            rows.append((title, "speedup", panels, peers))
+            rows.append((title, kind, panels, peers))
         cont = contention_panels(suite)
         if cont:
             rows.append((f"{suite.get('name', '')}: under contention", "contention", cont, {}))
@@ -164,7 +178,7 @@ def plot_suites(suites, path):
         return "matplotlib is not installed: no plot (pip install matplotlib)"
     rows = figure_rows(suites)
     if not rows:
-        return "no record has both a sparsity and a speedup: no plot"
+        return "no record has a sparsity with a speedup or a ceiling fraction: no plot"
     threads = sorted({t for _, _, panels, _ in rows for t in panels},
                      key=lambda t: (t is None, t))
     ncols = len(threads)
@@ -183,15 +197,17 @@ def plot_suites(suites, path):
             ys = []
             for label, pts in lines.items():
                 color, marker, ls = style(label)
-                xs = [p[0] * (100 if kind == "speedup" else 1) for p in pts]
-                y = [p[1] for p in pts]
+                xs = [p[0] * (1 if kind == "contention" else 100) for p in pts]
+                y = [p[1] * (100 if kind == "ceiling" else 1) for p in pts]
                 ys += y
                 ax.plot(xs, y, color=color, marker=marker, linestyle=ls, label=label)
-                if kind == "speedup" and any(p[2] != p[3] for p in pts):
-                    ax.fill_between(xs, [p[2] for p in pts], [p[3] for p in pts],
-                                    color=color, alpha=0.12, linewidth=0)
-                    ys += [p[2] for p in pts] + [p[3] for p in pts]
-            ax.axhline(1.0, color="0.5", linestyle="--", linewidth=1)
+                if kind != "contention" and any(p[2] != p[3] for p in pts):
+                    f = 100 if kind == "ceiling" else 1
+                    lo, hi = [p[2] * f for p in pts], [p[3] * f for p in pts]
+                    ax.fill_between(xs, lo, hi, color=color, alpha=0.12, linewidth=0)
+                    ys += lo + hi
+            if kind != "ceiling":
+                ax.axhline(1.0, color="0.5", linestyle="--", linewidth=1)
             if ys and min(ys) > 0 and max(ys) / min(ys) > 20:
                 ax.set_yscale("log")
             else:
@@ -199,6 +215,10 @@ def plot_suites(suites, path):
             if kind == "speedup":
                 ax.set_xlabel("sparsity (% of blocks removed)")
                 ax.set_ylabel(_peer_label(peers.get(t)), fontsize=8)
+            elif kind == "ceiling":
+                ax.set_xlabel("sparsity (% of blocks removed)")
+                ax.set_ylabel("% of the measured ceiling\n(no peer installed to compare with)",
+                              fontsize=8)
             else:
                 ax.set_xlabel("busy-looping processes beside the run")
                 ax.set_ylabel("slowdown (median / median with none)", fontsize=8)

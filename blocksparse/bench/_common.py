@@ -458,6 +458,32 @@ def ours_record(contenders, ours, timed, int8_names):
     return rec
 
 
+def arg(args, name, default):
+    """``args.name``, or `default` when it is missing or None."""
+    value = getattr(args, name, None)
+    return default if value is None else value
+
+
+def spmm_grid(args, shapes, tokens, sparsity, threads, blocksizes):
+    """The SpMM suites' settings from `args` and the module defaults.
+
+    ``quick`` keeps the first two shapes, N = 128 and 90 % sparsity, and times
+    3 rounds of 5 calls (else 5 of 10).  Returns a dict with ``quick``,
+    ``shapes``, ``tokens``, ``sparsity``, ``threads``, ``blocksizes``,
+    ``rounds``, ``calls``.
+    """
+    quick = bool(arg(args, "quick", False))
+    return {"quick": quick,
+            "shapes": [tuple(s) for s in arg(args, "shapes", None) or
+                       (shapes[:2] if quick else shapes)],
+            "tokens": list(arg(args, "tokens", None) or ([128] if quick else tokens)),
+            "sparsity": list(arg(args, "sparsity", None) or ([0.9] if quick else sparsity)),
+            "threads": list(arg(args, "threads", None) or threads),
+            "blocksizes": [tuple(b) for b in arg(args, "blocksizes", None) or blocksizes],
+            "rounds": int(arg(args, "rounds", None) or (3 if quick else 5)),
+            "calls": int(arg(args, "calls", None) or (5 if quick else 10))}
+
+
 def say(progress, message):
     """Send `message` to a progress callable, if any."""
     if progress is not None:

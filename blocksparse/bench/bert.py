@@ -35,9 +35,8 @@ import time
 
 import numpy as np
 
-import blocksparse
 from . import ceiling as _ceiling
-from ._common import (contender_stats, contenders_table, format_table, interleave,
+from ._common import (arg, contender_stats, contenders_table, format_table, interleave,
                       machine_description, ours_record, paired_ratio, say, thread_limits,
                       time_call)
 from ._contention import busy_processes
@@ -104,11 +103,6 @@ def _cosine(a, b):
     return float(np.mean(num / np.maximum(den, 1e-30)))
 
 
-def _arg(args, name, default):
-    value = getattr(args, name, None)
-    return default if value is None else value
-
-
 # ---- per-op breakdown -----------------------------------------------------------------
 
 def layer_breakdown(threads, repeat, sparsity=0.9, seed=0):
@@ -166,27 +160,27 @@ def layer_breakdown(threads, repeat, sparsity=0.9, seed=0):
 # ---- the run -------------------------------------------------------------------------------
 
 def _settings(args):
-    quick = bool(_arg(args, "quick", False))
-    models = list(_arg(args, "models", None) or (QUICK_MODELS if quick else DEFAULT_MODELS))
+    quick = bool(arg(args, "quick", False))
+    models = list(arg(args, "models", None) or (QUICK_MODELS if quick else DEFAULT_MODELS))
     unknown = [m for m in models if m not in MODELS]
     if unknown:
         raise ValueError(f"models: unknown {unknown}; choose from {list(MODELS)}")
-    peers = _arg(args, "peers", None)
+    peers = arg(args, "peers", None)
     peers = list(DEFAULT_PEERS if peers is None else [p for p in peers if p in PEERS])
-    levels = sorted({0, *(int(c) for c in (_arg(args, "contention", None) or [0]))})
+    levels = sorted({0, *(int(c) for c in (arg(args, "contention", None) or [0]))})
     if levels[0] < 0:
         raise ValueError("contention: busy process counts must be >= 0")
     return {
         "quick": quick, "models": models,
-        "sparsity": list(_arg(args, "sparsity", None) or ([0.9] if quick else SPARSITY)),
-        "threads": list(_arg(args, "threads", None) or THREADS),
+        "sparsity": list(arg(args, "sparsity", None) or ([0.9] if quick else SPARSITY)),
+        "threads": list(arg(args, "threads", None) or THREADS),
         "cases": {"latency": BATCHES["latency"]} if quick else dict(BATCHES),
-        "seq": int(_arg(args, "seq", None) or SEQ),
+        "seq": int(arg(args, "seq", None) or SEQ),
         "peers": peers, "contention": levels,
         # (rounds, calls per round) per case
         "timing": {"latency": (3, 3) if quick else (5, 4),
                    "throughput": (2, 1) if quick else (3, 2)},
-        "breakdown": bool(_arg(args, "breakdown", not quick)),
+        "breakdown": bool(arg(args, "breakdown", not quick)),
     }
 
 

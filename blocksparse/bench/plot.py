@@ -18,6 +18,8 @@ with matplotlib's Agg canvas (no pyplot, no display).
 import math
 from pathlib import Path
 
+from .._cli_report import shape_label
+
 # 16 clearly different colours: matplotlib's tab10 and six more.
 COLORS = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2",
           "#7f7f7f", "#bcbd22", "#17becf", "#000000", "#b15928", "#6a3d9a", "#33a02c",
@@ -36,20 +38,11 @@ def _bs(rec):
     return f"{b[0]}x{b[1]}" if isinstance(b, (list, tuple)) and len(b) == 2 else None
 
 
-def _shape(rec):
-    if rec.get("shape") is not None:
-        s = rec["shape"]
-        return "x".join(map(str, s)) if isinstance(s, (list, tuple)) else str(s)
-    if rec.get("M") is not None and rec.get("K") is not None:
-        return f"{rec['M']}x{rec['K']}"
-    return None
-
-
 def _series_label(suite, rec):
     """Which line a record belongs to, by the kind of suite."""
     key = suite.get("suite")
     if key == "bert" or rec.get("model"):
-        return f"{rec.get('model', _shape(rec))} {rec.get('path', '')}".strip()
+        return f"{rec.get('model', shape_label(rec))} {rec.get('path', '')}".strip()
     parts = [_bs(rec)]
     if rec.get("form"):
         parts.append(rec["form"])
@@ -58,7 +51,7 @@ def _series_label(suite, rec):
     label = " ".join(p for p in parts if p)
     if key in ("int8", "float") and label:
         return label
-    return " ".join(p for p in (_shape(rec), label) if p) or "all"
+    return " ".join(p for p in (shape_label(rec), label) if p) or "all"
 
 
 def speedup_panels(suite, field="speedup"):
@@ -142,8 +135,8 @@ def figure_rows(suites):
         if panels:
             title = str(suite.get("name", suite.get("suite", "")))
             recs = [r for r in suite.get("records", []) if not r.get("model")]
-            shapes = {_shape(r) for r in recs} - {None}
-            merged = not any(_shape(r) and _shape(r) in _series_label(suite, r) for r in recs)
+            shapes = {shape_label(r) for r in recs} - {None}
+            merged = not any(shape_label(r) and shape_label(r) in _series_label(suite, r) for r in recs)
             if merged and len(shapes) > 1:
                 title += f"\ngeomean of {len(shapes)} weight shapes, band: slowest to " \
                          f"fastest shape"

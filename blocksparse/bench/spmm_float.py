@@ -34,9 +34,9 @@ import numpy as np
 
 import blocksparse
 from . import ceiling as _ceiling
-from ._common import (contender_stats, contenders_table, format_table, interleave,
-                      machine_description, ours_record, paired_ratio, say,
-                      blas_limits_available)
+from ._common import (arg, blas_limits_available, contender_stats, contenders_table,
+                      format_table, interleave, machine_description, ours_record,
+                      paired_ratio, say, spmm_grid)
 
 SHAPES = [(768, 768), (3072, 768), (768, 3072), (1024, 4096)]
 TOKENS = [128, 384]
@@ -48,25 +48,6 @@ OURS = "blocksparse"
 
 TARGET_VS_SCIPY = 10.0   # issue 2: at 90 % sparsity, one thread
 TARGET_SCALING = 1.7     # issue 2: one -> two threads
-
-
-def _arg(args, name, default):
-    value = getattr(args, name, None)
-    return default if value is None else value
-
-
-def grid(args):
-    """(shapes, tokens, sparsities, threads, blocksizes, forms, rounds, calls)."""
-    quick = bool(_arg(args, "quick", False))
-    shapes = [tuple(s) for s in _arg(args, "shapes", None) or (SHAPES[:2] if quick else SHAPES)]
-    tokens = list(_arg(args, "tokens", None) or ([128] if quick else TOKENS))
-    sparsity = list(_arg(args, "sparsity", None) or ([0.9] if quick else SPARSITY))
-    threads = list(_arg(args, "threads", None) or THREADS)
-    blocksizes = [tuple(b) for b in _arg(args, "blocksizes", None) or BLOCKSIZES]
-    forms = list(_arg(args, "forms", None) or FORMS)
-    rounds = int(_arg(args, "rounds", None) or (3 if quick else 5))
-    calls = int(_arg(args, "calls", None) or (5 if quick else 10))
-    return shapes, tokens, sparsity, threads, blocksizes, forms, rounds, calls
 
 
 def _key(name, sparsity=None, blocksize=None, threads=None):
@@ -96,9 +77,11 @@ def run(args=None, progress=None):
         ``{"name", "machine", "ceiling", "records", "summary", "settings", "table"}``.
     """
     args = args or argparse.Namespace()
-    shapes, tokens, sparsities, threads_list, blocksizes, forms, rounds, calls = grid(args)
-    quick = bool(_arg(args, "quick", False))
-    wanted = _arg(args, "peers", None)
+    g = spmm_grid(args, SHAPES, TOKENS, SPARSITY, THREADS, BLOCKSIZES)
+    quick, shapes, tokens, threads_list = g["quick"], g["shapes"], g["tokens"], g["threads"]
+    sparsities, blocksizes, rounds, calls = g["sparsity"], g["blocksizes"], g["rounds"], g["calls"]
+    forms = list(arg(args, "forms", None) or FORMS)
+    wanted = arg(args, "peers", None)
     wanted = ("scipy_bsr_f32", "numpy_f32") if wanted is None else tuple(wanted)
     say(progress, "measuring the ceilings")
     ceiling = _ceiling.measure(threads_list, quick=quick)

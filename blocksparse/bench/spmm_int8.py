@@ -27,9 +27,10 @@ import numpy as np
 
 import blocksparse
 from . import ceiling as _ceiling
-from ._common import (contender_stats, contenders_table, format_table, geomean, interleave,
-                      machine_description, ours_record, paired_ratio, say)
-from .peers import ALL_PEERS, INT8_PEERS, dense_peers
+from ._common import (arg, contender_stats, contenders_table, format_table, geomean,
+                      interleave, machine_description, ours_record, paired_ratio, say,
+                      spmm_grid)
+from .peers import ALL_PEERS, dense_peers
 
 SHAPES = [(768, 768), (3072, 768), (768, 3072), (1024, 1024), (4096, 1024), (1024, 4096)]
 TOKENS = [128, 384]
@@ -37,24 +38,6 @@ SPARSITY = [0.7, 0.8, 0.9]
 BLOCKSIZES = [(4, 1), (1, 4)]
 THREADS = [1, 2]
 OURS = "blocksparse"
-
-
-def _arg(args, name, default):
-    value = getattr(args, name, None)
-    return default if value is None else value
-
-
-def grid(args):
-    """(shapes, tokens, sparsities, threads, blocksizes, rounds, calls) for `args`."""
-    quick = bool(_arg(args, "quick", False))
-    shapes = [tuple(s) for s in _arg(args, "shapes", None) or (SHAPES[:2] if quick else SHAPES)]
-    tokens = list(_arg(args, "tokens", None) or ([128] if quick else TOKENS))
-    sparsity = list(_arg(args, "sparsity", None) or ([0.9] if quick else SPARSITY))
-    threads = list(_arg(args, "threads", None) or THREADS)
-    blocksizes = [tuple(b) for b in _arg(args, "blocksizes", None) or BLOCKSIZES]
-    rounds = int(_arg(args, "rounds", None) or (3 if quick else 5))
-    calls = int(_arg(args, "calls", None) or (5 if quick else 10))
-    return shapes, tokens, sparsity, threads, blocksizes, rounds, calls
 
 
 def _ours_key(sparsity, blocksize, threads):
@@ -86,9 +69,10 @@ def run(args=None, progress=None):
         "peer_info", "settings", "table"}``.
     """
     args = args or argparse.Namespace()
-    shapes, tokens, sparsities, threads_list, blocksizes, rounds, calls = grid(args)
-    quick = bool(_arg(args, "quick", False))
-    wanted = _arg(args, "peers", None)
+    g = spmm_grid(args, SHAPES, TOKENS, SPARSITY, THREADS, BLOCKSIZES)
+    quick, shapes, tokens, threads_list = g["quick"], g["shapes"], g["tokens"], g["threads"]
+    sparsities, blocksizes, rounds, calls = g["sparsity"], g["blocksizes"], g["rounds"], g["calls"]
+    wanted = arg(args, "peers", None)
     wanted = ALL_PEERS if wanted is None else tuple(wanted)
     say(progress, "measuring the ceilings")
     ceiling = _ceiling.measure(threads_list, quick=quick)

@@ -110,9 +110,12 @@ def _ort_peer(M, K, N, threads, errors):
 
 def openvino_config(threads):
     """Compile options of every OpenVINO peer: `threads` threads, one stream, f32
-    where not quantized (no automatic bf16), latency mode."""
+    where not quantized (no automatic bf16), latency mode, threads not pinned to
+    cores (like the other contenders', so that none is stuck on a core that a
+    busy process shares)."""
     return {"INFERENCE_NUM_THREADS": int(threads), "NUM_STREAMS": 1,
-            "PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": "f32"}
+            "PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": "f32",
+            "ENABLE_CPU_PINNING": False}
 
 
 def openvino_int8_layers(compiled):

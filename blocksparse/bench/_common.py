@@ -168,8 +168,9 @@ class LoadMonitor:
             tick = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
             busy = (j1[0] - j0[0]) / tick
             capacity = wall * (os.cpu_count() or 1)
-            out["other_cpu_fraction"] = max(0.0, busy - (own1 - own0)) / capacity
-            out["steal_fraction"] = (j1[1] - j0[1]) / tick / capacity
+            # clock ticks are coarse (10 ms): clamp what a short interval rounds past
+            out["other_cpu_fraction"] = min(1.0, max(0.0, busy - (own1 - own0)) / capacity)
+            out["steal_fraction"] = min(1.0, (j1[1] - j0[1]) / tick / capacity)
         return out
 
 
@@ -440,7 +441,8 @@ def ours_record(contenders, ours, timed, int8_names):
 
     Returns ``time_s`` (median), ``time_min_s``, ``best_peer``, ``peer_time_s``,
     ``peer_time_min_s``, ``peer_times_s`` (medians by peer), ``speedup`` (the
-    paired ratio against the best peer) and ``speedup_of_mins``.
+    paired ratio against the best peer), ``speedup_rounds`` (the ratio of each
+    round) and ``speedup_of_mins``.
     """
     me = contenders[ours]
     best = best_peer({n: c for n, c in contenders.items()
@@ -454,6 +456,8 @@ def ours_record(contenders, ours, timed, int8_names):
         rec["peer_time_s"] = contenders[best]["median_s"]
         rec["peer_time_min_s"] = contenders[best]["min_s"]
         rec["speedup"] = paired_ratio(timed[ours], timed[best])
+        rec["speedup_rounds"] = [p / o for o, p in zip(timed[ours]["rounds"],
+                                                       timed[best]["rounds"]) if o > 0]
         rec["speedup_of_mins"] = contenders[best]["min_s"] / me["min_s"]
     return rec
 

@@ -39,19 +39,15 @@ def _bs(rec):
 
 
 def _series_label(suite, rec):
-    """Which line a record belongs to, by the kind of suite."""
-    key = suite.get("suite")
-    if key == "bert" or rec.get("model"):
+    """Which line a record belongs to: the model and case for BERT; else the
+    blocksize, the product form when the suite has several, and N (the shapes
+    are merged), or the shape when the records have none of those."""
+    if suite.get("suite") == "bert" or rec.get("model"):
         return f"{rec.get('model', shape_label(rec))} {rec.get('path', '')}".strip()
-    parts = [_bs(rec)]
-    if rec.get("form"):
-        parts.append(rec["form"])
-    elif rec.get("N") is not None:
-        parts.append(f"N={rec['N']}")
-    label = " ".join(p for p in parts if p)
-    if key in ("int8", "float") and label:
-        return label
-    return " ".join(p for p in (shape_label(rec), label) if p) or "all"
+    forms = {r.get("form") for r in suite.get("records", [])}
+    parts = [_bs(rec), rec.get("form") if len(forms) > 1 else None,
+             f"N={rec['N']}" if rec.get("N") is not None else None]
+    return " ".join(p for p in parts if p) or shape_label(rec) or "all"
 
 
 def speedup_panels(suite, field="speedup"):

@@ -190,8 +190,8 @@ def print_suite_table(entry, plain=False, file=None):
                        for r in records):
         from .bench._common import contender_cells
         header, rows = contender_cells(records)
-        caption = ("speedup = best peer's time / blocksparse's, the median of per-round "
-                   "ratios; % ceiling: of the machine's measured ceiling")
+        caption = ("min / median per contender (% of the ceiling measured in this run); "
+                   "speedup = best peer's time / blocksparse's, the median of per-round ratios")
     else:
         header, rows = _table_rows(records)
         caption = "speedup = best peer's time / blocksparse's time"

@@ -561,8 +561,8 @@ def _num(v):
 
 def contender_cells(records):
     """``(header, rows)`` of strings: per record, every contender's min / median
-    (one time unit for the table; ``!`` marks median / min > 1.25), the best
-    peer, the speedup and the ceiling fraction."""
+    (one time unit for the table; ``!`` marks median / min > 1.25) and its
+    percentage of the ceiling at the median, the best peer and the speedup."""
     names = []
     for r in records:
         for n in r.get("contenders") or {}:
@@ -570,9 +570,7 @@ def contender_cells(records):
                 names.append(n)
     scale, unit = time_unit([c["median_s"] for r in records
                              for c in (r.get("contenders") or {}).values()])
-    pct = any(r.get("ceiling_fraction") is not None for r in records)
-    header = ["case"] + [f"{n} min/med {unit}" for n in names] + ["best peer", "speedup"] + \
-        (["% ceiling"] if pct else [])
+    header = ["case"] + [f"{n} min/med {unit}" for n in names] + ["best peer", "speedup"]
     rows = []
     for r in records:
         row = [str(r["case"])]
@@ -582,12 +580,13 @@ def contender_cells(records):
                 row.append("-")
                 continue
             cell = f"{_num(c['min_s'] * scale)} / {_num(c['median_s'] * scale)}"
-            row.append(cell + ("!" if c.get("spread", 1.0) > NOISY_SPREAD else ""))
+            if c.get("spread", 1.0) > NOISY_SPREAD:
+                cell += "!"
+            if c.get("ceiling_fraction") is not None:
+                cell += f" ({100 * c['ceiling_fraction']:.0f}%)"
+            row.append(cell)
         sp = r.get("speedup")
         row += [str(r.get("best_peer") or "-"), "-" if sp is None else f"{sp:.2f}x"]
-        if pct:
-            cf = r.get("ceiling_fraction")
-            row.append("-" if cf is None else f"{100 * cf:.0f}%")
         rows.append(row)
     return header, rows
 
@@ -597,5 +596,6 @@ def contenders_table(records):
     header, rows = contender_cells(records)
     cols = [(h, i, "s") for i, h in enumerate(header)]
     text = format_table([dict(enumerate(r)) for r in rows], cols)
-    return text + (f"\n(min / median per contender; '!': median / min > {NOISY_SPREAD:g}; "
-                   f"speedup: best peer / ours, the median of per-round ratios)")
+    return text + (f"\n(min / median per contender, (% of the ceiling at the median); '!': "
+                   f"median / min > {NOISY_SPREAD:g}; speedup: best peer / ours, the median of "
+                   f"per-round ratios)")

@@ -243,7 +243,8 @@ def run(args=None, progress=None):
         ceil = _ceiling.vnni_ceiling(ceiling, r["threads"])
         for cname, c in r["contenders"].items():
             work = r["linear_macs"] if cname == OURS else r["linear_macs_dense"]
-            c["ceiling_fraction"] = work / c["median_s"] / ceil if ceil else None
+            c["ceiling_fraction"] = work / c["median_s"] / ceil \
+                if ceil and c["kind"] != "float" else None
         r["ceiling_fraction"] = r["contenders"][OURS]["ceiling_fraction"]
     result = {"name": "BERT encoder end to end (INT8, (4, 1) blocks)",
               "machine": machine_description(), "ceiling": ceiling, "records": records,

@@ -146,7 +146,7 @@ def _refresh_fractions(records, ceiling):
     for r in records:
         ceil = _ceiling.vnni_ceiling(ceiling, r["threads"])
         for name, c in r["contenders"].items():
-            if not ceil:
+            if not ceil or c.get("kind") == "float":  # a float product is not INT8 work
                 c.pop("ceiling_fraction", None)
                 c.pop("ceiling_fraction_of_min", None)
                 continue

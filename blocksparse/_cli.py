@@ -307,9 +307,17 @@ def main(argv=None):
         return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 2)
     args.argv = list(sys.argv[1:] if argv is None else argv)
     sub = _subparser(parser, args.command)
+    # A BLOCKSPARSE_* variable the package rejected is a usage error; `info` still
+    # prints its report first, since that is where one looks for the cause.
+    from . import _config
+    env_problems = list(_config.environment_problems().values())
     try:
+        if env_problems and args.command != "info":
+            raise UsageError(env_problems[0])
         module = importlib.import_module(f"blocksparse.{args.command_module}")
         status = getattr(module, args.command_func)(args)
+        if env_problems:
+            raise UsageError("; ".join(env_problems))
         return 0 if status is None else int(status)
     except UsageError as exc:
         sub.print_usage(sys.stderr)

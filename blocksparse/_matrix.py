@@ -6,6 +6,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from . import _config, _kernels, _pack
+from ._protocol import NumpyProtocol
 
 __all__ = ["BlockSparseMatrix", "issparse_block"]
 
@@ -82,7 +83,7 @@ def issparse_block(x):
     return isinstance(x, BlockSparseMatrix)
 
 
-class BlockSparseMatrix:
+class BlockSparseMatrix(NumpyProtocol):
     """A 2-D matrix stored in block compressed sparse row (block-CSR) form.
 
     The layout is exactly SciPy's BSR: a matrix of shape ``(M, K)`` is cut
@@ -137,6 +138,12 @@ class BlockSparseMatrix:
     assignment, sparse + sparse and sparse @ sparse are not supported;
     convert with :meth:`to_scipy` for those.
 
+    With NumPy: ``np.dot`` and ``np.matmul`` compute the product (so
+    ``X @ W`` works for an ndarray ``X``); ``np.asarray(W)``, other ufuncs
+    and NumPy functions, and comparisons (``W == V``) raise
+    :class:`TypeError` naming :meth:`toarray` and :meth:`to_scipy`, instead
+    of building object arrays.
+
     Examples
     --------
     >>> import numpy as np
@@ -149,9 +156,6 @@ class BlockSparseMatrix:
     >>> (W @ np.ones(4, dtype=np.float32)).tolist()
     [1.0, 1.0, 0.0, 0.0]
     """
-
-    # NumPy operators return NotImplemented, so ndarray @ W reaches __rmatmul__
-    __array_ufunc__ = None
 
     def __init__(self, arg, shape=None, blocksize=None, dtype=None, copy=False):
         if dtype is not None:
@@ -230,19 +234,20 @@ class BlockSparseMatrix:
                   indptr.astype(idt), (M, K), (R, C))
 
     def _from_scipy(self, S, blocksize, dtype):
+        if S.ndim != 2:
+            raise ValueError(f"a scipy.sparse input must be 2-D, got {S.ndim}-D")
         if blocksize is None:
             blocksize = S.blocksize if S.format == "bsr" else _default_blocksize(S.shape)
         R, C = _check_blocksize(blocksize, S.shape)
         dt = dtype or _check_dtype(S.dtype, "the input's dtype")
-        if S.format == "bsr" and S.blocksize != (R, C):
-            S = S.tocsr()  # scipy ignores blocksize= for a BSR input of another blocksize
-        B = sp.bsr_array(S, blocksize=(R, C), copy=True)
-        B.sum_duplicates()
-        B.sort_indices()
-        data = _cast_values(B.data, dt, "the input's data")
-        idt = _index_dtype(data.shape[0], B.shape[1] // C)
-        self._set(np.ascontiguousarray(data).reshape(-1, R, C), B.indices.astype(idt),
-                  B.indptr.astype(idt), B.shape, (R, C))
+        # every index is checked before anything is converted (scipy's C++ conversions
+        # trust them), and nothing is allocated by the declared shape alone
+        from ._scipy_input import blocks_from_scipy
+        data, indices, indptr = blocks_from_scipy(S, (R, C))
+        data = _cast_values(data, dt, "the input's data")
+        idt = _index_dtype(data.shape[0], S.shape[1] // C)
+        self._set(np.ascontiguousarray(data), indices.astype(idt), indptr.astype(idt),
+                  S.shape, (R, C))
 
     def _from_triple(self, data, indices, indptr, shape, blocksize, dtype):
         if shape is None:

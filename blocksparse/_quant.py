@@ -17,6 +17,7 @@ import numpy as np
 
 from . import _config, _kernels
 from ._matrix import BlockSparseMatrix, _as_operand
+from ._protocol import NumpyProtocol
 
 __all__ = ["QuantizedMatrix", "quantize", "quantize_activations", "calibrate", "linear"]
 
@@ -45,7 +46,7 @@ def _zero_point(value, name):
     return arr.astype(np.int32)
 
 
-class QuantizedMatrix:
+class QuantizedMatrix(NumpyProtocol):
     """Block-sparse INT8 weights with per-row scales, packed for the kernels.
 
     Made by :func:`quantize`.  ``Wq.dequantize()`` gives back float32;
@@ -62,6 +63,8 @@ class QuantizedMatrix:
     shape, blocksize, nnzb, density
         Those of `weight`.
     """
+
+    _dense_hint = "dequantize().toarray()"
 
     def __init__(self, weight, scale):
         if not isinstance(weight, BlockSparseMatrix) or weight.dtype != np.int8:

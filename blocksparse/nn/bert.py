@@ -508,7 +508,8 @@ class BertModel:
         input_ids : array_like of int, shape (batch, seq) or (seq,)
         attention_mask : array_like of shape (batch, seq), optional
             1 (or True) for real tokens, 0 for padding; padded keys get
-            attention weight exactly 0.  All ones if omitted.
+            attention weight exactly 0.  All ones if omitted; other values
+            (NaN, -1, 2) raise ValueError.
         token_type_ids : array_like of int, shape (batch, seq), optional
             Segment ids (BERT); zeros if omitted.
 

@@ -21,7 +21,7 @@ import os
 import sys
 import traceback
 
-__all__ = ["main", "build_parser", "UsageError"]
+__all__ = ["main", "build_parser", "UsageError", "output_file"]
 
 PROG = "blocksparse"
 SUITES = ("int8", "float", "bert")
@@ -31,6 +31,40 @@ DEFAULT_OUT_DIR = "bench-results"
 
 class UsageError(Exception):
     """A problem with how the command was called: exit status 2."""
+
+
+def output_file(value, option, suffix=None):
+    """The file an output option names, refusing a directory.
+
+    Parameters
+    ----------
+    value : str
+        The option's value.
+    option : str
+        Its name, for the message (``"--output"``).
+    suffix : str, optional
+        Appended when the name lacks it (what ``np.save`` would do, said aloud).
+
+    Returns
+    -------
+    pathlib.Path
+
+    Raises
+    ------
+    UsageError
+        If the path (with the suffix) is an existing directory or ends with
+        a path separator.
+    """
+    from pathlib import Path
+    if value.endswith(("/", os.sep)):
+        raise UsageError(f"{option} {value!r} must be a file path, not a directory")
+    path = Path(value)
+    if suffix and path.suffix != suffix:
+        path = path.with_name(path.name + suffix)
+    if path.is_dir() or Path(value).is_dir():
+        raise UsageError(f"{option} {value!r} is a directory; give a file path (for example "
+                         f"one inside it)")
+    return path
 
 
 # ---- value parsers (argparse ``type=`` callables) -------------------------------------

@@ -8,6 +8,8 @@ import sys
 import time
 from pathlib import Path
 
+from ._atomic import replacing
+
 __all__ = ["Progress", "print_suite_table", "plot_speedup", "format_time", "format_speedup",
            "shape_label"]
 
@@ -296,5 +298,6 @@ def plot_speedup(suites, path):
         ax.legend(fontsize=6, ncol=2 if len(lines) > 6 else 1)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100, format=path.suffix.lstrip(".").lower() or "png")
+    with replacing(path) as tmp:  # atomic, as every output (docs/guarantees.rst)
+        fig.savefig(tmp, dpi=100, format=path.suffix.lstrip(".").lower() or "png")
     return f"wrote {path}"

@@ -46,6 +46,8 @@ import numbers
 import os
 import re
 import secrets
+import shutil
+import tempfile
 
 import numpy as np
 
@@ -61,7 +63,8 @@ WEIGHTS_NAME = "model.safetensors"
 INDEX_NAME = "model.safetensors.index.json"
 _PREFIXES = ("", "bert.", "distilbert.", "model.")
 _OWN_WEIGHTS = re.compile(r"model-[0-9a-f]{16}\.safetensors")
-_OWN_TEMP = re.compile(r"\.(config\.json|model-[0-9a-f]{16}\.safetensors)\..+\.tmp")
+_OWN_TEMP = re.compile(r"\.config\.json\..+\.tmp")  # _atomic.replacing's temporary files
+_OWN_TEMP_DIR = re.compile(r"\.blocksparse-[A-Za-z0-9_]+")  # where the weights are written
 _ACTS = {"gelu": "gelu", "relu": "relu"}
 
 
@@ -640,9 +643,21 @@ def write_checkpoint(directory, tensors, config):
     os.makedirs(directory, exist_ok=True)
     with _locked(directory):
         name = f"model-{secrets.token_hex(8)}.safetensors"
-        with replacing(os.path.join(directory, name)) as tmp:
-            save(tensors, tmp, metadata={"format": "blocksparse",
-                                         "format_version": str(FORMAT_VERSION)})
+        # safetensors writes through temporary files of its own: in a private folder
+        # inside the directory, so that everything a killed save leaves is recognisable
+        work = tempfile.mkdtemp(dir=directory, prefix=".blocksparse-")
+        try:
+            part = os.path.join(work, name)
+            save(tensors, part, metadata={"format": "blocksparse",
+                                          "format_version": str(FORMAT_VERSION)})
+            fd = os.open(part, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            os.replace(part, os.path.join(directory, name))
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
         config = dict(config, blocksparse=dict(config["blocksparse"], weights=name))
         with replacing(os.path.join(directory, CONFIG_NAME)) as tmp:
             with open(tmp, "w", encoding="utf-8") as f:
@@ -666,6 +681,8 @@ def _remove_stale(directory, keep):
         if fn == WEIGHTS_NAME or (_OWN_WEIGHTS.fullmatch(fn) and fn != keep) or \
                 _OWN_TEMP.fullmatch(fn):
             stale.add(fn)
+        elif _OWN_TEMP_DIR.fullmatch(fn) and not os.path.islink(os.path.join(directory, fn)):
+            shutil.rmtree(os.path.join(directory, fn), ignore_errors=True)
     stale.discard(keep)
     for fn in sorted(stale):
         with contextlib.suppress(FileNotFoundError, IsADirectoryError, PermissionError):

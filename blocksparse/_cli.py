@@ -119,8 +119,11 @@ def positive_int(text):
 
 
 def thread_list(text):
-    """Comma-separated thread counts, e.g. ``1,2``."""
-    return [_positive_int(t, "thread count") for t in _items(text, "threads")]
+    """Comma-separated thread counts, e.g. ``1,2`` (each at most 4096, as set_num_threads)."""
+    counts = [_positive_int(t, "thread count") for t in _items(text, "threads")]
+    if max(counts) > 4096:
+        raise argparse.ArgumentTypeError(f"a thread count must be at most 4096, got {text!r}")
+    return counts
 
 
 def shape_list(text):

@@ -204,3 +204,8 @@ def test_sparsify_force_leaves_nothing_stale(tiny, tmp_path, capsys):
     assert (dst / "tokenizer.json").read_text() == "new tokenizer"
     assert sorted(p.name for p in (dst / "1_Pooling").iterdir()) == ["config.json"]
     assert nn.BertModel.from_pretrained(dst).sparsity == 0.5
+
+
+def test_bench_thread_counts_are_bounded_at_parse_time(capsys):
+    code, _, err = run(["bench", "--threads", "1,100000"], capsys)
+    assert code == 2 and "a thread count must be at most 4096, got '1,100000'" in err

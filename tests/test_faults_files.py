@@ -128,12 +128,12 @@ def test_kill_9_during_save_pretrained_leaves_a_loadable_checkpoint(saver):
     seen, debris, t0 = {"old": 0, "new": 0}, 0, time.perf_counter()
     current = which(directory, outputs)
     # each round: a child starts replacing the current model by the other one and is
-    # killed at a random moment within about one save (its fork and start included)
+    # killed at a random moment within about two saves (its fork and start included)
     for _ in range(KILLS):
         new = "b" if current == "a" else "a"
         proc.stdin.write(f"go {new}\n")
         pid = int(_readline(proc, 30))
-        time.sleep(rng.uniform(0.0, 1.5 * save_seconds))
+        time.sleep(rng.uniform(0.0, 2.0 * save_seconds))
         os.kill(pid, signal.SIGKILL)
         proc.stdin.write(f"wait {pid}\n")
         assert _readline(proc, 30) == "reaped"

@@ -6,6 +6,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from . import _config, _kernels, _pack
+from ._memory import ensure_available
 from ._protocol import NumpyProtocol
 
 __all__ = ["BlockSparseMatrix", "issparse_block"]
@@ -416,6 +417,7 @@ class BlockSparseMatrix(NumpyProtocol):
         M, K = self._shape
         R, C = self._blocksize
         if out is None:
+            ensure_available(M * K * self.dtype.itemsize, f"the dense {(M, K)} array")
             out = np.zeros((M, K), dtype=self.dtype)
         else:
             if out.shape != (M, K) or out.dtype != self.dtype or not out.flags.c_contiguous:
@@ -472,6 +474,8 @@ class BlockSparseMatrix(NumpyProtocol):
         if self._T is None:
             M, K = self._shape
             R, C = self._blocksize
+            # the transpose's offsets are sized by K, which no stored block backs
+            ensure_available(16 * (K // C + 1), f"the transpose of a {(M, K)} matrix")
             brow = _pack.block_rows(self._indptr)
             bcol = self._indices.astype(np.int64)
             order = np.lexsort((brow, bcol))
@@ -684,6 +688,7 @@ def _product(W, X, transposed):
     dtype = np.dtype(np.float64) if dtype.itemsize > 4 else np.dtype(np.float32)
     if dtype == np.float32 and X.dtype == np.float16:
         dtype = np.dtype(np.float32)
+    ensure_available(out_shape[0] * out_shape[1] * dtype.itemsize, f"the {out_shape} result")
     Y = np.empty(out_shape, dtype=dtype)
     if Y.size == 0:
         return Y
@@ -713,6 +718,7 @@ def _int8_product(W, X, transposed, out_shape):
         raise ValueError(f"K = {K} is too large for exact int32 accumulation "
                          f"(at most {_kernels.MAX_K_INT8})")
     N = out_shape[0] if transposed else out_shape[1]
+    ensure_available(out_shape[0] * out_shape[1] * 4, f"the {out_shape} result")
     Y = np.empty(out_shape, dtype=np.int32)
     if Y.size == 0:
         return Y

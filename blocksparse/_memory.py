@@ -7,7 +7,10 @@ machine swaps.
 """
 import os
 
-__all__ = ["available_bytes", "format_bytes"]
+__all__ = ["available_bytes", "format_bytes", "ensure_available"]
+
+# Below this an allocation is not checked (reading /proc costs microseconds per call).
+_CHECK_FROM = 1 << 28
 
 
 def _read_int(path):
@@ -61,3 +64,26 @@ def format_bytes(n):
         if n < 1000 or unit == "PB":
             return f"{n:.0f} {unit}" if unit == "bytes" else f"{n:.1f} {unit}"
         n /= 1000
+
+
+def ensure_available(nbytes, what):
+    """Raise MemoryError before allocating `nbytes` that the machine does not have.
+
+    Parameters
+    ----------
+    nbytes : int
+        The size of the allocation about to be made.
+    what : str
+        What it is for, e.g. ``"the (M, N) float32 result"``.
+
+    Raises
+    ------
+    MemoryError
+        If `nbytes` exceeds :func:`available_bytes` (checked only from 256 MB on).
+    """
+    if nbytes < _CHECK_FROM:
+        return
+    avail = available_bytes()
+    if avail is not None and nbytes > avail:
+        raise MemoryError(f"{what} needs {format_bytes(nbytes)}, more than the "
+                          f"{format_bytes(avail)} of memory available")

@@ -465,3 +465,19 @@ def test_from_config_refuses_absurd_sizes_at_once(change, match):
     assert first.startswith("ValueError") and float(seconds) < 5, res.stdout
     import re
     assert re.search(match, first), first
+
+
+def test_allocations_sized_by_a_declared_shape_are_checked_first():
+    """A tiny file may declare a legal but huge shape: it loads, and what would need more
+    memory than the machine has (transpose, dense copy, products) fails at once."""
+    wide = dict(data=np.ones((1, 4, 1)), indices=np.array([5]), indptr=np.array([0, 1]),
+                shape=np.array([4, 10**13]), format=np.array(b"bsr"))
+    W = blocksparse.load_npz(io.BytesIO(_npz_with(wide)))
+    assert W.shape == (4, 10**13) and W.nnzb == 1
+    for call, what in [(lambda: W.T, r"the transpose of a \(4, 10000000000000\) matrix"),
+                       (W.toarray, r"the dense \(4, 10000000000000\) array"),
+                       (lambda: np.ones((2, 4)) @ W, r"the transpose of a \(4, 1[0-9]*\) matrix")]:
+        t = time.perf_counter()
+        with pytest.raises(MemoryError, match=rf"{what} needs .* more than the .* available"):
+            call()
+        assert time.perf_counter() - t < 1

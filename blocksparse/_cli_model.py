@@ -96,6 +96,12 @@ def read_texts(texts, file):
         and no file.
     """
     out = list(texts)
+    for i, t in enumerate(out):
+        try:
+            t.encode("utf-8")
+        except UnicodeEncodeError as exc:  # argv bytes that were not UTF-8 (surrogateescape)
+            raise UsageError(f"TEXT argument {i + 1} is not UTF-8 text (at character "
+                             f"{exc.start})") from None
     if file:
         try:
             if file == "-":

@@ -88,6 +88,14 @@ def test_non_utf8_input_is_a_usage_error(tmp_path, capsys, data, where):
     assert b"Traceback" not in res.stderr
 
 
+def test_non_utf8_text_argument_is_a_usage_error(tmp_path):
+    res = subprocess.run([sys.executable.encode(), b"-m", b"blocksparse", b"embed", b"ok",
+                          b"\xff abc", b"--model", str(tmp_path).encode()], cwd=ROOT,
+                         capture_output=True, timeout=120)
+    assert res.returncode == 2
+    assert b"TEXT argument 2 is not UTF-8 text (at character 0)" in res.stderr
+
+
 @needs_minilm
 def test_max_length_is_honoured_or_refused(tmp_path, capsys):
     for n in (1, 2):

@@ -54,8 +54,8 @@ def _check_epilogue(Wq, x_scale, bias, Y):
     if sw * sx * (127 * 255 * K) + b < _F32_MAX / 2 or np.all(np.isfinite(Y)):
         return
     raise ValueError(f"the product overflows float32: x (activation scale up to {sx:.3g}) "
-                     f"times the weights (scale up to {sw:.3g}) over K = {K}, plus the bias, exceeds "
-                     f"{_F32_MAX:.3g}; scale x or the weights down")
+                     f"times the weights (scale up to {sw:.3g}) over K = {K}, plus the bias, "
+                     f"exceeds {_F32_MAX:.3g}; scale x or the weights down")
 
 
 def _finite_positive(value, name):

@@ -87,7 +87,8 @@ def test_fork_after_multithreaded_kernels_runs_every_kernel():
         os._exit(0 if same and b.get_num_threads() == 1 else 4)
     _, status = os.waitpid(pid, 0)
     print("child", os.waitstatus_to_exitcode(status))
-    print("parent", b.get_num_threads(), all(np.array_equal(a, c) for a, c in zip(kernels(), expected)))
+    same = all(np.array_equal(a, c) for a, c in zip(kernels(), expected))
+    print("parent", b.get_num_threads(), same)
     """
     res = run_python(KERNELS + textwrap.dedent(code), timeout=60, name="fork, 9 kernels")
     assert res.returncode == 0, res.stderr

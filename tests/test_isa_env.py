@@ -11,10 +11,11 @@ run.  Each subprocess first checks that :func:`blocksparse.get_isa` reports
 the forced variant.
 
 Also checked, as docs/dispatch.rst documents: a misspelt name fails at
-the first kernel call with ValueError (import itself works, issue 11); a variant the CPU lacks fails at the first kernel
-call with RuntimeError naming it (simulated by patching
-``blocksparse._kernels.isa_detected``), while a cap falls back quietly; and
-``python -m blocksparse info`` says which variant is in use.
+the first kernel call with ValueError (import itself works, issue 11); a
+variant the CPU lacks fails at the first kernel call with RuntimeError naming
+it (simulated by patching ``blocksparse._kernels.isa_detected``), while a cap
+falls back quietly; and ``python -m blocksparse info`` says which variant is
+in use.
 """
 import json
 import os

@@ -20,7 +20,7 @@ import os
 import sys
 import traceback
 
-__all__ = ["main", "build_parser", "UsageError"]
+__all__ = ["main", "build_parser", "UsageError", "output_file"]
 
 PROG = "blocksparse"
 SUITES = ("int8", "float", "bert")
@@ -30,6 +30,40 @@ DEFAULT_OUT_DIR = "bench-results"
 
 class UsageError(Exception):
     """A problem with how the command was called: exit status 2."""
+
+
+def output_file(value, option, suffix=None):
+    """The file an output option names, refusing a directory.
+
+    Parameters
+    ----------
+    value : str
+        The option's value.
+    option : str
+        Its name, for the message (``"--output"``).
+    suffix : str, optional
+        Appended when the name lacks it (what ``np.save`` would do, said aloud).
+
+    Returns
+    -------
+    pathlib.Path
+
+    Raises
+    ------
+    UsageError
+        If the path (with the suffix) is an existing directory or ends with
+        a path separator.
+    """
+    from pathlib import Path
+    if value.endswith(("/", os.sep)):
+        raise UsageError(f"{option} {value!r} must be a file path, not a directory")
+    path = Path(value)
+    if suffix and path.suffix != suffix:
+        path = path.with_name(path.name + suffix)
+    if path.is_dir() or Path(value).is_dir():
+        raise UsageError(f"{option} {value!r} is a directory; give a file path (for example "
+                         f"one inside it)")
+    return path
 
 
 # ---- value parsers (argparse ``type=`` callables) -------------------------------------
@@ -84,8 +118,11 @@ def positive_int(text):
 
 
 def thread_list(text):
-    """Comma-separated thread counts, e.g. ``1,2``."""
-    return [_positive_int(t, "thread count") for t in _items(text, "threads")]
+    """Comma-separated thread counts, e.g. ``1,2`` (each at most 4096, as set_num_threads)."""
+    counts = [_positive_int(t, "thread count") for t in _items(text, "threads")]
+    if max(counts) > 4096:
+        raise argparse.ArgumentTypeError(f"a thread count must be at most 4096, got {text!r}")
+    return counts
 
 
 def shape_list(text):
@@ -340,9 +377,17 @@ def main(argv=None):
         return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 2)
     args.argv = list(sys.argv[1:] if argv is None else argv)
     sub = _subparser(parser, args.command)
+    # A BLOCKSPARSE_* variable the package rejected is a usage error; `info` still
+    # prints its report first, since that is where one looks for the cause.
+    from . import _config
+    env_problems = list(_config.environment_problems().values())
     try:
+        if env_problems and args.command != "info":
+            raise UsageError(env_problems[0])
         module = importlib.import_module(f"blocksparse.{args.command_module}")
         status = getattr(module, args.command_func)(args)
+        if env_problems:
+            raise UsageError("; ".join(env_problems))
         return 0 if status is None else int(status)
     except UsageError as exc:
         sub.print_usage(sys.stderr)

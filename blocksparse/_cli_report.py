@@ -8,6 +8,8 @@ import sys
 import time
 from pathlib import Path
 
+from ._atomic import replacing
+
 __all__ = ["Progress", "print_suite_table", "plot_speedup", "format_time", "format_speedup",
            "shape_label"]
 

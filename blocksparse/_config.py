@@ -4,20 +4,36 @@ Environment variables, read once at import:
 
 ``BLOCKSPARSE_ISA``
     Force one variant (``scalar``, ``avx2``, ``avx_vnni``, ``avx512_vnni``).
-    A variant this build or CPU lacks is an error at the first kernel call.
+    A misspelt name, or a variant this build or CPU lacks, is an error at
+    the first kernel call (never at import).
 ``BLOCKSPARSE_MAX_ISA``
     Cap the variant: the best available one not above the cap is used.
 ``BLOCKSPARSE_NUM_THREADS``
-    Threads for the kernels; otherwise OpenMP's default (``OMP_NUM_THREADS``
-    or the number of cores).
+    Threads for the kernels, 1 to 4096; otherwise OpenMP's
+    default (``OMP_NUM_THREADS`` or the number of cores).  A bad value is
+    ignored with a :class:`RuntimeWarning`, as OpenMP treats its own.
 ``BLOCKSPARSE_VERBOSE``
     ``1`` logs every INT8 kernel call (kernel name, ISA, shape) to stderr.
+
+Thread safety: :func:`set_isa`, :func:`set_max_isa` and
+:func:`set_num_threads` change process-wide settings under a lock;
+:func:`isa_context` overrides the ISA for the current thread (or asyncio
+task) only, through a :mod:`contextvars` variable, so threads never see
+each other's contexts.
+
+Fork safety: GNU OpenMP cannot start threads in a child forked after the
+parent ran a parallel region (the child hangs).  A process forked after
+this package handed a kernel more than one thread therefore runs its
+kernels on one thread (see ``docs/guarantees.rst``).
 """
 import contextlib
+import contextvars
 import operator
 import os
 import platform
 import sys
+import threading
+import warnings
 
 from . import _kernels
 
@@ -27,6 +43,11 @@ _ALIASES = {"ref": "scalar", "avxvnni": "avx_vnni", "avx512vnni": "avx512_vnni",
 
 __all__ = ["get_isa", "set_isa", "set_max_isa", "isa_context", "available_isas",
            "get_num_threads", "set_num_threads", "show_config"]
+
+# The largest thread count :func:`set_num_threads` accepts.  GNU OpenMP
+# aborts the process when it cannot create a thread, so absurd counts are
+# refused before they reach it.
+MAX_THREADS = 4096
 
 
 def _parse_isa(name, argname):
@@ -55,38 +76,71 @@ def available_isas():
 
 
 class _State:
+    """Process-wide settings; writers hold _LOCK."""
     forced = None      # index forced by set_isa / BLOCKSPARSE_ISA
     forced_from = ""   # where the forcing came from, for error messages
     cap = None         # index cap from set_max_isa / BLOCKSPARSE_MAX_ISA
     num_threads = None
     verbose = False
+    # BLOCKSPARSE_ISA / _MAX_ISA values that name no variant: variable -> message,
+    # raised by every kernel call until set_isa / set_max_isa replace the setting
+    isa_env_errors = {}
+    env_problems = {}  # every rejected environment variable -> message (for the CLI)
+    teams_started = False  # a kernel was handed more than one thread in this process
+    fork_limited = False   # forked after that: OpenMP cannot start threads here
+
+
+_LOCK = threading.RLock()  # RLock: a warning raised under it may call back in
+# the stack of (isa index, source) entries of the isa_contexts entered by the current
+# thread or task; the last one is in force
+_ISA_OVERRIDE = contextvars.ContextVar("blocksparse_isa_override", default=())
 
 
 def _read_environment():
-    env_isa = os.environ.get("BLOCKSPARSE_ISA", "").strip()
-    if env_isa:
-        _State.forced = _parse_isa(env_isa, "BLOCKSPARSE_ISA")
-        _State.forced_from = "BLOCKSPARSE_ISA"
-    env_cap = os.environ.get("BLOCKSPARSE_MAX_ISA", "").strip()
-    if env_cap:
-        _State.cap = _parse_isa(env_cap, "BLOCKSPARSE_MAX_ISA")
-    _read_threads_env()
-    _State.verbose = os.environ.get("BLOCKSPARSE_VERBOSE", "").strip() not in ("", "0")
+    with _LOCK:
+        _State.isa_env_errors = {}
+        _State.env_problems = {}
+        for var in ("BLOCKSPARSE_ISA", "BLOCKSPARSE_MAX_ISA"):
+            value = os.environ.get(var, "").strip()
+            if not value:
+                continue
+            try:
+                isa = _parse_isa(value, var)
+            except ValueError as exc:
+                # reported at the first kernel call, so that `import blocksparse` and
+                # `python -m blocksparse info` still work and can say what is wrong
+                _State.isa_env_errors[var] = _State.env_problems[var] = str(exc)
+                continue
+            if var == "BLOCKSPARSE_ISA":
+                _State.forced, _State.forced_from = isa, var
+            else:
+                _State.cap = isa
+        _read_threads_env()
+        _State.verbose = os.environ.get("BLOCKSPARSE_VERBOSE", "").strip() not in ("", "0")
 
 
 def _active_isa():
     """Index of the variant the next kernel call uses (raises if unusable)."""
-    if _State.forced is not None:
-        if not _usable(_State.forced):
-            name = ISA_NAMES[_State.forced]
-            why = "was not built" if not _kernels.isa_built(_State.forced) else \
+    override = _ISA_OVERRIDE.get()
+    if override:
+        (forced, source), cap = override[-1], None
+    else:
+        with _LOCK:
+            forced, source, cap = _State.forced, _State.forced_from, _State.cap
+            errors = _State.isa_env_errors
+        if errors:
+            raise ValueError(next(iter(errors.values())))
+    if forced is not None:
+        if not _usable(forced):
+            name = ISA_NAMES[forced]
+            why = "was not built" if not _kernels.isa_built(forced) else \
                 "is not supported by this CPU"
-            raise RuntimeError(f"{_State.forced_from}={name!r}: the {name} variant {why}; "
+            raise RuntimeError(f"{source}={name!r}: the {name} variant {why}; "
                                f"available: {', '.join(available_isas())}")
-        return _State.forced
+        return forced
     best = _kernels.isa_best()
-    if _State.cap is not None:
-        best = max((i for i in range(best + 1) if i <= _State.cap and _usable(i)), default=0)
+    if cap is not None:
+        best = max((i for i in range(best + 1) if i <= cap and _usable(i)), default=0)
     return best
 
 
@@ -100,6 +154,8 @@ def get_isa():
 
     Raises
     ------
+    ValueError
+        If ``BLOCKSPARSE_ISA`` or ``BLOCKSPARSE_MAX_ISA`` names no variant.
     RuntimeError
         If a variant forced with ``BLOCKSPARSE_ISA`` or :func:`set_isa` is
         not available here.
@@ -108,7 +164,10 @@ def get_isa():
 
 
 def set_isa(name):
-    """Force one ISA variant for all following kernel calls.
+    """Force one ISA variant for all following kernel calls, in every thread.
+
+    A process-wide setting (changed under a lock); :func:`isa_context`
+    overrides it in the thread that enters the context.
 
     Parameters
     ----------
@@ -123,15 +182,19 @@ def set_isa(name):
     RuntimeError
         If the variant is not built or not supported by this CPU.
     """
-    if name is None:
-        _State.forced = None
-        return
+    isa = None if name is None else _checked_isa(name)
+    with _LOCK:
+        _State.forced, _State.forced_from = isa, ("" if isa is None else "set_isa")
+        _State.isa_env_errors = {k: v for k, v in _State.isa_env_errors.items()
+                                 if k != "BLOCKSPARSE_ISA"}
+
+
+def _checked_isa(name):
     isa = _parse_isa(name, "name")
     if not _usable(isa):
         raise RuntimeError(f"ISA variant {ISA_NAMES[isa]!r} is not available here; "
                            f"available: {', '.join(available_isas())}")
-    _State.forced = isa
-    _State.forced_from = "set_isa"
+    return isa
 
 
 def set_max_isa(name):
@@ -140,19 +203,37 @@ def set_max_isa(name):
     Parameters
     ----------
     name : str or None
-        The best variant allowed; ``None`` removes the cap.
+        The best variant allowed; ``None`` removes the cap.  Process-wide,
+        like :func:`set_isa`.
     """
-    _State.cap = None if name is None else _parse_isa(name, "name")
+    cap = None if name is None else _parse_isa(name, "name")
+    with _LOCK:
+        _State.cap = cap
+        _State.isa_env_errors = {k: v for k, v in _State.isa_env_errors.items()
+                                 if k != "BLOCKSPARSE_MAX_ISA"}
 
 
 @contextlib.contextmanager
 def isa_context(name):
     """Context manager that forces an ISA variant inside a ``with`` block.
 
+    The override holds for the thread (or asyncio task) that enters the
+    block, like :class:`numpy.errstate`: other threads keep their own
+    setting, and threads started inside the block do not inherit it (run
+    them with :func:`contextvars.copy_context` to pass it on).  Contexts
+    nest and always restore what was in force before.
+
     Parameters
     ----------
     name : str
         Variant to use, see :func:`set_isa`.
+
+    Raises
+    ------
+    ValueError
+        If `name` is not a variant name.
+    RuntimeError
+        If the variant is not built or not supported by this CPU.
 
     Examples
     --------
@@ -161,54 +242,90 @@ def isa_context(name):
     ...     blocksparse.get_isa()
     'scalar'
     """
-    saved = (_State.forced, _State.forced_from)
-    set_isa(name)
+    entry = (_checked_isa(name), "isa_context")  # a new object: identifies this context
+    _ISA_OVERRIDE.set(_ISA_OVERRIDE.get() + (entry,))
     try:
         yield
     finally:
-        _State.forced, _State.forced_from = saved
+        # remove this context's own entry (not "restore the previous value"), so that
+        # contexts left out of order (generators) cannot leave another's ISA behind
+        _ISA_OVERRIDE.set(tuple(e for e in _ISA_OVERRIDE.get() if e is not entry))
+
+
+def _threads():
+    """The thread count setting (without noting that a kernel will use it)."""
+    if _State.fork_limited:
+        return 1
+    n = _State.num_threads
+    if n is None:
+        n = _kernels.default_threads()
+    return min(max(1, n), MAX_THREADS)
 
 
 def get_num_threads():
     """Number of threads the kernels use.
 
+    Every kernel call takes its thread count from here.  In a process
+    forked after this package ran a kernel on more than one thread, this
+    is 1: GNU OpenMP cannot start threads there.
+
     Returns
     -------
     int
     """
-    if _State.num_threads is not None:
-        return _State.num_threads
-    return max(1, _kernels.default_threads())
+    n = _threads()
+    if n > 1:
+        _State.teams_started = True  # from now on a forked child must stay on one thread
+    return n
 
 
 def set_num_threads(n):
-    """Set the number of threads the kernels use.
+    """Set the number of threads the kernels use, in every thread (process-wide).
 
     Parameters
     ----------
     n : int or None
-        Positive thread count; ``None`` returns to the default
-        (``BLOCKSPARSE_NUM_THREADS``, else OpenMP's default).
+        Thread count from 1 to ``MAX_THREADS`` = 4096; ``None``
+        returns to the default (``BLOCKSPARSE_NUM_THREADS``, else OpenMP's
+        default).
 
     Raises
     ------
+    TypeError
+        If `n` is not an integer.
     ValueError
-        If `n` is not a positive integer.
+        If `n` is below 1 or above 4096.
+
+    Warns
+    -----
+    RuntimeWarning
+        In a process forked after a multi-threaded kernel ran: kernels stay
+        on one thread there (see :func:`get_num_threads`).
     """
-    if n is None:
-        _State.num_threads = None
-        _read_threads_env()
-        return
-    if isinstance(n, bool) or not hasattr(n, "__index__"):
-        raise TypeError(f"n must be an integer, got {type(n).__name__}")
-    n = operator.index(n)
-    if n < 1:
-        raise ValueError(f"n must be a positive number of threads, got {n}")
-    _State.num_threads = n
+    if n is not None:
+        if isinstance(n, bool) or not hasattr(n, "__index__"):
+            raise TypeError(f"n must be an integer, got {type(n).__name__}")
+        n = operator.index(n)
+        if n < 1:
+            raise ValueError(f"n must be a positive number of threads, got {n}")
+        if n > MAX_THREADS:
+            raise ValueError(f"n must be a positive number of threads, at most {MAX_THREADS} "
+                             f"(OpenMP aborts the process when it cannot start one), got {n}")
+        if n > 1 and _State.fork_limited:
+            warnings.warn(_FORK_NOTE, RuntimeWarning, stacklevel=2)
+    with _LOCK:
+        _State.num_threads = n
+        if n is None:
+            _read_threads_env()
+
+
+_FORK_NOTE = ("this process was forked after blocksparse ran a multi-threaded kernel; "
+              "OpenMP (libgomp) cannot start threads in it, so its kernels run on one thread")
 
 
 def _read_threads_env():
-    """Set the thread count from BLOCKSPARSE_NUM_THREADS, if given."""
+    """Set the thread count from BLOCKSPARSE_NUM_THREADS, if given and valid (else warn)."""
+    _State.env_problems.pop("BLOCKSPARSE_NUM_THREADS", None)
     env_threads = os.environ.get("BLOCKSPARSE_NUM_THREADS", "").strip()
     if not env_threads:
         return
@@ -216,9 +333,25 @@ def _read_threads_env():
         n = int(env_threads)
     except ValueError:
         n = 0
-    if n < 1:
-        raise ValueError(f"BLOCKSPARSE_NUM_THREADS={env_threads!r} must be a positive integer")
+    if not 1 <= n <= MAX_THREADS:
+        msg = (f"BLOCKSPARSE_NUM_THREADS={env_threads!r} must be a number of threads from 1 "
+               f"to {MAX_THREADS}; ignored (OpenMP's default is used)")
+        _State.env_problems["BLOCKSPARSE_NUM_THREADS"] = msg
+        warnings.warn(msg, RuntimeWarning, stacklevel=2)
+        return
     _State.num_threads = n
+
+
+def environment_problems():
+    """Environment variables this package rejected: {variable: message}."""
+    return dict(_State.env_problems)
+
+
+def _after_fork_in_child():
+    global _LOCK
+    _LOCK = threading.RLock()  # another thread may have held it at the fork
+    if _State.teams_started:
+        _State.fork_limited = True
 
 
 def _log_kernel(name, isa, detail):
@@ -241,7 +374,7 @@ def config():
     """The build and run-time configuration as a dict (see :func:`show_config`)."""
     try:
         active = get_isa()
-    except RuntimeError as exc:
+    except (RuntimeError, ValueError) as exc:
         active = f"error: {exc}"
     return {
         "cpu": _cpu_model(),
@@ -250,7 +383,7 @@ def config():
         "isa_in_use": active,
         "isa_forced": None if _State.forced is None else ISA_NAMES[_State.forced],
         "isa_cap": None if _State.cap is None else ISA_NAMES[_State.cap],
-        "num_threads": get_num_threads(),
+        "num_threads": _threads(),
         "openmp": _kernels.have_openmp(),
     }
 
@@ -272,3 +405,5 @@ def show_config(file=None):
 
 
 _read_environment()
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)

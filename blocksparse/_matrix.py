@@ -6,6 +6,8 @@ import numpy as np
 import scipy.sparse as sp
 
 from . import _config, _kernels, _pack
+from ._memory import ensure_available
+from ._protocol import NumpyProtocol
 
 __all__ = ["BlockSparseMatrix", "issparse_block"]
 
@@ -82,7 +84,7 @@ def issparse_block(x):
     return isinstance(x, BlockSparseMatrix)
 
 
-class BlockSparseMatrix:
+class BlockSparseMatrix(NumpyProtocol):
     """A 2-D matrix stored in block compressed sparse row (block-CSR) form.
 
     The layout is exactly SciPy's BSR: a matrix of shape ``(M, K)`` is cut
@@ -137,6 +139,12 @@ class BlockSparseMatrix:
     assignment, sparse + sparse and sparse @ sparse are not supported;
     convert with :meth:`to_scipy` for those.
 
+    With NumPy: ``np.dot`` and ``np.matmul`` compute the product (so
+    ``X @ W`` works for an ndarray ``X``); ``np.asarray(W)``, other ufuncs
+    and NumPy functions, and comparisons (``W == V``) raise
+    :class:`TypeError` naming :meth:`toarray` and :meth:`to_scipy`, instead
+    of building object arrays.
+
     Examples
     --------
     >>> import numpy as np
@@ -149,9 +157,6 @@ class BlockSparseMatrix:
     >>> (W @ np.ones(4, dtype=np.float32)).tolist()
     [1.0, 1.0, 0.0, 0.0]
     """
-
-    # NumPy operators return NotImplemented, so ndarray @ W reaches __rmatmul__
-    __array_ufunc__ = None
 
     def __init__(self, arg, shape=None, blocksize=None, dtype=None, copy=False):
         if dtype is not None:
@@ -230,19 +235,20 @@ class BlockSparseMatrix:
                   indptr.astype(idt), (M, K), (R, C))
 
     def _from_scipy(self, S, blocksize, dtype):
+        if S.ndim != 2:
+            raise ValueError(f"a scipy.sparse input must be 2-D, got {S.ndim}-D")
         if blocksize is None:
             blocksize = S.blocksize if S.format == "bsr" else _default_blocksize(S.shape)
         R, C = _check_blocksize(blocksize, S.shape)
         dt = dtype or _check_dtype(S.dtype, "the input's dtype")
-        if S.format == "bsr" and S.blocksize != (R, C):
-            S = S.tocsr()  # scipy ignores blocksize= for a BSR input of another blocksize
-        B = sp.bsr_array(S, blocksize=(R, C), copy=True)
-        B.sum_duplicates()
-        B.sort_indices()
-        data = _cast_values(B.data, dt, "the input's data")
-        idt = _index_dtype(data.shape[0], B.shape[1] // C)
-        self._set(np.ascontiguousarray(data).reshape(-1, R, C), B.indices.astype(idt),
-                  B.indptr.astype(idt), B.shape, (R, C))
+        # every index is checked before anything is converted (scipy's C++ conversions
+        # trust them), and nothing is allocated by the declared shape alone
+        from ._scipy_input import blocks_from_scipy
+        data, indices, indptr = blocks_from_scipy(S, (R, C))
+        data = _cast_values(data, dt, "the input's data")
+        idt = _index_dtype(data.shape[0], S.shape[1] // C)
+        self._set(np.ascontiguousarray(data), indices.astype(idt), indptr.astype(idt),
+                  S.shape, (R, C))
 
     def _from_triple(self, data, indices, indptr, shape, blocksize, dtype):
         if shape is None:
@@ -411,6 +417,7 @@ class BlockSparseMatrix:
         M, K = self._shape
         R, C = self._blocksize
         if out is None:
+            ensure_available(M * K * self.dtype.itemsize, f"the dense {(M, K)} array")
             out = np.zeros((M, K), dtype=self.dtype)
         else:
             if out.shape != (M, K) or out.dtype != self.dtype or not out.flags.c_contiguous:
@@ -467,6 +474,8 @@ class BlockSparseMatrix:
         if self._T is None:
             M, K = self._shape
             R, C = self._blocksize
+            # the transpose's offsets are sized by K, which no stored block backs
+            ensure_available(16 * (K // C + 1), f"the transpose of a {(M, K)} matrix")
             brow = _pack.block_rows(self._indptr)
             bcol = self._indices.astype(np.int64)
             order = np.lexsort((brow, bcol))
@@ -679,6 +688,7 @@ def _product(W, X, transposed):
     dtype = np.dtype(np.float64) if dtype.itemsize > 4 else np.dtype(np.float32)
     if dtype == np.float32 and X.dtype == np.float16:
         dtype = np.dtype(np.float32)
+    ensure_available(out_shape[0] * out_shape[1] * dtype.itemsize, f"the {out_shape} result")
     Y = np.empty(out_shape, dtype=dtype)
     if Y.size == 0:
         return Y
@@ -708,6 +718,7 @@ def _int8_product(W, X, transposed, out_shape):
         raise ValueError(f"K = {K} is too large for exact int32 accumulation "
                          f"(at most {_kernels.MAX_K_INT8})")
     N = out_shape[0] if transposed else out_shape[1]
+    ensure_available(out_shape[0] * out_shape[1] * 4, f"the {out_shape} result")
     Y = np.empty(out_shape, dtype=np.int32)
     if Y.size == 0:
         return Y

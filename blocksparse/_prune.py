@@ -4,7 +4,7 @@ import numbers
 import numpy as np
 import scipy.sparse as sp
 
-from ._matrix import BlockSparseMatrix, _check_blocksize, _check_dtype
+from ._matrix import SUPPORTED_DTYPES, BlockSparseMatrix, _check_blocksize, _check_dtype
 
 __all__ = ["prune"]
 
@@ -64,7 +64,10 @@ def prune(A, sparsity, blocksize=(4, 1), balanced=False, dtype=None):
         raise TypeError(f"sparsity must be a number in [0, 1], got {type(sparsity).__name__}")
     if not 0.0 <= float(sparsity) <= 1.0:
         raise ValueError(f"sparsity must lie in [0, 1], got {sparsity}")
-    if isinstance(A, BlockSparseMatrix) or sp.issparse(A):
+    if sp.issparse(A):  # validated first: scipy's toarray trusts the indices
+        A = BlockSparseMatrix(A, blocksize=(1, 1),
+                              dtype=None if A.dtype in SUPPORTED_DTYPES else np.float64)
+    if isinstance(A, BlockSparseMatrix):
         dense = A.toarray()
     else:
         dense = np.asarray(A)

@@ -17,10 +17,45 @@ import numpy as np
 
 from . import _config, _kernels
 from ._matrix import BlockSparseMatrix, _as_operand
+from ._protocol import NumpyProtocol
 
 __all__ = ["QuantizedMatrix", "quantize", "quantize_activations", "calibrate", "linear"]
 
 _ACTIVATIONS = (None, "relu", "gelu")
+_F32_MAX = float(np.finfo(np.float32).max)
+_F32_TINY = np.finfo(np.float32).smallest_subnormal
+
+
+def _range_params(lo, hi):
+    """(scale, zero point) of the range [lo, hi] (lo <= 0 <= hi), as the kernels compute
+    them in float32; in float64 where the float32 range ``hi - lo`` overflows (|x| near
+    3.4e38), so that finite activations always get a finite scale."""
+    lo32, hi32 = np.float32(lo), np.float32(hi)
+    with np.errstate(over="ignore"):
+        s = np.float32((hi32 - lo32) / np.float32(255.0))
+    if np.isinf(s):
+        s = np.float32((float(hi32) - float(lo32)) / 255.0)
+    if not s > 0:
+        s = np.float32(1.0)
+    return s, int(np.clip(np.rint(-lo32 / s), 0, 255))  # float32, as the kernels
+
+
+def _check_epilogue(Wq, x_scale, bias, Y):
+    """Refuse a float32 product that overflowed (finite input, non-finite output).
+
+    A bound from the scales decides, in O(M + N), whether overflow is possible
+    at all; only then is the output scanned.
+    """
+    M, K = Wq.shape
+    if not (Y.size and K and Wq.scale.size and np.size(x_scale)):
+        return
+    sw, sx = float(np.max(Wq.scale)), float(np.max(x_scale))
+    b = float(np.max(np.abs(bias))) if bias is not None and bias.size else 0.0
+    if sw * sx * (127 * 255 * K) + b < _F32_MAX / 2 or np.all(np.isfinite(Y)):
+        return
+    raise ValueError(f"the product overflows float32: x (activation scale up to {sx:.3g}) "
+                     f"times the weights (scale up to {sw:.3g}) over K = {K}, plus the bias, "
+                     f"exceeds {_F32_MAX:.3g}; scale x or the weights down")
 
 
 def _finite_positive(value, name):
@@ -45,7 +80,7 @@ def _zero_point(value, name):
     return arr.astype(np.int32)
 
 
-class QuantizedMatrix:
+class QuantizedMatrix(NumpyProtocol):
     """Block-sparse INT8 weights with per-row scales, packed for the kernels.
 
     Made by :func:`quantize`.  ``Wq.dequantize()`` gives back float32;
@@ -62,6 +97,8 @@ class QuantizedMatrix:
     shape, blocksize, nnzb, density
         Those of `weight`.
     """
+
+    _dense_hint = "dequantize().toarray()"
 
     def __init__(self, weight, scale):
         if not isinstance(weight, BlockSparseMatrix) or weight.dtype != np.int8:
@@ -97,8 +134,10 @@ class QuantizedMatrix:
         R = W.blocksize[0]
         from ._pack import block_rows
         rows = block_rows(W._kernel_arrays()[0])
-        s = self.scale.reshape(-1, R)[rows][:, :, None]
-        data = (W.data.astype(np.float32) * s).astype(np.float32)
+        s = self.scale.reshape(-1, R)[rows][:, :, None].astype(np.float64)
+        # exact in float64, then one rounding: the float32 product's bits, except that a
+        # value within an ulp of the float32 limit stays finite
+        data = np.clip(W.data * s, -_F32_MAX, _F32_MAX).astype(np.float32)
         return BlockSparseMatrix._from_parts(data, W.indices, W.indptr, W.shape, W.blocksize)
 
     def __matmul__(self, X):
@@ -115,6 +154,7 @@ class QuantizedMatrix:
         Y = np.empty((self.shape[0], N), dtype=np.float32)
         _run(self, xq, False, Y, False, "float32", None, np.full(N, s, np.float32),
              np.full(N, z, np.int32), None, 1.0, 0)
+        _check_epilogue(self, s, None, Y)
         return Y[:, 0] if vec else Y
 
     def __reduce__(self):
@@ -168,6 +208,9 @@ def quantize(W, blocksize=None):
     data = W.data.astype(np.float64)
     if not np.all(np.isfinite(data)):
         raise ValueError("W has NaN or Inf values, which INT8 cannot represent")
+    if data.size and np.max(np.abs(data)) > _F32_MAX:
+        raise ValueError(f"W has values beyond the float32 range (|W| up to "
+                         f"{np.max(np.abs(data)):.3g}): INT8 weights dequantize to float32")
     M, K = W.shape
     R, C = W.blocksize
     from ._pack import block_rows
@@ -176,7 +219,11 @@ def quantize(W, blocksize=None):
     if W.nnzb:
         np.maximum.at(amax, rows, np.abs(data).max(axis=2))
     amax = amax.reshape(M)
-    scale = np.where(amax > 0, amax / 127.0, 1.0).astype(np.float32)
+    with np.errstate(under="ignore"):
+        scale = (amax / 127.0).astype(np.float32)
+    # rows whose scale underflows float32 (|W| below about 2e-43) get the smallest
+    # positive scale, so that they still quantize (to small integers) instead of failing
+    scale = np.where(amax > 0, np.maximum(scale, _F32_TINY), np.float32(1.0)).astype(np.float32)
     s = scale.astype(np.float64).reshape(-1, R)[rows][:, :, None]
     q = np.clip(np.rint(data / s), -127, 127).astype(np.int8)
     Wq = BlockSparseMatrix._from_parts(q, W.indices, W.indptr, W.shape, W.blocksize)
@@ -214,7 +261,10 @@ def quantize_activations(x, scale=None, zero_point=None, per_token=True):
         raise ValueError(f"x must be 2-D (N, K), got shape {x.shape}")
     with np.errstate(over="ignore"):  # values beyond float32 become inf: refused below
         xc = np.require(x, dtype=np.float32, requirements="CA")
-    if not np.all(np.isfinite(xc)):
+    lo = hi = np.float32(0)
+    if xc.size:  # min and max propagate NaN: one check for NaN, Inf and the range
+        lo, hi = min(xc.min(), lo), max(xc.max(), hi)
+    if not (np.isfinite(lo) and np.isfinite(hi)):
         raise ValueError("x has NaN or Inf values (or values beyond float32), which uint8 "
                          "quantization cannot represent")
     if (scale is None) != (zero_point is None):
@@ -234,12 +284,26 @@ def quantize_activations(x, scale=None, zero_point=None, per_token=True):
         s = np.empty(max(n, 1), dtype=np.float32)
         z = np.empty(max(n, 1), dtype=np.int32)
         mode = "token" if per_token else "tensor"
+    with np.errstate(over="ignore"):
+        wide = mode != "static" and np.isinf(np.float32(hi) - np.float32(lo))
+    if wide and mode == "tensor":  # the kernel's float32 range would overflow
+        s[0], z[0] = _range_params(lo, hi)
+        mode = "static"
     if xc.shape[0] or mode != "token":  # K = 0 rows still get scale 1, zero point 0
         _kernels.quantize_u8(_config._active_isa(), xc, mode, s, z, q,
                              _config.get_num_threads())
+    if wide and mode == "token":  # redo the rows whose range overflows float32
+        lo_r, hi_r = np.minimum(xc.min(axis=1), 0), np.maximum(xc.max(axis=1), 0)
+        with np.errstate(over="ignore"):
+            rows = np.flatnonzero(np.isinf(hi_r - lo_r))
+        for r in rows:
+            sr, zr = _range_params(lo_r[r], hi_r[r])
+            s[r], z[r] = sr, zr
+            _kernels.quantize_u8(_config._active_isa(), xc[r:r + 1], "static", s[r:r + 1],
+                                 z[r:r + 1], q[r:r + 1], 1)
     if mode == "token":
         return q, s[:xc.shape[0]], z[:xc.shape[0]]
-    return q, s.reshape(()), z.reshape(())
+    return q, s[:1].reshape(()), z[:1].reshape(())
 
 
 def calibrate(samples, per_tensor=True):
@@ -270,11 +334,10 @@ def calibrate(samples, per_tensor=True):
         lo, hi, seen = min(lo, a.min()), max(hi, a.max()), True
     if not seen:
         raise ValueError("samples hold no values to calibrate from")
-    lo32, hi32 = np.float32(lo), np.float32(hi)
-    s = np.float32((hi32 - lo32) / np.float32(255.0))
-    if not s > 0:
-        s = np.float32(1.0)
-    z = int(np.clip(np.rint(-lo32 / s), 0, 255))
+    if max(-lo, hi) > _F32_MAX:
+        raise ValueError(f"samples have values beyond the float32 range (up to "
+                         f"{max(-lo, hi):.3g}), which float32 activations cannot hold")
+    s, z = _range_params(lo, hi)
     return float(s), z
 
 
@@ -401,4 +464,7 @@ def linear(x, Wq, bias=None, activation=None, out=None, *, x_scale=None, x_zero_
             raise ValueError("out must not overlap x or bias")
     if out.size == 0:
         return out
-    return _run(Wq, xq, True, out, True, kind, activation, s, z, bias, out_s, out_z)
+    _run(Wq, xq, True, out, True, kind, activation, s, z, bias, out_s, out_z)
+    if kind == "float32":
+        _check_epilogue(Wq, s, bias, out)
+    return out

@@ -363,7 +363,8 @@ needs_model = pytest.mark.skipif(
 def test_read_texts(tmp_path):
     f = tmp_path / "t.txt"
     f.write_text("first\n\n  \nsecond line\n")
-    assert _cli_model.read_texts(["arg"], str(f)) == ["arg", "first", "second line"]
+    # one text per line, blank lines included (issue 11: rows stayed aligned with lines)
+    assert _cli_model.read_texts(["arg"], str(f)) == ["arg", "first", "", "  ", "second line"]
     with pytest.raises(_cli.UsageError, match="no texts"):
         _cli_model.read_texts([], None)
     with pytest.raises(_cli.UsageError, match="--file"):

@@ -203,9 +203,11 @@ def test_own_format_tampering(tmp_path, model):
         BertModel.from_pretrained(tmp_path)
     sparse = BertModel.from_config(CFG, sparsity=0.5, dtype="int8")
     sparse.save_pretrained(tmp_path / "s")
-    t = safetensors_numpy.load_file(str(tmp_path / "s" / "model.safetensors"))
+    # format 2 names its weights file in config.json (a new name per save, issue 11)
+    weights = json.loads((tmp_path / "s" / "config.json").read_text())["blocksparse"]["weights"]
+    t = safetensors_numpy.load_file(str(tmp_path / "s" / weights))
     t["layers.0.ffn1.indices"] = t["layers.0.ffn1.indices"] + 1000
-    safetensors_numpy.save_file(t, str(tmp_path / "s" / "model.safetensors"))
+    safetensors_numpy.save_file(t, str(tmp_path / "s" / weights))
     with pytest.raises(ValueError, match="layers.0.ffn1.data/.indices/.indptr do not form"):
         BertModel.from_pretrained(tmp_path / "s")
 

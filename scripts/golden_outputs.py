@@ -368,11 +368,12 @@ def describe(want, got):
     return msg
 
 
-def compare(path, results, isas, threads):
+def compare(path, results, isas, threads, quick):
     prefixes = tuple(f"{i}|t{t}|" for i in isas for t in threads)
     bad = 0
     with np.load(path, allow_pickle=False) as saved:
-        keys = [k for k in saved.files if k.startswith(prefixes)]
+        keys = [k for k in saved.files if k.startswith(prefixes)
+                and not (quick and k.split("|")[2].startswith("minilm/"))]
         for key in keys:
             if key not in results:
                 print(f"MISSING {key}")
@@ -406,7 +407,7 @@ def main(argv=None):
         np.savez_compressed(args.save, **results)
         print(f"saved {len(results)} arrays to {args.save}")
         return 0
-    return 1 if compare(args.compare, results, args.isa, args.threads) else 0
+    return 1 if compare(args.compare, results, args.isa, args.threads, args.quick) else 0
 
 
 if __name__ == "__main__":

@@ -11,15 +11,15 @@ with one token per vector lane, without horizontal reductions.  The model
 transposes once on the way in (embeddings) and once on the way out.
 
 ``_forward`` is the unchecked inner path the model uses; it also passes
-uint8 activations (:class:`~blocksparse.nn._ops.QuantizedActivations`)
-made by the previous fused kernel straight to the next INT8 Linear layer.
+uint8 activations (:class:`~blocksparse.nn.QuantizedActivations`) made by
+the previous fused kernel straight to the next INT8 Linear layer.  INT8
+products go through ``blocksparse._packed.matmul``, the package's one
+product call path.
 """
 import numpy as np
 
-from .. import _quant
-from .._matrix import BlockSparseMatrix
-from .._prune import prune
-from .._quant import QuantizedMatrix, linear, quantize
+from .. import BlockSparseMatrix, QuantizedMatrix, linear, prune, quantize
+from .._packed import Epilogue, matmul
 from . import _ops
 
 __all__ = ["Linear", "LayerNorm", "MultiHeadSelfAttention", "BertLayer", "BertEncoder",
@@ -230,8 +230,8 @@ class Linear:
             N = xq.q.shape[1]
             y = np.empty((self.out_features, N), dtype=np.float32)
             if N:
-                _quant._run(self.weight, xq.q, False, y, False, "float32", activation, xq.scale,
-                            xq.zero, self.bias, 1.0, 0)
+                matmul(self.weight.packed, xq, y, layout="features",
+                       epilogue=Epilogue(activation, self.bias))
             return y
         y = self.weight @ x
         if (self.bias is not None or activation is not None) and y.size:

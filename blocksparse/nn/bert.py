@@ -5,8 +5,8 @@ import numpy as np
 
 from . import _checkpoint as ckpt
 from . import _ops
-from .layers import (BertEncoder, BertLayer, LayerNorm, Linear, MultiHeadSelfAttention,
-                     _check_dtype_name)
+from .layers import (FLOAT_INPUT, BertEncoder, BertLayer, LayerNorm, Linear,
+                     MultiHeadSelfAttention, _check_dtype_name)
 
 __all__ = ["BertEmbeddings", "BertModel"]
 
@@ -50,8 +50,9 @@ class BertEmbeddings:
             raise ValueError(f"ln must normalize {H} features")
         self.hidden_size = H
 
-    def _forward(self, ids, token_type_ids, consumer=None):
-        """(hidden, tokens) LayerNorm output (and its uint8 copy for consumer)."""
+    def _forward(self, ids, token_type_ids, want=FLOAT_INPUT):
+        """(hidden, tokens) LayerNorm output (and its uint8 codes if the InputSpec
+        `want` asks for them)."""
         B, S = ids.shape
         H = self.hidden_size
         # the gathers and adds run tokens-major (contiguous rows of the
@@ -63,7 +64,7 @@ class BertEmbeddings:
                 x += self.token_type[0]
             else:
                 x += np.take(self.token_type, token_type_ids.reshape(-1), axis=0).reshape(B, S, H)
-        return self.ln._forward(x.reshape(B * S, H), None, consumer, x_tokens=True)
+        return self.ln._forward(x.reshape(B * S, H), None, want, x_tokens=True)
 
 
 class BertModel:
@@ -447,7 +448,7 @@ class BertModel:
         H = self.hidden_size
         if B * S == 0:
             return np.zeros((B, S, H), dtype=np.float32)
-        x, xq = self.embeddings._forward(ids, tt, self.encoder.first_linear)
+        x, xq = self.embeddings._forward(ids, tt, self.encoder.input_spec)
         x = self.encoder._forward(x, xq, mask, B, S)
         return np.ascontiguousarray(x.T).reshape(B, S, H)
 

@@ -647,18 +647,15 @@ def _product(W, X, transposed):
     out_shape = (N, M) if transposed else (M, N)
     if W.dtype == np.int8 and X.dtype.kind in "iub":
         return _int8_product(W, X, transposed, out_shape)
-    dtype = np.result_type(W.dtype, X.dtype)
-    if dtype.kind != "f":
-        raise TypeError(f"no product for dtypes {W.dtype} and {X.dtype}")
-    dtype = _F64 if dtype.itemsize > 4 else _F32
+    dtype = _float_result(W.dtype, X.dtype)
     Y = np.empty(out_shape, dtype=dtype)
     if Y.size == 0:
         return Y
     if K == 0 or W.nnzb == 0:
         Y.fill(0)
         return Y
-    Xc = np.require(X, dtype=dtype, requirements="CA")  # copies only if needed
-    return _packed.matmul(W._packed_as(dtype), Xc, Y, layout=_LAYOUT[transposed])
+    return _packed.matmul(W._packed_as(dtype), _kernel_operand(X, dtype), Y,
+                          layout=_LAYOUT[transposed])
 
 
 def _int8_product(W, X, transposed, out_shape):
@@ -679,10 +676,30 @@ def _int8_product(W, X, transposed, out_shape):
     Y = np.empty(out_shape, dtype=np.int32)
     if Y.size == 0:
         return Y
-    x = _packed.QuantizedActivations(np.require(Xu, requirements="CA"), None,
+    x = _packed.QuantizedActivations(_kernel_operand(Xu, Xu.dtype), None,
                                      None if zero is None else np.full(N, zero, np.int32))
     return _packed.matmul(W._packed_as(_I8), x, Y, layout=_LAYOUT[transposed])
 
 
 _F32, _F64, _I8 = np.dtype(np.float32), np.dtype(np.float64), np.dtype(np.int8)
 _LAYOUT = {False: "features", True: "tokens"}  # transposed -> layout of _packed.matmul
+_FLOAT_RESULT = {}  # (W.dtype, X.dtype) -> dtype of a float product
+
+
+def _float_result(wdt, xdt):
+    """float32 or float64: NumPy's promotion, float16 computed in float32."""
+    key = (wdt, xdt)
+    dtype = _FLOAT_RESULT.get(key)
+    if dtype is None:
+        dtype = np.result_type(wdt, xdt)
+        if dtype.kind != "f":
+            raise TypeError(f"no product for dtypes {wdt} and {xdt}")
+        dtype = _FLOAT_RESULT[key] = _F64 if dtype.itemsize > 4 else _F32
+    return dtype
+
+
+def _kernel_operand(X, dtype):
+    """X as a C-contiguous aligned array of `dtype`, copied only if it is not one."""
+    if X.dtype == dtype and X.flags.c_contiguous and X.flags.aligned:
+        return X
+    return np.require(X, dtype=dtype, requirements="CA")

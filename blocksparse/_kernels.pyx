@@ -159,6 +159,8 @@ cdef const void *_ptr_or_null(object a, str name, int typenum, int64_t n) except
 
 cdef cnp.ndarray _frozen(object a, str name, int typenum, int64_t n):
     """a as a read-only contiguous 1-D array of n elements of this type."""
+    if a is None:
+        raise ValueError(f"{name} is required")
     _ptr_or_null(a, name, typenum, n)
     (<cnp.ndarray>a).flags.writeable = False
     return a

@@ -70,6 +70,13 @@ class PackedWeight(_kernels.KernelWeight):
 
     __slots__ = ()
 
+    def __repr__(self):
+        R, C = self.blocksize
+        extra = "".join([", (4, 1) groups" if self.groups is not None else "",
+                         ", scales" if self.scale is not None else ""])
+        return (f"<PackedWeight of shape {self.shape}, {self.dtype}, blocksize ({R}, {C}), "
+                f"{self.nnzb} stored blocks{extra}>")
+
     @classmethod
     def from_matrix(cls, W, dtype=None, scale=None, like=None):
         """Pack a :class:`~blocksparse.BlockSparseMatrix`.

@@ -139,7 +139,7 @@ def variant_features(variant, baseline, known):
 is_x86 = platform.machine().lower() in ("x86_64", "amd64", "i686", "i386")
 baseline_macros = predefined_macros([])
 known_features = checkable_features()
-macros = []
+macros, features_of, flags_of = [], [], []
 built_isas = []
 for isa in VARIANTS:
     flags = isa_flags(isa)
@@ -152,9 +152,11 @@ for isa in VARIANTS:
     # the features detection checks; for a variant not built, those its flags name
     features = enabled if enabled is not None else \
         [f.upper() for f in VARIANTS[isa]["features"] if f.upper() in known_features]
-    macros.append((f"BSK_FEATURES_{isa.upper()}",
-                   "(" + "|".join(f"BSK_F({f})" for f in features) + ")"))
-    macros.append((f"BSK_FLAGS_{isa.upper()}", '"' + " ".join(flags) + '"'))
+    features_of.append(f"[BSK_ISA_{isa.upper()}] = {{1, "
+                       + "|".join(f"BSK_F({f})" for f in features) + "}")
+    flags_of.append(f'[BSK_ISA_{isa.upper()}] = "{" ".join(flags)}"')
+macros += [("BSK_VARIANT_FEATURES", ", ".join(features_of)),
+           ("BSK_VARIANT_FLAGS", ", ".join(flags_of))]
 
 exact = ["-ffp-contract=off"]
 fast = ["-ffp-contract=fast"]

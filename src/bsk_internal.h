@@ -113,10 +113,6 @@ typedef struct {
 } bsk_nn_attention_kernel;
 
 typedef struct {
-    /* CPU features (bsk_feature bits) this variant's flags enable; checked
-     * before the table is used */
-    uint64_t features;
-    const char *flags;               /* the compiler flags, for diagnostics */
     /* float block-CSR x dense, any block shape */
     bsk_spmm_f32_fn spmm_f32;
     bsk_spmm_f64_fn spmm_f64;

@@ -4,8 +4,8 @@
  * nothing that runs before the CPU check uses instructions the CPU may lack.
  *
  * Each variant has one table of kernel pointers (bsk_kernels, bsk_internal.h)
- * and a mask of the CPU features its compiler flags enable (from setup.py,
- * see cpu_features.h).  One detection routine reads CPUID and XCR0 once and
+ * and, from setup.py, the mask of the CPU features its compiler flags enable
+ * (see cpu_features.h).  One detection routine reads CPUID and XCR0 once and
  * fills `usable` with the tables of the variants that are built and whose
  * every feature, and the register state it needs, is present.  Everything
  * else looks up bsk_kernels_for(isa)->fn.
@@ -18,35 +18,21 @@
 #define BSK_X86 1
 #endif
 
-/* Feature masks of the variants (BSK_FEATURES_<VARIANT>, from setup.py: the
- * features the variant's flags enable; without them, say, when another build
- * system compiles this file, no vector variant is built). */
-#ifndef BSK_FEATURES_AVX2
-#define BSK_FEATURES_AVX2 (BSK_F(AVX2) | BSK_F(AVX) | BSK_F(FMA))
+/* What setup.py passes for every variant it describes, built or not:
+ *   BSK_VARIANT_FEATURES  [BSK_ISA_<V>] = {1, features its flags enable}, ...
+ *   BSK_VARIANT_FLAGS     [BSK_ISA_<V>] = "its compiler flags", ...
+ * A variant missing from them (say, this file built by another build system)
+ * is never detected. */
+#ifndef BSK_VARIANT_FEATURES
+#define BSK_VARIANT_FEATURES
 #endif
-#ifndef BSK_FEATURES_AVX_VNNI
-#define BSK_FEATURES_AVX_VNNI (BSK_F(AVX2) | BSK_F(AVX) | BSK_F(FMA) | BSK_F(AVXVNNI))
-#endif
-#ifndef BSK_FEATURES_AVX512_VNNI
-#define BSK_FEATURES_AVX512_VNNI (BSK_F(AVX2) | BSK_F(AVX) | BSK_F(FMA) | BSK_F(AVX512F) | \
-                                  BSK_F(AVX512BW) | BSK_F(AVX512VL) | BSK_F(AVX512DQ) |    \
-                                  BSK_F(AVX512VNNI))
-#endif
-#ifndef BSK_FLAGS_AVX2
-#define BSK_FLAGS_AVX2 ""
-#endif
-#ifndef BSK_FLAGS_AVX_VNNI
-#define BSK_FLAGS_AVX_VNNI ""
-#endif
-#ifndef BSK_FLAGS_AVX512_VNNI
-#define BSK_FLAGS_AVX512_VNNI ""
+#ifndef BSK_VARIANT_FLAGS
+#define BSK_VARIANT_FLAGS
 #endif
 
 /* ---- the kernel tables ------------------------------------------------------ */
 
 static const bsk_kernels scalar_kernels = {
-    .features = 0,
-    .flags = "",
     .spmm_f32 = bsk_spmm_f32_scalar,
     .spmm_f64 = bsk_spmm_f64_scalar,
     .qspmm = NULL,
@@ -57,8 +43,6 @@ static const bsk_kernels scalar_kernels = {
 
 #ifdef BSK_HAVE_AVX2
 static const bsk_kernels avx2_kernels = {
-    .features = BSK_FEATURES_AVX2,
-    .flags = BSK_FLAGS_AVX2,
     .spmm_f32 = bsk_spmm_f32_avx2,
     .spmm_f64 = bsk_spmm_f64_avx2,
     .qspmm = bsk_qspmm_u8s8s32_avx2,
@@ -73,8 +57,6 @@ static const bsk_kernels avx2_kernels = {
 #if defined(BSK_HAVE_AVX_VNNI) && defined(BSK_HAVE_AVX2)
 /* no float instructions beyond AVX2: the float and encoder kernels are AVX2's */
 static const bsk_kernels avx_vnni_kernels = {
-    .features = BSK_FEATURES_AVX_VNNI,
-    .flags = BSK_FLAGS_AVX_VNNI,
     .spmm_f32 = bsk_spmm_f32_avx2,
     .spmm_f64 = bsk_spmm_f64_avx2,
     .qspmm = bsk_qspmm_u8s8s32_avx_vnni,
@@ -88,8 +70,6 @@ static const bsk_kernels avx_vnni_kernels = {
 
 #ifdef BSK_HAVE_AVX512_VNNI
 static const bsk_kernels avx512_vnni_kernels = {
-    .features = BSK_FEATURES_AVX512_VNNI,
-    .flags = BSK_FLAGS_AVX512_VNNI,
     .spmm_f32 = bsk_spmm_f32_avx512_vnni,
     .spmm_f64 = bsk_spmm_f64_avx512_vnni,
     .qspmm = bsk_qspmm_u8s8s32_avx512_vnni,
@@ -115,13 +95,14 @@ static const bsk_kernels *const built[BSK_ISA_COUNT] = {
 #endif
 };
 
-/* The features of every variant, built or not (to report what the CPU could run). */
-static const uint64_t variant_features[BSK_ISA_COUNT] = {
-    [BSK_ISA_SCALAR] = 0,
-    [BSK_ISA_AVX2] = BSK_FEATURES_AVX2,
-    [BSK_ISA_AVX_VNNI] = BSK_FEATURES_AVX_VNNI,
-    [BSK_ISA_AVX512_VNNI] = BSK_FEATURES_AVX512_VNNI,
-};
+/* The features of every described variant, built or not (so that `info` can
+ * say what this CPU could run), and the flags of each. */
+static const struct {
+    int described;
+    uint64_t features;
+} variant_features[BSK_ISA_COUNT] = {[BSK_ISA_SCALAR] = {1, 0}, BSK_VARIANT_FEATURES};
+static const char *const variant_flags[BSK_ISA_COUNT] = {[BSK_ISA_SCALAR] = "",
+                                                         BSK_VARIANT_FLAGS};
 
 static const char *const isa_names[BSK_ISA_COUNT] = {
     [BSK_ISA_SCALAR] = "scalar",
@@ -180,7 +161,9 @@ uint32_t bsk_isa_mask_for(uint64_t cpu_features, uint64_t xcr0)
 {
     uint32_t mask = 0;
     for (int isa = 0; isa < BSK_ISA_COUNT; isa++) {
-        const uint64_t need = variant_features[isa];
+        if (!variant_features[isa].described)
+            continue;
+        const uint64_t need = variant_features[isa].features;
         uint64_t need_state = 0;
         for (int f = 0; f < BSK_FEATURE_COUNT; f++)
             if ((need >> f) & 1)
@@ -246,12 +229,12 @@ const char *bsk_isa_name(bsk_isa isa)
 
 uint64_t bsk_isa_features(bsk_isa isa)
 {
-    return isa >= 0 && isa < BSK_ISA_COUNT ? variant_features[isa] : 0;
+    return isa >= 0 && isa < BSK_ISA_COUNT ? variant_features[isa].features : 0;
 }
 
 const char *bsk_isa_flags(bsk_isa isa)
 {
-    return bsk_isa_built(isa) ? built[isa]->flags : NULL;
+    return bsk_isa_built(isa) ? variant_flags[isa] : NULL;
 }
 
 const char *bsk_feature_name(int bit)

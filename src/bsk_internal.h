@@ -143,7 +143,8 @@ const bsk_kernels *bsk_kernels_for(bsk_isa isa);
     bsk_status bsk_qspmm_u8s8s32_##sfx(const bsk_qbcsr *W, const uint8_t *X,  \
                                        int64_t ldx, int64_t N, int xt,        \
                                        void *Y, int64_t ldy, int yt,          \
-                                       const bsk_epilogue *epi, int nt);       \
+                                       const bsk_epilogue *epi, int nt);
+#define BSK_DECLARE_QUANTIZE(sfx)                                              \
     bsk_status bsk_quantize_u8_##sfx(const float *X, int64_t rows,             \
                                      int64_t cols, int64_t ldx, int mode,     \
                                      float *scale, int32_t *zero, uint8_t *Q, \
@@ -154,16 +155,20 @@ const bsk_kernels *bsk_kernels_for(bsk_isa isa);
 
 BSK_DECLARE_SPMM(scalar)
 BSK_DECLARE_QSPMM(scalar)
+BSK_DECLARE_QUANTIZE(scalar)
 BSK_DECLARE_NN(scalar)
 
 BSK_DECLARE_SPMM(avx2)
 BSK_DECLARE_QSPMM(avx2)
+BSK_DECLARE_QUANTIZE(avx2)
 BSK_DECLARE_NN(avx2)
 
 BSK_DECLARE_QSPMM(avx_vnni)      /* float and encoder kernels: the AVX2 ones */
+BSK_DECLARE_QUANTIZE(avx_vnni)
 
 BSK_DECLARE_SPMM(avx512_vnni)
 BSK_DECLARE_QSPMM(avx512_vnni)
+BSK_DECLARE_QUANTIZE(avx512_vnni)
 BSK_DECLARE_NN(avx512_vnni)
 
 #endif /* BLOCKSPARSE_BSK_INTERNAL_H */

@@ -161,13 +161,18 @@ macros += [("BSK_VARIANT_FEATURES", ", ".join(features_of)),
 exact = ["-ffp-contract=off"]
 fast = ["-ffp-contract=fast"]
 include_dirs = ["include", "src"]
+# every unit is recompiled when a header changes (build_clib compares only sources otherwise)
+headers = sorted(glob.glob("include/**/*.h", recursive=True) + glob.glob("src/**/*.h",
+                                                                          recursive=True))
 libraries = [("bsk_core", {"sources": SCALAR_SOURCES, "include_dirs": include_dirs,
-                           "macros": macros, "cflags": base_cflags + exact})]
+                           "obj_deps": {"": headers}, "macros": macros,
+                           "cflags": base_cflags + exact})]
 for isa in built_isas:
     for kind, fp in (("fast", fast), ("exact", exact)):
         if VARIANTS[isa].get(kind):
             libraries.append((f"bsk_{isa}_{kind}", {
-                "sources": VARIANTS[isa][kind], "include_dirs": include_dirs, "macros": macros,
+                "sources": VARIANTS[isa][kind], "include_dirs": include_dirs,
+                "obj_deps": {"": headers}, "macros": macros,
                 "cflags": base_cflags + isa_flags(isa) + fp}))
 
 
@@ -177,14 +182,13 @@ class BuildExt(build_ext):
     def run(self):
         if self.distribution.has_c_libraries():
             clib = self.get_finalized_command("build_clib")
-            # build_clib does not track headers: rebuild when one is newer
-            headers = glob.glob("include/**/*.h", recursive=True) + glob.glob("src/**/*.h",
-                                                                              recursive=True)
+            # a header newer than an archive means its objects are recompiled (obj_deps);
+            # archive afresh, since `ar rcs` would keep objects of deleted sources
             archives = glob.glob(os.path.join(clib.build_clib, "*.a"))
             if archives and headers and max(map(os.path.getmtime, headers)) > \
                     min(map(os.path.getmtime, archives)):
                 clib.force = True
-            if clib.force:  # `ar rcs` would keep objects of deleted sources
+            if clib.force:
                 for archive in archives:
                     os.remove(archive)
             self.run_command("build_clib")

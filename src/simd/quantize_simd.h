@@ -44,7 +44,7 @@ static void params_of(float lo, float hi, float *scale, int32_t *zero)
     *zero = (int32_t)z[0];
 }
 
-static void quantize_row(const float *x, int64_t n, float s, int32_t z, uint8_t *q)
+BSK_INLINE void quantize_row(const float *x, int64_t n, float s, int32_t z, uint8_t *q)
 {
     const bsk_v16f zf = (bsk_v16f){0} + (float)z;
     int64_t k = 0;

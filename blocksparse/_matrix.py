@@ -129,8 +129,9 @@ class BlockSparseMatrix:
 
     Notes
     -----
-    ``data``, ``indices`` and ``indptr`` are read-only views: the kernels
-    trust the structure checked at construction.  Products follow NumPy's
+    ``data``, ``indices`` and ``indptr`` are read-only; the products read a
+    packed copy of them, made and checked once by the first product (see
+    "Packed weights" in the design notes).  Products follow NumPy's
     result dtypes, with two documented exceptions: int8 matrices times uint8
     or int8 operands give exact int32 (NumPy would wrap around in int8 or
     int16), and float16 operands are computed and returned in float32.  Slicing, element

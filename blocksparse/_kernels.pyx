@@ -350,12 +350,17 @@ def matmul(int isa, KernelWeight w not None, x, cnp.ndarray out not None, bint t
     """
     cdef int64_t M = w.q.w.M, K = w.q.w.K, N
     cdef bsk_status st
+    cdef cnp.ndarray q
     _check_isa(isa)
     if w.kind != _I8:
         if epilogue is not None:
             raise ValueError("an epilogue is for int8 weights")
         return _spmm(isa, w, x, out, tokens, num_threads)
-    cdef cnp.ndarray q = x.q
+    try:
+        q = x.q
+    except AttributeError:
+        raise TypeError("an int8 weight multiplies QuantizedActivations (q, scale, zero), "
+                        f"got {type(x).__name__}") from None
     N = (q.shape[0] if tokens else q.shape[1]) if cnp.PyArray_NDIM(q) == 2 else -1
     if tokens:
         _check_dense(q, "x", cnp.NPY_UINT8, N, K, False)

@@ -156,6 +156,8 @@ def test_float_weights(rng):
 def test_call_errors(rng):
     Q = blocksparse.quantize(rng.standard_normal((8, 12)).astype(np.float32))
     x = QuantizedActivations(np.zeros((12, 3), np.uint8), None, None)
+    with pytest.raises(TypeError, match="an int8 weight multiplies QuantizedActivations"):
+        matmul(Q.packed, x.q, np.empty((8, 3), np.int32), layout="features")
     with pytest.raises(ValueError, match="layout must be 'features' or 'tokens'"):
         matmul(Q.packed, x, np.empty((8, 3), np.int32), layout="rows")
     with pytest.raises(ValueError, match="need the weight's and x's scales"):

@@ -1,11 +1,12 @@
-"""Build blocksparse: one static library per ISA, one Cython extension.
+"""Build blocksparse: static kernel libraries per ISA variant, one Cython extension.
 
-Each ISA's kernels are compiled with that ISA's flags only (never
+Each variant's units are compiled with that variant's flags only (never
 -march=native unless BLOCKSPARSE_NATIVE=1), so the baseline code that runs
-before CPU detection cannot contain instructions the CPU may lack.  The
-float kernels may contract a*b+c into FMA; the INT8 kernels are compiled
-with -ffp-contract=off so their float epilogue gives the same bits on every
-ISA.  Environment switches:
+before CPU detection cannot contain instructions the CPU may lack; VARIANTS
+below describes every variant once (flags, sources).  Float products and
+encoder kernels may contract a*b+c into FMA; the INT8 kernels and the
+quantization are compiled with -ffp-contract=off so they give the same bits on
+every variant.  Environment switches:
 
   BLOCKSPARSE_SANITIZE=address,undefined  build with sanitizers
   BLOCKSPARSE_NATIVE=1                    add -march=native everywhere
@@ -15,8 +16,10 @@ ISA.  Environment switches:
 import glob
 import os
 import platform
+import re
 import shlex
 import subprocess
+import sys
 import sysconfig
 import tempfile
 
@@ -25,31 +28,46 @@ from Cython.Build import cythonize
 from setuptools import Extension, setup
 from setuptools.command.build_ext import build_ext
 
-ISA_FLAGS = {
-    "avx2": ["-mavx2", "-mfma"],
-    "avx_vnni": ["-mavx2", "-mfma", "-mavxvnni"],
-    "avx512_vnni": ["-mavx2", "-mfma", "-mavx512f", "-mavx512bw", "-mavx512vl",
-                    "-mavx512dq", "-mavx512vnni"],
+# The ISA variants, each described once.  A variant's compiler flags are "-m" plus each
+# of its features.  Detection (src/dispatch.c) checks every CPU feature those flags
+# enable: the compiler is asked which (variant_features), and each must have its CPUID
+# bit in src/cpu_features.h, so the flags and the checks cannot drift apart.  Sources:
+# "exact" units are compiled with -ffp-contract=off (INT8 products, quantization: the
+# same bits on every variant), "fast" ones may contract a*b+c into FMA (float products,
+# encoder kernels); "probes" units hold the ceiling probes that only
+# blocksparse.bench._probes calls.  Adding a variant: docs/adding_an_isa.rst.
+VARIANTS = {
+    "avx2": {
+        "features": ["avx2", "fma"],
+        "probe": "__m256i f(__m256i a){return _mm256_madd_epi16(a, a);}",
+        "fast": ["src/avx2/spmm_float_avx2.c", "src/avx2/spmm_double_avx2.c",
+                 "src/avx2/nn_avx2.c"],
+        "exact": ["src/avx2/qspmm_avx2.c", "src/avx2/quantize_avx2.c"],
+        "probes": ["src/probe/probe_avx2.c"],
+    },
+    "avx_vnni": {
+        "features": ["avx2", "fma", "avxvnni"],
+        "probe": "__m256i f(__m256i a){return _mm256_dpbusd_avx_epi32(a, a, a);}",
+        "exact": ["src/avxvnni/qspmm_avxvnni.c", "src/avxvnni/quantize_avxvnni.c"],
+        "probes": ["src/probe/probe_avxvnni.c"],
+    },
+    "avx512_vnni": {
+        "features": ["avx2", "fma", "avx512f", "avx512bw", "avx512vl", "avx512dq",
+                     "avx512vnni"],
+        "probe": "__m512i f(__m512i a){return _mm512_dpbusd_epi32(a, a, a);}",
+        "fast": ["src/avx512vnni/spmm_float_avx512vnni.c",
+                 "src/avx512vnni/spmm_double_avx512vnni.c", "src/avx512vnni/nn_avx512vnni.c"],
+        "exact": ["src/avx512vnni/qspmm_avx512vnni.c", "src/avx512vnni/quantize_avx512vnni.c"],
+        "probes": ["src/probe/probe_avx512vnni.c"],
+    },
 }
-ISA_PROBES = {
-    "avx2": "__m256i f(__m256i a){return _mm256_madd_epi16(a, a);}",
-    "avx_vnni": "__m256i f(__m256i a){return _mm256_dpbusd_avx_epi32(a, a, a);}",
-    "avx512_vnni": "__m512i f(__m512i a){return _mm512_dpbusd_epi32(a, a, a);}",
-}
-# (library suffix, sources) per ISA; "_f" libraries hold the float kernels, "_p" the
-# ceiling probes, which only blocksparse.bench._probes calls.
-ISA_SOURCES = {
-    "avx2": {"f": ["src/avx2/spmm_float_avx2.c", "src/avx2/spmm_double_avx2.c"],
-             "q": ["src/avx2/qspmm_avx2.c", "src/avx2/quantize_avx2.c"],
-             "p": ["src/probe/probe_avx2.c"]},
-    "avx_vnni": {"q": ["src/avxvnni/qspmm_avxvnni.c", "src/avxvnni/quantize_avxvnni.c"],
-                 "p": ["src/probe/probe_avxvnni.c"]},
-    "avx512_vnni": {"f": ["src/avx512vnni/spmm_float_avx512vnni.c",
-                          "src/avx512vnni/spmm_double_avx512vnni.c"],
-                    "q": ["src/avx512vnni/qspmm_avx512vnni.c",
-                          "src/avx512vnni/quantize_avx512vnni.c"],
-                    "p": ["src/probe/probe_avx512vnni.c"]},
-}
+# The portable units: dispatch, the drivers of the encoder kernels, the scalar variant.
+SCALAR_SOURCES = ["src/dispatch.c", "src/nn/tokens.c", "src/nn/attention.c",
+                  "src/ref/spmm_scalar.c", "src/ref/quantize_scalar.c", "src/ref/nn_scalar.c"]
+
+
+def isa_flags(variant):
+    return ["-m" + f for f in VARIANTS[variant]["features"]]
 
 
 def compiler_accepts(flags, code="int main(void){return 0;}\n", link=False):
@@ -89,25 +107,81 @@ if openmp:
     base_cflags.append("-fopenmp")
     link_args.append("-fopenmp")
 
+
+def predefined_macros(flags):
+    """{name: value} of the macros the C compiler predefines with `flags`."""
+    cc = shlex.split(os.environ.get("CC") or sysconfig.get_config_var("CC") or "cc")
+    try:
+        out = subprocess.run(cc + flags + ["-dM", "-E", "-x", "c", os.devnull],
+                             capture_output=True, text=True).stdout
+    except OSError:
+        return {}
+    return dict(line.split(" ", 2)[1:] for line in out.splitlines()
+                if line.startswith("#define ") and line.count(" ") >= 2)
+
+
+def checkable_features():
+    """The feature names of src/cpu_features.h (those detection can check)."""
+    with open("src/cpu_features.h") as f:
+        return set(re.findall(r"^\s*X\((\w+),", f.read(), re.M))
+
+
+def variant_features(variant, baseline, known):
+    """CPU features the variant's flags enable (feature macros the compiler then
+    defines beyond the baseline), or None if one cannot be checked at run time."""
+    macros = predefined_macros(isa_flags(variant))
+    enabled = sorted(m[2:-2] for m, v in macros.items()
+                     if m not in baseline and v == "1" and re.fullmatch(r"__[A-Z0-9_]+__", m))
+    unknown = [f for f in enabled if f not in known]
+    if unknown:
+        print(f"blocksparse: not building the {variant} variant: its flags enable "
+              f"{', '.join(unknown)}, which src/cpu_features.h cannot check", file=sys.stderr)
+        return None
+    return enabled
+
+
 is_x86 = platform.machine().lower() in ("x86_64", "amd64", "i686", "i386")
-built_isas = [isa for isa in ISA_FLAGS
-              if is_x86 and compiler_accepts(ISA_FLAGS[isa],
-                                             "#include <immintrin.h>\n" + ISA_PROBES[isa])]
-macros = [(f"BSK_HAVE_{isa.upper()}", "1") for isa in built_isas]
+baseline_macros = predefined_macros([])
+known_features = checkable_features()
+macros, features_of, flags_of = [], [], []
+built_isas = []
+for isa in VARIANTS:
+    flags = isa_flags(isa)
+    enabled = None
+    if is_x86 and compiler_accepts(flags, "#include <immintrin.h>\n" + VARIANTS[isa]["probe"]):
+        enabled = variant_features(isa, baseline_macros, known_features)
+    if enabled is not None:
+        built_isas.append(isa)
+        macros.append((f"BSK_HAVE_{isa.upper()}", "1"))
+    # the features detection checks; for a variant not built, those its flags name
+    features = enabled if enabled is not None else \
+        [f.upper() for f in VARIANTS[isa]["features"] if f.upper() in known_features]
+    features_of.append(f"[BSK_ISA_{isa.upper()}] = {{1, "
+                       + "|".join(f"BSK_F({f})" for f in features) + "}")
+    flags_of.append(f'[BSK_ISA_{isa.upper()}] = "{" ".join(flags)}"')
+macros += [("BSK_VARIANT_FEATURES", ", ".join(features_of)),
+           ("BSK_VARIANT_FLAGS", ", ".join(flags_of))]
 
 exact = ["-ffp-contract=off"]
-libraries = [("bsk_core", {"sources": ["src/dispatch.c", "src/ref/spmm_scalar.c", "src/ref/quantize_scalar.c"]
-                           + sorted(glob.glob("src/nn/*.c")),
-                           "include_dirs": ["include"], "macros": macros,
+fast = ["-ffp-contract=fast"]
+include_dirs = ["include", "src"]
+# every unit is recompiled when a header changes (build_clib compares only sources otherwise)
+headers = sorted(glob.glob("include/**/*.h", recursive=True) + glob.glob("src/**/*.h",
+                                                                          recursive=True))
+libraries = [("bsk_core", {"sources": SCALAR_SOURCES, "include_dirs": include_dirs,
+                           "obj_deps": {"": headers}, "macros": macros,
                            "cflags": base_cflags + exact}),
              # before the ISA libraries: the linker resolves its calls into them
-             ("bsk_probe", {"sources": ["src/probe/probe.c"], "include_dirs": ["include"],
-                            "macros": macros, "cflags": base_cflags})]
+             ("bsk_probe", {"sources": ["src/probe/probe.c"], "include_dirs": include_dirs,
+                            "obj_deps": {"": headers}, "macros": macros,
+                            "cflags": base_cflags})]
 for isa in built_isas:
-    for kind, sources in ISA_SOURCES[isa].items():
-        flags = base_cflags + ISA_FLAGS[isa] + (exact if kind == "q" else ["-ffp-contract=fast"])
-        libraries.append((f"bsk_{isa}_{kind}", {"sources": sources, "include_dirs": ["include"],
-                                                "macros": macros, "cflags": flags}))
+    for kind, fp in (("fast", fast), ("exact", exact), ("probes", [])):
+        if VARIANTS[isa].get(kind):
+            libraries.append((f"bsk_{isa}_{kind}", {
+                "sources": VARIANTS[isa][kind], "include_dirs": include_dirs,
+                "obj_deps": {"": headers}, "macros": macros,
+                "cflags": base_cflags + isa_flags(isa) + fp}))
 
 
 class BuildExt(build_ext):
@@ -116,14 +190,13 @@ class BuildExt(build_ext):
     def run(self):
         if self.distribution.has_c_libraries():
             clib = self.get_finalized_command("build_clib")
-            # build_clib does not track headers: rebuild when one is newer
-            headers = glob.glob("include/**/*.h", recursive=True) + glob.glob("src/**/*.h",
-                                                                              recursive=True)
+            # a header newer than an archive means its objects are recompiled (obj_deps);
+            # archive afresh, since `ar rcs` would keep objects of deleted sources
             archives = glob.glob(os.path.join(clib.build_clib, "*.a"))
             if archives and headers and max(map(os.path.getmtime, headers)) > \
                     min(map(os.path.getmtime, archives)):
                 clib.force = True
-            if clib.force:  # `ar rcs` would keep objects of deleted sources
+            if clib.force:
                 for archive in archives:
                     os.remove(archive)
             self.run_command("build_clib")
@@ -138,7 +211,7 @@ if not env_flag("BLOCKSPARSE_DEBUG_CYTHON"):
 extensions = [Extension(
     "blocksparse._kernels",
     sources=["blocksparse/_kernels.pyx"],
-    include_dirs=["include", np.get_include()],
+    include_dirs=include_dirs + [np.get_include()],
     define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")],
     extra_compile_args=[f for f in base_cflags if f not in ("-Wall", "-fvisibility=hidden")]
     + ["-Wno-unused-function"],

@@ -1,5 +1,5 @@
-# Declarations of the C kernel API (include/blocksparse/bsk.h), nothing else.
-from libc.stdint cimport int32_t, int64_t, uint8_t
+# Declarations of the C kernel API (include/blocksparse/bsk.h, bsk_nn.h), nothing else.
+from libc.stdint cimport int32_t, int64_t, uint8_t, uint32_t, uint64_t
 
 cdef extern from "blocksparse/bsk.h" nogil:
     ctypedef enum bsk_status:
@@ -47,6 +47,11 @@ cdef extern from "blocksparse/bsk.h" nogil:
     int bsk_isa_built(bsk_isa isa)
     int bsk_isa_detected(bsk_isa isa)
     const char *bsk_isa_name(bsk_isa isa)
+    uint64_t bsk_isa_features(bsk_isa isa)
+    const char *bsk_feature_name(int bit)
+    uint64_t bsk_cpu_features(uint64_t *xcr0)
+    uint32_t bsk_isa_mask_for(uint64_t features, uint64_t xcr0)
+    const char *bsk_isa_flags(bsk_isa isa)
     int bsk_default_threads()
     int bsk_have_openmp()
     int64_t bsk_set_min_work_per_thread(int64_t work)
@@ -66,3 +71,23 @@ cdef extern from "blocksparse/bsk.h" nogil:
                                int64_t ldx, int mode, float *scale, int32_t *zero,
                                uint8_t *Q, int64_t ldq, int num_threads)
     const char *bsk_qspmm_kernel_name(bsk_isa isa, const bsk_qbcsr *W)
+
+cdef extern from "blocksparse/bsk_nn.h" nogil:
+    bsk_status bsk_add_layernorm_f32(bsk_isa isa, const float *X, int x_tokens,
+                                     const float *Res, int64_t F, int64_t N,
+                                     const float *gamma, const float *beta,
+                                     float eps, float *Y, uint8_t *Q,
+                                     float *q_scale, int32_t *q_zero,
+                                     const float *q_mul, int num_threads)
+    bsk_status bsk_bias_act_f32(bsk_isa isa, float *Y, int64_t M, int64_t N,
+                                const float *bias, int act, int num_threads)
+    bsk_status bsk_quantize_tokens_u8(bsk_isa isa, const float *X, int64_t F,
+                                      int64_t N, const float *q_mul, uint8_t *Q,
+                                      float *q_scale, int32_t *q_zero,
+                                      int num_threads)
+    int64_t bsk_nn_set_min_work_per_thread(int64_t work)
+    bsk_status bsk_attention_f32(bsk_isa isa, const float *QKV, int64_t batch,
+                                 int64_t seq, int64_t heads, int64_t head_dim,
+                                 const uint8_t *mask, float scale, float *Y,
+                                 uint8_t *Q, float *q_scale, int32_t *q_zero,
+                                 int num_threads)

@@ -1,14 +1,20 @@
 # cython: language_level=3
 """Typed glue between validated NumPy arrays and the C kernels.
 
-Python (``_matrix.py``, ``_quant.py``) validates shapes, dtypes and index
-ranges.  This module checks again only what memory safety needs (lengths,
-contiguity, dtypes of the buffers it hands to C), releases the GIL around
-the kernel call and turns the C status into an exception.
+Python (``_matrix.py``, ``_quant.py``, ``_packed.py``, ``nn``) validates
+arguments and names them in its errors.  This module checks again only what
+memory safety needs, releases the GIL around the kernel call and turns the C
+status into an exception.
+
+A weight reaches the products as a :class:`KernelWeight` (the base of
+``blocksparse._packed.PackedWeight``): its arrays and their block-CSR
+structure are checked once, when it is made, and the C view of them is kept,
+so a product checks only its operands (O(1)), not the structure (O(nnzb)).
 """
 import numpy as np
 cimport numpy as cnp
-from libc.stdint cimport int32_t, int64_t, uint8_t
+from libc.stdint cimport int32_t, int64_t, uint8_t, uint32_t, uint64_t
+from libc.math cimport isfinite
 
 from blocksparse._kernels cimport *
 
@@ -16,8 +22,17 @@ cnp.import_array()
 
 ISA_NAMES = tuple(bsk_isa_name(<bsk_isa>i).decode() for i in range(BSK_ISA_COUNT))
 MAX_K_INT8 = BSK_MAX_K_INT8
-OUT_KINDS = {"int32": BSK_OUT_I32, "float32": BSK_OUT_F32, "uint8": BSK_OUT_U8}
 ACTIVATIONS = {None: BSK_ACT_NONE, "relu": BSK_ACT_RELU, "gelu": BSK_ACT_GELU}
+
+
+def _feature_names():
+    names = []
+    while bsk_feature_name(len(names)) != NULL:
+        names.append(bsk_feature_name(len(names)).decode())
+    return tuple(names)
+
+
+FEATURE_NAMES = _feature_names()  # the CPU features detection knows (src/cpu_features.h)
 
 
 def isa_built(int isa):
@@ -53,6 +68,49 @@ cdef int _check_isa(int isa) except -1:
     return 0
 
 
+# ---- detection, for diagnostics and tests ----------------------------------------------
+
+cdef list _names_of(uint64_t mask):
+    return [n for i, n in enumerate(FEATURE_NAMES) if (mask >> i) & 1]
+
+
+cdef uint64_t _mask_of(names) except? 0:
+    cdef uint64_t mask = 0
+    for n in names:
+        if n not in FEATURE_NAMES:
+            raise ValueError(f"unknown CPU feature {n!r}; known: {', '.join(FEATURE_NAMES)}")
+        mask |= (<uint64_t>1) << FEATURE_NAMES.index(n)
+    return mask
+
+
+def isa_features(int isa):
+    """The CPU features the variant's compiler flags enable (what detection checks)."""
+    _check_isa(isa)
+    return _names_of(bsk_isa_features(<bsk_isa>isa))
+
+
+def isa_flags(int isa):
+    """The compiler flags the variant was built with, or None if it was not built."""
+    _check_isa(isa)
+    cdef const char *flags = bsk_isa_flags(<bsk_isa>isa)
+    return None if flags == NULL else flags.decode()
+
+
+def cpu_features():
+    """(features this CPU reports, XCR0) as detection read them."""
+    cdef uint64_t xcr0 = 0
+    cdef uint64_t mask = bsk_cpu_features(&xcr0)
+    return _names_of(mask), int(xcr0)
+
+
+def isa_mask_for(features, uint64_t xcr0):
+    """ISA indices the detection routine accepts for these CPU features and XCR0."""
+    cdef uint32_t mask = bsk_isa_mask_for(_mask_of(features), xcr0)
+    return [i for i in range(BSK_ISA_COUNT) if (mask >> i) & 1]
+
+
+# ---- status and argument checks -----------------------------------------------------------
+
 cdef object _raise(bsk_status st, str kernel, int isa):
     where = f"{kernel} ({ISA_NAMES[isa]})"
     if st == BSK_EINVAL:
@@ -66,177 +124,327 @@ cdef object _raise(bsk_status st, str kernel, int isa):
     raise RuntimeError(f"{where}: failed with status {int(st)}")
 
 
-cdef bint _bad_structure(const int32_t *indptr, int64_t nbr, const int32_t *indices,
-                        int64_t nnzb, int64_t nbc) noexcept nogil:
-    cdef int64_t i
-    cdef int32_t lo = 0, hi = 0, v
-    for i in range(nbr):
-        if indptr[i + 1] < indptr[i]:
-            return True
-    for i in range(nnzb):
-        v = indices[i]
-        lo = v if v < lo else lo
-        hi = v if v > hi else hi
-    return lo < 0 or (nnzb > 0 and hi >= nbc)
+cdef inline bint _is(cnp.ndarray a, int typenum) noexcept:
+    """a has this dtype in native byte order."""
+    return cnp.PyArray_TYPE(a) == typenum and cnp.PyArray_ISNOTSWAPPED(a)
 
 
-cdef int _check_bcsr(bsk_bcsr *v, tuple shape, tuple blocksize,
-                     cnp.ndarray indptr, cnp.ndarray indices,
-                     cnp.ndarray data) except -1:
-    cdef int64_t M = shape[0], K = shape[1], R = blocksize[0], C = blocksize[1]
-    if R <= 0 or C <= 0 or M % R or K % C:
-        raise ValueError("blocksize must divide the shape")
-    for name, a in (("indptr", indptr), ("indices", indices)):
-        if a.dtype != np.int32 or a.ndim != 1 or not a.flags.c_contiguous:
-            raise TypeError(f"{name} must be a contiguous 1-D int32 array")
-    if indptr.shape[0] != M // R + 1:
-        raise ValueError("indptr has the wrong length")
-    if data.ndim != 3 or not data.flags.c_contiguous:
-        raise ValueError("data must be a C-contiguous (nnzb, R, C) array")
-    if data.shape[0] != indices.shape[0] or data.shape[1] != R or data.shape[2] != C:
-        raise ValueError("data and indices disagree on the block count")
-    if indptr[0] != 0 or indptr[M // R] != indices.shape[0]:
-        raise ValueError("indptr must run from 0 to nnzb")
-    # The arrays are read-only, but a caller can flip the flag back and write
-    # into them: a streaming check (about a microsecond per 10^4 blocks) keeps
-    # bad indices from ever reaching the kernels as out-of-bounds reads.
-    if _bad_structure(<const int32_t *>cnp.PyArray_DATA(indptr), M // R,
-                      <const int32_t *>cnp.PyArray_DATA(indices), indices.shape[0], K // C):
-        raise ValueError("indptr/indices were modified after construction: they are no longer "
-                         "a valid block-CSR structure")
-    v.M, v.K, v.R, v.C = M, K, R, C
-    v.nnzb = indices.shape[0]
-    v.indptr = <const int32_t *>cnp.PyArray_DATA(indptr)
-    v.indices = <const int32_t *>cnp.PyArray_DATA(indices)
-    v.data = <const void *>cnp.PyArray_DATA(data)
-    return 0
-
-
-cdef int _check_dense(cnp.ndarray a, str name, object dtype, int64_t rows,
+cdef int _check_dense(cnp.ndarray a, str name, int typenum, int64_t rows,
                       int64_t cols, bint writable) except -1:
-    if a.dtype != dtype:
-        raise TypeError(f"{name} must have dtype {np.dtype(dtype)}, got {a.dtype}")
-    if a.ndim != 2 or a.shape[0] != rows or a.shape[1] != cols:
+    if not _is(a, typenum):
+        raise TypeError(f"{name} must have dtype {cnp.PyArray_DescrFromType(typenum)}, "
+                        f"got {a.dtype}")
+    if cnp.PyArray_NDIM(a) != 2 or a.shape[0] != rows or a.shape[1] != cols:
         raise ValueError(f"{name} must have shape ({rows}, {cols}), got {(<object>a).shape}")
-    if not a.flags.c_contiguous or not a.flags.aligned:
+    if not cnp.PyArray_IS_C_CONTIGUOUS(a) or not cnp.PyArray_ISALIGNED(a):
         raise ValueError(f"{name} must be C-contiguous and aligned")
-    if writable and not a.flags.writeable:
+    if writable and not cnp.PyArray_ISWRITEABLE(a):
         raise ValueError(f"{name} must be writable")
     return 0
 
 
-def spmm_float(int isa, tuple shape, tuple blocksize, cnp.ndarray indptr not None,
-               cnp.ndarray indices not None, cnp.ndarray data not None, cnp.ndarray X not None,
-               cnp.ndarray Y not None, bint transposed, int num_threads):
-    """Y = W @ X (transposed=False) or Y = X @ W.T (transposed=True), float."""
-    cdef bsk_bcsr v
-    cdef bsk_status st
-    cdef int64_t M, K, N
-    _check_isa(isa)
-    _check_bcsr(&v, shape, blocksize, indptr, indices, data)
-    M, K = v.M, v.K
-    if data.dtype != np.float32 and data.dtype != np.float64:
-        raise TypeError(f"data must be float32 or float64, got {data.dtype}")
-    N = X.shape[1] if not transposed else X.shape[0]
-    if transposed:
-        _check_dense(X, "x", data.dtype, N, K, False)
-        _check_dense(Y, "out", data.dtype, N, M, True)
-    else:
-        _check_dense(X, "X", data.dtype, K, N, False)
-        _check_dense(Y, "out", data.dtype, M, N, True)
-    cdef void *xp = cnp.PyArray_DATA(X)
-    cdef void *yp = cnp.PyArray_DATA(Y)
-    cdef int64_t ldx = X.shape[1], ldy = Y.shape[1]
-    if data.dtype == np.float32:
-        with nogil:
-            st = bsk_spmm_f32(<bsk_isa>isa, &v, <const float *>xp, ldx, N,
-                              <float *>yp, ldy, transposed, num_threads)
-    else:
-        with nogil:
-            st = bsk_spmm_f64(<bsk_isa>isa, &v, <const double *>xp, ldx, N,
-                              <double *>yp, ldy, transposed, num_threads)
-    if st != BSK_OK:
-        _raise(st, "bsk_spmm_" + ("f32" if data.dtype == np.float32 else "f64"), isa)
-    return Y
-
-
-cdef const void *_ptr_or_null(object a, str name, object dtype, int64_t n) except? NULL:
+cdef const void *_ptr_or_null(object a, str name, int typenum, int64_t n) except? NULL:
+    """Data of a contiguous 1-D array of n elements, NULL for None."""
     if a is None:
         return NULL
+    if not isinstance(a, cnp.ndarray):
+        raise TypeError(f"{name} must be a NumPy array")
     cdef cnp.ndarray arr = a
-    if arr.dtype != dtype or arr.ndim != 1 or arr.shape[0] != n or not arr.flags.c_contiguous:
-        raise ValueError(f"{name} must be a contiguous 1-D {np.dtype(dtype)} array of length {n}")
+    if not _is(arr, typenum) or cnp.PyArray_NDIM(arr) != 1 or arr.shape[0] != n or \
+            not cnp.PyArray_IS_C_CONTIGUOUS(arr) or not cnp.PyArray_ISALIGNED(arr):
+        raise ValueError(f"{name} must be a contiguous 1-D "
+                         f"{cnp.PyArray_DescrFromType(typenum)} array of length {n}")
     return cnp.PyArray_DATA(arr)
 
 
-def qspmm(int isa, tuple shape, tuple blocksize, cnp.ndarray indptr not None,
-          cnp.ndarray indices not None, cnp.ndarray data not None, object gptr, object gcols,
-          object gw, cnp.ndarray X not None, bint x_transposed, cnp.ndarray Y not None,
-          bint y_transposed, str kind, object activation, object rowsum,
-          object w_scale, object x_scale, object x_zero, object bias,
-          float out_scale, int out_zero, int num_threads):
-    """INT8 product with fused epilogue; see bsk_qspmm in bsk.h."""
+cdef cnp.ndarray _frozen(object a, str name, int typenum, int64_t n):
+    """a as a read-only contiguous 1-D array of n elements of this type."""
+    if a is None:
+        raise ValueError(f"{name} is required")
+    _ptr_or_null(a, name, typenum, n)
+    (<cnp.ndarray>a).flags.writeable = False
+    return a
+
+
+# ---- packed weights and the product --------------------------------------------------------
+
+cdef enum:
+    _F32 = 0
+    _F64 = 1
+    _I8 = 2
+
+
+cdef class KernelWeight:
+    """A block-CSR weight as the C kernels read it, checked once.
+
+    The base of ``blocksparse._packed.PackedWeight`` (see there): this
+    class validates the arrays once (lengths, dtypes, the whole index
+    structure: O(nnzb)), makes them read-only and keeps their C view, so
+    that a product checks only its operands.  The caller hands over arrays
+    that nothing else writes to.
+
+    Parameters
+    ----------
+    shape, blocksize : tuple of int
+        (M, K) and (R, C).
+    indptr, indices : ndarray of int32
+        Block-CSR structure.
+    data : ndarray of shape (nnzb, R, C)
+        float32, float64 or int8 values.
+    groups : tuple of 3 ndarrays, optional
+        int8 with blocksize (4, 1): (gptr, gcols, gw), see ``_pack.group_strips``.
+    rowsum : ndarray of shape (M,), dtype int32
+        int8 only: the row sums of the values (zero-point correction).
+    scale : ndarray of shape (M,), dtype float32, optional
+        int8 only: per-row scales, for float32 and uint8 outputs.
+    """
+
     cdef bsk_qbcsr q
-    cdef bsk_epilogue e
+    cdef int kind
+    cdef readonly tuple shape
+    cdef readonly tuple blocksize
+    cdef readonly cnp.ndarray indptr
+    cdef readonly cnp.ndarray indices
+    cdef readonly cnp.ndarray data
+    cdef readonly object groups
+    cdef readonly object rowsum
+    cdef readonly object scale
+
+    def __init__(self, shape, blocksize, indptr, indices, data, groups=None, rowsum=None,
+                 scale=None):
+        cdef int64_t M = shape[0], K = shape[1], R = blocksize[0], C = blocksize[1]
+        cdef int64_t i, nbr, nbc, nnzb, ngroups
+        cdef const int32_t *p
+        if M < 0 or K < 0 or R < 1 or C < 1 or M % R or K % C:
+            raise ValueError(f"blocksize {(R, C)} must divide the shape {(M, K)}")
+        nbr, nbc = M // R, K // C
+        if not isinstance(data, cnp.ndarray):
+            raise TypeError("data must be a NumPy array")
+        if _is(data, cnp.NPY_FLOAT32):
+            self.kind = _F32
+        elif _is(data, cnp.NPY_FLOAT64):
+            self.kind = _F64
+        elif _is(data, cnp.NPY_INT8):
+            self.kind = _I8
+        else:
+            raise TypeError(f"data must be float32, float64 or int8, got {data.dtype}")
+        nnzb = data.shape[0] if data.ndim else -1
+        if data.ndim != 3 or data.shape[1] != R or data.shape[2] != C or \
+                not data.flags.c_contiguous or not data.flags.aligned:
+            raise ValueError(f"data must be a C-contiguous (nnzb, {R}, {C}) array")
+        self.indptr = _frozen(indptr, "indptr", cnp.NPY_INT32, nbr + 1)
+        self.indices = _frozen(indices, "indices", cnp.NPY_INT32, nnzb)
+        data.flags.writeable = False
+        self.data = data
+        p = <const int32_t *>cnp.PyArray_DATA(self.indptr)
+        if p[0] != 0 or p[nbr] != nnzb:
+            raise ValueError(f"indptr must run from 0 to nnzb = {nnzb}")
+        for i in range(nbr):
+            if p[i + 1] < p[i]:
+                raise ValueError("indptr must be non-decreasing")
+        if _out_of_range(<const int32_t *>cnp.PyArray_DATA(self.indices), nnzb, nbc):
+            raise ValueError(f"indices must lie in [0, K/C) = [0, {nbc})")
+        self.q.w.M, self.q.w.K, self.q.w.R, self.q.w.C, self.q.w.nnzb = M, K, R, C, nnzb
+        self.q.w.indptr = p
+        self.q.w.indices = <const int32_t *>cnp.PyArray_DATA(self.indices)
+        self.q.w.data = cnp.PyArray_DATA(data)
+        self.q.gptr = self.q.gcols = self.q.gw = NULL
+        if self.kind != _I8:
+            if groups is not None or rowsum is not None or scale is not None:
+                raise ValueError("groups, rowsum and scale are for int8 weights")
+        else:
+            self.rowsum = _frozen(rowsum, "rowsum", cnp.NPY_INT32, M)
+            if scale is not None:
+                self.scale = _frozen(scale, "scale", cnp.NPY_FLOAT32, M)
+            if groups is not None:
+                if (R, C) != (4, 1):
+                    raise ValueError("grouped weights are only for blocksize (4, 1)")
+                gptr = _frozen(groups[0], "gptr", cnp.NPY_INT32, nbr + 1)
+                p = <const int32_t *>cnp.PyArray_DATA(gptr)
+                for i in range(nbr):
+                    if p[i + 1] < p[i]:
+                        raise ValueError("gptr must be non-decreasing")
+                ngroups = p[nbr] if nbr else 0
+                if nbr and p[0] != 0:
+                    raise ValueError("gptr must start at 0")
+                gcols = _frozen(groups[1], "gcols", cnp.NPY_INT32, 4 * ngroups)
+                gw = _frozen(groups[2], "gw", cnp.NPY_INT32, 4 * ngroups)
+                if _out_of_range(<const int32_t *>cnp.PyArray_DATA(gcols), 4 * ngroups, K):
+                    raise ValueError(f"gcols must lie in [0, K) = [0, {K})")
+                self.groups = (gptr, gcols, gw)
+                self.q.gptr = p
+                self.q.gcols = <const int32_t *>cnp.PyArray_DATA(gcols)
+                self.q.gw = <const int32_t *>cnp.PyArray_DATA(gw)
+        self.shape = (M, K)
+        self.blocksize = (R, C)
+
+    @property
+    def dtype(self):
+        """Value dtype: float32, float64 or int8."""
+        return self.data.dtype
+
+    @property
+    def nnzb(self):
+        """Stored blocks."""
+        return int(self.q.w.nnzb)
+
+    def kernel_name(self, int isa):
+        """Name of the C kernel a product with this weight runs on variant `isa`."""
+        _check_isa(isa)
+        if self.kind == _I8:
+            return bsk_qspmm_kernel_name(<bsk_isa>isa, &self.q).decode()
+        return "bsk_spmm_f32" if self.kind == _F32 else "bsk_spmm_f64"
+
+
+cdef bint _out_of_range(const int32_t *v, int64_t n, int64_t end) noexcept nogil:
+    cdef int64_t i
+    cdef int32_t lo = 0, hi = 0
+    for i in range(n):
+        lo = v[i] if v[i] < lo else lo
+        hi = v[i] if v[i] > hi else hi
+    return lo < 0 or (n > 0 and hi >= end)
+
+
+cdef class Epilogue:
+    """What an INT8 product does with its int32 accumulators (``bsk_epilogue``).
+
+    The base of ``blocksparse._packed.Epilogue`` (see there).  The output
+    kind follows the output array's dtype; these are the rest: activation
+    (None, "relu" or "gelu"), bias (float32 (M,) or None) and, for uint8
+    outputs, the requantization scale and zero point.
+    """
+
+    cdef int act
+    cdef readonly object activation
+    cdef readonly object bias
+    cdef readonly float out_scale
+    cdef readonly int out_zero
+
+    def __init__(self, activation=None, bias=None, out_scale=1.0, out_zero=0):
+        if activation not in ACTIVATIONS:
+            raise ValueError(f"activation must be one of None, 'relu', 'gelu', got {activation!r}")
+        if bias is not None:
+            _ptr_or_null(bias, "bias", cnp.NPY_FLOAT32, len(bias))
+        cdef float scale32 = out_scale
+        if not (scale32 > 0 and isfinite(scale32)):
+            raise ValueError(f"out_scale must be finite and positive in float32, got {out_scale!r}")
+        if not 0 <= out_zero <= 255:
+            raise ValueError(f"out_zero must lie in [0, 255], got {out_zero!r}")
+        self.act = ACTIVATIONS[activation]
+        self.activation = activation
+        self.bias = bias
+        self.out_scale = out_scale
+        self.out_zero = out_zero
+
+
+cdef Epilogue _NO_EPILOGUE = Epilogue()
+
+
+def matmul(int isa, KernelWeight w not None, x, cnp.ndarray out not None, bint tokens,
+           Epilogue epilogue, int num_threads):
+    """out = w @ x, written in place; see ``blocksparse._packed.matmul``.
+
+    tokens=False: x is (K, N), out (M, N); tokens=True: x is (N, K), out
+    (N, M).  Float weights take a float array of their dtype; int8 weights
+    quantized activations (attributes q, scale, zero) and an epilogue.
+    """
+    cdef int64_t M = w.q.w.M, K = w.q.w.K, N
     cdef bsk_status st
-    cdef int64_t M, K, N, ngroups
+    cdef cnp.ndarray q
     _check_isa(isa)
-    if data.dtype != np.int8:
-        raise TypeError(f"data must be int8, got {data.dtype}")
-    _check_bcsr(&q.w, shape, blocksize, indptr, indices, data)
-    M, K = q.w.M, q.w.K
-    N = X.shape[0] if x_transposed else X.shape[1]
-    if x_transposed:
-        _check_dense(X, "x", np.uint8, N, K, False)
+    if w.kind != _I8:
+        if epilogue is not None:
+            raise ValueError("an epilogue is for int8 weights")
+        return _spmm(isa, w, x, out, tokens, num_threads)
+    try:
+        q = x.q
+    except AttributeError:
+        raise TypeError("an int8 weight multiplies QuantizedActivations (q, scale, zero), "
+                        f"got {type(x).__name__}") from None
+    N = (q.shape[0] if tokens else q.shape[1]) if cnp.PyArray_NDIM(q) == 2 else -1
+    if tokens:
+        _check_dense(q, "x", cnp.NPY_UINT8, N, K, False)
     else:
-        _check_dense(X, "X", np.uint8, K, N, False)
-    out_dtype = {"int32": np.int32, "float32": np.float32, "uint8": np.uint8}[kind]
-    if y_transposed:
-        _check_dense(Y, "out", out_dtype, N, M, True)
+        _check_dense(q, "X", cnp.NPY_UINT8, K, N, False)
+    cdef int typenum = cnp.PyArray_TYPE(out)
+    cdef bsk_epilogue e
+    if typenum == cnp.NPY_INT32:
+        e.kind = BSK_OUT_I32
+    elif typenum == cnp.NPY_FLOAT32:
+        e.kind = BSK_OUT_F32
+    elif typenum == cnp.NPY_UINT8:
+        e.kind = BSK_OUT_U8
     else:
-        _check_dense(Y, "out", out_dtype, M, N, True)
-    q.gptr = q.gcols = q.gw = NULL
-    if gptr is not None:
-        if blocksize != (4, 1):
-            raise ValueError("grouped weights are only for blocksize (4, 1)")
-        q.gptr = <const int32_t *>_ptr_or_null(gptr, "gptr", np.int32, M // 4 + 1)
-        ngroups = (<cnp.ndarray>gptr)[M // 4]
-        q.gcols = <const int32_t *>_ptr_or_null(gcols, "gcols", np.int32, 4 * ngroups)
-        q.gw = <const int32_t *>_ptr_or_null(gw, "gw", np.int32, 4 * ngroups)
-    e.kind = OUT_KINDS[kind]
-    e.act = ACTIVATIONS[activation]
-    e.rowsum = <const int32_t *>_ptr_or_null(rowsum, "rowsum", np.int32, M)
-    e.x_zero = <const int32_t *>_ptr_or_null(x_zero, "x_zero", np.int32, N)
-    if e.x_zero == NULL:
-        raise ValueError("x_zero is required")
-    if kind != "int32":
-        e.w_scale = <const float *>_ptr_or_null(w_scale, "w_scale", np.float32, M)
-        e.x_scale = <const float *>_ptr_or_null(x_scale, "x_scale", np.float32, N)
-        if e.w_scale == NULL or e.x_scale == NULL:
-            raise ValueError("w_scale and x_scale are required for float outputs")
+        raise TypeError(f"out must be int32, float32 or uint8, got {out.dtype}")
+    if tokens:
+        _check_dense(out, "out", typenum, N, M, True)
     else:
-        e.w_scale = e.x_scale = NULL
-    e.bias = <const float *>_ptr_or_null(bias, "bias", np.float32, M)
-    e.out_scale = out_scale
-    e.out_zero = out_zero
-    cdef const uint8_t *xp = <const uint8_t *>cnp.PyArray_DATA(X)
+        _check_dense(out, "out", typenum, M, N, True)
+    if epilogue is None:
+        epilogue = _NO_EPILOGUE
+    e.x_zero = <const int32_t *>_ptr_or_null(x.zero, "x.zero", cnp.NPY_INT32, N)
+    e.rowsum = <const int32_t *>cnp.PyArray_DATA(w.rowsum) if e.x_zero != NULL else NULL
+    e.x_scale = e.w_scale = NULL
+    if e.kind != BSK_OUT_I32:
+        e.x_scale = <const float *>_ptr_or_null(x.scale, "x.scale", cnp.NPY_FLOAT32, N)
+        if e.x_scale == NULL or w.scale is None:
+            raise ValueError("float32 and uint8 outputs need the weight's and x's scales")
+        e.w_scale = <const float *>cnp.PyArray_DATA(w.scale)
+    elif epilogue.act != BSK_ACT_NONE or epilogue.bias is not None:
+        raise ValueError("an int32 output takes no activation or bias")
+    e.act = epilogue.act
+    e.bias = <const float *>_ptr_or_null(epilogue.bias, "bias", cnp.NPY_FLOAT32, M)
+    e.out_scale = epilogue.out_scale
+    e.out_zero = epilogue.out_zero
+    cdef const uint8_t *xp = <const uint8_t *>cnp.PyArray_DATA(q)
+    cdef void *yp = cnp.PyArray_DATA(out)
+    cdef int64_t ldx = q.shape[1], ldy = out.shape[1]
+    with nogil:
+        st = bsk_qspmm(<bsk_isa>isa, &w.q, xp, ldx, N, tokens, yp, ldy, tokens, &e,
+                       num_threads)
+    if st != BSK_OK:
+        _raise(st, bsk_qspmm_kernel_name(<bsk_isa>isa, &w.q).decode(), isa)
+    return out
+
+
+cdef object _spmm(int isa, KernelWeight w, cnp.ndarray X, cnp.ndarray Y, bint tokens,
+                  int num_threads):
+    cdef int64_t M = w.q.w.M, K = w.q.w.K, N
+    cdef int typenum = cnp.NPY_FLOAT32 if w.kind == _F32 else cnp.NPY_FLOAT64
+    cdef bsk_status st
+    N = (X.shape[0] if tokens else X.shape[1]) if cnp.PyArray_NDIM(X) == 2 else -1
+    if tokens:
+        _check_dense(X, "x", typenum, N, K, False)
+        _check_dense(Y, "out", typenum, N, M, True)
+    else:
+        _check_dense(X, "X", typenum, K, N, False)
+        _check_dense(Y, "out", typenum, M, N, True)
+    cdef void *xp = cnp.PyArray_DATA(X)
     cdef void *yp = cnp.PyArray_DATA(Y)
     cdef int64_t ldx = X.shape[1], ldy = Y.shape[1]
-    with nogil:
-        st = bsk_qspmm(<bsk_isa>isa, &q, xp, ldx, N, x_transposed, yp, ldy,
-                       y_transposed, &e, num_threads)
+    if w.kind == _F32:
+        with nogil:
+            st = bsk_spmm_f32(<bsk_isa>isa, &w.q.w, <const float *>xp, ldx, N,
+                              <float *>yp, ldy, tokens, num_threads)
+    else:
+        with nogil:
+            st = bsk_spmm_f64(<bsk_isa>isa, &w.q.w, <const double *>xp, ldx, N,
+                              <double *>yp, ldy, tokens, num_threads)
     if st != BSK_OK:
-        _raise(st, bsk_qspmm_kernel_name(<bsk_isa>isa, &q).decode(), isa)
+        _raise(st, "bsk_spmm_" + ("f32" if w.kind == _F32 else "f64"), isa)
     return Y
 
 
 def qspmm_kernel_name(int isa, tuple blocksize, bint grouped):
+    """Name of the INT8 kernel for this block shape (grouped: (4, 1) group tables)."""
     cdef bsk_qbcsr q
     _check_isa(isa)
     q.w.R, q.w.C = blocksize
     q.gptr = <const int32_t *>1 if grouped else NULL
     return bsk_qspmm_kernel_name(<bsk_isa>isa, &q).decode()
 
+
+# ---- activation quantization ------------------------------------------------------------------
 
 QUANT_MODES = {"static": BSK_QUANT_STATIC, "tensor": BSK_QUANT_PER_TENSOR,
                "token": BSK_QUANT_PER_ROW}
@@ -248,8 +456,8 @@ def quantize_u8(int isa, cnp.ndarray X not None, str mode, cnp.ndarray scale not
     cdef int64_t rows = X.shape[0], cols = X.shape[1]
     cdef bsk_status st
     _check_isa(isa)
-    _check_dense(X, "x", np.float32, rows, cols, False)
-    _check_dense(Q, "out", np.uint8, rows, cols, True)
+    _check_dense(X, "x", cnp.NPY_FLOAT32, rows, cols, False)
+    _check_dense(Q, "out", cnp.NPY_UINT8, rows, cols, True)
     cdef int64_t n = rows if mode == "token" else 1
     if scale.dtype != np.float32 or scale.ndim != 1 or scale.shape[0] < n or \
             not scale.flags.c_contiguous or not scale.flags.writeable:

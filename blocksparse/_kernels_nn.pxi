@@ -5,27 +5,6 @@
 # buffer handed to C), release the GIL around the call and raise on a bad
 # status.  Activations are (features, tokens) arrays (see bsk_nn.h).
 
-cdef extern from "blocksparse/bsk_nn.h" nogil:
-    bsk_status bsk_add_layernorm_f32(bsk_isa isa, const float *X, int x_tokens,
-                                     const float *Res, int64_t F, int64_t N,
-                                     const float *gamma, const float *beta,
-                                     float eps, float *Y, uint8_t *Q,
-                                     float *q_scale, int32_t *q_zero,
-                                     const float *q_mul, int num_threads)
-    bsk_status bsk_bias_act_f32(bsk_isa isa, float *Y, int64_t M, int64_t N,
-                                const float *bias, int act, int num_threads)
-    bsk_status bsk_quantize_tokens_u8(bsk_isa isa, const float *X, int64_t F,
-                                      int64_t N, const float *q_mul, uint8_t *Q,
-                                      float *q_scale, int32_t *q_zero,
-                                      int num_threads)
-    int64_t bsk_nn_set_min_work_per_thread(int64_t work)
-    bsk_status bsk_attention_f32(bsk_isa isa, const float *QKV, int64_t batch,
-                                 int64_t seq, int64_t heads, int64_t head_dim,
-                                 const uint8_t *mask, float scale, float *Y,
-                                 uint8_t *Q, float *q_scale, int32_t *q_zero,
-                                 int num_threads)
-
-
 def nn_set_min_work_per_thread(int64_t work):
     """Elements per thread below which the per-token kernels use fewer threads.
 
@@ -41,7 +20,7 @@ cdef int _check_quant_out(object Q, object q_scale, object q_zero, int64_t F,
         if q_scale is not None or q_zero is not None:
             raise ValueError("q_scale and q_zero are only for a quantized output Q")
         return 0
-    _check_dense(Q, "Q", np.uint8, F, N, True)
+    _check_dense(Q, "Q", cnp.NPY_UINT8, F, N, True)
     for name, a, dt in (("q_scale", q_scale, np.float32), ("q_zero", q_zero, np.int32)):
         if not isinstance(a, np.ndarray) or a.dtype != dt or a.ndim != 1 or \
                 a.shape[0] != N or not a.flags.c_contiguous or not a.flags.writeable:
@@ -70,21 +49,21 @@ def add_layernorm(int isa, cnp.ndarray X not None, bint x_tokens, object Res,
     """
     cdef int64_t F = _dim(Y, 0), N = _dim(Y, 1)
     cdef bsk_status st
-    _check_dense(Y, "out", np.float32, F, N, True)
+    _check_dense(Y, "out", cnp.NPY_FLOAT32, F, N, True)
     if F < 1:
         raise ValueError("out must have at least one feature row")
     if x_tokens:
-        _check_dense(X, "x", np.float32, N, F, False)
+        _check_dense(X, "x", cnp.NPY_FLOAT32, N, F, False)
         if np.shares_memory(X, Y):
             raise ValueError("out must not overlap a tokens-major x")
     else:
-        _check_dense(X, "x", np.float32, F, N, False)
+        _check_dense(X, "x", cnp.NPY_FLOAT32, F, N, False)
     if Res is not None:
-        _check_dense(Res, "residual", np.float32, F, N, False)
-    _ptr_or_null(gamma, "gamma", np.float32, F)
-    _ptr_or_null(beta, "beta", np.float32, F)
+        _check_dense(Res, "residual", cnp.NPY_FLOAT32, F, N, False)
+    _ptr_or_null(gamma, "gamma", cnp.NPY_FLOAT32, F)
+    _ptr_or_null(beta, "beta", cnp.NPY_FLOAT32, F)
     _check_quant_out(Q, q_scale, q_zero, F, N)
-    cdef const float *mp = <const float *>_ptr_or_null(q_mul, "q_mul", np.float32, F)
+    cdef const float *mp = <const float *>_ptr_or_null(q_mul, "q_mul", cnp.NPY_FLOAT32, F)
     cdef const float *xp = <const float *>cnp.PyArray_DATA(X)
     cdef const float *rp = <const float *>_data_or_null(Res)
     cdef const float *gp = <const float *>cnp.PyArray_DATA(gamma)
@@ -106,8 +85,8 @@ def bias_act(int isa, cnp.ndarray Y not None, object bias, object activation,
     """Y (M, N) = act(Y + bias[:, None]) in place, activation None, "relu" or "gelu"."""
     cdef int64_t M = _dim(Y, 0), N = _dim(Y, 1)
     cdef bsk_status st
-    _check_dense(Y, "y", np.float32, M, N, True)
-    cdef const float *bp = <const float *>_ptr_or_null(bias, "bias", np.float32, M)
+    _check_dense(Y, "y", cnp.NPY_FLOAT32, M, N, True)
+    cdef const float *bp = <const float *>_ptr_or_null(bias, "bias", cnp.NPY_FLOAT32, M)
     cdef int act = ACTIVATIONS[activation]
     cdef float *yp = <float *>cnp.PyArray_DATA(Y)
     with nogil:
@@ -123,9 +102,9 @@ def quantize_tokens(int isa, cnp.ndarray X not None, object q_mul, cnp.ndarray Q
     """Per-token (column) dynamic uint8 quantization of float32 X (F, N) into Q."""
     cdef int64_t F = _dim(X, 0), N = _dim(X, 1)
     cdef bsk_status st
-    _check_dense(X, "x", np.float32, F, N, False)
+    _check_dense(X, "x", cnp.NPY_FLOAT32, F, N, False)
     _check_quant_out(Q, q_scale, q_zero, F, N)
-    cdef const float *mp = <const float *>_ptr_or_null(q_mul, "q_mul", np.float32, F)
+    cdef const float *mp = <const float *>_ptr_or_null(q_mul, "q_mul", cnp.NPY_FLOAT32, F)
     cdef const float *xp = <const float *>cnp.PyArray_DATA(X)
     cdef uint8_t *qp = <uint8_t *>cnp.PyArray_DATA(Q)
     cdef float *sp = <float *>cnp.PyArray_DATA(q_scale)
@@ -150,10 +129,10 @@ def attention(int isa, cnp.ndarray QKV not None, int64_t batch, int64_t seq,
     cdef bsk_status st
     if batch < 0 or seq < 0 or heads <= 0 or hidden <= 0 or hidden % heads:
         raise ValueError("heads must be positive and divide the hidden size")
-    _check_dense(QKV, "qkv", np.float32, 3 * hidden, N, False)
-    _check_dense(Y, "out", np.float32, hidden, N, True)
+    _check_dense(QKV, "qkv", cnp.NPY_FLOAT32, 3 * hidden, N, False)
+    _check_dense(Y, "out", cnp.NPY_FLOAT32, hidden, N, True)
     if mask is not None:
-        _check_dense(mask, "mask", np.uint8, batch, seq, False)
+        _check_dense(mask, "mask", cnp.NPY_UINT8, batch, seq, False)
     _check_quant_out(Q, q_scale, q_zero, hidden, N)
     if np.shares_memory(QKV, Y):
         raise ValueError("out must not overlap qkv")

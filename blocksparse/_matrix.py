@@ -5,7 +5,7 @@ import operator
 import numpy as np
 import scipy.sparse as sp
 
-from . import _config, _kernels, _pack
+from . import _kernels, _pack, _packed
 from ._memory import ensure_available
 from ._protocol import NumpyProtocol
 
@@ -131,8 +131,9 @@ class BlockSparseMatrix(NumpyProtocol):
 
     Notes
     -----
-    ``data``, ``indices`` and ``indptr`` are read-only views: the kernels
-    trust the structure checked at construction.  Products follow NumPy's
+    ``data``, ``indices`` and ``indptr`` are read-only; the products read a
+    packed copy of them, made and checked once by the first product (see
+    "Packed weights" in the design notes).  Products follow NumPy's
     result dtypes, with two documented exceptions: int8 matrices times uint8
     or int8 operands give exact int32 (NumPy would wrap around in int8 or
     int16), and float16 operands are computed and returned in float32.  Slicing, element
@@ -199,17 +200,24 @@ class BlockSparseMatrix(NumpyProtocol):
             a.flags.writeable = False
         self._data, self._indices, self._indptr = data, indices, indptr
         self._T = None
-        self._cache = {}
+        self._packed = {}  # dtype -> PackedWeight, made by the first product that needs it
 
     @classmethod
-    def _from_parts(cls, data, indices, indptr, shape, blocksize, check=False):
+    def _from_parts(cls, data, indices, indptr, shape, blocksize):
         """Build from arrays the package made itself (no copy)."""
         self = cls.__new__(cls)
         idt = _index_dtype(data.shape[0], shape[1] // max(blocksize[1], 1))
         self._set(np.ascontiguousarray(data), np.ascontiguousarray(indices, dtype=idt),
                   np.ascontiguousarray(indptr, dtype=idt), shape, blocksize)
-        if check:
-            self.check_format(full_check=True)
+        return self
+
+    @classmethod
+    def _from_packed(cls, packed):
+        """A matrix over the arrays of a PackedWeight (read-only views, no copy)."""
+        self = cls.__new__(cls)
+        self._set(packed.data[...], packed.indices[...], packed.indptr[...], packed.shape,
+                  packed.blocksize)
+        self._packed[packed.dtype] = packed
         return self
 
     def _from_dense(self, arg, blocksize, dtype):
@@ -609,47 +617,14 @@ class BlockSparseMatrix(NumpyProtocol):
 
     # ---- kernel views --------------------------------------------------------
 
-    def _kernel_arrays(self):
-        """(indptr, indices) as int32 for the C kernels, cached."""
-        arrs = self._cache.get("int32_index")
-        if arrs is None:
-            if self._indptr.dtype == np.int32:
-                arrs = (self._indptr, self._indices)
-            else:
-                if self.nnzb > np.iinfo(np.int32).max or \
-                        self._shape[1] // self._blocksize[1] > np.iinfo(np.int32).max:
-                    raise NotImplementedError("the kernels need fewer than 2**31 blocks")
-                arrs = (self._indptr.astype(np.int32), self._indices.astype(np.int32))
-            self._cache["int32_index"] = arrs
-        return arrs
-
-    def _float_data(self, dtype):
-        key = ("float", dtype.str)
-        d = self._cache.get(key)
-        if d is None:
-            d = self._data if self._data.dtype == dtype else self._data.astype(dtype)
-            self._cache[key] = d
-        return d
-
-    def _int8_pack(self):
-        """(gptr, gcols, gw) for the (4, 1) INT8 kernel, or Nones; cached."""
-        pk = self._cache.get("int8_pack")
-        if pk is None:
-            if self._blocksize == (4, 1):
-                indptr, indices = self._kernel_arrays()
-                pk = _pack.group_strips(indptr, indices, self._data)
-            else:
-                pk = (None, None, None)
-            self._cache["int8_pack"] = pk
-        return pk
-
-    def _int8_rowsum(self):
-        rs = self._cache.get("rowsum")
-        if rs is None:
-            rs = _pack.row_sums(self._shape, self._blocksize, self._indptr,
-                                self._data).astype(np.int32)
-            self._cache["rowsum"] = rs
-        return rs
+    def _packed_as(self, dtype):
+        """The PackedWeight of this matrix with `dtype` values, made once."""
+        packed = self._packed.get(dtype)
+        if packed is None:
+            like = next(iter(self._packed.values()), None)
+            packed = _packed.PackedWeight.from_matrix(self, dtype, like=like)
+            self._packed[dtype] = packed
+        return packed
 
 
 def _rebuild(data, indices, indptr, shape, blocksize):
@@ -682,12 +657,7 @@ def _product(W, X, transposed):
     out_shape = (N, M) if transposed else (M, N)
     if W.dtype == np.int8 and X.dtype.kind in "iub":
         return _int8_product(W, X, transposed, out_shape)
-    dtype = np.result_type(W.dtype, X.dtype)
-    if dtype.kind != "f":
-        raise TypeError(f"no product for dtypes {W.dtype} and {X.dtype}")
-    dtype = np.dtype(np.float64) if dtype.itemsize > 4 else np.dtype(np.float32)
-    if dtype == np.float32 and X.dtype == np.float16:
-        dtype = np.dtype(np.float32)
+    dtype = _float_result(W.dtype, X.dtype)
     ensure_available(out_shape[0] * out_shape[1] * dtype.itemsize, f"the {out_shape} result")
     Y = np.empty(out_shape, dtype=dtype)
     if Y.size == 0:
@@ -695,18 +665,14 @@ def _product(W, X, transposed):
     if K == 0 or W.nnzb == 0:
         Y.fill(0)
         return Y
-    Xc = np.require(X, dtype=dtype, requirements="CA")  # copies only if needed
-    indptr, indices = W._kernel_arrays()
-    isa = _config._active_isa()
-    _kernels.spmm_float(isa, W.shape, W.blocksize, indptr, indices, W._float_data(dtype),
-                        Xc, Y, transposed, _config.get_num_threads())
-    return Y
+    return _packed.matmul(W._packed_as(dtype), _kernel_operand(X, dtype), Y,
+                          layout=_LAYOUT[transposed])
 
 
 def _int8_product(W, X, transposed, out_shape):
     """int8 W times uint8/int8 X, exact in int32 (NumPy would wrap in int8/int16)."""
     if X.dtype == np.uint8:
-        Xu, zero = X, 0
+        Xu, zero = X, None
     elif X.dtype == np.int8:
         # shift to uint8 and subtract 128 * rowsum(W) in the epilogue
         Xu, zero = (X.view(np.uint8) ^ np.uint8(0x80)), 128
@@ -722,16 +688,30 @@ def _int8_product(W, X, transposed, out_shape):
     Y = np.empty(out_shape, dtype=np.int32)
     if Y.size == 0:
         return Y
-    Xc = np.require(Xu, requirements="CA")
-    indptr, indices = W._kernel_arrays()
-    gptr, gcols, gw = W._int8_pack()
-    isa = _config._active_isa()
-    if _config._State.verbose:
-        _config._log_kernel(_kernels.qspmm_kernel_name(isa, W.blocksize, gptr is not None), isa,
-                            f"M={M} K={K} N={N} int32")
-    _kernels.qspmm(isa, W.shape, W.blocksize, indptr, indices, W._data, gptr, gcols, gw,
-                   Xc, transposed, Y, transposed, "int32", None,
-                   W._int8_rowsum() if zero else None, None, None,
-                   np.full(N, zero, dtype=np.int32), None, 1.0, 0,
-                   _config.get_num_threads())
-    return Y
+    x = _packed.QuantizedActivations(_kernel_operand(Xu, Xu.dtype), None,
+                                     None if zero is None else np.full(N, zero, np.int32))
+    return _packed.matmul(W._packed_as(_I8), x, Y, layout=_LAYOUT[transposed])
+
+
+_F32, _F64, _I8 = np.dtype(np.float32), np.dtype(np.float64), np.dtype(np.int8)
+_LAYOUT = {False: "features", True: "tokens"}  # transposed -> layout of _packed.matmul
+_FLOAT_RESULT = {}  # (W.dtype, X.dtype) -> dtype of a float product
+
+
+def _float_result(wdt, xdt):
+    """float32 or float64: NumPy's promotion, float16 computed in float32."""
+    key = (wdt, xdt)
+    dtype = _FLOAT_RESULT.get(key)
+    if dtype is None:
+        dtype = np.result_type(wdt, xdt)
+        if dtype.kind != "f":
+            raise TypeError(f"no product for dtypes {wdt} and {xdt}")
+        dtype = _FLOAT_RESULT[key] = _F64 if dtype.itemsize > 4 else _F32
+    return dtype
+
+
+def _kernel_operand(X, dtype):
+    """X as a C-contiguous aligned array of `dtype`, copied only if it is not one."""
+    if X.dtype == dtype and X.flags.c_contiguous and X.flags.aligned:
+        return X
+    return np.require(X, dtype=dtype, requirements="CA")

@@ -17,6 +17,8 @@ import numpy as np
 
 from . import _config, _kernels
 from ._matrix import BlockSparseMatrix, _as_operand
+from ._pack import block_rows
+from ._packed import Epilogue, PackedWeight, QuantizedActivations, matmul
 from ._protocol import NumpyProtocol
 
 __all__ = ["QuantizedMatrix", "quantize", "quantize_activations", "calibrate", "linear"]
@@ -88,12 +90,24 @@ class QuantizedMatrix(NumpyProtocol):
     per-tensor activation quantization inside; :func:`linear` is the
     Linear-layer form with bias, activation and output options.
 
+    Parameters
+    ----------
+    weight : BlockSparseMatrix
+        int8 values, shape (M, K).
+    scale : array_like of shape (M,)
+        Per-row scales, finite and positive.
+
     Attributes
     ----------
     weight : BlockSparseMatrix
-        int8 values ``Wq``, shape (M, K), the blocksize of the source.
+        int8 values ``Wq``, shape (M, K), the blocksize of the source: a
+        read-only view of the packed weight's arrays (a copy of the
+        constructor's `weight`).
     scale : ndarray of shape (M,), dtype float32
-        Per-row scales ``s_w``.
+        Per-row scales ``s_w`` (read-only).
+    packed : blocksparse._packed.PackedWeight
+        The kernels' form of the weight: values, int32 indices, the (4, 1)
+        group tables, row sums and scales, made once here.
     shape, blocksize, nnzb, density
         Those of `weight`.
     """
@@ -111,11 +125,10 @@ class QuantizedMatrix(NumpyProtocol):
         if weight.shape[1] > _kernels.MAX_K_INT8:
             raise ValueError(f"K = {weight.shape[1]} is too large for exact int32 accumulation "
                              f"(at most {_kernels.MAX_K_INT8})")
-        self.weight = weight
-        self.scale = scale
-        self.scale.flags.writeable = False
-        weight._int8_pack()  # pack once, now, not on the first call
-        weight._int8_rowsum()
+        # pack once, now, not on the first call; `weight` then views the packed arrays
+        self.packed = PackedWeight.from_matrix(weight, np.int8, scale=scale)
+        self.weight = BlockSparseMatrix._from_packed(self.packed)
+        self.scale = self.packed.scale
 
     shape = property(lambda self: self.weight.shape, doc="(M, K)")
     blocksize = property(lambda self: self.weight.blocksize, doc="(R, C) of the weight")
@@ -132,8 +145,7 @@ class QuantizedMatrix(NumpyProtocol):
         """The float32 weights ``s_w[m] * Wq[m, k]`` as a BlockSparseMatrix."""
         W = self.weight
         R = W.blocksize[0]
-        from ._pack import block_rows
-        rows = block_rows(W._kernel_arrays()[0])
+        rows = block_rows(W.indptr)
         s = self.scale.reshape(-1, R)[rows][:, :, None].astype(np.float64)
         # exact in float64, then one rounding: the float32 product's bits, except that a
         # value within an ulp of the float32 limit stays finite
@@ -152,8 +164,9 @@ class QuantizedMatrix(NumpyProtocol):
         xq, s, z = quantize_activations(X2, per_token=False)
         N = X2.shape[1]
         Y = np.empty((self.shape[0], N), dtype=np.float32)
-        _run(self, xq, False, Y, False, "float32", None, np.full(N, s, np.float32),
-             np.full(N, z, np.int32), None, 1.0, 0)
+        x = QuantizedActivations(np.require(xq, requirements="CA"), np.full(N, s, np.float32),
+                                 np.full(N, z, np.int32))
+        matmul(self.packed, x, Y, layout="features")
         _check_epilogue(self, s, None, Y)
         return Y[:, 0] if vec else Y
 
@@ -213,8 +226,7 @@ def quantize(W, blocksize=None):
                          f"{np.max(np.abs(data)):.3g}): INT8 weights dequantize to float32")
     M, K = W.shape
     R, C = W.blocksize
-    from ._pack import block_rows
-    rows = block_rows(W._kernel_arrays()[0])
+    rows = block_rows(W.indptr)
     amax = np.zeros((M // R, R), dtype=np.float64)
     if W.nnzb:
         np.maximum.at(amax, rows, np.abs(data).max(axis=2))
@@ -341,23 +353,6 @@ def calibrate(samples, per_tensor=True):
     return float(s), z
 
 
-def _run(Wq, xq, x_transposed, Y, y_transposed, kind, activation, x_scale, x_zero, bias,
-         out_scale, out_zero):
-    W = Wq.weight
-    indptr, indices = W._kernel_arrays()
-    gptr, gcols, gw = W._int8_pack()
-    isa = _config._active_isa()
-    N = Y.shape[0] if y_transposed else Y.shape[1]
-    if _config._State.verbose:
-        _config._log_kernel(_kernels.qspmm_kernel_name(isa, W.blocksize, gptr is not None), isa,
-                            f"M={W.shape[0]} K={W.shape[1]} N={N} {kind} act={activation}")
-    _kernels.qspmm(isa, W.shape, W.blocksize, indptr, indices, W.data, gptr, gcols, gw,
-                   np.require(xq, requirements="CA"), x_transposed, Y, y_transposed, kind, activation,
-                   W._int8_rowsum(), Wq.scale, x_scale, x_zero, bias, out_scale, out_zero,
-                   _config.get_num_threads())
-    return Y
-
-
 def linear(x, Wq, bias=None, activation=None, out=None, *, x_scale=None, x_zero_point=None,
            per_token=True, out_dtype=None, out_scale=None, out_zero_point=None):
     """INT8 Linear layer: ``y = act(x @ W.T + bias)`` with a fused epilogue.
@@ -464,7 +459,8 @@ def linear(x, Wq, bias=None, activation=None, out=None, *, x_scale=None, x_zero_
             raise ValueError("out must not overlap x or bias")
     if out.size == 0:
         return out
-    _run(Wq, xq, True, out, True, kind, activation, s, z, bias, out_s, out_z)
+    x = QuantizedActivations(np.require(xq, requirements="CA"), s, z)
+    matmul(Wq.packed, x, out, layout="tokens", epilogue=Epilogue(activation, bias, out_s, out_z))
     if kind == "float32":
         _check_epilogue(Wq, s, bias, out)
     return out

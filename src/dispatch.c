@@ -1,16 +1,127 @@
 /*
- * CPU feature detection and kernel dispatch.  This is the only file that
- * knows every ISA variant; it is compiled with baseline flags, so nothing
- * reachable before detection uses instructions the CPU may lack.
+ * CPU feature detection, the kernel tables and dispatch.  This is the only
+ * file that knows every ISA variant.  It is compiled with baseline flags, so
+ * nothing that runs before the CPU check uses instructions the CPU may lack.
+ *
+ * Each variant has one table of kernel pointers (bsk_kernels, bsk_internal.h)
+ * and, from setup.py, the mask of the CPU features its compiler flags enable
+ * (see cpu_features.h).  One detection routine reads CPUID and XCR0 once and
+ * fills `usable` with the tables of the variants that are built and whose
+ * every feature, and the register state it needs, is present.  Everything
+ * else looks up bsk_kernels_for(isa)->fn.
  */
-#include "blocksparse/bsk_internal.h"
+#include "bsk_internal.h"
+#include "cpu_features.h"
 
 #if defined(__x86_64__) || defined(__i386__)
 #include <cpuid.h>
 #define BSK_X86 1
 #endif
 
-/* ---- detection ----------------------------------------------------------- */
+/* What setup.py passes for every variant it describes, built or not:
+ *   BSK_VARIANT_FEATURES  [BSK_ISA_<V>] = {1, features its flags enable}, ...
+ *   BSK_VARIANT_FLAGS     [BSK_ISA_<V>] = "its compiler flags", ...
+ * A variant missing from them (say, this file built by another build system)
+ * is never detected. */
+#ifndef BSK_VARIANT_FEATURES
+#define BSK_VARIANT_FEATURES
+#endif
+#ifndef BSK_VARIANT_FLAGS
+#define BSK_VARIANT_FLAGS
+#endif
+
+/* ---- the kernel tables ------------------------------------------------------ */
+
+static const bsk_kernels scalar_kernels = {
+    .spmm_f32 = bsk_spmm_f32_scalar,
+    .spmm_f64 = bsk_spmm_f64_scalar,
+    .qspmm = NULL,
+    .quantize_u8 = bsk_quantize_u8_scalar,
+    .nn_tokens = &bsk_nn_tokens_scalar,
+    .nn_attention = &bsk_nn_attention_scalar,
+};
+
+#ifdef BSK_HAVE_AVX2
+static const bsk_kernels avx2_kernels = {
+    .spmm_f32 = bsk_spmm_f32_avx2,
+    .spmm_f64 = bsk_spmm_f64_avx2,
+    .qspmm = bsk_qspmm_u8s8s32_avx2,
+    .qspmm_row_name = "bsk_qspmm_u8s8s32_row1x4_avx2",
+    .qspmm_strip_name = "bsk_qspmm_u8s8s32_strip4x1_avx2",
+    .quantize_u8 = bsk_quantize_u8_avx2,
+    .nn_tokens = &bsk_nn_tokens_avx2,
+    .nn_attention = &bsk_nn_attention_avx2,
+};
+#endif
+
+#if defined(BSK_HAVE_AVX_VNNI) && defined(BSK_HAVE_AVX2)
+/* no float instructions beyond AVX2: the float and encoder kernels are AVX2's */
+static const bsk_kernels avx_vnni_kernels = {
+    .spmm_f32 = bsk_spmm_f32_avx2,
+    .spmm_f64 = bsk_spmm_f64_avx2,
+    .qspmm = bsk_qspmm_u8s8s32_avx_vnni,
+    .qspmm_row_name = "bsk_qspmm_u8s8s32_row1x4_avx_vnni",
+    .qspmm_strip_name = "bsk_qspmm_u8s8s32_strip4x1_avx_vnni",
+    .quantize_u8 = bsk_quantize_u8_avx_vnni,
+    .nn_tokens = &bsk_nn_tokens_avx2,
+    .nn_attention = &bsk_nn_attention_avx2,
+};
+#endif
+
+#ifdef BSK_HAVE_AVX512_VNNI
+static const bsk_kernels avx512_vnni_kernels = {
+    .spmm_f32 = bsk_spmm_f32_avx512_vnni,
+    .spmm_f64 = bsk_spmm_f64_avx512_vnni,
+    .qspmm = bsk_qspmm_u8s8s32_avx512_vnni,
+    .qspmm_row_name = "bsk_qspmm_u8s8s32_row1x4_avx512_vnni",
+    .qspmm_strip_name = "bsk_qspmm_u8s8s32_strip4x1_avx512_vnni",
+    .quantize_u8 = bsk_quantize_u8_avx512_vnni,
+    .nn_tokens = &bsk_nn_tokens_avx512_vnni,
+    .nn_attention = &bsk_nn_attention_avx512_vnni,
+};
+#endif
+
+/* Every variant compiled into this build, by bsk_isa. */
+static const bsk_kernels *const built[BSK_ISA_COUNT] = {
+    [BSK_ISA_SCALAR] = &scalar_kernels,
+#ifdef BSK_HAVE_AVX2
+    [BSK_ISA_AVX2] = &avx2_kernels,
+#endif
+#if defined(BSK_HAVE_AVX_VNNI) && defined(BSK_HAVE_AVX2)
+    [BSK_ISA_AVX_VNNI] = &avx_vnni_kernels,
+#endif
+#ifdef BSK_HAVE_AVX512_VNNI
+    [BSK_ISA_AVX512_VNNI] = &avx512_vnni_kernels,
+#endif
+};
+
+/* The features of every described variant, built or not (so that `info` can
+ * say what this CPU could run), and the flags of each. */
+static const struct {
+    int described;
+    uint64_t features;
+} variant_features[BSK_ISA_COUNT] = {[BSK_ISA_SCALAR] = {1, 0}, BSK_VARIANT_FEATURES};
+static const char *const variant_flags[BSK_ISA_COUNT] = {[BSK_ISA_SCALAR] = "",
+                                                         BSK_VARIANT_FLAGS};
+
+static const char *const isa_names[BSK_ISA_COUNT] = {
+    [BSK_ISA_SCALAR] = "scalar",
+    [BSK_ISA_AVX2] = "avx2",
+    [BSK_ISA_AVX_VNNI] = "avx_vnni",
+    [BSK_ISA_AVX512_VNNI] = "avx512_vnni",
+};
+
+/* ---- detection ---------------------------------------------------------------- */
+
+static const struct {
+    const char *name;
+    unsigned leaf, subleaf, reg, bit;
+    uint64_t xcr0;
+} features[BSK_FEATURE_COUNT] = {
+#define BSK_FEATURE_ROW(name, leaf, sub, reg, bit, xcr0) {#name, leaf, sub, reg, bit, xcr0},
+    BSK_CPU_FEATURES(BSK_FEATURE_ROW)
+#undef BSK_FEATURE_ROW
+};
 
 #ifdef BSK_X86
 static uint64_t xgetbv0(void)
@@ -22,79 +133,113 @@ static uint64_t xgetbv0(void)
 }
 #endif
 
-static int detect_mask(void)
+uint64_t bsk_cpu_features(uint64_t *xcr0)
 {
-    int mask = 1 << BSK_ISA_SCALAR;
+    uint64_t mask = 0, state = 0;
 #ifdef BSK_X86
-    unsigned a, b, c, d;
-    if (!__get_cpuid(1, &a, &b, &c, &d))
-        return mask;
-    const int osxsave = (c >> 27) & 1, avx = (c >> 28) & 1, fma = (c >> 12) & 1;
-    if (!osxsave || !avx)
-        return mask;
-    const uint64_t xcr0 = xgetbv0();
-    const int ymm_os = (xcr0 & 0x6) == 0x6;         /* SSE + AVX state */
-    const int zmm_os = ymm_os && (xcr0 & 0xe0) == 0xe0; /* opmask, ZMM hi */
-    if (!__get_cpuid_count(7, 0, &a, &b, &c, &d))
-        return mask;
-    const int avx2 = (b >> 5) & 1;
-    const int avx512f = (b >> 16) & 1, avx512bw = (b >> 30) & 1;
-    const int avx512vl = (b >> 31) & 1, avx512vnni = (c >> 11) & 1;
-    unsigned a1 = 0, b1, c1, d1;
-    __get_cpuid_count(7, 1, &a1, &b1, &c1, &d1);
-    const int avxvnni = (a1 >> 4) & 1;
-    if (ymm_os && avx2 && fma) {
-        mask |= 1 << BSK_ISA_AVX2;
-        if (avxvnni)
-            mask |= 1 << BSK_ISA_AVX_VNNI;
-        if (zmm_os && avx512f && avx512bw && avx512vl && avx512vnni)
-            mask |= 1 << BSK_ISA_AVX512_VNNI;
+    const unsigned max_leaf = __get_cpuid_max(0, NULL);
+    for (int f = 0; f < BSK_FEATURE_COUNT; f++) {
+        unsigned r[4] = {0, 0, 0, 0};
+        if (features[f].leaf > max_leaf ||
+            !__get_cpuid_count(features[f].leaf, features[f].subleaf, &r[0], &r[1], &r[2],
+                               &r[3]))
+            continue;
+        if ((r[features[f].reg] >> features[f].bit) & 1)
+            mask |= UINT64_C(1) << f;
     }
+    unsigned a, b, c, d;
+    /* XGETBV exists only where the OS has enabled XSAVE (CPUID.1:ECX.OSXSAVE) */
+    if (__get_cpuid(1, &a, &b, &c, &d) && ((c >> 27) & 1))
+        state = xgetbv0();
 #endif
+    if (xcr0)
+        *xcr0 = state;
     return mask;
 }
 
-static int detected_cache = -1;
+uint32_t bsk_isa_mask_for(uint64_t cpu_features, uint64_t xcr0)
+{
+    uint32_t mask = 0;
+    for (int isa = 0; isa < BSK_ISA_COUNT; isa++) {
+        if (!variant_features[isa].described)
+            continue;
+        const uint64_t need = variant_features[isa].features;
+        uint64_t need_state = 0;
+        for (int f = 0; f < BSK_FEATURE_COUNT; f++)
+            if ((need >> f) & 1)
+                need_state |= features[f].xcr0;
+        if ((need & ~cpu_features) == 0 && (need_state & ~xcr0) == 0)
+            mask |= UINT32_C(1) << isa;
+    }
+    return mask;
+}
+
+/* The tables of the built variants this CPU can run, filled once. */
+static const bsk_kernels *usable[BSK_ISA_COUNT];
+static uint32_t detected_mask;
+static int detection_done;
+
+static void detect(void)
+{
+    if (__atomic_load_n(&detection_done, __ATOMIC_ACQUIRE))
+        return;
+    /* idempotent: threads racing here compute and store the same values */
+    uint64_t xcr0;
+    const uint64_t cpu = bsk_cpu_features(&xcr0);
+    const uint32_t mask = bsk_isa_mask_for(cpu, xcr0);
+    for (int isa = 0; isa < BSK_ISA_COUNT; isa++)
+        __atomic_store_n(&usable[isa], (mask >> isa) & 1 ? built[isa] : NULL,
+                         __ATOMIC_RELAXED);
+    __atomic_store_n(&detected_mask, mask, __ATOMIC_RELAXED);
+    __atomic_store_n(&detection_done, 1, __ATOMIC_RELEASE);
+}
+
+const bsk_kernels *bsk_kernels_for(bsk_isa isa)
+{
+    if (isa < 0 || isa >= BSK_ISA_COUNT)
+        return NULL;
+    detect();
+    return __atomic_load_n(&usable[isa], __ATOMIC_RELAXED);
+}
 
 int bsk_isa_detected(bsk_isa isa)
 {
-    int mask = __atomic_load_n(&detected_cache, __ATOMIC_ACQUIRE);
-    if (mask < 0) {
-        mask = detect_mask(); /* idempotent: a race only repeats the work */
-        __atomic_store_n(&detected_cache, mask, __ATOMIC_RELEASE);
-    }
-    return isa >= 0 && isa < BSK_ISA_COUNT && ((mask >> isa) & 1);
+    detect();
+    return isa >= 0 && isa < BSK_ISA_COUNT &&
+           ((__atomic_load_n(&detected_mask, __ATOMIC_RELAXED) >> isa) & 1);
 }
 
 int bsk_isa_built(bsk_isa isa)
 {
-    switch (isa) {
-    case BSK_ISA_SCALAR: return 1;
-#ifdef BSK_HAVE_AVX2
-    case BSK_ISA_AVX2: return 1;
-#endif
-#ifdef BSK_HAVE_AVX_VNNI
-    case BSK_ISA_AVX_VNNI: return 1;
-#endif
-#ifdef BSK_HAVE_AVX512_VNNI
-    case BSK_ISA_AVX512_VNNI: return 1;
-#endif
-    default: return 0;
-    }
+    return isa >= 0 && isa < BSK_ISA_COUNT && built[isa] != NULL;
 }
 
 bsk_isa bsk_isa_best(void)
 {
     for (int isa = BSK_ISA_COUNT - 1; isa > 0; isa--)
-        if (bsk_isa_built((bsk_isa)isa) && bsk_isa_detected((bsk_isa)isa))
+        if (bsk_kernels_for((bsk_isa)isa))
             return (bsk_isa)isa;
     return BSK_ISA_SCALAR;
 }
 
 const char *bsk_isa_name(bsk_isa isa)
 {
-    static const char *names[BSK_ISA_COUNT] = {"scalar", "avx2", "avx_vnni", "avx512_vnni"};
-    return isa >= 0 && isa < BSK_ISA_COUNT ? names[isa] : "unknown";
+    return isa >= 0 && isa < BSK_ISA_COUNT ? isa_names[isa] : "unknown";
+}
+
+uint64_t bsk_isa_features(bsk_isa isa)
+{
+    return isa >= 0 && isa < BSK_ISA_COUNT ? variant_features[isa].features : 0;
+}
+
+const char *bsk_isa_flags(bsk_isa isa)
+{
+    return bsk_isa_built(isa) ? variant_flags[isa] : NULL;
+}
+
+const char *bsk_feature_name(int bit)
+{
+    return bit >= 0 && bit < BSK_FEATURE_COUNT ? features[bit].name : NULL;
 }
 
 int bsk_have_openmp(void)
@@ -115,12 +260,7 @@ int bsk_default_threads(void)
 #endif
 }
 
-/* ---- dispatch ------------------------------------------------------------ */
-
-static int usable(bsk_isa isa)
-{
-    return bsk_isa_built(isa) && bsk_isa_detected(isa);
-}
+/* ---- dispatch ----------------------------------------------------------------- */
 
 /* Waking a second thread costs microseconds (far more when the other core
  * is busy), so products with little work run on the calling thread only.
@@ -149,64 +289,46 @@ bsk_status bsk_spmm_f32(bsk_isa isa, const bsk_bcsr *W, const float *X,
                         int64_t ldx, int64_t N, float *Y, int64_t ldy,
                         int transposed, int num_threads)
 {
-    if (!usable(isa))
+    const bsk_kernels *k = bsk_kernels_for(isa);
+    if (!k)
         return BSK_EUNSUPPORTED;
     num_threads = threads_for(num_threads, W->nnzb * W->R * W->C, N);
-    switch (isa) {
-#ifdef BSK_HAVE_AVX512_VNNI
-    case BSK_ISA_AVX512_VNNI:
-        return bsk_spmm_f32_avx512_vnni(W, X, ldx, N, Y, ldy, transposed, num_threads);
-#endif
-#ifdef BSK_HAVE_AVX2
-    case BSK_ISA_AVX_VNNI: /* no float instructions beyond AVX2 */
-    case BSK_ISA_AVX2:
-        return bsk_spmm_f32_avx2(W, X, ldx, N, Y, ldy, transposed, num_threads);
-#endif
-    default:
-        return bsk_spmm_f32_scalar(W, X, ldx, N, Y, ldy, transposed, num_threads);
-    }
+    return k->spmm_f32(W, X, ldx, N, Y, ldy, transposed, num_threads);
 }
 
 bsk_status bsk_spmm_f64(bsk_isa isa, const bsk_bcsr *W, const double *X,
                         int64_t ldx, int64_t N, double *Y, int64_t ldy,
                         int transposed, int num_threads)
 {
-    if (!usable(isa))
+    const bsk_kernels *k = bsk_kernels_for(isa);
+    if (!k)
         return BSK_EUNSUPPORTED;
     num_threads = threads_for(num_threads, W->nnzb * W->R * W->C, N);
-    switch (isa) {
-#ifdef BSK_HAVE_AVX512_VNNI
-    case BSK_ISA_AVX512_VNNI:
-        return bsk_spmm_f64_avx512_vnni(W, X, ldx, N, Y, ldy, transposed, num_threads);
-#endif
-#ifdef BSK_HAVE_AVX2
-    case BSK_ISA_AVX_VNNI:
-    case BSK_ISA_AVX2:
-        return bsk_spmm_f64_avx2(W, X, ldx, N, Y, ldy, transposed, num_threads);
-#endif
-    default:
-        return bsk_spmm_f64_scalar(W, X, ldx, N, Y, ldy, transposed, num_threads);
-    }
+    return k->spmm_f64(W, X, ldx, N, Y, ldy, transposed, num_threads);
 }
 
-static int qspmm_has_fast_path(const bsk_qbcsr *W)
+/* The one choice of INT8 kernel, used to run it and to name it: the variant's
+ * vector kernel for blocksize (1, 4) and grouped (4, 1), else the scalar one
+ * (any block shape, same results). */
+static bsk_qspmm_fn choose_qspmm(const bsk_kernels *k, const bsk_qbcsr *W, const char **name)
 {
-    return (W->w.R == 1 && W->w.C == 4) || (W->w.R == 4 && W->w.C == 1 && W->gptr);
+    const int row = W->w.R == 1 && W->w.C == 4;
+    const int strip = W->w.R == 4 && W->w.C == 1 && W->gptr;
+    if (k && k->qspmm && (row || strip)) {
+        *name = strip ? k->qspmm_strip_name : k->qspmm_row_name;
+        return k->qspmm;
+    }
+    *name = "bsk_qspmm_u8s8s32_scalar";
+    return bsk_qspmm_u8s8s32_scalar;
 }
 
 const char *bsk_qspmm_kernel_name(bsk_isa isa, const bsk_qbcsr *W)
 {
-    if (!qspmm_has_fast_path(W) || isa == BSK_ISA_SCALAR)
-        return "bsk_qspmm_u8s8s32_scalar";
-    const int strip = W->w.R == 4;
-    switch (isa) {
-    case BSK_ISA_AVX512_VNNI:
-        return strip ? "bsk_qspmm_u8s8s32_strip4x1_avx512_vnni" : "bsk_qspmm_u8s8s32_row1x4_avx512_vnni";
-    case BSK_ISA_AVX_VNNI:
-        return strip ? "bsk_qspmm_u8s8s32_strip4x1_avx_vnni" : "bsk_qspmm_u8s8s32_row1x4_avx_vnni";
-    default:
-        return strip ? "bsk_qspmm_u8s8s32_strip4x1_avx2" : "bsk_qspmm_u8s8s32_row1x4_avx2";
-    }
+    const char *name;
+    if (!bsk_isa_built(isa))
+        return "bsk_qspmm";
+    choose_qspmm(built[isa], W, &name);
+    return name;
 }
 
 bsk_status bsk_qspmm(bsk_isa isa, const bsk_qbcsr *W, const uint8_t *X,
@@ -214,64 +336,24 @@ bsk_status bsk_qspmm(bsk_isa isa, const bsk_qbcsr *W, const uint8_t *X,
                      int64_t ldy, int y_transposed, const bsk_epilogue *epi,
                      int num_threads)
 {
-    if (!usable(isa))
+    const bsk_kernels *k = bsk_kernels_for(isa);
+    if (!k)
         return BSK_EUNSUPPORTED;
     if (W->w.K > BSK_MAX_K_INT8)
         return BSK_EOVERFLOW;
     /* the packing and the epilogue are work too: count one MAC per output */
     num_threads = threads_for(num_threads, W->w.nnzb * W->w.R * W->w.C + W->w.M, N);
-    bsk_status st = BSK_EUNSUPPORTED;
-    if (qspmm_has_fast_path(W)) {
-        switch (isa) {
-#ifdef BSK_HAVE_AVX512_VNNI
-        case BSK_ISA_AVX512_VNNI:
-            st = bsk_qspmm_u8s8s32_avx512_vnni(W, X, ldx, N, x_transposed, Y, ldy,
-                                               y_transposed, epi, num_threads);
-            break;
-#endif
-#ifdef BSK_HAVE_AVX_VNNI
-        case BSK_ISA_AVX_VNNI:
-            st = bsk_qspmm_u8s8s32_avx_vnni(W, X, ldx, N, x_transposed, Y, ldy,
-                                            y_transposed, epi, num_threads);
-            break;
-#endif
-#ifdef BSK_HAVE_AVX2
-        case BSK_ISA_AVX2:
-            st = bsk_qspmm_u8s8s32_avx2(W, X, ldx, N, x_transposed, Y, ldy,
-                                        y_transposed, epi, num_threads);
-            break;
-#endif
-        default:
-            break;
-        }
-    }
-    if (st != BSK_EUNSUPPORTED)
-        return st;
-    /* any other block shape, or no vector variant: the reference kernel */
-    return bsk_qspmm_u8s8s32_scalar(W, X, ldx, N, x_transposed, Y, ldy,
-                                    y_transposed, epi, num_threads);
+    const char *name;
+    const bsk_qspmm_fn fn = choose_qspmm(k, W, &name);
+    return fn(W, X, ldx, N, x_transposed, Y, ldy, y_transposed, epi, num_threads);
 }
 
 bsk_status bsk_quantize_u8(bsk_isa isa, const float *X, int64_t rows,
                            int64_t cols, int64_t ldx, int mode, float *scale,
                            int32_t *zero, uint8_t *Q, int64_t ldq, int num_threads)
 {
-    if (!usable(isa))
+    const bsk_kernels *k = bsk_kernels_for(isa);
+    if (!k)
         return BSK_EUNSUPPORTED;
-    switch (isa) {
-#ifdef BSK_HAVE_AVX512_VNNI
-    case BSK_ISA_AVX512_VNNI:
-        return bsk_quantize_u8_avx512_vnni(X, rows, cols, ldx, mode, scale, zero, Q, ldq, num_threads);
-#endif
-#ifdef BSK_HAVE_AVX_VNNI
-    case BSK_ISA_AVX_VNNI:
-        return bsk_quantize_u8_avx_vnni(X, rows, cols, ldx, mode, scale, zero, Q, ldq, num_threads);
-#endif
-#ifdef BSK_HAVE_AVX2
-    case BSK_ISA_AVX2:
-        return bsk_quantize_u8_avx2(X, rows, cols, ldx, mode, scale, zero, Q, ldq, num_threads);
-#endif
-    default:
-        return bsk_quantize_u8_scalar(X, rows, cols, ldx, mode, scale, zero, Q, ldq, num_threads);
-    }
+    return k->quantize_u8(X, rows, cols, ldx, mode, scale, zero, Q, ldq, num_threads);
 }

@@ -3,7 +3,7 @@
 Integer products are computed in int64 (scipy's int8 product wraps around,
 so it is never the reference for values); float products in float64; the
 quantization formulas in float32 as documented in blocksparse/_quant.py and
-src/quantize.c; GELU with :func:`math.erf`.
+src/simd/vec16.h (bsk_u8_params16, bsk_u8_code16); GELU with :func:`math.erf`.
 """
 import math
 
@@ -90,7 +90,7 @@ def quantize_weights(W):
 
 
 def activation_params(x32, per_token=True):
-    """Dynamic (scale, zero_point) in float32, as src/quantize.c computes them."""
+    """Dynamic (scale, zero_point) in float32, as src/simd/vec16.h computes them."""
     axis = 1 if per_token else None
     if x32.size:
         lo = np.minimum(x32.min(axis=axis), np.float32(0))

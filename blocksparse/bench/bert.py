@@ -114,13 +114,13 @@ def layer_breakdown(threads, repeat, sparsity=0.9, seed=0):
     layer, nxt = model.encoder.layers
     H, N, B = 768, SEQ, 1
     ids, _ = inputs(B, SEQ)
-    x, xq = model.embeddings._forward(ids, None, layer.attention.qkv)
+    x, xq = model.embeddings._forward(ids, None, layer.input_spec)
     att = layer.attention
     qkv = att.qkv._forward(x, xq)
     ctx = np.empty((H, N), np.float32)
     c, cq = _ops._attention(qkv, B, SEQ, att.num_heads, None, ctx, True)
     a = att.out._forward(c, cq)
-    h1, h1q = layer.ln1._forward(a, x, layer.ffn1, out=np.empty_like(a))
+    h1, h1q = layer.ln1._forward(a, x, layer.ffn1.input_spec, out=np.empty_like(a))
     inter = layer.ffn1._forward(h1, h1q, layer.activation)
     iq = _ops._quantize_tokens(inter)
     o = layer.ffn2._forward(inter, iq)
@@ -129,15 +129,15 @@ def layer_breakdown(threads, repeat, sparsity=0.9, seed=0):
         "spmm_qkv": lambda: att.qkv._forward(x, xq),
         "attention": lambda: _ops._attention(qkv, B, SEQ, att.num_heads, None, ctx, True),
         "spmm_attn_out": lambda: att.out._forward(c, cq),
-        "add_layernorm_1": lambda: layer.ln1._forward(a, x, layer.ffn1, out=scratch),
+        "add_layernorm_1": lambda: layer.ln1._forward(a, x, layer.ffn1.input_spec, out=scratch),
         "spmm_ffn1_gelu": lambda: layer.ffn1._forward(h1, h1q, layer.activation),
         "quantize_ffn1_out": lambda: _ops._quantize_tokens(inter),
         "spmm_ffn2": lambda: layer.ffn2._forward(inter, iq),
-        "add_layernorm_2": lambda: layer.ln2._forward(o, h1, nxt.attention.qkv, out=scratch),
+        "add_layernorm_2": lambda: layer.ln2._forward(o, h1, nxt.input_spec, out=scratch),
     }
     with thread_limits(threads):
         stats = {k: time_call(f, repeat=repeat, warmup=3) for k, f in ops.items()}
-        whole = time_call(lambda: layer._forward(x, xq, None, B, SEQ, nxt.attention.qkv),
+        whole = time_call(lambda: layer._forward(x, xq, None, B, SEQ, nxt.input_spec),
                           repeat=repeat, warmup=3)
     # attribution uses the fastest run of each piece: on a shared machine the
     # medians carry other processes' noise, which would land in "overhead"

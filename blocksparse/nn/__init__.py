@@ -26,11 +26,11 @@ Examples
 from ._checkpoint import normalize_config
 from ._ops import QuantizedActivations, attention, gelu, layer_norm, quantize_rows
 from .bert import BertEmbeddings, BertModel
-from .layers import (BertEncoder, BertLayer, LayerNorm, Linear, MultiHeadSelfAttention,
-                     mean_pooling)
+from .layers import (BertEncoder, BertLayer, InputSpec, LayerNorm, Linear,
+                     MultiHeadSelfAttention, mean_pooling)
 
 __all__ = [
     "Linear", "LayerNorm", "MultiHeadSelfAttention", "BertLayer", "BertEncoder",
     "BertEmbeddings", "BertModel", "mean_pooling", "gelu", "layer_norm", "attention",
-    "quantize_rows", "QuantizedActivations", "normalize_config",
+    "quantize_rows", "QuantizedActivations", "InputSpec", "normalize_config",
 ]

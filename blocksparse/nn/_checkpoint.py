@@ -688,3 +688,88 @@ def _remove_stale(directory, keep):
         with contextlib.suppress(FileNotFoundError, IsADirectoryError, PermissionError):
             os.unlink(os.path.join(directory, fn))  # a symlink itself, not its target
     fsync_directory(directory)
+
+
+def save_model(model, directory):
+    """Write a BertModel to `directory` (BertModel.save_pretrained), atomically."""
+    tensors, linears = {}, {}
+    emb = model.embeddings
+    tensors["embeddings.word"] = emb.word
+    tensors["embeddings.position"] = emb.position
+    if emb.token_type is not None:
+        tensors["embeddings.token_type"] = emb.token_type
+    tensors["embeddings.ln.weight"] = emb.ln.weight
+    tensors["embeddings.ln.bias"] = emb.ln.bias
+    for i, layer in enumerate(model.encoder):
+        for name, lin in zip(("qkv", "o", "ffn1", "ffn2"), layer.linears):
+            t, desc = linear_tensors(f"layers.{i}.{name}", lin)
+            tensors.update(t)
+            linears[f"layers.{i}.{name}"] = desc
+        for name, ln in (("ln1", layer.ln1), ("ln2", layer.ln2)):
+            tensors[f"layers.{i}.{name}.weight"] = ln.weight
+            tensors[f"layers.{i}.{name}.bias"] = ln.bias
+    if model.pooler is not None:
+        t, desc = linear_tensors("pooler", model.pooler)
+        tensors.update(t)
+        linears["pooler"] = desc
+    cfg = dict(model.config)
+    cfg["blocksparse"] = {"format_version": FORMAT_VERSION, "dtype": model.dtype,
+                          "sparsity": model.sparsity, "blocksize": list(model.blocksize),
+                          "balanced": model.balanced, "smoothing": model.smoothing,
+                          "linears": linears}
+    write_checkpoint(os.fspath(directory),
+                     {k: np.ascontiguousarray(v) for k, v in tensors.items()}, cfg)
+
+
+def load_own(cls, raw, directory, sparsity, dtype):
+    """A BertModel `cls` from the own format (BertModel.from_pretrained).
+
+    `raw` is the parsed config.json of `directory`, which has a "blocksparse"
+    section.  Raises :class:`CheckpointChanged` when a concurrent save
+    replaced the weights it names.
+    """
+    from .bert import BertEmbeddings
+    from .layers import (BertEncoder, BertLayer, LayerNorm, MultiHeadSelfAttention,
+                         _check_dtype_name)
+    cfg = normalize_config({k: v for k, v in raw.items() if k != "blocksparse"})
+    meta = check_own_meta(raw["blocksparse"], cfg)
+    stored = meta["dtype"]
+    if dtype is not None and _check_dtype_name(dtype) != stored:
+        raise ValueError(f"this model was saved with dtype {stored!r}; load it with "
+                         f"dtype=None (or {stored!r}), or sparsify the original checkpoint")
+    if sparsity is not None and sparsity != meta["sparsity"]:
+        raise ValueError(f"this model was saved already pruned (sparsity "
+                         f"{meta['sparsity']!r}); load it with sparsity=None, or prune "
+                         f"the original checkpoint")
+    get = own_getter(directory, meta)
+    linears = meta["linears"]
+    H, eps = cfg["hidden_size"], cfg["layer_norm_eps"]
+
+    def ln(name):
+        return LayerNorm(get(name + ".weight", (H,)), get(name + ".bias", (H,)), eps)
+
+    def lin(name):
+        if name not in linears:
+            raise ValueError(f"config 'blocksparse.linears' has no entry {name!r}")
+        return linear_from_tensors(name, linears[name], get)
+
+    layers = []
+    for i in range(cfg["num_hidden_layers"]):
+        p = f"layers.{i}."
+        attention = MultiHeadSelfAttention(lin(p + "qkv"), lin(p + "o"),
+                                           cfg["num_attention_heads"])
+        layers.append(BertLayer(attention, ln(p + "ln1"), lin(p + "ffn1"), lin(p + "ffn2"),
+                                ln(p + "ln2"), cfg["hidden_act"]))
+    tt = get("embeddings.token_type", (cfg["type_vocab_size"], H), optional=True) \
+        if cfg["type_vocab_size"] else None
+    emb = BertEmbeddings(get("embeddings.word", (cfg["vocab_size"], H)),
+                         get("embeddings.position", (cfg["max_position_embeddings"], H)),
+                         tt, ln("embeddings.ln"))
+    pooler = lin("pooler") if "pooler" in linears else None
+    model = cls(cfg, emb, BertEncoder(layers), pooler)
+    model.sparsity = meta["sparsity"]
+    model.blocksize = meta["blocksize"]
+    model.balanced = meta["balanced"]
+    model.smoothing = meta["smoothing"]
+    model.dtype = stored
+    return model

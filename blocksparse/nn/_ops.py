@@ -13,32 +13,9 @@ import math
 import numpy as np
 
 from .. import _config, _kernels
+from .._packed import QuantizedActivations
 
 __all__ = ["gelu", "layer_norm", "attention", "quantize_rows"]
-
-
-class QuantizedActivations:
-    """uint8 activations with one scale and zero point per token.
-
-    ``q`` is (features, tokens) like the float activations it stands for:
-    ``x ~ (q - zero[None, :]) * scale[None, :]``.  Made by the fused kernels
-    so that an INT8 Linear layer needs no separate quantization pass.
-    """
-
-    __slots__ = ("q", "scale", "zero")
-
-    def __init__(self, q, scale, zero):
-        self.q, self.scale, self.zero = q, scale, zero
-
-    @classmethod
-    def empty(cls, features, tokens):
-        return cls(np.empty((features, tokens), np.uint8), np.empty(tokens, np.float32),
-                   np.empty(tokens, np.int32))
-
-    def dequantize(self):
-        """float32 (features, tokens) values the uint8 codes stand for."""
-        return ((self.q.astype(np.float32) - self.zero[None, :].astype(np.float32))
-                * self.scale[None, :])
 
 
 def _float32_2d(x, name):

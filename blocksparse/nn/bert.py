@@ -6,8 +6,8 @@ import numpy as np
 
 from . import _checkpoint as ckpt
 from . import _ops
-from .layers import (BertEncoder, BertLayer, LayerNorm, Linear, MultiHeadSelfAttention,
-                     _check_dtype_name)
+from .layers import (FLOAT_INPUT, BertEncoder, BertLayer, LayerNorm, Linear,
+                     MultiHeadSelfAttention, _check_dtype_name)
 
 __all__ = ["BertEmbeddings", "BertModel"]
 
@@ -53,8 +53,9 @@ class BertEmbeddings:
             raise ValueError(f"ln must normalize {H} features")
         self.hidden_size = H
 
-    def _forward(self, ids, token_type_ids, consumer=None):
-        """(hidden, tokens) LayerNorm output (and its uint8 copy for consumer)."""
+    def _forward(self, ids, token_type_ids, want=FLOAT_INPUT):
+        """(hidden, tokens) LayerNorm output (and its uint8 codes if the InputSpec
+        `want` asks for them)."""
         B, S = ids.shape
         H = self.hidden_size
         # the gathers and adds run tokens-major (contiguous rows of the
@@ -66,7 +67,7 @@ class BertEmbeddings:
                 x += self.token_type[0]
             else:
                 x += np.take(self.token_type, token_type_ids.reshape(-1), axis=0).reshape(B, S, H)
-        return self.ln._forward(x.reshape(B * S, H), None, consumer, x_tokens=True)
+        return self.ln._forward(x.reshape(B * S, H), None, want, x_tokens=True)
 
 
 class BertModel:
@@ -201,7 +202,7 @@ class BertModel:
             if "blocksparse" not in raw:
                 break
             try:
-                return cls._from_own(raw, directory, sparsity, dtype)
+                return ckpt.load_own(cls, raw, directory, sparsity, dtype)
             except ckpt.CheckpointChanged:  # a concurrent save_pretrained switched it
                 continue
         else:
@@ -398,79 +399,7 @@ class BertModel:
         ImportError
             Without the ``safetensors`` package (the ``models`` extra).
         """
-        directory = os.fspath(directory)
-        tensors, linears = {}, {}
-        emb = self.embeddings
-        tensors["embeddings.word"] = emb.word
-        tensors["embeddings.position"] = emb.position
-        if emb.token_type is not None:
-            tensors["embeddings.token_type"] = emb.token_type
-        tensors["embeddings.ln.weight"] = emb.ln.weight
-        tensors["embeddings.ln.bias"] = emb.ln.bias
-        for i, layer in enumerate(self.encoder):
-            for name, lin in zip(("qkv", "o", "ffn1", "ffn2"), layer.linears):
-                t, desc = ckpt.linear_tensors(f"layers.{i}.{name}", lin)
-                tensors.update(t)
-                linears[f"layers.{i}.{name}"] = desc
-            for name, ln in (("ln1", layer.ln1), ("ln2", layer.ln2)):
-                tensors[f"layers.{i}.{name}.weight"] = ln.weight
-                tensors[f"layers.{i}.{name}.bias"] = ln.bias
-        if self.pooler is not None:
-            t, desc = ckpt.linear_tensors("pooler", self.pooler)
-            tensors.update(t)
-            linears["pooler"] = desc
-        cfg = dict(self.config)
-        cfg["blocksparse"] = {"format_version": ckpt.FORMAT_VERSION, "dtype": self.dtype,
-                              "sparsity": self.sparsity, "blocksize": list(self.blocksize),
-                              "balanced": self.balanced, "smoothing": self.smoothing,
-                              "linears": linears}
-        ckpt.write_checkpoint(directory, {k: np.ascontiguousarray(v) for k, v in tensors.items()},
-                              cfg)
-
-    @classmethod
-    def _from_own(cls, raw, directory, sparsity, dtype):
-        cfg = ckpt.normalize_config({k: v for k, v in raw.items() if k != "blocksparse"})
-        meta = ckpt.check_own_meta(raw["blocksparse"], cfg)
-        stored = meta["dtype"]
-        if dtype is not None and _check_dtype_name(dtype) != stored:
-            raise ValueError(f"this model was saved with dtype {stored!r}; load it with "
-                             f"dtype=None (or {stored!r}), or sparsify the original checkpoint")
-        if sparsity is not None and sparsity != meta["sparsity"]:
-            raise ValueError(f"this model was saved already pruned (sparsity "
-                             f"{meta['sparsity']!r}); load it with sparsity=None, or prune "
-                             f"the original checkpoint")
-        get = ckpt.own_getter(directory, meta)
-        linears = meta["linears"]
-        H, eps = cfg["hidden_size"], cfg["layer_norm_eps"]
-
-        def ln(name):
-            return LayerNorm(get(name + ".weight", (H,)), get(name + ".bias", (H,)), eps)
-
-        def lin(name):
-            if name not in linears:
-                raise ValueError(f"config 'blocksparse.linears' has no entry {name!r}")
-            return ckpt.linear_from_tensors(name, linears[name], get)
-
-        layers = []
-        for i in range(cfg["num_hidden_layers"]):
-            p = f"layers.{i}."
-            attention = MultiHeadSelfAttention(lin(p + "qkv"), lin(p + "o"),
-                                               cfg["num_attention_heads"])
-            layers.append(BertLayer(attention, ln(p + "ln1"), lin(p + "ffn1"), lin(p + "ffn2"),
-                                    ln(p + "ln2"), cfg["hidden_act"]))
-        tt = get("embeddings.token_type", (cfg["type_vocab_size"], H), optional=True) \
-            if cfg["type_vocab_size"] else None
-        emb = BertEmbeddings(get("embeddings.word", (cfg["vocab_size"], H)),
-                             get("embeddings.position", (cfg["max_position_embeddings"], H)),
-                             tt, ln("embeddings.ln"))
-        pooler = lin("pooler") if "pooler" in linears else None
-        model = cls(cfg, emb, BertEncoder(layers), pooler)
-        model.sparsity = meta["sparsity"]
-        model.blocksize = meta["blocksize"]
-        model.balanced = meta["balanced"]
-        model.smoothing = meta["smoothing"]
-        model.dtype = stored
-        return model
+        ckpt.save_model(self, directory)
 
     # ---- inference ------------------------------------------------------------------
 
@@ -548,7 +477,7 @@ class BertModel:
         H = self.hidden_size
         if B * S == 0:
             return np.zeros((B, S, H), dtype=np.float32)
-        x, xq = self.embeddings._forward(ids, tt, self.encoder.first_linear)
+        x, xq = self.embeddings._forward(ids, tt, self.encoder.input_spec)
         x = self.encoder._forward(x, xq, mask, B, S)
         return np.ascontiguousarray(x.T).reshape(B, S, H)
 

@@ -11,22 +11,50 @@ with one token per vector lane, without horizontal reductions.  The model
 transposes once on the way in (embeddings) and once on the way out.
 
 ``_forward`` is the unchecked inner path the model uses; it also passes
-uint8 activations (:class:`~blocksparse.nn._ops.QuantizedActivations`)
-made by the previous fused kernel straight to the next INT8 Linear layer.
+uint8 activations (:class:`~blocksparse.nn.QuantizedActivations`) made by
+the previous fused kernel straight to the next INT8 Linear layer.  What a
+layer wants as input, float only or also those uint8 codes (with its
+per-feature smoothing factors), it publishes as its :class:`InputSpec`; the
+layer that produces that input is handed the spec, and never looks at its
+consumer.  INT8 products go through ``blocksparse._packed.matmul``, the
+package's one product call path.
 """
+from typing import NamedTuple
+
 import numpy as np
 
-from .. import _quant
-from .._matrix import BlockSparseMatrix
-from .._prune import prune
-from .._quant import QuantizedMatrix, linear, quantize
+from .. import BlockSparseMatrix, QuantizedMatrix, linear, prune, quantize
+from .._packed import Epilogue, matmul
 from . import _ops
 
 __all__ = ["Linear", "LayerNorm", "MultiHeadSelfAttention", "BertLayer", "BertEncoder",
-           "mean_pooling"]
+           "mean_pooling", "InputSpec"]
 
 _ACTIVATIONS = (None, "relu", "gelu")
 _DTYPES = ("float32", "int8")
+
+
+class InputSpec(NamedTuple):
+    """What a layer wants as its input, published by the layer (``input_spec``).
+
+    The layer that makes that input (LayerNorm, attention, the previous
+    encoder layer) is handed the spec and produces what it asks for, so no
+    layer reads the attributes of the one after it.
+
+    Attributes
+    ----------
+    quantized : bool
+        Also per-token uint8 codes (an INT8 Linear layer).
+    scale : ndarray of shape (features,), dtype float32, or None
+        Per-feature factors applied before quantizing (SmoothQuant-style
+        smoothing, see :meth:`Linear.to_int8`).
+    """
+
+    quantized: bool = False
+    scale: object = None
+
+
+FLOAT_INPUT = InputSpec()
 
 
 def _check_activation(activation):
@@ -230,8 +258,8 @@ class Linear:
             N = xq.q.shape[1]
             y = np.empty((self.out_features, N), dtype=np.float32)
             if N:
-                _quant._run(self.weight, xq.q, False, y, False, "float32", activation, xq.scale,
-                            xq.zero, self.bias, 1.0, 0)
+                matmul(self.weight.packed, xq, y, layout="features",
+                       epilogue=Epilogue(activation, self.bias))
             return y
         y = self.weight @ x
         if (self.bias is not None or activation is not None) and y.size:
@@ -242,6 +270,11 @@ class Linear:
     def uses_int8(self):
         """True if the layer takes uint8 activations (kind "int8")."""
         return self.kind == "int8"
+
+    @property
+    def input_spec(self):
+        """:class:`InputSpec`: uint8 codes (times :attr:`input_scale`) for kind "int8"."""
+        return InputSpec(True, self.input_scale) if self.kind == "int8" else FLOAT_INPUT
 
     def to_int8(self, blocksize=(4, 1), input_absmax=None, smoothing=None):
         """An INT8 copy of this float layer, optionally smoothed.
@@ -385,17 +418,16 @@ class LayerNorm:
         y = _ops.layer_norm(x.reshape(-1, H), self.weight, self.bias, self.eps, residual=r)
         return y.reshape(x.shape)
 
-    def _forward(self, x, residual, consumer=None, out=None, x_tokens=False):
+    def _forward(self, x, residual, want=FLOAT_INPUT, out=None, x_tokens=False):
         """Unchecked, (features, tokens) arrays (x (tokens, features) if x_tokens).
 
-        Returns (y, uint8 copy of y for `consumer` if it is an INT8 Linear,
+        Returns (y, the uint8 codes of y if the InputSpec `want` asks for them,
         else None).
         """
-        quantize = consumer is not None and consumer.uses_int8
         if out is None:
             out = np.empty(x.shape[::-1] if x_tokens else x.shape, dtype=np.float32)
-        return _ops._layer_norm(x, residual, self.weight, self.bias, self.eps, out, quantize,
-                                consumer.input_scale if quantize else None, x_tokens)
+        return _ops._layer_norm(x, residual, self.weight, self.bias, self.eps, out,
+                                want.quantized, want.scale, x_tokens)
 
 
 def _hidden_3d(hidden_states, H, name="hidden_states"):
@@ -488,12 +520,18 @@ class MultiHeadSelfAttention:
         mask = _ops._mask_u8(attention_mask, (B, S))
         return _from_internal(self._forward(_to_internal(h), None, mask, B, S), B, S)
 
+    @property
+    def input_spec(self):
+        """:class:`InputSpec` of the Q/K/V product, which reads the input."""
+        return self.qkv.input_spec
+
     def _forward(self, x, xq, mask, B, S):
         qkv = self.qkv._forward(x, xq)
         ctx = np.empty((self.hidden_size, B * S), dtype=np.float32)
         # the kernel's fused quantization has no per-feature factors
-        fuse = self.out.uses_int8 and self.out.input_scale is None
-        ctx, ctxq = _ops._attention(qkv, B, S, self.num_heads, mask, ctx, fuse)
+        want = self.out.input_spec
+        ctx, ctxq = _ops._attention(qkv, B, S, self.num_heads, mask, ctx,
+                                    want.quantized and want.scale is None)
         return self.out._forward(ctx, ctxq)
 
 
@@ -554,24 +592,29 @@ class BertLayer:
         mask = _ops._mask_u8(attention_mask, (B, S))
         return _from_internal(self._forward(_to_internal(h), None, mask, B, S)[0], B, S)
 
-    def _forward(self, x, xq, mask, B, S, consumer=None):
-        """(output, its uint8 copy for `consumer`, the next INT8 Linear, or None)."""
+    @property
+    def input_spec(self):
+        """:class:`InputSpec` of the layer's first product (Q/K/V)."""
+        return self.attention.input_spec
+
+    def _forward(self, x, xq, mask, B, S, want=FLOAT_INPUT):
+        """(output, its uint8 codes if the InputSpec `want` asks for them, else None)."""
         a = self.attention._forward(x, xq, mask, B, S)
-        h1, h1q = self.ln1._forward(a, x, self.ffn1, out=a)
+        h1, h1q = self.ln1._forward(a, x, self.ffn1.input_spec, out=a)
         inter = self.ffn1._forward(h1, h1q, self.activation)
-        interq = _ops._quantize_tokens(inter, self.ffn2.input_scale) if self.ffn2.uses_int8 \
-            else None
+        ffn2_in = self.ffn2.input_spec
+        interq = _ops._quantize_tokens(inter, ffn2_in.scale) if ffn2_in.quantized else None
         o = self.ffn2._forward(inter, interq)
-        return self.ln2._forward(o, h1, consumer, out=o)
+        return self.ln2._forward(o, h1, want, out=o)
 
     def _calibrate(self, x, mask, B, S):
         """(output, max |input| per feature of qkv, of ffn1), float path."""
         qkv_in = np.abs(x).max(axis=1)
         a = self.attention._forward(x, None, mask, B, S)
-        h1, _ = self.ln1._forward(a, x, None, out=a)
+        h1, _ = self.ln1._forward(a, x, out=a)
         ffn1_in = np.abs(h1).max(axis=1)
         o = self.ffn2._forward(self.ffn1._forward(h1, None, self.activation), None)
-        return self.ln2._forward(o, h1, None, out=o)[0], qkv_in, ffn1_in
+        return self.ln2._forward(o, h1, out=o)[0], qkv_in, ffn1_in
 
     def to_int8(self, qkv_absmax=None, ffn1_absmax=None, smoothing=None, blocksize=(4, 1)):
         """An INT8 copy of this float layer (see :meth:`Linear.to_int8`).
@@ -622,6 +665,11 @@ class BertEncoder:
         """The Linear layer that reads the encoder's input (or None)."""
         return self.layers[0].attention.qkv if self.layers else None
 
+    @property
+    def input_spec(self):
+        """:class:`InputSpec` of the first layer (float input if there is none)."""
+        return self.layers[0].input_spec if self.layers else FLOAT_INPUT
+
     def __call__(self, hidden_states, attention_mask=None):
         """Last hidden state, shape (batch, seq, hidden), float32."""
         if not self.layers:
@@ -633,10 +681,10 @@ class BertEncoder:
         return _from_internal(self._forward(_to_internal(h), None, mask, B, S), B, S)
 
     def _forward(self, x, xq, mask, B, S):
-        layers = self.layers
-        for i, layer in enumerate(layers):
-            consumer = layers[i + 1].attention.qkv if i + 1 < len(layers) else None
-            x, xq = layer._forward(x, xq, mask, B, S, consumer)
+        # each layer makes what the next one asks for; the last, float only
+        wants = [layer.input_spec for layer in self.layers[1:]] + [FLOAT_INPUT]
+        for layer, want in zip(self.layers, wants):
+            x, xq = layer._forward(x, xq, mask, B, S, want)
         return x
 
 

@@ -34,7 +34,7 @@ typedef enum {
     BSK_ISA_SCALAR = 0,      /* portable C, the reference */
     BSK_ISA_AVX2 = 1,        /* AVX2 + FMA */
     BSK_ISA_AVX_VNNI = 2,    /* AVX2 + AVX-VNNI (256-bit vpdpbusd) */
-    BSK_ISA_AVX512_VNNI = 3, /* AVX-512 F/BW/VL + VNNI */
+    BSK_ISA_AVX512_VNNI = 3, /* AVX-512 F/BW/VL/DQ + VNNI */
     BSK_ISA_COUNT = 4
 } bsk_isa;
 
@@ -95,7 +95,7 @@ typedef struct {
 bsk_isa bsk_isa_best(void);
 /* 1 if the variant was compiled into this build. */
 int bsk_isa_built(bsk_isa isa);
-/* 1 if the CPU and OS support the variant (CPUID + XGETBV). */
+/* 1 if the CPU and OS support the variant (CPUID + XGETBV, see below). */
 int bsk_isa_detected(bsk_isa isa);
 /* Stable lower-case name ("scalar", "avx2", "avx_vnni", "avx512_vnni"). */
 const char *bsk_isa_name(bsk_isa isa);
@@ -103,6 +103,22 @@ const char *bsk_isa_name(bsk_isa isa);
 int bsk_default_threads(void);
 /* 1 if built with OpenMP. */
 int bsk_have_openmp(void);
+/*
+ * What detection checks (for diagnostics and tests).  A variant runs only
+ * where CPUID reports every CPU feature its compiler flags enable and XCR0
+ * shows the operating system saving the registers those features use.
+ */
+/* Mask of the features (bits named by bsk_feature_name) of a variant. */
+uint64_t bsk_isa_features(bsk_isa isa);
+/* Name of feature bit `bit` ("AVX2", "AVX512VNNI", ...); NULL past the last. */
+const char *bsk_feature_name(int bit);
+/* Features this CPU reports, and in *xcr0 (if not NULL) the XCR0 register. */
+uint64_t bsk_cpu_features(uint64_t *xcr0);
+/* Variants (bit i: bsk_isa i) that detection accepts for these features and
+ * XCR0: the detection routine itself, on any inputs. */
+uint32_t bsk_isa_mask_for(uint64_t features, uint64_t xcr0);
+/* Compiler flags the variant was built with ("" for scalar), NULL if not built. */
+const char *bsk_isa_flags(bsk_isa isa);
 /* Products with less stored work (multiply-adds) per thread than this use
  * fewer threads; 0 always uses the requested count (for tests).  Returns
  * the previous value. */

@@ -31,10 +31,10 @@ static inline __m256i dot_avx2(__m256i acc, __m256i x, bsk_qw_avx2 w)
     return _mm256_add_epi32(acc, _mm256_madd_epi16(hi, w.odd));
 }
 
-#include "../simd/qv256.h"
+#include "simd/qv256.h"
 #define QW bsk_qw_avx2
 #define QW_PREP(w) qw_prep_avx2(w)
 #define QV_DOT(acc, x, w) dot_avx2((acc), (x), (w))
 
 #define BSK_QFN bsk_qspmm_u8s8s32_avx2
-#include "../simd/qspmm_simd.h"
+#include "simd/qspmm_simd.h"

@@ -5,4 +5,4 @@
 #define BSK_T double
 #define BSK_TSIZE 8
 #define BSK_FN bsk_spmm_f64_avx2
-#include "../simd/spmm_float_simd.h"
+#include "simd/spmm_float_simd.h"

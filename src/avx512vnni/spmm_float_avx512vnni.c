@@ -5,4 +5,4 @@
 #define BSK_T float
 #define BSK_TSIZE 4
 #define BSK_FN bsk_spmm_f32_avx512_vnni
-#include "../simd/spmm_float_simd.h"
+#include "simd/spmm_float_simd.h"

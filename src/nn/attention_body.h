@@ -1,8 +1,7 @@
 /*
  * Multi-head self-attention on (features, tokens) arrays for one
- * (sequence, head, block of queries) task, instantiated once per ISA by
- * attention.c inside a `#pragma GCC target` region.  The including file
- * defines
+ * (sequence, head, block of queries) task, compiled once per ISA variant.
+ * The including unit (src/<isa>/nn_<isa>.c) defines
  *   BSK_NN_SFX  name suffix
  *   BSK_NN_IV   16-query vectors per block (the block is 16 * IV queries)
  *   BSK_NN_JB   keys per register block of the score product
@@ -27,6 +26,7 @@
  */
 #define BSK_NN_FN(name) BSK_NN_CAT(name, BSK_NN_SFX)
 #define BSK_NN_QW (16 * BSK_NN_IV)
+_Static_assert(BSK_NN_QW <= BSK_NN_MAX_QW, "the drivers' scratch holds BSK_NN_MAX_QW queries");
 
 /* st[j0 + u][q] = scale * sum_c K[c][j0 + u] qp[c][q], u < jb */
 BSK_INLINE void BSK_NN_FN(attn_scores)(const float *K, int64_t ldk, int64_t D, int64_t j0,
@@ -185,13 +185,8 @@ static void BSK_NN_FN(attn_task)(const bsk_nn_attn_args *a, int64_t b, int64_t h
         memcpy(y + c * N, qp + c * BSK_NN_QW, (size_t)cnt * sizeof(float));
 }
 
-static void BSK_NN_FN(attn_quant)(const bsk_nn_attn_args *a, int64_t n0, int64_t n1,
-                                  float *ws)
-{
-    const int64_t N = a->batch * a->seq;
-    bsk_nn_quant_rows(a->Y + n0, a->heads * a->head_dim, N, n1 - n0, NULL, a->Q + n0,
-                      a->q_scale + n0, a->q_zero + n0, ws);
-}
+const bsk_nn_attention_kernel BSK_NN_FN(bsk_nn_attention) = {
+    BSK_NN_FN(attn_task), BSK_NN_QW};
 
 #undef BSK_NN_QW
 #undef BSK_NN_FN

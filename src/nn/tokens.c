@@ -1,37 +1,12 @@
 /*
- * Per-token encoder kernels on (features, tokens) arrays: residual add +
- * LayerNorm (+ uint8 quantization of the result), bias + activation,
- * per-token uint8 quantization.  tokens_body.h is instantiated for the
- * baseline, AVX2+FMA and AVX-512; the dispatchers below pick one with
- * bsk_nn_level and split the token blocks (or rows) over the threads.
+ * Drivers of the per-token encoder kernels on (features, tokens) arrays:
+ * residual add + LayerNorm (+ uint8 quantization of the result), bias +
+ * activation, per-token uint8 quantization.  Compiled with baseline flags:
+ * they check the arguments, split the token blocks (or rows) over the
+ * threads and run the ISA variant's passes (tokens_body.h) from its kernel
+ * table.
  */
-#include "nn_simd.h"
-
-#define BSK_NN_SFX base
-#include "tokens_body.h"
-#undef BSK_NN_SFX
-
-#if BSK_NN_X86 && defined(BSK_HAVE_AVX2)
-#pragma GCC push_options
-#pragma GCC target("avx2,fma")
-#pragma GCC optimize("fp-contract=fast")
-#define BSK_NN_SFX avx2
-#include "tokens_body.h"
-#undef BSK_NN_SFX
-#pragma GCC pop_options
-#endif
-
-#if BSK_NN_X86 && defined(BSK_HAVE_AVX512_VNNI)
-#pragma GCC push_options
-#pragma GCC target("avx512f,avx512bw,avx512vl,avx512dq,avx2,fma")
-#pragma GCC optimize("fp-contract=fast")
-#define BSK_NN_SFX avx512
-#include "tokens_body.h"
-#undef BSK_NN_SFX
-#pragma GCC pop_options
-#endif
-
-typedef void (*range_fn)(const bsk_nn_tok_args *, int64_t, int64_t, float *);
+#include "nn/nn_simd.h"
 
 /* Elements per thread below which the per-token passes use fewer threads
  * (see run_split); 0 always uses the requested count (for tests). */
@@ -42,41 +17,21 @@ int64_t bsk_nn_set_min_work_per_thread(int64_t work)
     return __atomic_exchange_n(&min_work_per_thread, work < 0 ? 0 : work, __ATOMIC_RELAXED);
 }
 
-#if BSK_NN_X86 && defined(BSK_HAVE_AVX2)
-#define BSK_NN_AVX2_OR_BASE(name) name##_avx2
-#else
-#define BSK_NN_AVX2_OR_BASE(name) name##_base
-#endif
-#if BSK_NN_X86 && defined(BSK_HAVE_AVX512_VNNI)
-#define BSK_NN_AVX512_OR_BASE(name) name##_avx512
-#else
-#define BSK_NN_AVX512_OR_BASE(name) name##_base
-#endif
-#define BSK_NN_TABLE(name) \
-    {name##_base, BSK_NN_AVX2_OR_BASE(name), BSK_NN_AVX512_OR_BASE(name)}
-
-static const range_fn transpose_fns[3] = BSK_NN_TABLE(transpose_range);
-static const range_fn layernorm_fns[3] = BSK_NN_TABLE(layernorm_range);
-static const range_fn quantize_fns[3] = BSK_NN_TABLE(quantize_range);
-static const range_fn bias_act_fns[3] = BSK_NN_TABLE(bias_act_rows);
-
 /*
- * Run fns[level] on a split of [0, units): token ranges in whole 16-token
+ * Run fn on a split of [0, units): token ranges in whole 16-token
  * blocks (by_tokens) or feature rows.  Up to num_threads threads, one per
  * min_work_per_thread elements (256 K): these passes are bound by moving
  * data between the cores' caches, and below that a second thread measured
  * no faster (LayerNorm of 768 x 128: 41 us on one thread, 42 us on two)
- * while it adds a wake-up, far longer when the other core is busy.  Each thread gets scratch of `per_token` floats per token of its
- * range (64-byte aligned).  `first`, if not NULL, runs over the same split
- * before fns (a phase whose output fns reads only in the thread's range).
+ * while it adds a wake-up, far longer when the other core is busy.  Each
+ * thread gets scratch of `per_token` floats per token of its range (64-byte
+ * aligned).  `first`, if not NULL, runs over the same split
+ * before fn (a phase whose output fn reads only in the thread's range).
  */
-static bsk_status run_split(const range_fn *first, const range_fn *fns, bsk_isa isa,
+static bsk_status run_split(bsk_nn_range_fn first, bsk_nn_range_fn fn,
                             const bsk_nn_tok_args *a, int64_t units, int by_tokens,
                             int64_t per_token, int num_threads)
 {
-    const int level = bsk_nn_level(isa);
-    if (level < 0)
-        return BSK_EUNSUPPORTED;
     if (units <= 0)
         return BSK_OK;
     const int64_t blocks = by_tokens ? (units + 15) / 16 : units;
@@ -116,8 +71,8 @@ static bsk_status run_split(const range_fn *first, const range_fn *fns, bsk_isa 
         }
         if (hi > lo && (ws || !per_token)) {
             if (first)
-                first[level](a, lo, hi, ws);
-            fns[level](a, lo, hi, ws);
+                first(a, lo, hi, ws);
+            fn(a, lo, hi, ws);
         }
         free(ws);
     }
@@ -158,9 +113,12 @@ bsk_status bsk_add_layernorm_f32(bsk_isa isa, const float *X, int x_tokens,
     a.q_scale = q_scale;
     a.q_zero = q_zero;
     a.q_mul = q_mul;
+    const bsk_kernels *k = bsk_kernels_for(isa);
+    if (!k)
+        return BSK_EUNSUPPORTED;
     /* scratch: pivot, mean, rstd, then lo, hi, s, z of the quantization */
-    return run_split(x_tokens ? transpose_fns : NULL, layernorm_fns, isa, &a, N, 1, 7,
-                     num_threads);
+    return run_split(x_tokens ? k->nn_tokens->transpose : NULL, k->nn_tokens->layernorm, &a,
+                     N, 1, 7, num_threads);
 }
 
 bsk_status bsk_bias_act_f32(bsk_isa isa, float *Y, int64_t M, int64_t N,
@@ -174,7 +132,10 @@ bsk_status bsk_bias_act_f32(bsk_isa isa, float *Y, int64_t M, int64_t N,
     a.tokens = N;
     a.bias = bias;
     a.act = act;
-    return run_split(NULL, bias_act_fns, isa, &a, N ? M : 0, 0, 0, num_threads);
+    const bsk_kernels *k = bsk_kernels_for(isa);
+    if (!k)
+        return BSK_EUNSUPPORTED;
+    return run_split(NULL, k->nn_tokens->bias_act, &a, N ? M : 0, 0, 0, num_threads);
 }
 
 bsk_status bsk_quantize_tokens_u8(bsk_isa isa, const float *X, int64_t F,
@@ -184,7 +145,8 @@ bsk_status bsk_quantize_tokens_u8(bsk_isa isa, const float *X, int64_t F,
 {
     if (F < 0 || N < 0 || (N && (!q_scale || !q_zero || (F && (!X || !Q)))))
         return BSK_EINVAL;
-    if (bsk_nn_level(isa) < 0)
+    const bsk_kernels *k = bsk_kernels_for(isa);
+    if (!k)
         return BSK_EUNSUPPORTED;
     if (F == 0) {
         empty_params(N, q_scale, q_zero);
@@ -198,5 +160,5 @@ bsk_status bsk_quantize_tokens_u8(bsk_isa isa, const float *X, int64_t F,
     a.q_scale = q_scale;
     a.q_zero = q_zero;
     a.q_mul = q_mul;
-    return run_split(NULL, quantize_fns, isa, &a, N, 1, 4, num_threads);
+    return run_split(NULL, k->nn_tokens->quantize, &a, N, 1, 4, num_threads);
 }

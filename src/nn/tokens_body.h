@@ -1,9 +1,10 @@
 /*
- * Per-token encoder kernels, instantiated once per ISA by tokens.c inside a
- * `#pragma GCC target` region.  The including file defines BSK_NN_SFX.
- * Arrays are (features, tokens).  The *_range functions handle the tokens
- * [n0, n1) with whole-row passes and per-token state in the scratch `ws`
- * (see bsk_nn_quant_rows); bias_act_rows handles feature rows [n0, n1).
+ * Per-token encoder kernels, compiled once per ISA variant: the including
+ * unit (src/<isa>/nn_<isa>.c) defines BSK_NN_SFX, the suffix of the table
+ * bsk_nn_tokens_<sfx> it exports (listed in dispatch.c).  Arrays are
+ * (features, tokens).  The *_range functions handle the tokens [n0, n1)
+ * with whole-row passes and per-token state in the scratch `ws` (see
+ * bsk_nn_quant_rows); bias_act_rows handles feature rows [n0, n1).
  */
 #define BSK_NN_FN(name) BSK_NN_CAT(name, BSK_NN_SFX)
 
@@ -128,5 +129,9 @@ static void BSK_NN_FN(bias_act_rows)(const bsk_nn_tok_args *a, int64_t r0, int64
         }
     }
 }
+
+const bsk_nn_token_kernels BSK_NN_FN(bsk_nn_tokens) = {
+    BSK_NN_FN(transpose_range), BSK_NN_FN(layernorm_range), BSK_NN_FN(quantize_range),
+    BSK_NN_FN(bias_act_rows)};
 
 #undef BSK_NN_FN

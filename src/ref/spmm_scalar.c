@@ -3,7 +3,7 @@
  * any block shape.  Every other variant must agree with these (exactly for
  * the integer paths).  Built with baseline flags on every platform.
  */
-#include "blocksparse/bsk_internal.h"
+#include "simd/epilogue.h"
 
 #define BSK_DEFINE_SPMM_SCALAR(T, name)                                        \
     bsk_status name(const bsk_bcsr *W, const T *X, int64_t ldx, int64_t N,     \

@@ -30,7 +30,7 @@
  * order).  Both kernels accumulate in that order (the (1, 4) packing uses the
  * same unpacks) and QV_UNPERMUTE restores token order once per tile.
  */
-#include "blocksparse/bsk_internal.h"
+#include "simd/epilogue.h"
 
 #define QV_LANES (QV_BYTES / 4)       /* int32 lanes per vector */
 #define CHUNK (4 * QV_LANES)          /* tokens in one lane-grouped chunk */

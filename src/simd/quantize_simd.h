@@ -1,17 +1,16 @@
 /*
  * Asymmetric uint8 quantization of float32 activations (one pass for the
- * range, one for the values), compiled with -ffp-contract=off; the
- * arithmetic matches NumPy float32 exactly:
+ * range, one for the values), compiled once per ISA variant (the including
+ * file defines BSK_QUANT_FN) with -ffp-contract=off.  The arithmetic is
+ * vec16.h's (bsk_u8_params16, bsk_u8_code16), which matches NumPy float32
+ * exactly, so every variant gives the same bytes:
  *   scale = (max(hi, 0) - min(lo, 0)) / 255   (1 if that is 0)
  *   zero  = clip(rint(-min(lo, 0) / scale), 0, 255)
  *   q     = clip(rint(x / scale) + zero, 0, 255)
  */
 #include <math.h>
 
-#include "blocksparse/bsk_internal.h"
-
-/* Compiled once per ISA (the including file defines BSK_QUANT_FN); only
- * IEEE operations in a fixed order, so every variant gives the same bytes. */
+#include "simd/vec16.h"
 
 static void range_of(const float *x, int64_t n, float *lo, float *hi)
 {
@@ -37,43 +36,23 @@ static void range_of(const float *x, int64_t n, float *lo, float *hi)
         *hi = h;
 }
 
-static float rint_clamped(float v)
-{
-    v = v > -512.0f ? v : -512.0f;
-    v = v < 512.0f ? v : 512.0f;
-    return (v + 12582912.0f) - 12582912.0f;
-}
-
 static void params_of(float lo, float hi, float *scale, int32_t *zero)
 {
-    float s = (hi - lo) / 255.0f;
-    if (!(s > 0.0f))
-        s = 1.0f;
-    float z = rint_clamped(-lo / s);
-    z = z < 0.0f ? 0.0f : z > 255.0f ? 255.0f : z;
-    *scale = s;
-    *zero = (int32_t)z;
+    bsk_v16f s, z;
+    bsk_u8_params16((bsk_v16f){0} + lo, (bsk_v16f){0} + hi, &s, &z);
+    *scale = s[0];
+    *zero = (int32_t)z[0];
 }
 
-static void quantize_row(const float *x, int64_t n, float s, int32_t z, uint8_t *q)
+BSK_INLINE void quantize_row(const float *x, int64_t n, float s, int32_t z, uint8_t *q)
 {
-    const float zf = (float)z;
+    const bsk_v16f zf = (bsk_v16f){0} + (float)z;
     int64_t k = 0;
-    for (; k + 16 <= n; k += 16) {
-        bsk_v16f v = *(const bsk_v16f_u *)(x + k) / s;
-        v = bsk_select(v > -512.0f, v, (bsk_v16f){0} - 512.0f);
-        v = bsk_select(v < 512.0f, v, (bsk_v16f){0} + 512.0f);
-        v = (v + 12582912.0f) - 12582912.0f;
-        v = v + zf;
-        v = bsk_select(v > 0.0f, v, (bsk_v16f){0});
-        v = bsk_select(v < 255.0f, v, (bsk_v16f){0} + 255.0f);
-        const bsk_v16b vb = __builtin_convertvector(__builtin_convertvector(v, bsk_v16i), bsk_v16b);
-        *(bsk_v16b_u *)(q + k) = vb;
-    }
-    for (; k < n; k++) {
-        float v = rint_clamped(x[k] / s) + zf;
-        v = v < 0.0f ? 0.0f : v > 255.0f ? 255.0f : v;
-        q[k] = (uint8_t)v;
+    for (; k + 16 <= n; k += 16)
+        *(bsk_v16b_u *)(q + k) = bsk_bytes16(bsk_u8_code16(*(const bsk_v16f_u *)(x + k) / s, zf));
+    if (k < n) {
+        const bsk_v16b b = bsk_bytes16(bsk_u8_code16(bsk_load16f(x + k, (int)(n - k)) / s, zf));
+        memcpy(q + k, &b, (size_t)(n - k));
     }
 }
 

@@ -46,7 +46,7 @@
  *              every tile itself and computes its rows.  Either way each
  *              output element is computed by one thread in the same order.
  */
-#include "blocksparse/bsk_internal.h"
+#include "bsk_internal.h"
 
 typedef BSK_T bsk_vec __attribute__((vector_size(BSK_VBYTES)));
 typedef BSK_T bsk_vec_u __attribute__((vector_size(BSK_VBYTES), aligned(BSK_TSIZE)));

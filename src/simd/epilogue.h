@@ -1,105 +1,21 @@
 /*
- * Internal helpers shared by the kernel variants.  Everything here is
- * static inline: each ISA's translation unit gets its own copy compiled with
- * its own flags, so no AVX-512 code can leak into a baseline caller.
+ * The fused INT8 epilogue (bsk_epilogue in bsk.h), applied to the int32
+ * accumulators of every INT8 kernel as its tiles are stored.
  *
- * The INT8 epilogue is written once with GCC/Clang vector extensions on
- * 16-lane vectors.  Every variant (scalar included) runs this same source,
- * compiled with -ffp-contract=off, so float32 and uint8 outputs are
+ * Written once on 16-lane vectors (vec16.h).  Every variant, scalar included,
+ * compiles it with -ffp-contract=off, so float32 and uint8 outputs are
  * bit-identical across ISAs: only IEEE add/mul/div and int<->float
  * conversions are used, in a fixed order.
  */
-#ifndef BLOCKSPARSE_BSK_INTERNAL_H
-#define BLOCKSPARSE_BSK_INTERNAL_H
+#ifndef BLOCKSPARSE_EPILOGUE_H
+#define BLOCKSPARSE_EPILOGUE_H
 
-#include <stdint.h>
-#include <stdlib.h>
-#include <string.h>
-#include "blocksparse/bsk.h"
+#include "simd/vec16.h"
 
-#ifdef _OPENMP
-#include <omp.h>
-#endif
-
-#define BSK_INLINE static inline __attribute__((always_inline))
-
-typedef float bsk_v16f __attribute__((vector_size(64)));
-typedef int32_t bsk_v16i __attribute__((vector_size(64)));
-typedef uint32_t bsk_v16u __attribute__((vector_size(64)));
-/* unaligned views for loads and stores */
-typedef float bsk_v16f_u __attribute__((vector_size(64), aligned(4)));
-typedef int32_t bsk_v16i_u __attribute__((vector_size(64), aligned(4)));
-
-BSK_INLINE void *bsk_alloc(size_t bytes)
-{
-    size_t rounded = (bytes + 63) / 64 * 64;
-    return aligned_alloc(64, rounded ? rounded : 64);
-}
-
-BSK_INLINE bsk_v16f bsk_select(bsk_v16i mask, bsk_v16f a, bsk_v16f b)
-{
-    return (bsk_v16f)(((bsk_v16i)a & mask) | ((bsk_v16i)b & ~mask));
-}
-
-/* erf by Abramowitz & Stegun 7.1.28 (|error| <= 3e-7): only +, *, / so the
- * result is the same on every ISA. */
-BSK_INLINE bsk_v16f bsk_erf16(bsk_v16f x)
-{
-    const bsk_v16i sign = (bsk_v16i)x & ((bsk_v16i){0} + INT32_MIN);
-    bsk_v16f a = (bsk_v16f)((bsk_v16i)x & ~((bsk_v16i){0} + INT32_MIN));
-    a = bsk_select(a < 6.0f, a, (bsk_v16f){0} + 6.0f); /* erf(6) == 1 in fp32 */
-    bsk_v16f p = (bsk_v16f){0} + 0.0000430638f;
-    p = p * a + 0.0002765672f;
-    p = p * a + 0.0001520143f;
-    p = p * a + 0.0092705272f;
-    p = p * a + 0.0422820123f;
-    p = p * a + 0.0705230784f;
-    p = p * a + 1.0f;
-    bsk_v16f p2 = p * p, p4 = p2 * p2, p8 = p4 * p4, p16 = p8 * p8;
-    bsk_v16f r = 1.0f - 1.0f / p16;
-    return (bsk_v16f)((bsk_v16i)r | sign);
-}
-
-/* GELU(y) = 0.5 * y * (1 + erf(y / sqrt(2))) */
-BSK_INLINE bsk_v16f bsk_gelu16(bsk_v16f y)
-{
-    return 0.5f * y * (1.0f + bsk_erf16(y * 0.70710678118654752f));
-}
-
-typedef uint8_t bsk_v16b __attribute__((vector_size(16)));
-typedef uint8_t bsk_v16b_u __attribute__((vector_size(16), aligned(1)));
-
-/* Load `count` (<= 16) 32-bit values, zero-filling the rest; a full load
- * when count == 16 (the common case, kept free of library calls). */
-BSK_INLINE bsk_v16i bsk_load16i(const int32_t *p, int count)
-{
-    if (count == 16)
-        return *(const bsk_v16i_u *)p;
-    bsk_v16i v = (bsk_v16i){0};
-    for (int t = 0; t < count; t++)
-        v[t] = p[t];
-    return v;
-}
-
-BSK_INLINE bsk_v16f bsk_load16f(const float *p, int count)
-{
-    if (count == 16)
-        return *(const bsk_v16f_u *)p;
-    bsk_v16f v = (bsk_v16f){0};
-    for (int t = 0; t < count; t++)
-        v[t] = p[t];
-    return v;
-}
-
-/*
- * Apply the epilogue to 16 accumulators of row m, tokens n .. n+15, of which
- * the first `count` are stored.  y_transposed selects out[m, n] (row-major
- * (M, N)) or out[n, m] ((N, M)).  kind, act and y_transposed are passed
- * separately from e so that callers can make them compile-time constants
- * (see bsk_epilogue_rows) and get a branch-free specialised loop.
- */
-/* The epilogue's arithmetic for 16 accumulators of row m: the int32
- * (I32), float32 (F32) or uint8-valued (U8, still in 32-bit lanes) result. */
+/* The epilogue's arithmetic for 16 accumulators of row m, tokens n .. n+15
+ * (the first `count` valid): the int32 (I32), float32 (F32) or uint8-valued
+ * (U8, still in 32-bit lanes) result.  kind and act are passed apart from e
+ * so that callers can make them compile-time constants (bsk_epilogue_rows). */
 BSK_INLINE bsk_v16i bsk_epi_values(const bsk_epilogue *e, bsk_v16i acc, int64_t m,
                                    int64_t n, int count, const int kind, const int act)
 {
@@ -121,15 +37,8 @@ BSK_INLINE bsk_v16i bsk_epi_values(const bsk_epilogue *e, bsk_v16i acc, int64_t 
         y = bsk_gelu16(y);
     if (kind == BSK_OUT_F32)
         return (bsk_v16i)y;
-
-    /* uint8 requantization, round half to even like numpy.rint */
-    bsk_v16f q = y / e->out_scale;
-    q = bsk_select(q > -512.0f, q, (bsk_v16f){0} - 512.0f); /* also maps NaN */
-    q = bsk_select(q < 512.0f, q, (bsk_v16f){0} + 512.0f);
-    q = (q + 12582912.0f) - 12582912.0f; /* 1.5 * 2^23: rint for |q| < 2^22 */
-    q = q + (float)e->out_zero;
-    q = bsk_select(q > 0.0f, q, (bsk_v16f){0});
-    q = bsk_select(q < 255.0f, q, (bsk_v16f){0} + 255.0f);
+    /* uint8 requantization */
+    const bsk_v16f q = bsk_u8_code16(y / e->out_scale, (bsk_v16f){0} + (float)e->out_zero);
     return __builtin_convertvector(q, bsk_v16i);
 }
 
@@ -283,35 +192,4 @@ BSK_INLINE void bsk_epilogue_row(const bsk_epilogue *e, const int32_t *acc,
     }
 }
 
-/* Deterministic static split of [0, n) into `parts` contiguous ranges. */
-BSK_INLINE void bsk_split(int64_t n, int parts, int part, int64_t *lo, int64_t *hi)
-{
-    int64_t q = n / parts, r = n % parts;
-    *lo = part * q + (part < r ? part : r);
-    *hi = *lo + q + (part < r ? 1 : 0);
-}
-
-/* ---- per-variant kernel entry points (defined in src/<isa>/) ------------ */
-
-#define BSK_DECLARE_VARIANT(sfx)                                              \
-    bsk_status bsk_spmm_f32_##sfx(const bsk_bcsr *W, const float *X,          \
-                                  int64_t ldx, int64_t N, float *Y,           \
-                                  int64_t ldy, int transposed, int nt);       \
-    bsk_status bsk_spmm_f64_##sfx(const bsk_bcsr *W, const double *X,         \
-                                  int64_t ldx, int64_t N, double *Y,          \
-                                  int64_t ldy, int transposed, int nt);       \
-    bsk_status bsk_qspmm_u8s8s32_##sfx(const bsk_qbcsr *W, const uint8_t *X,  \
-                                       int64_t ldx, int64_t N, int xt,        \
-                                       void *Y, int64_t ldy, int yt,          \
-                                       const bsk_epilogue *epi, int nt);       \
-    bsk_status bsk_quantize_u8_##sfx(const float *X, int64_t rows,             \
-                                     int64_t cols, int64_t ldx, int mode,     \
-                                     float *scale, int32_t *zero, uint8_t *Q, \
-                                     int64_t ldq, int num_threads);
-
-BSK_DECLARE_VARIANT(scalar)
-BSK_DECLARE_VARIANT(avx2)
-BSK_DECLARE_VARIANT(avx_vnni)
-BSK_DECLARE_VARIANT(avx512_vnni)
-
-#endif /* BLOCKSPARSE_BSK_INTERNAL_H */
+#endif /* BLOCKSPARSE_EPILOGUE_H */

@@ -1,0 +1,174 @@
+/*
+ * Private declarations shared by the kernel sources (not installed, not part
+ * of the C API in include/blocksparse/).
+ *
+ * Every kernel family is built the same way: a body written once in a header
+ * (in src/simd/ and src/nn/) is compiled into one translation unit per ISA
+ * variant (src/ref/, src/avx2/, src/avxvnni/, src/avx512vnni/), each with only
+ * that variant's compiler flags (setup.py).  src/dispatch.c holds one table
+ * of function pointers per variant (bsk_kernels), checks the CPU once, and is
+ * the only file that knows every variant; the drivers look up
+ * bsk_kernels_for(isa)->fn.
+ *
+ * Everything defined here is static inline, so each translation unit gets its
+ * own copy compiled with its own flags and no wide instruction can leak into
+ * code that runs before the CPU check.
+ */
+#ifndef BLOCKSPARSE_BSK_INTERNAL_H
+#define BLOCKSPARSE_BSK_INTERNAL_H
+
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+#include "blocksparse/bsk.h"
+
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
+#define BSK_INLINE static inline __attribute__((always_inline))
+
+BSK_INLINE void *bsk_alloc(size_t bytes)
+{
+    size_t rounded = (bytes + 63) / 64 * 64;
+    return aligned_alloc(64, rounded ? rounded : 64);
+}
+
+/* Deterministic static split of [0, n) into `parts` contiguous ranges. */
+BSK_INLINE void bsk_split(int64_t n, int parts, int part, int64_t *lo, int64_t *hi)
+{
+    int64_t q = n / parts, r = n % parts;
+    *lo = part * q + (part < r ? part : r);
+    *hi = *lo + q + (part < r ? 1 : 0);
+}
+
+/* ---- arguments of the encoder kernels (src/nn) ------------------------------ */
+
+/* The per-token passes (tokens_body.h); unused fields are NULL. */
+typedef struct {
+    const float *X;       /* (features, tokens) */
+    const float *Xt;      /* (tokens, features), transposed into Y first */
+    const float *Res;     /* (features, tokens) */
+    float *Y;             /* (features, tokens) */
+    int64_t features, tokens;
+    const float *gamma, *beta, *bias;
+    float eps;
+    int act;
+    uint8_t *Q;           /* (features, tokens) */
+    float *q_scale;       /* (tokens) */
+    int32_t *q_zero;      /* (tokens) */
+    const float *q_mul;   /* (features) */
+} bsk_nn_tok_args;
+
+/* Multi-head self-attention (attention_body.h). */
+typedef struct {
+    const float *QKV;
+    int64_t batch, seq, heads, head_dim;
+    const uint8_t *mask;
+    float scale;
+    float *Y;
+} bsk_nn_attn_args;
+
+/* Widest query block of any variant's attention task (scratch sizing). */
+#define BSK_NN_MAX_QW 64
+
+/* Per-thread attention scratch; kp and vp hold the gathered keys and values
+ * of (b, h). */
+typedef struct {
+    float *kp, *vp, *qp, *st;
+    int64_t *keys;
+    int64_t b, h, nk;
+    int uniform, direct;
+} bsk_nn_attn_ws;
+
+/* ---- the kernel table: one per ISA variant ----------------------------------- */
+
+typedef bsk_status (*bsk_spmm_f32_fn)(const bsk_bcsr *W, const float *X, int64_t ldx,
+                                      int64_t N, float *Y, int64_t ldy, int transposed,
+                                      int nt);
+typedef bsk_status (*bsk_spmm_f64_fn)(const bsk_bcsr *W, const double *X, int64_t ldx,
+                                      int64_t N, double *Y, int64_t ldy, int transposed,
+                                      int nt);
+typedef bsk_status (*bsk_qspmm_fn)(const bsk_qbcsr *W, const uint8_t *X, int64_t ldx,
+                                   int64_t N, int xt, void *Y, int64_t ldy, int yt,
+                                   const bsk_epilogue *epi, int nt);
+typedef bsk_status (*bsk_quantize_u8_fn)(const float *X, int64_t rows, int64_t cols,
+                                         int64_t ldx, int mode, float *scale,
+                                         int32_t *zero, uint8_t *Q, int64_t ldq,
+                                         int num_threads);
+/* A per-token pass over tokens (or feature rows) [n0, n1) with scratch ws. */
+typedef void (*bsk_nn_range_fn)(const bsk_nn_tok_args *a, int64_t n0, int64_t n1, float *ws);
+/* The per-token passes of one variant (tokens_body.h). */
+typedef struct {
+    bsk_nn_range_fn transpose;       /* tokens-major input into (features, tokens) */
+    bsk_nn_range_fn layernorm;       /* residual add + LayerNorm (+ uint8 codes) */
+    bsk_nn_range_fn quantize;        /* per-token uint8 quantization */
+    bsk_nn_range_fn bias_act;        /* bias + activation over feature rows */
+} bsk_nn_token_kernels;
+/* Attention: one task is sequence b, head h, the `queries` queries from i0. */
+typedef struct {
+    void (*task)(const bsk_nn_attn_args *a, int64_t b, int64_t h, int64_t i0,
+                 bsk_nn_attn_ws *ws);
+    int queries;                     /* <= BSK_NN_MAX_QW */
+} bsk_nn_attention_kernel;
+
+typedef struct {
+    /* float block-CSR x dense, any block shape */
+    bsk_spmm_f32_fn spmm_f32;
+    bsk_spmm_f64_fn spmm_f64;
+    /* INT8 kernels for blocksize (1, 4) ("row") and grouped (4, 1) ("strip");
+     * NULL: every shape runs the scalar kernel.  The names are for logs. */
+    bsk_qspmm_fn qspmm;
+    const char *qspmm_row_name, *qspmm_strip_name;
+    /* activation quantization */
+    bsk_quantize_u8_fn quantize_u8;
+    /* encoder kernels, called by the drivers in src/nn/tokens.c, attention.c */
+    const bsk_nn_token_kernels *nn_tokens;
+    const bsk_nn_attention_kernel *nn_attention;
+} bsk_kernels;
+
+/* The table of `isa` if it is built and usable on this CPU, else NULL. */
+const bsk_kernels *bsk_kernels_for(bsk_isa isa);
+
+/* ---- per-variant entry points (defined in src/<isa>/, listed in dispatch.c) ---- */
+
+#define BSK_DECLARE_SPMM(sfx)                                                  \
+    bsk_status bsk_spmm_f32_##sfx(const bsk_bcsr *W, const float *X,          \
+                                  int64_t ldx, int64_t N, float *Y,           \
+                                  int64_t ldy, int transposed, int nt);       \
+    bsk_status bsk_spmm_f64_##sfx(const bsk_bcsr *W, const double *X,         \
+                                  int64_t ldx, int64_t N, double *Y,          \
+                                  int64_t ldy, int transposed, int nt);
+#define BSK_DECLARE_QSPMM(sfx)                                                 \
+    bsk_status bsk_qspmm_u8s8s32_##sfx(const bsk_qbcsr *W, const uint8_t *X,  \
+                                       int64_t ldx, int64_t N, int xt,        \
+                                       void *Y, int64_t ldy, int yt,          \
+                                       const bsk_epilogue *epi, int nt);
+#define BSK_DECLARE_QUANTIZE(sfx)                                              \
+    bsk_status bsk_quantize_u8_##sfx(const float *X, int64_t rows,             \
+                                     int64_t cols, int64_t ldx, int mode,     \
+                                     float *scale, int32_t *zero, uint8_t *Q, \
+                                     int64_t ldq, int num_threads);
+#define BSK_DECLARE_NN(sfx)                                                    \
+    extern const bsk_nn_token_kernels bsk_nn_tokens_##sfx;                    \
+    extern const bsk_nn_attention_kernel bsk_nn_attention_##sfx;
+
+BSK_DECLARE_SPMM(scalar)
+BSK_DECLARE_QSPMM(scalar)
+BSK_DECLARE_QUANTIZE(scalar)
+BSK_DECLARE_NN(scalar)
+
+BSK_DECLARE_SPMM(avx2)
+BSK_DECLARE_QSPMM(avx2)
+BSK_DECLARE_QUANTIZE(avx2)
+BSK_DECLARE_NN(avx2)
+
+BSK_DECLARE_QSPMM(avx_vnni)      /* float and encoder kernels: the AVX2 ones */
+BSK_DECLARE_QUANTIZE(avx_vnni)
+
+BSK_DECLARE_SPMM(avx512_vnni)
+BSK_DECLARE_QSPMM(avx512_vnni)
+BSK_DECLARE_QUANTIZE(avx512_vnni)
+BSK_DECLARE_NN(avx512_vnni)
+
+#endif /* BLOCKSPARSE_BSK_INTERNAL_H */

@@ -161,6 +161,7 @@ def create_app(pipeline, settings=None):
     try:
         from starlette.applications import Starlette
         from starlette.exceptions import HTTPException
+        from starlette.requests import ClientDisconnect
         from starlette.responses import Response
         from starlette.routing import Route
     except ImportError:
@@ -203,6 +204,9 @@ def create_app(pipeline, settings=None):
             status = 429
             return _json(error_body(str(exc), type="server_overloaded", code="overloaded"),
                          status)
+        except ClientDisconnect:  # gone while sending its body
+            status = 499
+            return Response(status_code=status)
         except ShuttingDown as exc:
             status = 503
             return _json(error_body(str(exc), type="server_error", code="shutting_down"),

@@ -170,7 +170,10 @@ class DynamicBatcher:
         try:
             return await job.future
         except asyncio.CancelledError:
-            if job.future.cancel() and self.metrics is not None:
+            # cancelling the awaiting task has cancelled the future too, unless
+            # its rows were already there
+            job.future.cancel()
+            if job.future.cancelled() and self.metrics is not None:
                 self.metrics.cancelled()
             raise
 

@@ -55,6 +55,14 @@ class Server:
         self._drainer = threading.Thread(target=self._drain, args=(self.proc.stderr,),
                                          daemon=True)
         self._drainer.start()
+        try:
+            self._wait_until_healthy()
+        except BaseException:
+            self.proc.kill()
+            self.proc.wait(10)
+            raise
+
+    def _wait_until_healthy(self):
         line = self._first_line(START_TIMEOUT)
         m = re.search(r"listening on (http://127\.0\.0\.1:\d+)", line)
         assert m, f"no address in {line!r}; stderr: {''.join(self.stderr)[-2000:]}"
@@ -375,8 +383,17 @@ def test_memory_is_stable_over_a_short_soak(server):
     assert growth_mb < 20, f"RSS grew by {growth_mb:.1f} MB over 600 requests"
 
 
-def test_sigterm_answers_every_accepted_request():
+@pytest.fixture
+def drain_server():
     srv = Server("--max-wait-ms", "1", "--max-batch-tokens", "2048")
+    yield srv
+    if srv.proc.poll() is None:  # the test failed before its SIGTERM
+        srv.proc.kill()
+        srv.proc.wait(10)
+
+
+def test_sigterm_answers_every_accepted_request(drain_server):
+    srv = drain_server
     # two long requests keep the worker busy while 22 short ones queue behind them
     texts = ["word " * 300] * 2 + [f"drain test {i} " + "word " * (20 + i) for i in range(22)]
     results = [None] * len(texts)

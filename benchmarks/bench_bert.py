@@ -145,43 +145,16 @@ class Peers:
 
     def _export_ort(self, model, note):
         import onnxruntime  # noqa: F401
-        from onnxruntime.quantization import QuantType, quantize_dynamic
-        torch = self.torch
-
-        class Wrapped(torch.nn.Module):
-            def __init__(self, m):
-                super().__init__()
-                self.m = m
-
-            def forward(self, input_ids, attention_mask):
-                return self.m(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
-
+        from _onnx import export_bert_int8
         self._tmp = tempfile.TemporaryDirectory(prefix="bench_bert_")
-        fp32 = os.path.join(self._tmp.name, "model.onnx")
-        int8 = os.path.join(self._tmp.name, "model.int8.onnx")
-        ids, mask = inputs(1, 16)
         note("exporting to ONNX")
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            torch.onnx.export(Wrapped(model), (torch.tensor(ids), torch.tensor(mask)), fp32,
-                              input_names=["input_ids", "attention_mask"],
-                              output_names=["last_hidden_state"],
-                              dynamic_axes={"input_ids": {0: "batch", 1: "seq"},
-                                            "attention_mask": {0: "batch", 1: "seq"}},
-                              opset_version=17, dynamo=False)
-            import logging
-            logging.getLogger().setLevel(logging.ERROR)  # quantize_dynamic's pre-processing hint
-            quantize_dynamic(fp32, int8, weight_type=QuantType.QInt8)
-        return int8
+        return export_bert_int8(model, self._tmp.name)
 
     def runner(self, peer, ids, mask, threads):
         """A no-argument callable running the peer on (ids, mask) with `threads`."""
         if peer == "ort_int8":
-            import onnxruntime as ort
-            so = ort.SessionOptions()
-            so.intra_op_num_threads = threads
-            so.inter_op_num_threads = 1
-            sess = ort.InferenceSession(self._ort_path, so, providers=["CPUExecutionProvider"])
+            from _onnx import session
+            sess = session(self._ort_path, threads)
             feed = {"input_ids": ids.astype(np.int64), "attention_mask": mask.astype(np.int64)}
             return lambda: sess.run(None, feed)
         self.torch.set_num_threads(threads)

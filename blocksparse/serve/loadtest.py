@@ -209,8 +209,9 @@ async def run_sweep(targets, *, concurrency=(1, 2, 4, 8, 16, 32), duration=10.0,
         if progress is not None:
             progress(done, total, desc)
 
-    for c in levels:
-        for label, entry in out.items():
+    for k, c in enumerate(levels):
+        order = list(out.items())
+        for label, entry in (order if k % 2 == 0 else order[::-1]):  # alternate who goes first
             limits = httpx.Limits(max_connections=c, max_keepalive_connections=c)
             async with httpx.AsyncClient(limits=limits, timeout=timeout,
                                          transport=transport) as client:
@@ -299,14 +300,18 @@ def summarize(result, budgets_ms):
     return summary
 
 
-def plot(result, path):
+def plot(result, path=None, ax=None, title=None):
     """Throughput against p90 latency per target, with the budgets as vertical lines.
 
     Parameters
     ----------
     result : dict
         From :func:`run_sweep` after :func:`summarize`.
-    path : str or os.PathLike
+    path : str or os.PathLike, optional
+        Write a figure of this one plot here.
+    ax : matplotlib.axes.Axes, optional
+        Draw into these axes instead (one panel of a larger figure).
+    title : str, optional
 
     Raises
     ------
@@ -314,9 +319,12 @@ def plot(result, path):
         Without matplotlib.
     """
     import matplotlib
-    matplotlib.use("Agg")
+    if ax is None:
+        matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    fig = None
+    if ax is None:
+        fig, ax = plt.subplots(figsize=(6.4, 4.2))
     for label, entry in result["targets"].items():
         pts = [(lv["p90_ms"], lv["rps"], lv["concurrency"]) for lv in entry["levels"]
                if lv["p90_ms"] is not None]
@@ -334,10 +342,11 @@ def plot(result, path):
     ax.set_xlabel("p90 latency (ms, log scale)")
     ax.set_ylabel("throughput (requests/s)")
     s = result.get("settings", {})
-    ax.set_title(f"embeddings server, {s.get('inputs_per_request', 1)} input(s)/request; "
-                 f"labels: concurrency", fontsize=9)
+    ax.set_title(title or f"embeddings server, {s.get('inputs_per_request', 1)} input(s)/"
+                 f"request; labels: concurrency", fontsize=9)
     ax.grid(True, which="both", alpha=0.3)
     ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    if fig is not None:
+        fig.tight_layout()
+        fig.savefig(path, dpi=120)
+        plt.close(fig)

@@ -69,8 +69,9 @@ def render(results_dir=RESULTS, output=OUTPUT, image_prefix="_generated/"):
         parts.append(f"{title}\n{'~' * len(title)}\n")
         m = payload.get("machine", {})
         s = payload.get("settings", {})
-        parts.append(f"{m.get('cpu', 'unknown CPU')}, {m.get('logical_cpus', '?')} logical "
-                     f"CPUs; {s.get('threads', '?')} threads per server, "
+        cores = m.get("cores", m.get("logical_cpus", "?"))
+        parts.append(f"{m.get('cpu', 'unknown CPU')}, {cores} cores"
+                     f"; {s.get('threads', '?')} threads per server, "
                      f"{s.get('duration', '?')} s per level, words per text "
                      f"{s.get('words', '?')}.\n")
         for model, result in models.items():

@@ -41,7 +41,7 @@ def test_tables_and_plot(tmp_path):
     rs = _module()
     res = tmp_path / "serve"
     res.mkdir()
-    payload = {"machine": {"cpu": "Test CPU", "logical_cpus": 2},
+    payload = {"machine": {"cpu": "Test CPU", "cores": 2},
                "settings": {"threads": 2, "duration": 10, "words": [8, 32]},
                "models": {"minilm": _result(100.0)}}
     (res / "box-2026.json").write_text(json.dumps(payload))

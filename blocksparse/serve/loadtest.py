@@ -339,6 +339,11 @@ def plot(result, path=None, ax=None, title=None):
         ax.axvline(b, color="grey", linestyle=":", linewidth=1)
         ax.text(b, ax.get_ylim()[1], f" p90 {b:g} ms", fontsize=7, va="top", color="grey")
     ax.set_xscale("log")
+    from matplotlib.ticker import FuncFormatter
+    plain = FuncFormatter(lambda v, _: f"{v:g}")  # 20, 50, not 2x10^1
+    ax.xaxis.set_major_formatter(plain)
+    ax.xaxis.set_minor_formatter(plain)
+    ax.tick_params(axis="x", which="minor", labelsize=7)
     ax.set_xlabel("p90 latency (ms, log scale)")
     ax.set_ylabel("throughput (requests/s)")
     s = result.get("settings", {})

@@ -238,7 +238,7 @@ def main(argv=None):
                    default=[10.0, 50.0], help="p90 budgets in ms")
     p.add_argument("--words", type=_ints, default=[8, 32], help="MIN,MAX words per text")
     p.add_argument("--threads", type=int, default=os.cpu_count() or 1)
-    p.add_argument("--max-wait-ms", type=float, default=2.0)
+    p.add_argument("--max-wait-ms", type=float, default=0.0)
     p.add_argument("--max-batch-tokens", type=int, default=8192)
     p.add_argument("--json", default="bench-results/serve.json")
     p.add_argument("--plot", default=None, help="default: the JSON path with .png")

@@ -68,7 +68,7 @@ def main(argv=None):
                    help="ONNX Runtime intra-op threads")
     p.add_argument("--workers", type=int, default=1)
     p.add_argument("--max-batch-tokens", type=int, default=8192)
-    p.add_argument("--max-wait-ms", type=float, default=2.0)
+    p.add_argument("--max-wait-ms", type=float, default=0.0)
     args = p.parse_args(argv)
 
     from blocksparse.pipelines import EmbeddingPipeline

@@ -74,8 +74,9 @@ def _add_serve(sub, formatter):
                         "all cores)")
     p.add_argument("--max-batch-tokens", type=positive_int, default=8192, metavar="N",
                    help="tokens per batch (default: %(default)s)")
-    p.add_argument("--max-wait-ms", type=_nonnegative, default=2.0, metavar="MS",
-                   help="longest wait for a batch to fill (default: %(default)s)")
+    p.add_argument("--max-wait-ms", type=_nonnegative, default=0.0, metavar="MS",
+                   help="longest wait of an idle worker for a batch to fill (default: 0: "
+                        "take what is queued)")
     p.add_argument("--max-request-bytes", type=positive_int, default=4 * 1024 * 1024,
                    metavar="N", help="largest request body (default: %(default)s)")
     p.add_argument("--max-inputs", type=positive_int, default=2048, metavar="N",

@@ -58,7 +58,7 @@ class ServerSettings:
     """
 
     max_batch_tokens: int = 8192
-    max_wait: float = 0.002
+    max_wait: float = 0.0
     workers: int = 1
     max_request_bytes: int = 4 * 1024 * 1024
     max_inputs: int = 2048

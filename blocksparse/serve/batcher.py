@@ -70,7 +70,7 @@ class DynamicBatcher:
     before returning.
     """
 
-    def __init__(self, encode, *, max_batch_tokens=8192, max_wait=0.002, workers=1,
+    def __init__(self, encode, *, max_batch_tokens=8192, max_wait=0.0, workers=1,
                  max_queue_tokens=None, metrics=None):
         if not callable(encode):
             raise TypeError("encode must be callable")

@@ -249,7 +249,7 @@ def run_loadtest(args):
         raise UsageError(f"--inputs-per-request {args.inputs_per_request} is more than the "
                          f"{len(texts)} texts")
     progress = Progress(plain=args.plain)
-    with progress.suite("loadtest", 1, 1, "servers") as report:
+    with progress.suite("loadtest", 1, 1, f"{len(targets)} server(s)") as report:
         result = asyncio.run(loadtest.run_sweep(
             targets, concurrency=args.concurrency, duration=args.duration, warmup=args.warmup,
             max_requests=args.max_requests, texts=texts,

@@ -439,6 +439,17 @@ def test_serve_usage_errors(tmp_path):
         busy.close()
 
 
+@pytest.mark.parametrize("argv, match", [
+    (["ftp://127.0.0.1:1"], "must start with http"),
+    (["a=http://127.0.0.1:1", "a=http://127.0.0.1:2"], "label 'a' is given twice"),
+    (["http://127.0.0.1:1", "--words", "9,3"], "--words must be MIN,MAX"),
+])
+def test_loadtest_usage_errors(argv, match, capsys):
+    from blocksparse.__main__ import main
+    assert main(["loadtest", *argv]) == 2
+    assert re.search(match, capsys.readouterr().err)
+
+
 def test_loadtest_command_against_the_server(server, tmp_path, capsys):
     from blocksparse.__main__ import main
     out = tmp_path / "lt.json"

@@ -1,4 +1,4 @@
-"""The command line: ``python -m blocksparse {info,bench,embed,sparsify}``.
+"""The command line: ``python -m blocksparse {info,bench,embed,sparsify,serve,loadtest}``.
 
 This module holds the argument parser, the value parsers shared by the
 subcommands, and :func:`main`, which turns every outcome into an exit code:
@@ -9,9 +9,9 @@ subcommands, and :func:`main`, which turns every outcome into an exit code:
 * 2: it was called wrongly (argparse's convention): a bad option value, a
   missing input, or an optional package it needs is absent.
 
-The subcommands live in ``_cli_info``, ``_cli_bench`` and ``_cli_model`` and
-are imported only when chosen, so ``--help`` and ``info`` stay fast and
-nothing heavy (matplotlib, tokenizers, the ``nn`` module) is imported
+The subcommands live in ``_cli_info``, ``_cli_bench``, ``_cli_model`` and
+``_cli_serve`` (which also defines its two parsers) and do their imports only
+when chosen, so ``--help`` and ``info`` stay fast and nothing heavy (matplotlib, tokenizers, the ``nn`` module) is imported
 without need.
 """
 import argparse
@@ -346,6 +346,8 @@ def build_parser():
     _add_bench(sub)
     _add_embed(sub)
     _add_sparsify(sub)
+    from ._cli_serve import add_parsers  # serve, loadtest
+    add_parsers(sub, _Formatter)
     return parser
 
 

@@ -17,6 +17,7 @@ sys.path.insert(0, str(HERE))
 
 import blocksparse  # noqa: E402
 import render_results  # noqa: E402
+import render_serve  # noqa: E402
 
 project = "blocksparse"
 author = "the blocksparse developers"
@@ -60,6 +61,7 @@ GENERATED.mkdir(exist_ok=True)
 
 # Results tables and plots of the performance page (a note when there are none).
 render_results.render()
+render_serve.render()  # the deployment page's serving results
 
 
 def _write_if_changed(path, text):

@@ -5,7 +5,8 @@ import importlib
 import pytest
 
 MODULES = ["blocksparse._matrix", "blocksparse._prune", "blocksparse._quant",
-           "blocksparse._config", "blocksparse._io"]
+           "blocksparse._config", "blocksparse._io", "blocksparse.pipelines.embedding",
+           "blocksparse.serve.loadtest"]
 # modules whose public functions carry Examples sections today
 MUST_HAVE_EXAMPLES = {"blocksparse._matrix", "blocksparse._prune", "blocksparse._quant",
                       "blocksparse._config"}

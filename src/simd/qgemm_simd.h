@@ -1,0 +1,266 @@
+/*
+ * Dense INT8 product (u8 activations, s8 weights, s32 accumulators) with the
+ * fused epilogue of the sparse kernels, written once and compiled per ISA.
+ * The including unit defines the primitives:
+ *   QG_V, QG_BYTES      vector type and its width in bytes (32 or 64)
+ *   QG_LOAD, QG_STORE   unaligned load/store; QG_ZERO()
+ *   QG_X, QG_XPREP(v)   an activation vector made ready for QG_DOT
+ *   QG_W, QG_WPREP(p)   the 32-bit weight group at p, broadcast, ready for QG_DOT
+ *   QG_DOT(acc, x, w)   acc += the 4 u8 x s8 products of each 32-bit lane, exact
+ *   QG_MRS              weight rows per microkernel pass (divides BSK_QGEMM_MR)
+ *   QG_NV               token vectors per tile (1 .. 4)
+ *   BSK_QGEMM_FN        name of the entry point
+ *
+ * Layouts.  The weight panel (bsk_qdense, packed once) holds rows in blocks
+ * of MR = 8, K-group by K-group: a microkernel reads its rows' 32-bit groups
+ * linearly.  The activations of a tile of up to QG_NV vectors of tokens are
+ * packed per call into the VNNI layout [G][width][4] (G = ceil(K / 4)): for
+ * each group of four input features and each token, its four bytes are
+ * adjacent, in token order; tokens past N and features past K are zeros.
+ *
+ * Microkernel: QG_MRS rows x nv token vectors of accumulators; per K-group
+ * nv activation loads and QG_MRS weight broadcasts feed QG_MRS * nv dots.
+ * The tile's MR x width accumulators then go through the shared epilogue
+ * (bsk_epilogue_rows, four rows at a time so the (N, M) output gets 4-wide
+ * stores), so the results are those of the sparse kernels bit for bit.
+ *
+ * Threads: the team is laid out as Tm x Tn over (row blocks) x (token
+ * vectors), the split with the least work on the busiest thread; each thread
+ * packs its own token tiles (threads sharing tokens pack them twice, which
+ * costs K x N bytes against M x K x N / threads dots), so there is no barrier
+ * between packing and compute.  Every output is computed by one thread in
+ * the same order whatever the split: results do not depend on the threads.
+ */
+#include "simd/epilogue.h"
+
+#define QG_LANES (QG_BYTES / 4)            /* tokens per vector */
+#define QG_MR BSK_QGEMM_MR                 /* rows per weight block */
+#define QG_TILE (QG_NV * QG_LANES)         /* tokens per tile, at most */
+
+#if QG_MR % QG_MRS || QG_MRS > 8 || QG_NV < 1 || QG_NV > 4
+#error "QG_MRS must divide BSK_QGEMM_MR (<= 8) and QG_NV lie in 1 .. 4"
+#endif
+
+/* ---- activation packing --------------------------------------------------------- */
+
+/* 16 tokens of one K-group from four feature rows (16 bytes each) -> 64 bytes
+ * in VNNI order: token t's four bytes at 4t. */
+static inline void interleave16(const uint8_t *r0, const uint8_t *r1, const uint8_t *r2,
+                                const uint8_t *r3, uint8_t *dst)
+{
+    const __m128i x0 = _mm_loadu_si128((const __m128i *)r0);
+    const __m128i x1 = _mm_loadu_si128((const __m128i *)r1);
+    const __m128i x2 = _mm_loadu_si128((const __m128i *)r2);
+    const __m128i x3 = _mm_loadu_si128((const __m128i *)r3);
+    const __m128i a = _mm_unpacklo_epi8(x0, x1), b = _mm_unpackhi_epi8(x0, x1);
+    const __m128i c = _mm_unpacklo_epi8(x2, x3), d = _mm_unpackhi_epi8(x2, x3);
+    _mm_storeu_si128((__m128i *)dst, _mm_unpacklo_epi16(a, c));
+    _mm_storeu_si128((__m128i *)(dst + 16), _mm_unpackhi_epi16(a, c));
+    _mm_storeu_si128((__m128i *)(dst + 32), _mm_unpacklo_epi16(b, d));
+    _mm_storeu_si128((__m128i *)(dst + 48), _mm_unpackhi_epi16(b, d));
+}
+
+/* Four tokens x four K-groups (16 bytes of each token's row) -> the four
+ * groups' 16-byte runs of the four tokens: a 4 x 4 transpose of dwords. */
+static inline void transpose4x4_groups(const uint8_t *src, int64_t lds, uint8_t *dst,
+                                       int64_t ldd)
+{
+    const __m128i t0 = _mm_loadu_si128((const __m128i *)src);
+    const __m128i t1 = _mm_loadu_si128((const __m128i *)(src + lds));
+    const __m128i t2 = _mm_loadu_si128((const __m128i *)(src + 2 * lds));
+    const __m128i t3 = _mm_loadu_si128((const __m128i *)(src + 3 * lds));
+    const __m128i a = _mm_unpacklo_epi32(t0, t1), b = _mm_unpackhi_epi32(t0, t1);
+    const __m128i c = _mm_unpacklo_epi32(t2, t3), d = _mm_unpackhi_epi32(t2, t3);
+    _mm_storeu_si128((__m128i *)dst, _mm_unpacklo_epi64(a, c));
+    _mm_storeu_si128((__m128i *)(dst + ldd), _mm_unpackhi_epi64(a, c));
+    _mm_storeu_si128((__m128i *)(dst + 2 * ldd), _mm_unpacklo_epi64(b, d));
+    _mm_storeu_si128((__m128i *)(dst + 3 * ldd), _mm_unpackhi_epi64(b, d));
+}
+
+/* The byte of feature k, token n (0 <= n < cnt), or 0 past K. */
+static inline uint8_t x_at(const uint8_t *X, int64_t ldx, int xt, int64_t K, int64_t n,
+                           int64_t k)
+{
+    if (k >= K)
+        return 0;
+    return xt ? X[n * ldx + k] : X[k * ldx + n];
+}
+
+/* Pack tokens n0 .. n0 + cnt - 1 into P = [G][width][4] (zeros from cnt on). */
+static void pack_tile(const uint8_t *X, int64_t ldx, int xt, int64_t K, int64_t n0,
+                      int64_t cnt, int64_t width, uint8_t *P)
+{
+    const int64_t G = (K + 3) / 4, ldp = 4 * width;
+    int64_t gfull, nfull; /* the part the vector code does: groups [0, gfull), tokens [0, nfull) */
+    X += xt ? n0 * ldx : n0;
+    if (!xt) {
+        gfull = K / 4;
+        nfull = cnt / 16 * 16;
+        for (int64_t g = 0; g < gfull; g++) {
+            const uint8_t *r = X + 4 * g * ldx;
+            for (int64_t n = 0; n < nfull; n += 16)
+                interleave16(r + n, r + ldx + n, r + 2 * ldx + n, r + 3 * ldx + n,
+                             P + g * ldp + 4 * n);
+        }
+    } else {
+        gfull = K / 16 * 4;
+        nfull = cnt / 4 * 4;
+        for (int64_t n = 0; n < nfull; n += 4)
+            for (int64_t g = 0; g < gfull; g += 4)
+                transpose4x4_groups(X + n * ldx + 4 * g, ldx, P + g * ldp + 4 * n, ldp);
+    }
+    /* the rest byte by byte: the ragged tokens of every group, every token of the
+     * groups past gfull, and the zero padding up to width */
+    for (int64_t g = 0; g < G; g++) {
+        uint8_t *d = P + g * ldp;
+        for (int64_t n = g < gfull ? nfull : 0; n < cnt; n++)
+            for (int j = 0; j < 4; j++)
+                d[4 * n + j] = x_at(X, ldx, xt, K, n, 4 * g + j);
+        memset(d + 4 * cnt, 0, (size_t)(4 * (width - cnt)));
+    }
+}
+
+/* ---- microkernel ------------------------------------------------------------------ */
+
+#define QG_ROWS(F) F(0) F(1) F(2) F(3) F(4) F(5) F(6) F(7)
+#define QG_DECL(r)                                                             \
+    QG_V a##r##0 = QG_ZERO(), a##r##1 = QG_ZERO(), a##r##2 = QG_ZERO(),        \
+         a##r##3 = QG_ZERO();
+#define QG_STEP(r)                                                             \
+    if (r < QG_MRS) {                                                          \
+        const QG_W w = QG_WPREP(wp + r);                                       \
+        a##r##0 = QG_DOT(a##r##0, x0, w);                                      \
+        if (nv > 1)                                                            \
+            a##r##1 = QG_DOT(a##r##1, x1, w);                                  \
+        if (nv > 2)                                                            \
+            a##r##2 = QG_DOT(a##r##2, x2, w);                                  \
+        if (nv > 3)                                                            \
+            a##r##3 = QG_DOT(a##r##3, x3, w);                                  \
+    }
+#define QG_SAVE(r)                                                             \
+    if (r < QG_MRS) {                                                          \
+        QG_STORE(acc + r * ldacc, a##r##0);                                    \
+        if (nv > 1)                                                            \
+            QG_STORE(acc + r * ldacc + QG_LANES, a##r##1);                     \
+        if (nv > 2)                                                            \
+            QG_STORE(acc + r * ldacc + 2 * QG_LANES, a##r##2);                 \
+        if (nv > 3)                                                            \
+            QG_STORE(acc + r * ldacc + 3 * QG_LANES, a##r##3);                 \
+    }
+
+/* acc[r][0 .. nv * LANES) = sum over the G groups of rows wp[r] (stride MR per
+ * group) times the packed activations xp (stride ldp bytes per group). */
+BSK_INLINE void qg_micro(const int nv, const int32_t *wp, const uint8_t *xp, int64_t G,
+                         int64_t ldp, int32_t *acc, int64_t ldacc)
+{
+    QG_ROWS(QG_DECL)
+    for (int64_t g = 0; g < G; g++, wp += QG_MR, xp += ldp) {
+        const QG_X x0 = QG_XPREP(QG_LOAD(xp));
+        const QG_X x1 = nv > 1 ? QG_XPREP(QG_LOAD(xp + QG_BYTES)) : x0;
+        const QG_X x2 = nv > 2 ? QG_XPREP(QG_LOAD(xp + 2 * QG_BYTES)) : x0;
+        const QG_X x3 = nv > 3 ? QG_XPREP(QG_LOAD(xp + 3 * QG_BYTES)) : x0;
+        QG_ROWS(QG_STEP)
+    }
+    QG_ROWS(QG_SAVE)
+}
+#undef QG_DECL
+#undef QG_STEP
+#undef QG_SAVE
+
+/* One weight block (MR rows) times a packed tile of nv vectors. */
+static void qg_block(int nv, const int32_t *wb, const uint8_t *P, int64_t G, int32_t *acc)
+{
+    const int64_t ldp = 4 * (int64_t)nv * QG_LANES;
+    for (int s = 0; s < QG_MR; s += QG_MRS) {
+        switch (nv) {
+        case 1: qg_micro(1, wb + s, P, G, ldp, acc + s * QG_TILE, QG_TILE); break;
+#if QG_NV >= 2
+        case 2: qg_micro(2, wb + s, P, G, ldp, acc + s * QG_TILE, QG_TILE); break;
+#endif
+#if QG_NV >= 3
+        case 3: qg_micro(3, wb + s, P, G, ldp, acc + s * QG_TILE, QG_TILE); break;
+#endif
+#if QG_NV >= 4
+        default: qg_micro(4, wb + s, P, G, ldp, acc + s * QG_TILE, QG_TILE); break;
+#endif
+        }
+    }
+}
+
+/* ---- threads and entry point --------------------------------------------------------- */
+
+/* Tm x Tn = T threads over nrb row blocks x nvec token vectors: the least work
+ * on the busiest thread, ties to more token parts (less duplicated packing). */
+static void qg_grid(int64_t nrb, int64_t nvec, int T, int *Tm, int *Tn)
+{
+    int64_t best = -1;
+    for (int tn = 1; tn <= T; tn++) {
+        if (T % tn)
+            continue;
+        const int tm = T / tn;
+        const int64_t cost = ((nrb + tm - 1) / tm) * ((nvec + tn - 1) / tn);
+        if (best < 0 || cost <= best) {
+            best = cost;
+            *Tm = tm;
+            *Tn = tn;
+        }
+    }
+}
+
+bsk_status BSK_QGEMM_FN(const bsk_qdense *W, const uint8_t *X, int64_t ldx, int64_t N,
+                        int xt, void *Y, int64_t ldy, int yt, const bsk_epilogue *epi,
+                        int nt)
+{
+    const int64_t M = W->M, K = W->K, G = (K + 3) / 4;
+    if (N == 0 || M == 0)
+        return BSK_OK;
+    const int64_t nrb = (M + QG_MR - 1) / QG_MR, nvec = (N + QG_LANES - 1) / QG_LANES;
+    int status = BSK_OK;
+    (void)nt;
+
+#pragma omp parallel num_threads(nt)
+    {
+        int T = 1, tid = 0, Tm = 1, Tn = 1;
+#ifdef _OPENMP
+        T = omp_get_num_threads();
+        tid = omp_get_thread_num();
+#endif
+        qg_grid(nrb, nvec, T, &Tm, &Tn);
+        int64_t rb0, rb1, v0, v1;
+        bsk_split(nrb, Tm, tid / Tn, &rb0, &rb1);
+        bsk_split(nvec, Tn, tid % Tn, &v0, &v1);
+        uint8_t *P = (uint8_t *)bsk_alloc((size_t)(G * QG_TILE * 4));
+        int32_t *acc = (int32_t *)bsk_alloc(QG_MR * QG_TILE * sizeof(int32_t));
+        if (!P || !acc) {
+#pragma omp atomic write
+            status = BSK_ENOMEM;
+        } else if (rb0 < rb1 && v0 < v1) {
+            const int64_t ntiles = (v1 - v0 + QG_NV - 1) / QG_NV;
+            for (int64_t t = 0; t < ntiles; t++) {
+                int64_t t0, t1;
+                bsk_split(v1 - v0, (int)ntiles, (int)t, &t0, &t1);
+                const int nv = (int)(t1 - t0);
+                const int64_t n0 = (v0 + t0) * QG_LANES, width = nv * QG_LANES;
+                const int64_t cnt = N - n0 < width ? N - n0 : width;
+                pack_tile(X, ldx, xt, K, n0, cnt, width, P);
+                for (int64_t rb = rb0; rb < rb1; rb++) {
+                    qg_block(nv, W->panel + rb * G * QG_MR, P, G, acc);
+                    const int64_t m0 = rb * QG_MR;
+                    const int rows = M - m0 < QG_MR ? (int)(M - m0) : QG_MR;
+                    for (int r = 0; r < rows; r += 4)
+                        bsk_epilogue_rows(epi, acc + r * QG_TILE, QG_TILE,
+                                          rows - r < 4 ? rows - r : 4, m0 + r, n0, width, N,
+                                          Y, ldy, yt);
+                }
+            }
+        }
+        free(P);
+        free(acc);
+    }
+    return (bsk_status)status;
+}
+
+#undef QG_ROWS
+#undef QG_LANES
+#undef QG_MR
+#undef QG_TILE

@@ -36,6 +36,8 @@
 #define QG_LANES (QG_BYTES / 4)            /* tokens per vector */
 #define QG_MR BSK_QGEMM_MR                 /* rows per weight block */
 #define QG_TILE (QG_NV * QG_LANES)         /* tokens per tile, at most */
+#define QG_CHUNK_BYTES (256 << 10)         /* weights per row chunk (L2 share) */
+#define QG_SPAN_TOKENS 512                 /* tokens packed at a time per thread */
 
 #if QG_MR % QG_MRS || QG_MRS > 8 || QG_NV < 1 || QG_NV > 4
 #error "QG_MRS must divide BSK_QGEMM_MR (<= 8) and QG_NV lie in 1 .. 4"
@@ -229,28 +231,46 @@ bsk_status BSK_QGEMM_FN(const bsk_qdense *W, const uint8_t *X, int64_t ldx, int6
         int64_t rb0, rb1, v0, v1;
         bsk_split(nrb, Tm, tid / Tn, &rb0, &rb1);
         bsk_split(nvec, Tn, tid % Tn, &v0, &v1);
-        uint8_t *P = (uint8_t *)bsk_alloc((size_t)(G * QG_TILE * 4));
+        /* this thread's token vectors [v0, v1), at most QG_SPAN_TOKENS at a time, in
+         * tiles of at most QG_NV vectors, all packed first, one after the other */
+        const int64_t span = QG_SPAN_TOKENS / QG_LANES;
+        uint8_t *P = (uint8_t *)bsk_alloc((size_t)(G * 4 * QG_LANES *
+                                                   (v1 - v0 < span ? v1 - v0 : span)));
         int32_t *acc = (int32_t *)bsk_alloc(QG_MR * QG_TILE * sizeof(int32_t));
         if (!P || !acc) {
 #pragma omp atomic write
             status = BSK_ENOMEM;
-        } else if (rb0 < rb1 && v0 < v1) {
-            const int64_t ntiles = (v1 - v0 + QG_NV - 1) / QG_NV;
+        }
+        for (int64_t s0 = v0; P && acc && rb0 < rb1 && s0 < v1; s0 += span) {
+            const int64_t nvs = v1 - s0 < span ? v1 - s0 : span;
+            const int64_t ntiles = (nvs + QG_NV - 1) / QG_NV;
             for (int64_t t = 0; t < ntiles; t++) {
                 int64_t t0, t1;
-                bsk_split(v1 - v0, (int)ntiles, (int)t, &t0, &t1);
-                const int nv = (int)(t1 - t0);
-                const int64_t n0 = (v0 + t0) * QG_LANES, width = nv * QG_LANES;
-                const int64_t cnt = N - n0 < width ? N - n0 : width;
-                pack_tile(X, ldx, xt, K, n0, cnt, width, P);
-                for (int64_t rb = rb0; rb < rb1; rb++) {
-                    qg_block(nv, W->panel + rb * G * QG_MR, P, G, acc);
-                    const int64_t m0 = rb * QG_MR;
-                    const int rows = M - m0 < QG_MR ? (int)(M - m0) : QG_MR;
-                    for (int r = 0; r < rows; r += 4)
-                        bsk_epilogue_rows(epi, acc + r * QG_TILE, QG_TILE,
-                                          rows - r < 4 ? rows - r : 4, m0 + r, n0, width, N,
-                                          Y, ldy, yt);
+                bsk_split(nvs, (int)ntiles, (int)t, &t0, &t1);
+                const int64_t n0 = (s0 + t0) * QG_LANES, width = (t1 - t0) * QG_LANES;
+                pack_tile(X, ldx, xt, K, n0, N - n0 < width ? N - n0 : width, width,
+                          P + G * 4 * t0 * QG_LANES);
+            }
+            /* row chunks of about QG_CHUNK_BYTES of weights, each run over every tile,
+             * so the chunk stays in L2 and the weights are read from memory once */
+            const int64_t rc_blocks = QG_CHUNK_BYTES / (QG_MR * 4 * (G > 0 ? G : 1)) + 1;
+            for (int64_t rc = rb0; rc < rb1; rc += rc_blocks) {
+                const int64_t rc1 = rc + rc_blocks < rb1 ? rc + rc_blocks : rb1;
+                for (int64_t t = 0; t < ntiles; t++) {
+                    int64_t t0, t1;
+                    bsk_split(nvs, (int)ntiles, (int)t, &t0, &t1);
+                    const int nv = (int)(t1 - t0);
+                    const int64_t n0 = (s0 + t0) * QG_LANES;
+                    for (int64_t rb = rc; rb < rc1; rb++) {
+                        const int64_t m0 = rb * QG_MR;
+                        const int rows = M - m0 < QG_MR ? (int)(M - m0) : QG_MR;
+                        qg_block(nv, W->panel + rb * G * QG_MR, P + G * 4 * t0 * QG_LANES,
+                                 G, acc);
+                        for (int r = 0; r < rows; r += 4)
+                            bsk_epilogue_rows(epi, acc + r * QG_TILE, QG_TILE,
+                                              rows - r < 4 ? rows - r : 4, m0 + r, n0,
+                                              nv * QG_LANES, N, Y, ldy, yt);
+                    }
                 }
             }
         }
@@ -264,3 +284,5 @@ bsk_status BSK_QGEMM_FN(const bsk_qdense *W, const uint8_t *X, int64_t ldx, int6
 #undef QG_LANES
 #undef QG_MR
 #undef QG_TILE
+#undef QG_CHUNK_BYTES
+#undef QG_SPAN_TOKENS

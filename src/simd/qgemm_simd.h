@@ -189,6 +189,87 @@ static void qg_block(int nv, const int32_t *wb, const uint8_t *P, int64_t G, int
     }
 }
 
+/* ---- the (N, M) output ------------------------------------------------------------ */
+
+/* v[r][c] -> v[c][r] for 16 vectors of 16 lanes: at each level s the off-diagonal
+ * s x s blocks of every 2s x 2s block are swapped (one two-source permute per
+ * vector and level). */
+static inline void qg_transpose16(bsk_v16i v[16])
+{
+#define QG_LEVEL(s)                                                                     \
+    do {                                                                                \
+        const bsk_v16i lo = {0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15};      \
+        const bsk_v16i bit = (lo & (s)) != 0;                                           \
+        const bsk_v16i keep = (bsk_v16i)((lo & ~bit) | ((16 + lo - (s)) & bit));        \
+        const bsk_v16i take = (bsk_v16i)(((lo + (s)) & ~bit) | ((16 + lo) & bit));      \
+        for (int i = 0; i < 16; i++)                                                    \
+            if (!(i & (s))) {                                                           \
+                const bsk_v16i a = v[i], b = v[i + (s)];                                \
+                v[i] = __builtin_shuffle(a, b, keep);                                   \
+                v[i + (s)] = __builtin_shuffle(a, b, take);                             \
+            }                                                                           \
+    } while (0)
+    QG_LEVEL(8);
+    QG_LEVEL(4);
+    QG_LEVEL(2);
+    QG_LEVEL(1);
+#undef QG_LEVEL
+}
+
+/*
+ * The epilogue of up to 16 rows (m0 ..) x the tokens n0 .. n0 + cnt_all - 1 of an
+ * accumulator tile, stored into the (N, M) output: bsk_epi_values gives each
+ * row's 16 results (the arithmetic of every INT8 kernel), a 16 x 16 transpose
+ * turns them into each token's run of 16 rows, stored at once.  Writing a
+ * token's cache line in one piece matters: the tokens of a tile are M
+ * elements apart, so when M * 4 is a multiple of 4096 all of them fall into
+ * one L1 set, and the 16-byte pieces of the 4-row transposed stores evict each
+ * other's lines (a 3072 x 768 x 128 product ran at 75 % instead of 87 %).
+ */
+BSK_INLINE void qg_store_tokens_k(const bsk_epilogue *e, const int32_t *acc, int64_t ld,
+                                  int rows, int64_t m0, int64_t n0, int64_t cnt_all,
+                                  void *out, int64_t ldo, const int kind, const int act)
+{
+    for (int64_t t = 0; t < cnt_all; t += 16) {
+        const int cnt = cnt_all - t < 16 ? (int)(cnt_all - t) : 16;
+        bsk_v16i v[16];
+        for (int r = 0; r < 16; r++)
+            v[r] = r < rows ? bsk_epi_values(e, *(const bsk_v16i_u *)(acc + r * ld + t),
+                                             m0 + r, n0 + t, cnt, kind, act)
+                            : (bsk_v16i){0};
+        qg_transpose16(v);
+        for (int tok = 0; tok < cnt; tok++) {
+            const int64_t at = (n0 + t + tok) * ldo + m0;
+            if (kind == BSK_OUT_U8) {
+                const bsk_v16b b = __builtin_convertvector(v[tok], bsk_v16b);
+                memcpy((uint8_t *)out + at, &b, (size_t)rows);
+            } else {
+                memcpy((int32_t *)out + at, &v[tok], 4 * (size_t)rows);
+            }
+        }
+    }
+}
+
+#define QG_EPI_CASE(kind, act)                                                          \
+    qg_store_tokens_k(e, acc, ld, rows, m0, n0, cnt_all, out, ldo, kind, act)
+
+/* Dispatch once per tile to a loop specialised for the output kind and activation. */
+static void qg_store_tokens(const bsk_epilogue *e, const int32_t *acc, int64_t ld, int rows,
+                            int64_t m0, int64_t n0, int64_t cnt_all, void *out, int64_t ldo)
+{
+    const int act = e->kind == BSK_OUT_I32 ? BSK_ACT_NONE : e->act;
+    switch (e->kind * 3 + act) {
+    case 0: QG_EPI_CASE(BSK_OUT_I32, BSK_ACT_NONE); break;
+    case 3: QG_EPI_CASE(BSK_OUT_F32, BSK_ACT_NONE); break;
+    case 4: QG_EPI_CASE(BSK_OUT_F32, BSK_ACT_RELU); break;
+    case 5: QG_EPI_CASE(BSK_OUT_F32, BSK_ACT_GELU); break;
+    case 6: QG_EPI_CASE(BSK_OUT_U8, BSK_ACT_NONE); break;
+    case 7: QG_EPI_CASE(BSK_OUT_U8, BSK_ACT_RELU); break;
+    default: QG_EPI_CASE(BSK_OUT_U8, BSK_ACT_GELU); break;
+    }
+}
+#undef QG_EPI_CASE
+
 /* ---- threads and entry point --------------------------------------------------------- */
 
 /* Tm x Tn = T threads over nrb row blocks x nvec token vectors: the least work
@@ -236,7 +317,7 @@ bsk_status BSK_QGEMM_FN(const bsk_qdense *W, const uint8_t *X, int64_t ldx, int6
         const int64_t span = QG_SPAN_TOKENS / QG_LANES;
         uint8_t *P = (uint8_t *)bsk_alloc((size_t)(G * 4 * QG_LANES *
                                                    (v1 - v0 < span ? v1 - v0 : span)));
-        int32_t *acc = (int32_t *)bsk_alloc(QG_MR * QG_TILE * sizeof(int32_t));
+        int32_t *acc = (int32_t *)bsk_alloc(2 * QG_MR * QG_TILE * sizeof(int32_t));
         if (!P || !acc) {
 #pragma omp atomic write
             status = BSK_ENOMEM;
@@ -253,7 +334,7 @@ bsk_status BSK_QGEMM_FN(const bsk_qdense *W, const uint8_t *X, int64_t ldx, int6
             }
             /* row chunks of about QG_CHUNK_BYTES of weights, each run over every tile,
              * so the chunk stays in L2 and the weights are read from memory once */
-            const int64_t rc_blocks = QG_CHUNK_BYTES / (QG_MR * 4 * (G > 0 ? G : 1)) + 1;
+            const int64_t rc_blocks = 2 * (QG_CHUNK_BYTES / (2 * QG_MR * 4 * (G > 0 ? G : 1)) + 1);
             for (int64_t rc = rb0; rc < rb1; rc += rc_blocks) {
                 const int64_t rc1 = rc + rc_blocks < rb1 ? rc + rc_blocks : rb1;
                 for (int64_t t = 0; t < ntiles; t++) {
@@ -261,15 +342,22 @@ bsk_status BSK_QGEMM_FN(const bsk_qdense *W, const uint8_t *X, int64_t ldx, int6
                     bsk_split(nvs, (int)ntiles, (int)t, &t0, &t1);
                     const int nv = (int)(t1 - t0);
                     const int64_t n0 = (s0 + t0) * QG_LANES;
-                    for (int64_t rb = rc; rb < rc1; rb++) {
+                    const uint8_t *Pt = P + G * 4 * t0 * QG_LANES;
+                    const int64_t cnt = N - n0 < nv * QG_LANES ? N - n0 : nv * QG_LANES;
+                    /* two blocks (16 rows) at a time: a 64-byte line of the (N, M) output */
+                    for (int64_t rb = rc; rb < rc1; rb += 2) {
                         const int64_t m0 = rb * QG_MR;
-                        const int rows = M - m0 < QG_MR ? (int)(M - m0) : QG_MR;
-                        qg_block(nv, W->panel + rb * G * QG_MR, P + G * 4 * t0 * QG_LANES,
-                                 G, acc);
-                        for (int r = 0; r < rows; r += 4)
-                            bsk_epilogue_rows(epi, acc + r * QG_TILE, QG_TILE,
-                                              rows - r < 4 ? rows - r : 4, m0 + r, n0,
-                                              nv * QG_LANES, N, Y, ldy, yt);
+                        const int64_t pair = rb + 1 < rc1 ? 2 * QG_MR : QG_MR;
+                        const int rows = (int)(M - m0 < pair ? M - m0 : pair);
+                        qg_block(nv, W->panel + rb * G * QG_MR, Pt, G, acc);
+                        if (rb + 1 < rc1)
+                            qg_block(nv, W->panel + (rb + 1) * G * QG_MR, Pt, G,
+                                     acc + QG_MR * QG_TILE);
+                        if (yt)
+                            qg_store_tokens(epi, acc, QG_TILE, rows, m0, n0, cnt, Y, ldy);
+                        else
+                            bsk_epilogue_rows(epi, acc, QG_TILE, rows, m0, n0, cnt, N, Y,
+                                              ldy, 0);
                     }
                 }
             }

@@ -27,11 +27,21 @@ and ``out`` (M, N) (the encoder's features x tokens activations);
 (N, M).  Blocksize (4, 1) is four consecutive output rows in one input
 column, (1, 4) four consecutive weights of one row along K.
 """
+import os
+import warnings
+
 import numpy as np
 
 from . import _config, _kernels, _pack
 
-__all__ = ["PackedWeight", "Epilogue", "QuantizedActivations", "matmul", "LAYOUTS"]
+__all__ = ["PackedWeight", "Epilogue", "QuantizedActivations", "matmul", "LAYOUTS",
+           "DENSE_DENSITY", "dense_density"]
+
+#: The density (stored blocks / all blocks) from which an INT8 weight is packed for
+#: the dense kernel, by blocksize (None: every other blocksize, whose block-sparse
+#: product runs the portable loop): the measured crossover of the dense and the
+#: block-sparse kernels (``benchmarks/dense_crossover.py``, ``docs/design.rst``).
+DENSE_DENSITY = {(4, 1): 0.8, (1, 4): 0.5, None: 0.05}
 
 LAYOUTS = {"features": False, "tokens": True}  # layout -> x given as (N, K)
 _INT32_MAX = np.iinfo(np.int32).max
@@ -203,6 +213,38 @@ class QuantizedActivations:
         """float32 (features, tokens) values the uint8 codes stand for."""
         return ((self.q.astype(np.float32) - self.zero[None, :].astype(np.float32))
                 * self.scale[None, :])
+
+
+def dense_density(blocksize):
+    """The density from which :class:`~blocksparse.QuantizedMatrix` packs dense.
+
+    Parameters
+    ----------
+    blocksize : tuple of int
+        The weight's (R, C).
+
+    Returns
+    -------
+    float
+        ``BLOCKSPARSE_DENSE_DENSITY`` if it is set to a number (``0`` packs
+        every INT8 weight dense, anything above 1 none), else the measured
+        :data:`DENSE_DENSITY` of the blocksize.  A value that is not a
+        number is ignored with a :class:`RuntimeWarning`.
+    """
+    measured = DENSE_DENSITY.get(tuple(blocksize), DENSE_DENSITY[None])
+    value = os.environ.get("BLOCKSPARSE_DENSE_DENSITY", "").strip()
+    if not value:
+        return measured
+    try:
+        density = float(value)
+    except ValueError:
+        density = float("nan")
+    if not density >= 0:
+        warnings.warn(f"BLOCKSPARSE_DENSE_DENSITY={value!r} must be a density from 0 up; "
+                      f"ignored (the measured {measured} is used)", RuntimeWarning,
+                      stacklevel=2)
+        return measured
+    return density
 
 
 def matmul(packed, x, out, *, layout, epilogue=None):

@@ -79,47 +79,52 @@ static inline void transpose4x4_groups(const uint8_t *src, int64_t lds, uint8_t 
     _mm_storeu_si128((__m128i *)(dst + 3 * ldd), _mm_unpackhi_epi64(b, d));
 }
 
-/* The byte of feature k, token n (0 <= n < cnt), or 0 past K. */
-static inline uint8_t x_at(const uint8_t *X, int64_t ldx, int xt, int64_t K, int64_t n,
-                           int64_t k)
-{
-    if (k >= K)
-        return 0;
-    return xt ? X[n * ldx + k] : X[k * ldx + n];
-}
-
-/* Pack tokens n0 .. n0 + cnt - 1 into P = [G][width][4] (zeros from cnt on). */
+/* Pack tokens n0 .. n0 + cnt - 1 into the tile P = [G4][W16][4] (G4: the K-groups
+ * rounded up to 4, W16: width rounded up to 16 tokens), zeros past cnt and K.
+ * The vector code works on whole 64-byte pieces; a piece at the edge of X is
+ * first copied into a zeroed 4 x 16-byte buffer, so no byte is handled alone
+ * and nothing past X is read. */
 static void pack_tile(const uint8_t *X, int64_t ldx, int xt, int64_t K, int64_t n0,
                       int64_t cnt, int64_t width, uint8_t *P)
 {
-    const int64_t G = (K + 3) / 4, ldp = 4 * width;
-    int64_t gfull, nfull; /* the part the vector code does: groups [0, gfull), tokens [0, nfull) */
-    X += xt ? n0 * ldx : n0;
-    if (!xt) {
-        gfull = K / 4;
-        nfull = cnt / 16 * 16;
-        for (int64_t g = 0; g < gfull; g++) {
-            const uint8_t *r = X + 4 * g * ldx;
-            for (int64_t n = 0; n < nfull; n += 16)
-                interleave16(r + n, r + ldx + n, r + 2 * ldx + n, r + 3 * ldx + n,
-                             P + g * ldp + 4 * n);
+    const int64_t G4 = (K + 15) / 16 * 4, W16 = (width + 15) / 16 * 16, ldp = 4 * W16;
+    uint8_t tmp[4][16];
+    if (!xt) { /* X (K, N): interleave four feature rows, 16 tokens at a time */
+        X += n0;
+        for (int64_t g = 0; g < G4; g++)
+            for (int64_t n = 0; n < W16; n += 16) {
+                const uint8_t *r = X + 4 * g * ldx + n;
+                if (4 * g + 4 <= K && n + 16 <= cnt) {
+                    interleave16(r, r + ldx, r + 2 * ldx, r + 3 * ldx, P + g * ldp + 4 * n);
+                    continue;
+                }
+                memset(tmp, 0, sizeof(tmp));
+                for (int j = 0; j < 4 && 4 * g + j < K && n < cnt; j++)
+                    memcpy(tmp[j], r + j * ldx, (size_t)(cnt - n < 16 ? cnt - n : 16));
+                interleave16(tmp[0], tmp[1], tmp[2], tmp[3], P + g * ldp + 4 * n);
+            }
+        return;
+    }
+    /* X (N, K): 4 tokens x 4 groups at a time, a transpose of 32-bit groups */
+    X += n0 * ldx;
+    for (int64_t n = 0; n < W16; n += 4)
+        for (int64_t g = 0; g < G4; g += 4) {
+            const uint8_t *r = X + n * ldx + 4 * g;
+            if (n + 4 <= cnt && 4 * g + 16 <= K) {
+                transpose4x4_groups(r, ldx, P + g * ldp + 4 * n, ldp);
+                continue;
+            }
+            memset(tmp, 0, sizeof(tmp));
+            for (int i = 0; i < 4 && n + i < cnt && 4 * g < K; i++)
+                memcpy(tmp[i], r + i * ldx, (size_t)(K - 4 * g < 16 ? K - 4 * g : 16));
+            transpose4x4_groups(tmp[0], 16, P + g * ldp + 4 * n, ldp);
         }
-    } else {
-        gfull = K / 16 * 4;
-        nfull = cnt / 4 * 4;
-        for (int64_t n = 0; n < nfull; n += 4)
-            for (int64_t g = 0; g < gfull; g += 4)
-                transpose4x4_groups(X + n * ldx + 4 * g, ldx, P + g * ldp + 4 * n, ldp);
-    }
-    /* the rest byte by byte: the ragged tokens of every group, every token of the
-     * groups past gfull, and the zero padding up to width */
-    for (int64_t g = 0; g < G; g++) {
-        uint8_t *d = P + g * ldp;
-        for (int64_t n = g < gfull ? nfull : 0; n < cnt; n++)
-            for (int j = 0; j < 4; j++)
-                d[4 * n + j] = x_at(X, ldx, xt, K, n, 4 * g + j);
-        memset(d + 4 * cnt, 0, (size_t)(4 * (width - cnt)));
-    }
+}
+
+/* Bytes of a packed tile of `width` tokens (see pack_tile). */
+static inline int64_t tile_bytes(int64_t K, int64_t width)
+{
+    return (K + 15) / 16 * 4 * 4 * ((width + 15) / 16 * 16);
 }
 
 /* ---- microkernel ------------------------------------------------------------------ */
@@ -172,7 +177,7 @@ BSK_INLINE void qg_micro(const int nv, const int32_t *wp, const uint8_t *xp, int
 /* One weight block (MR rows) times a packed tile of nv vectors. */
 static void qg_block(int nv, const int32_t *wb, const uint8_t *P, int64_t G, int32_t *acc)
 {
-    const int64_t ldp = 4 * (int64_t)nv * QG_LANES;
+    const int64_t ldp = 4 * (((int64_t)nv * QG_LANES + 15) / 16 * 16);
     for (int s = 0; s < QG_MR; s += QG_MRS) {
         switch (nv) {
         case 1: qg_micro(1, wb + s, P, G, ldp, acc + s * QG_TILE, QG_TILE); break;
@@ -314,9 +319,10 @@ bsk_status BSK_QGEMM_FN(const bsk_qdense *W, const uint8_t *X, int64_t ldx, int6
         bsk_split(nvec, Tn, tid % Tn, &v0, &v1);
         /* this thread's token vectors [v0, v1), at most QG_SPAN_TOKENS at a time, in
          * tiles of at most QG_NV vectors, all packed first, one after the other */
-        const int64_t span = QG_SPAN_TOKENS / QG_LANES;
-        uint8_t *P = (uint8_t *)bsk_alloc((size_t)(G * 4 * QG_LANES *
-                                                   (v1 - v0 < span ? v1 - v0 : span)));
+        const int64_t span = QG_SPAN_TOKENS / QG_LANES, max_tiles = span / QG_NV + 1;
+        int64_t offset[QG_SPAN_TOKENS / QG_LANES / QG_NV + 2];
+        uint8_t *P = (uint8_t *)bsk_alloc((size_t)((span * QG_LANES / 16 + max_tiles) *
+                                                   tile_bytes(K, 16)));
         int32_t *acc = (int32_t *)bsk_alloc(2 * QG_MR * QG_TILE * sizeof(int32_t));
         if (!P || !acc) {
 #pragma omp atomic write
@@ -325,12 +331,14 @@ bsk_status BSK_QGEMM_FN(const bsk_qdense *W, const uint8_t *X, int64_t ldx, int6
         for (int64_t s0 = v0; P && acc && rb0 < rb1 && s0 < v1; s0 += span) {
             const int64_t nvs = v1 - s0 < span ? v1 - s0 : span;
             const int64_t ntiles = (nvs + QG_NV - 1) / QG_NV;
+            offset[0] = 0;
             for (int64_t t = 0; t < ntiles; t++) {
                 int64_t t0, t1;
                 bsk_split(nvs, (int)ntiles, (int)t, &t0, &t1);
                 const int64_t n0 = (s0 + t0) * QG_LANES, width = (t1 - t0) * QG_LANES;
                 pack_tile(X, ldx, xt, K, n0, N - n0 < width ? N - n0 : width, width,
-                          P + G * 4 * t0 * QG_LANES);
+                          P + offset[t]);
+                offset[t + 1] = offset[t] + tile_bytes(K, width);
             }
             /* row chunks of about QG_CHUNK_BYTES of weights, each run over every tile,
              * so the chunk stays in L2 and the weights are read from memory once */
@@ -342,7 +350,7 @@ bsk_status BSK_QGEMM_FN(const bsk_qdense *W, const uint8_t *X, int64_t ldx, int6
                     bsk_split(nvs, (int)ntiles, (int)t, &t0, &t1);
                     const int nv = (int)(t1 - t0);
                     const int64_t n0 = (s0 + t0) * QG_LANES;
-                    const uint8_t *Pt = P + G * 4 * t0 * QG_LANES;
+                    const uint8_t *Pt = P + offset[t];
                     const int64_t cnt = N - n0 < nv * QG_LANES ? N - n0 : nv * QG_LANES;
                     /* two blocks (16 rows) at a time: a 64-byte line of the (N, M) output */
                     for (int64_t rb = rc; rb < rc1; rb += 2) {

@@ -41,7 +41,7 @@ __all__ = ["PackedWeight", "Epilogue", "QuantizedActivations", "matmul", "LAYOUT
 #: the dense kernel, by blocksize (None: every other blocksize, whose block-sparse
 #: product runs the portable loop): the measured crossover of the dense and the
 #: block-sparse kernels (``benchmarks/dense_crossover.py``, ``docs/design.rst``).
-DENSE_DENSITY = {(4, 1): 0.8, (1, 4): 0.5, None: 0.05}
+DENSE_DENSITY = {(4, 1): 0.7, (1, 4): 0.45, None: 0.03}
 
 LAYOUTS = {"features": False, "tokens": True}  # layout -> x given as (N, K)
 _INT32_MAX = np.iinfo(np.int32).max

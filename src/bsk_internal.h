@@ -92,6 +92,9 @@ typedef bsk_status (*bsk_spmm_f64_fn)(const bsk_bcsr *W, const double *X, int64_
 typedef bsk_status (*bsk_qspmm_fn)(const bsk_qbcsr *W, const uint8_t *X, int64_t ldx,
                                    int64_t N, int xt, void *Y, int64_t ldy, int yt,
                                    const bsk_epilogue *epi, int nt);
+typedef bsk_status (*bsk_qgemm_fn)(const bsk_qdense *W, const uint8_t *X, int64_t ldx,
+                                   int64_t N, int xt, void *Y, int64_t ldy, int yt,
+                                   const bsk_epilogue *epi, int nt);
 typedef bsk_status (*bsk_quantize_u8_fn)(const float *X, int64_t rows, int64_t cols,
                                          int64_t ldx, int mode, float *scale,
                                          int32_t *zero, uint8_t *Q, int64_t ldq,
@@ -120,6 +123,9 @@ typedef struct {
      * NULL: every shape runs the scalar kernel.  The names are for logs. */
     bsk_qspmm_fn qspmm;
     const char *qspmm_row_name, *qspmm_strip_name;
+    /* dense INT8 product (bsk_qgemm) and its name */
+    bsk_qgemm_fn qgemm;
+    const char *qgemm_name;
     /* activation quantization */
     bsk_quantize_u8_fn quantize_u8;
     /* encoder kernels, called by the drivers in src/nn/tokens.c, attention.c */
@@ -144,6 +150,11 @@ const bsk_kernels *bsk_kernels_for(bsk_isa isa);
                                        int64_t ldx, int64_t N, int xt,        \
                                        void *Y, int64_t ldy, int yt,          \
                                        const bsk_epilogue *epi, int nt);
+#define BSK_DECLARE_QGEMM(sfx)                                                 \
+    bsk_status bsk_qgemm_u8s8s32_##sfx(const bsk_qdense *W, const uint8_t *X,  \
+                                       int64_t ldx, int64_t N, int xt,        \
+                                       void *Y, int64_t ldy, int yt,          \
+                                       const bsk_epilogue *epi, int nt);
 #define BSK_DECLARE_QUANTIZE(sfx)                                              \
     bsk_status bsk_quantize_u8_##sfx(const float *X, int64_t rows,             \
                                      int64_t cols, int64_t ldx, int mode,     \
@@ -155,19 +166,23 @@ const bsk_kernels *bsk_kernels_for(bsk_isa isa);
 
 BSK_DECLARE_SPMM(scalar)
 BSK_DECLARE_QSPMM(scalar)
+BSK_DECLARE_QGEMM(scalar)
 BSK_DECLARE_QUANTIZE(scalar)
 BSK_DECLARE_NN(scalar)
 
 BSK_DECLARE_SPMM(avx2)
 BSK_DECLARE_QSPMM(avx2)
+BSK_DECLARE_QGEMM(avx2)
 BSK_DECLARE_QUANTIZE(avx2)
 BSK_DECLARE_NN(avx2)
 
 BSK_DECLARE_QSPMM(avx_vnni)      /* float and encoder kernels: the AVX2 ones */
+BSK_DECLARE_QGEMM(avx_vnni)
 BSK_DECLARE_QUANTIZE(avx_vnni)
 
 BSK_DECLARE_SPMM(avx512_vnni)
 BSK_DECLARE_QSPMM(avx512_vnni)
+BSK_DECLARE_QGEMM(avx512_vnni)
 BSK_DECLARE_QUANTIZE(avx512_vnni)
 BSK_DECLARE_NN(avx512_vnni)
 

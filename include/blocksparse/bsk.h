@@ -156,6 +156,31 @@ bsk_status bsk_qspmm(bsk_isa isa, const bsk_qbcsr *W, const uint8_t *X,
                      int num_threads);
 
 /*
+ * Dense INT8 weights for bsk_qgemm, packed once: the rows in blocks of
+ * BSK_QGEMM_MR, each block stored K-group by K-group, so that the kernel
+ * reads it linearly:
+ *   panel[(b * G + g) * BSK_QGEMM_MR + r] = the 32-bit VNNI group holding
+ *   W[b * MR + r, 4g .. 4g + 3] (little-endian bytes),
+ * G = ceil(K / 4), ceil(M / MR) blocks; rows >= M and columns >= K are zero.
+ */
+#define BSK_QGEMM_MR 8
+typedef struct {
+    int64_t M, K;          /* matrix shape */
+    const int32_t *panel;  /* ceil(M / MR) * ceil(K / 4) * MR groups */
+} bsk_qdense;
+
+/*
+ * Dense INT8 product with the fused epilogue: acc = Wq (M, K) int8 @ X
+ * (K, N) uint8, then epi exactly as bsk_qspmm (rowsum: the row sums of W).
+ * Arguments as bsk_qspmm; every ISA variant returns the same bits, and the
+ * same bits as bsk_qspmm with the same weights.
+ */
+bsk_status bsk_qgemm(bsk_isa isa, const bsk_qdense *W, const uint8_t *X,
+                     int64_t ldx, int64_t N, int x_transposed, void *Y,
+                     int64_t ldy, int y_transposed, const bsk_epilogue *epi,
+                     int num_threads);
+
+/*
  * Quantize float32 X (rows, cols) to uint8 Q.  mode BSK_QUANT_STATIC uses
  * scale[0], zero[0]; BSK_QUANT_PER_TENSOR computes them from the data into
  * scale[0], zero[0]; BSK_QUANT_PER_ROW computes one pair per row into
@@ -169,6 +194,8 @@ bsk_status bsk_quantize_u8(bsk_isa isa, const float *X, int64_t rows,
 
 /* Name of the INT8 kernel that bsk_qspmm runs for this ISA and matrix. */
 const char *bsk_qspmm_kernel_name(bsk_isa isa, const bsk_qbcsr *W);
+/* Name of the kernel that bsk_qgemm runs for this ISA. */
+const char *bsk_qgemm_kernel_name(bsk_isa isa);
 
 #ifdef __cplusplus
 }

@@ -41,7 +41,7 @@ BSK_INLINE void *bsk_alloc(size_t bytes)
  * least `bytes` bytes, 64-byte aligned, owned by the calling thread until its
  * next call with the same slot; freed when the thread exits; NULL if out of
  * memory.  The contents are undefined. */
-enum { BSK_SCRATCH_PANEL = 0, BSK_SCRATCH_ACC = 1, BSK_SCRATCH_SLOTS = 4 };
+enum { BSK_SCRATCH_PANEL = 0, BSK_SCRATCH_ACC = 1, BSK_SCRATCH_STAGE = 2, BSK_SCRATCH_SLOTS = 4 };
 void *bsk_scratch(int slot, size_t bytes);
 
 /* Deterministic static split of [0, n) into `parts` contiguous ranges. */

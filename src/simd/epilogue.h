@@ -50,6 +50,31 @@ BSK_INLINE void bsk_epi_tokens(const bsk_epilogue *e, int64_t n, int count, cons
     *sx = kind == BSK_OUT_I32 ? (bsk_v16f){0} : bsk_load16f(e->x_scale + n, count);
 }
 
+/* The epilogue of 16 accumulators of one token n and rows m .. m+15 (the
+ * first `count` valid): the same arithmetic as bsk_epi_apply, with the rows'
+ * terms as vectors and the token's as scalars, so the bits are the same. */
+BSK_INLINE bsk_v16i bsk_epi_apply_token(const bsk_epilogue *e, bsk_v16i acc, int64_t m,
+                                        int64_t n, int count, const int kind, const int act)
+{
+    if (e->rowsum)
+        acc = (bsk_v16i)((bsk_v16u)acc - (bsk_v16u)bsk_load16i(e->rowsum + m, count) *
+                                             (uint32_t)e->x_zero[n]);
+    if (kind == BSK_OUT_I32)
+        return acc;
+    bsk_v16f y = __builtin_convertvector(acc, bsk_v16f);
+    y = y * (bsk_load16f(e->w_scale + m, count) * e->x_scale[n]);
+    if (e->bias)
+        y = y + bsk_load16f(e->bias + m, count);
+    if (act == BSK_ACT_RELU)
+        y = bsk_select(y > 0.0f, y, (bsk_v16f){0});
+    else if (act == BSK_ACT_GELU)
+        y = bsk_gelu16(y);
+    if (kind == BSK_OUT_F32)
+        return (bsk_v16i)y;
+    const bsk_v16f q = bsk_u8_code16(y / e->out_scale, (bsk_v16f){0} + (float)e->out_zero);
+    return __builtin_convertvector(q, bsk_v16i);
+}
+
 /* bsk_epi_apply for 16 accumulators of row m, tokens n .. n+15 (the first
  * `count` valid). */
 BSK_INLINE bsk_v16i bsk_epi_values(const bsk_epilogue *e, bsk_v16i acc, int64_t m,

@@ -56,6 +56,8 @@
 /* Packed activations one thread keeps at a time (tiles are packed and used
  * in batches of about this size, so they stay in L2). */
 #define PANEL_BATCH_BYTES ((int64_t)256 * 1024)
+/* Stage of the (N, M) layout: NT_STRIP tokens x the 4 * STRIP_CHUNK rows of a chunk. */
+#define STAGE_LD (4 * STRIP_CHUNK)
 /* Stored-work units of one row range (a strip or a row) besides its blocks:
  * the epilogue and the loop, so that parts split the time evenly. */
 #define ROW_OVERHEAD 2
@@ -257,13 +259,13 @@ static inline bsk_v16i qv_pair(QV lo, QV hi)
  * loaded once for the four rows. */
 static inline __attribute__((always_inline)) void
 strip_out(const bsk_epilogue *e, bsk_v16i v0, bsk_v16i v1, bsk_v16i v2, bsk_v16i v3,
-          int64_t m, int64_t n, int cnt, void *out, int64_t ldo, const int kind,
-          const int act, const int yt)
+          int64_t m, int64_t m_out, int64_t n, int cnt, void *out, int64_t ldo, const int kind,
+          const int act, const int yt, const int raw)
 {
     if (cnt <= 0)
         return;
     bsk_v16i q[4] = {v0, v1, v2, v3};
-    if (kind != BSK_OUT_I32 || e->rowsum) {
+    if (!raw && (kind != BSK_OUT_I32 || e->rowsum)) {
         bsk_v16i zx;
         bsk_v16f sx;
         bsk_epi_tokens(e, n, cnt, kind, &zx, &sx);
@@ -271,19 +273,21 @@ strip_out(const bsk_epilogue *e, bsk_v16i v0, bsk_v16i v1, bsk_v16i v2, bsk_v16i
             q[r] = bsk_epi_apply(e, q[r], m + r, zx, sx, kind, act);
     }
     if (yt) {
-        bsk_store4_transposed(q, cnt, out, ldo, m, n, kind);
+        bsk_store4_transposed(q, cnt, out, ldo, m_out, n, raw ? BSK_OUT_I32 : kind);
         return;
     }
     for (int r = 0; r < 4; r++)
-        bsk_epi_store(q[r], m + r, n, cnt, out, ldo, kind, 0);
+        bsk_epi_store(q[r], m_out + r, n, cnt, out, ldo, kind, 0);
 }
 
 /* Strip s (rows 4s .. 4s+3) over one packed tile of tokens n0 .. n0+cnt-1,
- * with the epilogue applied from registers. */
+ * with the epilogue applied from registers, into rows m_out .. m_out+3 of out
+ * (4s for the output itself).  raw: the int32 accumulators, no epilogue (for
+ * the staging buffer of the (N, M) layout). */
 static inline __attribute__((always_inline)) void
 strip_tile(const bsk_qbcsr *Wq, int64_t s, const uint8_t *panel, const bsk_epilogue *e,
-           int64_t n0, int cnt, void *out, int64_t ldo, const int kind, const int act,
-           const int yt)
+           int64_t m_out, int64_t n0, int cnt, void *out, int64_t ldo, const int kind,
+           const int act, const int yt, const int raw)
 {
     QV a00 = QV_ZERO(), a01 = QV_ZERO(), a02 = QV_ZERO(), a03 = QV_ZERO();
     QV a10 = QV_ZERO(), a11 = QV_ZERO(), a12 = QV_ZERO(), a13 = QV_ZERO();
@@ -309,7 +313,8 @@ strip_tile(const bsk_qbcsr *Wq, int64_t s, const uint8_t *panel, const bsk_epilo
     }
 #define STRIP_OUT(g)                                                          \
     strip_out(e, STRIP_V16(0, g), STRIP_V16(1, g), STRIP_V16(2, g), STRIP_V16(3, g), 4 * s, \
-              n0 + 16 * g, cnt - 16 * g < 16 ? cnt - 16 * g : 16, out, ldo, kind, act, yt)
+              m_out, n0 + 16 * g, cnt - 16 * g < 16 ? cnt - 16 * g : 16, out, ldo, kind, act, \
+              yt, raw)
     STRIP_OUT(0);
     STRIP_OUT(1);
 #if QV_BYTES == 64
@@ -361,7 +366,7 @@ static inline __attribute__((always_inline)) void
 run_range_k(const bsk_qbcsr *Wq, const uint8_t *X, int64_t ldx, int64_t N, int xt, void *Y,
             int64_t ldy, const bsk_epilogue *epi, int strip, int64_t u0, int64_t u1,
             int64_t t0, int64_t t1, int64_t batch, uint8_t *P, int32_t *acc,
-            const int kind, const int act, const int yt)
+            int32_t *stage, const int kind, const int act, const int yt)
 {
     const bsk_bcsr *W = &Wq->w;
     const int64_t K = W->K;
@@ -381,9 +386,30 @@ run_range_k(const bsk_qbcsr *Wq, const uint8_t *X, int64_t ldx, int64_t N, int x
             for (int64_t t = b0; t < b1; t++) {
                 const uint8_t *pt = P + (t - b0) * panel;
                 const int cnt = N - t * NT < NT ? (int)(N - t * NT) : (int)NT;
-                if (strip) {
+                if (strip && !yt) {
                     for (int64_t s = c0; s < c1; s++)
-                        strip_tile(Wq, s, pt, epi, t * NT, cnt, Y, ldy, kind, act, yt);
+                        strip_tile(Wq, s, pt, epi, 4 * s, t * NT, cnt, Y, ldy, kind, act, 0, 0);
+                    continue;
+                }
+                if (strip) {
+                    /* (N, M) output: the chunk's accumulators go transposed into an
+                     * L1-resident stage [token][feature], then each token's row of
+                     * features gets the epilogue and one contiguous store, instead
+                     * of 16-byte stores scattered over 64 output rows per strip */
+                    for (int64_t s = c0; s < c1; s++)
+                        strip_tile(Wq, s, pt, epi, 4 * (s - c0), 0, cnt, stage, STAGE_LD,
+                                   BSK_OUT_I32, BSK_ACT_NONE, 1, 1);
+                    const int64_t m0 = 4 * c0, F = 4 * (c1 - c0);
+                    for (int n = 0; n < cnt; n++) {
+                        const int64_t tok = t * NT + n;
+                        for (int64_t f = 0; f < F; f += 16) {
+                            const int c = F - f < 16 ? (int)(F - f) : 16;
+                            const bsk_v16i v = bsk_epi_apply_token(
+                                epi, bsk_load16i(stage + n * STAGE_LD + f, c), m0 + f, tok, c,
+                                kind, act);
+                            bsk_epi_store(v, tok, m0 + f, c, Y, ldy, kind, 0);
+                        }
+                    }
                     continue;
                 }
                 /* four rows at a time so the (N, M) output gets 4-wide stores */
@@ -401,13 +427,13 @@ run_range_k(const bsk_qbcsr *Wq, const uint8_t *X, int64_t ldx, int64_t N, int x
 
 #define RUN_CASE(kind, act, yt)                                                \
     run_range_k(Wq, X, ldx, N, xt, Y, ldy, epi, strip, u0, u1, t0, t1, batch, P, acc, \
-                kind, act, yt)
+                stage, kind, act, yt)
 
 /* run_range_k specialised for the epilogue's (kind, act) and the layout. */
 static void run_range(const bsk_qbcsr *Wq, const uint8_t *X, int64_t ldx, int64_t N, int xt,
                       void *Y, int64_t ldy, int yt, const bsk_epilogue *epi, int strip,
                       int64_t u0, int64_t u1, int64_t t0, int64_t t1, int64_t batch,
-                      uint8_t *P, int32_t *acc)
+                      uint8_t *P, int32_t *acc, int32_t *stage)
 {
     const int act = epi->kind == BSK_OUT_I32 ? BSK_ACT_NONE : epi->act;
     switch ((epi->kind * 3 + act) * 2 + (yt ? 1 : 0)) {
@@ -474,7 +500,9 @@ bsk_status BSK_QFN(const bsk_qbcsr *Wq, const uint8_t *X, int64_t ldx,
         batch = batch < 1 ? 1 : (batch > per ? per : batch);
         uint8_t *P = (uint8_t *)bsk_scratch(BSK_SCRATCH_PANEL, (size_t)(batch * panel) + 64);
         int32_t *acc = (int32_t *)bsk_scratch(BSK_SCRATCH_ACC, 4 * NT_ROW * sizeof(int32_t));
-        if (!P || !acc) {
+        int32_t *stage = (int32_t *)bsk_scratch(BSK_SCRATCH_STAGE,
+                                                NT_STRIP * STAGE_LD * sizeof(int32_t));
+        if (!P || !acc || !stage) {
 #pragma omp atomic write
             status = BSK_ENOMEM;
         } else {
@@ -486,7 +514,7 @@ bsk_status BSK_QFN(const bsk_qbcsr *Wq, const uint8_t *X, int64_t ldx,
                 t1 = t1 < ntiles ? t1 : ntiles;
                 run_range(Wq, X, ldx, N, xt, Y, ldy, yt, epi, strip,
                           part_start(work, units, part, parts),
-                          part_start(work, units, part + 1, parts), t0, t1, batch, P, acc);
+                          part_start(work, units, part + 1, parts), t0, t1, batch, P, acc, stage);
                 c += t1 - t0;
             }
         }

@@ -186,6 +186,10 @@ for isa in built_isas:
                 "obj_deps": {"": headers}, "macros": macros,
                 "cflags": base_cflags + isa_flags(isa) + fp}))
 
+# after the ISA libraries: generic helpers their kernels call (static linking resolves left to right)
+libraries.append(("bsk_util", {"sources": ["src/scratch.c"], "include_dirs": include_dirs,
+                               "obj_deps": {"": headers}, "macros": macros,
+                               "cflags": base_cflags}))
 
 class BuildExt(build_ext):
     """Build the static kernel libraries first, also for build_ext --inplace."""

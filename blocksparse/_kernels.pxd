@@ -8,6 +8,7 @@ cdef extern from "blocksparse/bsk.h" nogil:
         BSK_ENOMEM
         BSK_EUNSUPPORTED
         BSK_EOVERFLOW
+        BSK_ENONFINITE
 
     ctypedef enum bsk_isa:
         BSK_ISA_SCALAR

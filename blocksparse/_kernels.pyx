@@ -493,6 +493,9 @@ def quantize_u8(int isa, cnp.ndarray X not None, str mode, cnp.ndarray scale not
     cdef uint8_t *qp = <uint8_t *>cnp.PyArray_DATA(Q)
     with nogil:
         st = bsk_quantize_u8(<bsk_isa>isa, xp, rows, cols, cols, m, sp, zp, qp, cols, num_threads)
+    if st == BSK_ENONFINITE:
+        raise ValueError("x has NaN or Inf values (or values beyond float32), which uint8 "
+                         "quantization cannot represent")
     if st != BSK_OK:
         _raise(st, "bsk_quantize_u8", isa)
     return Q

@@ -291,14 +291,8 @@ def quantize_activations(x, scale=None, zero_point=None, per_token=True):
         raise TypeError(f"x must be float32 or float64, got {x.dtype}")
     if x.ndim != 2:
         raise ValueError(f"x must be 2-D (N, K), got shape {x.shape}")
-    with np.errstate(over="ignore"):  # values beyond float32 become inf: refused below
+    with np.errstate(over="ignore"):  # values beyond float32 become inf: the kernel refuses them
         xc = np.require(x, dtype=np.float32, requirements="CA")
-    lo = hi = np.float32(0)
-    if xc.size:  # min and max propagate NaN: one check for NaN, Inf and the range
-        lo, hi = min(xc.min(), lo), max(xc.max(), hi)
-    if not (np.isfinite(lo) and np.isfinite(hi)):
-        raise ValueError("x has NaN or Inf values (or values beyond float32), which uint8 "
-                         "quantization cannot represent")
     if (scale is None) != (zero_point is None):
         raise ValueError("give both scale and zero_point (static) or neither (dynamic)")
     q = np.empty(xc.shape, dtype=np.uint8)
@@ -316,23 +310,11 @@ def quantize_activations(x, scale=None, zero_point=None, per_token=True):
         s = np.empty(max(n, 1), dtype=np.float32)
         z = np.empty(max(n, 1), dtype=np.int32)
         mode = "token" if per_token else "tensor"
-    with np.errstate(over="ignore"):
-        wide = mode != "static" and np.isinf(np.float32(hi) - np.float32(lo))
-    if wide and mode == "tensor":  # the kernel's float32 range would overflow
-        s[0], z[0] = _range_params(lo, hi)
-        mode = "static"
+    # the kernel checks for NaN/Inf in its range pass (ValueError) and takes the
+    # scale of a range too wide for float32 (|x| near 3.4e38) from double precision
     if xc.shape[0] or mode != "token":  # K = 0 rows still get scale 1, zero point 0
         _kernels.quantize_u8(_config._active_isa(), xc, mode, s, z, q,
                              _config.get_num_threads())
-    if wide and mode == "token":  # redo the rows whose range overflows float32
-        lo_r, hi_r = np.minimum(xc.min(axis=1), 0), np.maximum(xc.max(axis=1), 0)
-        with np.errstate(over="ignore"):
-            rows = np.flatnonzero(np.isinf(hi_r - lo_r))
-        for r in rows:
-            sr, zr = _range_params(lo_r[r], hi_r[r])
-            s[r], z[r] = sr, zr
-            _kernels.quantize_u8(_config._active_isa(), xc[r:r + 1], "static", s[r:r + 1],
-                                 z[r:r + 1], q[r:r + 1], 1)
     if mode == "token":
         return q, s[:xc.shape[0]], z[:xc.shape[0]]
     return q, s[:1].reshape(()), z[:1].reshape(())

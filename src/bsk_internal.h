@@ -34,6 +34,16 @@ BSK_INLINE void *bsk_alloc(size_t bytes)
     return aligned_alloc(64, rounded ? rounded : 64);
 }
 
+/* Per-thread scratch buffers kept between calls (src/scratch.c): kernels run
+ * thousands of times a second from the same threads, and a malloc/free per
+ * call and thread costs page faults (glibc hands large blocks back to the OS)
+ * and, in a threaded process, TLB shoot-downs.  A buffer of `slot` of at
+ * least `bytes` bytes, 64-byte aligned, owned by the calling thread until its
+ * next call with the same slot; freed when the thread exits; NULL if out of
+ * memory.  The contents are undefined. */
+enum { BSK_SCRATCH_PANEL = 0, BSK_SCRATCH_ACC = 1, BSK_SCRATCH_STAGE = 2, BSK_SCRATCH_SLOTS = 4 };
+void *bsk_scratch(int slot, size_t bytes);
+
 /* Deterministic static split of [0, n) into `parts` contiguous ranges. */
 BSK_INLINE void bsk_split(int64_t n, int parts, int part, int64_t *lo, int64_t *hi)
 {

@@ -26,7 +26,8 @@ typedef enum {
     BSK_EINVAL = 1,       /* bad argument */
     BSK_ENOMEM = 2,       /* allocation failed */
     BSK_EUNSUPPORTED = 3, /* ISA or case not available in this variant */
-    BSK_EOVERFLOW = 4     /* int32 accumulation or index range exceeded */
+    BSK_EOVERFLOW = 4,    /* int32 accumulation or index range exceeded */
+    BSK_ENONFINITE = 5    /* a float input holds NaN or Inf */
 } bsk_status;
 
 /* Instruction-set variants, in increasing order of preference. */
@@ -184,8 +185,10 @@ bsk_status bsk_qgemm(bsk_isa isa, const bsk_qdense *W, const uint8_t *X,
  * Quantize float32 X (rows, cols) to uint8 Q.  mode BSK_QUANT_STATIC uses
  * scale[0], zero[0]; BSK_QUANT_PER_TENSOR computes them from the data into
  * scale[0], zero[0]; BSK_QUANT_PER_ROW computes one pair per row into
- * scale[r], zero[r].  Non-finite inputs saturate; callers refuse them first.
- * Every ISA variant gives the same bytes.
+ * scale[r], zero[r].  A range whose float32 width hi - lo overflows gets its
+ * scale from the width in double precision, so finite input always has a
+ * finite scale.  Returns BSK_ENONFINITE (Q then undefined) if X holds NaN or
+ * Inf.  Every ISA variant gives the same bytes.
  */
 enum { BSK_QUANT_STATIC = 0, BSK_QUANT_PER_TENSOR = 1, BSK_QUANT_PER_ROW = 2 };
 bsk_status bsk_quantize_u8(bsk_isa isa, const float *X, int64_t rows,

@@ -92,7 +92,7 @@ def prune(A, sparsity, blocksize=(4, 1), balanced=False, dtype=None):
             order = np.argsort(norms, axis=1, kind="stable")[:, :drop]
             np.put_along_axis(keep, order, False, axis=1)
     else:
-        drop = int(round(sparsity * nbr * nbc))
+        drop = int(round(sparsity * (nbr * nbc)))  # as documented: sparsity * nblocks
         if drop:
             order = np.argsort(norms.ravel(), kind="stable")[:drop]
             keep.ravel()[order] = False

@@ -35,9 +35,9 @@
  * Threads.  The work is a grid of token tiles x row ranges ("parts", of equal
  * stored work); each thread takes an equal share of the grid and packs the
  * tiles it needs itself, so there is no barrier between packing and compute
- * and no thread reads another's panels.  With more threads than tiles, the
- * rows of a tile are split and the tile is packed by each thread that needs
- * it (packing is a copy of K x NT bytes, small next to the products).
+ * and no thread reads another's panels.  (M, N) outputs are split by rows
+ * (every thread packs every tile), (N, M) outputs by tiles as far as they go
+ * (see the entry point).
  */
 #include "simd/epilogue.h"
 

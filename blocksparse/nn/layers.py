@@ -26,6 +26,7 @@ import numpy as np
 from .. import BlockSparseMatrix, QuantizedMatrix, linear, prune, quantize
 from .._packed import Epilogue, matmul
 from . import _ops
+from .activations import FFN_ACTIVATIONS, apply_activation, epilogue_activation
 
 __all__ = ["Linear", "LayerNorm", "MultiHeadSelfAttention", "BertLayer", "BertEncoder",
            "mean_pooling", "InputSpec"]
@@ -551,7 +552,11 @@ class BertLayer:
     ffn1, ffn2 : Linear
         hidden -> intermediate and intermediate -> hidden.
     ln2 : LayerNorm
-    activation : {"gelu", "relu"}, optional
+    activation : str, optional
+        The FFN activation, a name from
+        :data:`blocksparse.nn.activations.FFN_ACTIVATIONS` ("gelu" = erf form,
+        "relu", "gelu_new", ...): "gelu" and "relu" are fused into the FFN1
+        product's epilogue, the others run as a float pass over its output.
     """
 
     def __init__(self, attention, ln1, ffn1, ffn2, ln2, activation="gelu"):
@@ -569,11 +574,14 @@ class BertLayer:
                              f"{ffn2.in_features} -> {ffn2.out_features}")
         if ln1.weight.shape != (H,) or ln2.weight.shape != (H,):
             raise ValueError(f"ln1 and ln2 must normalize {H} features")
-        if activation not in ("gelu", "relu"):
-            raise ValueError(f"activation must be 'gelu' or 'relu', got {activation!r}")
         self.attention, self.ln1, self.ffn1, self.ffn2, self.ln2 = \
             attention, ln1, ffn1, ffn2, ln2
+        if activation not in FFN_ACTIVATIONS:
+            others = [a for a in FFN_ACTIVATIONS if a not in ("gelu", "relu")]
+            raise ValueError(f"activation must be 'gelu' or 'relu', or one of {others}, got "
+                             f"{activation!r}")
         self.activation = activation
+        self._fused = epilogue_activation(activation)
         self.hidden_size = H
 
     def __repr__(self):
@@ -601,11 +609,16 @@ class BertLayer:
         """(output, its uint8 codes if the InputSpec `want` asks for them, else None)."""
         a = self.attention._forward(x, xq, mask, B, S)
         h1, h1q = self.ln1._forward(a, x, self.ffn1.input_spec, out=a)
-        inter = self.ffn1._forward(h1, h1q, self.activation)
+        inter = self._ffn1(h1, h1q)
         ffn2_in = self.ffn2.input_spec
         interq = _ops._quantize_tokens(inter, ffn2_in.scale) if ffn2_in.quantized else None
         o = self.ffn2._forward(inter, interq)
         return self.ln2._forward(o, h1, want, out=o)
+
+    def _ffn1(self, h1, h1q):
+        """act(FFN1(h1)): fused into the product, or a float pass after it."""
+        inter = self.ffn1._forward(h1, h1q, self._fused)
+        return inter if self._fused else apply_activation(inter, self.activation)
 
     def _calibrate(self, x, mask, B, S):
         """(output, max |input| per feature of qkv, of ffn1), float path."""
@@ -613,7 +626,7 @@ class BertLayer:
         a = self.attention._forward(x, None, mask, B, S)
         h1, _ = self.ln1._forward(a, x, out=a)
         ffn1_in = np.abs(h1).max(axis=1)
-        o = self.ffn2._forward(self.ffn1._forward(h1, None, self.activation), None)
+        o = self.ffn2._forward(self._ffn1(h1, None), None)
         return self.ln2._forward(o, h1, out=o)[0], qkv_in, ffn1_in
 
     def to_int8(self, qkv_absmax=None, ffn1_absmax=None, smoothing=None, blocksize=(4, 1)):

@@ -450,8 +450,8 @@ def make_minilm(out):
                                                   "token_type_ids")}
     with torch.no_grad():
         logits = model(**{k: torch.tensor(v) for k, v in feed.items()}).logits.numpy()
-    np.savez_compressed(out, classifier_weight=model.classifier.weight.numpy(),
-                        classifier_bias=model.classifier.bias.numpy(), logits=logits,
+    np.savez_compressed(out, classifier_weight=model.classifier.weight.detach().numpy(),
+                        classifier_bias=model.classifier.bias.detach().numpy(), logits=logits,
                         id2label=np.array([MINILM_LABELS[i] for i in range(3)]), **feed,
                         versions=np.array(f"transformers {tr.__version__}"))
     print(f"wrote {out}: logits {logits.shape}")

@@ -326,14 +326,14 @@ def _own_head(spec, cfg, head_cfg, base, meta, get):
 
 def _check_strict(name, tensors, strict):
     """The tensors nothing read; refused when `strict` (the checkpoint is not a `name`)."""
-    ignored = _IGNORED.get(name, ())
-    extra = [k for k in tensors.unused() if not k.startswith(ignored)]
+    unused = tensors.unused()
+    extra = [k for k in unused if not k.startswith(_IGNORED.get(name, ()))]
     if extra and strict:
         more = f" and {len(extra) - 3} more" if len(extra) > 3 else ""
         raise ValueError(f"checkpoint has tensors a {name} does not use: "
                          f"{', '.join(map(repr, extra[:3]))}{more} (pass strict=False to "
                          f"load it anyway, leaving them out)")
-    return extra
+    return unused
 
 
 def _load_hf(name, raw, directory, sparsity, blocksize, dtype, balanced, smoothing,
@@ -377,9 +377,13 @@ def _load_own(raw, directory, sparsity, dtype, architecture):
     if architecture is not None and architecture != name:
         raise ValueError(f"this checkpoint was saved by blocksparse as a {name}; load it "
                          f"with architecture=None (or {name!r})")
-    arch = ARCHITECTURES.get(name)
+    arch = ARCHITECTURES.get(name) if isinstance(name, str) else None
     if arch is None:  # open_own names it
         arch = Architecture(model_type, BertModel)
+    elif arch.model_type != model_type:
+        raise ValueError(f"config 'blocksparse' key 'architecture' is {name}, a "
+                         f"{arch.model_type!r} architecture, but 'model_type' is "
+                         f"{model_type!r}")
     cfg, meta, get = ckpt.open_own(arch.encoder._normalize_config, raw, directory, sparsity,
                                    dtype)
     base = ckpt.build_own_base(arch.encoder, cfg, meta, get)

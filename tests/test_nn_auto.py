@@ -112,6 +112,15 @@ def test_architecture_argument(tmp_path):
      "missing the tensor 'electra.embeddings_project.weight'"),
     ("distilbert-mlm", {"vocab_transform.weight": np.zeros((32, 32), np.int32)},
      "'vocab_transform.weight' has dtype int32, expected floating point"),
+    # a tied decoder's stored copy is not read, but must still fit the config
+    ("electra-generator", {"generator_lm_head.weight": np.zeros((3, 3), np.float32)},
+     r"'generator_lm_head.weight' has shape \(3, 3\), expected \(160, 16\)"),
+    ("bert-mlm", {"cls.predictions.decoder.weight": np.zeros((160, 31), np.float32)},
+     r"'cls.predictions.decoder.weight' has shape \(160, 31\), expected \(160, 32\)"),
+    ("bert-mlm", {"cls.predictions.decoder.bias": np.zeros(159, np.float32)},
+     r"'cls.predictions.decoder.bias' has shape \(159,\), expected \(160,\)"),
+    ("roberta-mlm", {"lm_head.decoder.bias": np.zeros(3, np.float32)},
+     r"'lm_head.decoder.bias' has shape \(3,\), expected"),
 ])
 def test_bad_tensors(tmp_path, name, tensors, message):
     d = copy(name, tmp_path, tensors=tensors)
@@ -130,6 +139,19 @@ def test_extra_encoder_layer_is_refused_even_when_not_strict(tmp_path):
             nn.from_pretrained(d, strict=strict)
     with pytest.raises(ValueError, match="no place for"):   # the encoder class alone, too
         nn.BertModel.from_pretrained(d)
+
+
+def test_tied_copies_stored_by_older_transformers_are_used(tmp_path):
+    """Older checkpoints store the tied decoder weight and bias twice; both load, unused none."""
+    path = os.path.join(ROOT, "bert-mlm")
+    t = st.load_file(os.path.join(path, "model.safetensors"))
+    d = copy("bert-mlm", tmp_path, tensors={
+        "cls.predictions.decoder.weight": t["bert.embeddings.word_embeddings.weight"],
+        "cls.predictions.decoder.bias": t["cls.predictions.bias"]})
+    m = nn.from_pretrained(d)
+    assert m.unused_tensors == []
+    x = ref_inputs("bert-mlm")
+    np.testing.assert_array_equal(m(**x), nn.from_pretrained(path)(**x))
 
 
 def test_bert_pretraining_heads_are_ignored_by_the_masked_lm(tmp_path):
@@ -208,9 +230,15 @@ def test_own_format_keeps_its_architecture(tmp_path):
     assert type(nn.ElectraModel.from_pretrained(tmp_path)) is nn.ElectraModel
 
 
-def test_roberta_positions_follow_the_padding():
-    """Position ids count real tokens only: left padding leaves real tokens' states alone."""
-    m = nn.from_pretrained(os.path.join(ROOT, "roberta-base"))
+@pytest.mark.parametrize("name", ["roberta-base", "xlmr-base"])
+def test_roberta_positions_follow_the_padding(name):
+    """Position ids count real tokens only: left padding leaves real tokens' states alone.
+
+    (The stored references pad on the right, padding tokens included in the
+    compared states; here the padding moves to the left.)
+    """
+    m = nn.from_pretrained(os.path.join(ROOT, name))
+    assert type(m) is nn.RobertaModel and m.config["pad_token_id"] == 1
     ids = np.array([0, 17, 40, 99, 2])
     right = np.array([list(ids) + [1, 1]])
     left = np.array([[1, 1] + list(ids)])

@@ -372,6 +372,11 @@ class _TensorFile:
             raise ValueError(f"tensor {key!r} cannot be read as a NumPy array ({exc}); "
                              f"bfloat16 checkpoints need converting to float32") from None
 
+    def shape(self, key):
+        """The shape of tensor `key` from the file's header, without reading the tensor."""
+        file = self._files.get(None) or self._files[key]
+        return tuple(self._handle(file).get_slice(key).get_shape())
+
 
 def _layer_names(model_type, i):
     if model_type == "distilbert":
@@ -424,9 +429,17 @@ class HFTensors:
         self.used.add(key)
         return a
 
-    def mark_used(self, key):
-        """Count `key` as read (a tied copy of a tensor read under another name)."""
+    def mark_used(self, key, shape=None):
+        """Count `key` as read (a tied copy of a tensor read under another name).
+
+        With `shape`, a copy that is there must have it: transformers would
+        refuse a tied decoder of the wrong size, so it is no place to hide a
+        checkpoint that does not match its config.
+        """
         if key in self.keys:
+            if shape is not None and self._file.shape(key) != tuple(shape):
+                raise ValueError(f"tensor {key!r} has shape {self._file.shape(key)}, expected "
+                                 f"{tuple(shape)} from config.json")
             self.used.add(key)
 
     def unused(self):

@@ -298,12 +298,13 @@ def _hf_head_arrays(spec, tensors, cfg, head_cfg):
         if bias is None and n in tensors:
             bias = tensors.take(n, (out_shape[0],))
         else:
-            tensors.mark_used(n)  # a tied copy of the same vector
+            tensors.mark_used(n, (out_shape[0],))  # a tied copy of the same vector
     if bias is None:
         raise ValueError(f"checkpoint is missing the tensor {bias_names[-1]!r}")
     weight = None
     if spec.tied and head_cfg["tie_word_embeddings"]:
-        tensors.mark_used(spec.out + ".weight")  # transformers ties it to the embeddings
+        # transformers ties it to the embeddings
+        tensors.mark_used(spec.out + ".weight", out_shape)
     else:
         weight = tensors.take(spec.out + ".weight", out_shape)
     return dense_wb, norm_wb, (weight, bias)

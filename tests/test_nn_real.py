@@ -73,13 +73,18 @@ def test_minilm_classifier_float32(minilm_classifier, isa):
     assert diff <= 1e-4
 
 
-def test_minilm_classifier_int8(minilm_classifier):
-    d, ref = minilm_classifier
-    model = nn.from_pretrained(d, dtype="int8")
-    logits = model(ref["input_ids"], ref["attention_mask"], ref["token_type_ids"])
+@pytest.fixture(scope="module")
+def minilm_classifier_int8(minilm_classifier):
+    return nn.from_pretrained(minilm_classifier[0], dtype="int8")
+
+
+def test_minilm_classifier_int8(minilm_classifier, minilm_classifier_int8, isa):
+    _, ref = minilm_classifier
+    logits = minilm_classifier_int8(ref["input_ids"], ref["attention_mask"],
+                                    ref["token_type_ids"])
     cos = cosine(logits, ref["logits"])
     agree = float(np.mean(logits.argmax(1) == ref["logits"].argmax(1)))
-    print(f"\nMiniLM classifier INT8: cosine {cos:.6f}, argmax agreement {agree:.0%}")
+    print(f"\nMiniLM classifier INT8 ({isa}): cosine {cos:.6f}, argmax agreement {agree:.0%}")
     assert cos >= 0.999 and agree >= 0.99
 
 
@@ -114,18 +119,26 @@ def test_antiberty_is_refused_without_the_architecture(antiberty):
         nn.from_pretrained(d, architecture="BertForMaskedLM")
 
 
+@pytest.fixture(scope="module")
+def antiberty_models(antiberty):
+    d, _ = antiberty
+    return {dtype: nn.from_pretrained(d, architecture="BertForMaskedLM", strict=False,
+                                      dtype=dtype) for dtype in ("float32", "int8")}
+
+
 @pytest.mark.parametrize("dtype", ["float32", "int8"])
-def test_antiberty_masked_lm(antiberty, dtype):
-    d, ref = antiberty
-    model = nn.from_pretrained(d, architecture="BertForMaskedLM", strict=False, dtype=dtype)
+def test_antiberty_masked_lm(antiberty, antiberty_models, dtype, isa):
+    _, ref = antiberty
+    model = antiberty_models[dtype]
+    assert model.unused_tensors
     assert all(k.startswith(("cls.species", "cls.chain", "cls.graft"))
                for k in model.unused_tensors)
     logits = model(ref["input_ids"], ref["attention_mask"])
     real = ref["attention_mask"].astype(bool)
     diff = float(np.abs(logits - ref["logits"]).max())
     top1 = float(np.mean(logits.argmax(-1)[real] == ref["logits"].argmax(-1)[real]))
-    print(f"\nantiberty MLM {dtype}: max abs diff {diff:.2e}, top-1 agreement {top1:.2%} "
-          f"over {real.sum()} tokens")
+    print(f"\nantiberty MLM {dtype} ({isa}): max abs diff {diff:.2e}, top-1 agreement "
+          f"{top1:.2%} over {real.sum()} tokens")
     if dtype == "float32":
         assert diff <= 1e-4
     else:

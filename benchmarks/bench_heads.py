@@ -15,6 +15,11 @@ the overhead of a head is the median over rounds of (head round median /
 encoder round median) - 1.  The target of issue 14: the classifier within
 5 % of the encoder.
 
+Printed: every round's medians and head / encoder ratio; per contender the
+minimum and median over all timed calls, median / minimum, the paired ratio
+and the range of the round ratios; whether the machine was quiet (other
+processes' CPU time, load average, noisy timings).
+
 Run in a quiet window::
 
     python benchmarks/bench_heads.py [--threads 2] [--rounds 30] [--calls 10]
@@ -32,8 +37,8 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import blocksparse  # noqa: E402
 from blocksparse import nn  # noqa: E402
-from blocksparse.bench._common import (contender_stats, interleave, paired_ratio,  # noqa: E402
-                                       write_json)
+from blocksparse.bench._common import (LoadMonitor, contender_stats, interleave,  # noqa: E402
+                                       paired_ratio, quiet_verdict, write_json)
 from _common import format_table, machine_description  # noqa: E402
 
 BERT_BASE = dict(model_type="bert", vocab_size=30522, hidden_size=768, num_hidden_layers=12,
@@ -61,6 +66,24 @@ def models(cfg, sparsity, heads, seed=0):
     return {h: out[h] for h in heads}
 
 
+def round_table(timed, names):
+    """One row per round: the encoder's round median, each head's and head / encoder."""
+    base = timed["encoder"]["rounds"]
+    rows = []
+    for r, enc in enumerate(base):
+        row = {"round": r + 1, "encoder_ms": enc * 1e3}
+        for name in names:
+            t = timed[name]["rounds"][r]
+            row[f"{name}_ms"] = t * 1e3
+            row[f"{name}_ratio"] = t / enc if enc > 0 else None
+        rows.append(row)
+    columns = [("round", "round", "d"), ("encoder ms", "encoder_ms", ".3f")]
+    for name in names:
+        columns += [(f"{name} ms", f"{name}_ms", ".3f"),
+                    (f"{name} / encoder", f"{name}_ratio", ".4f")]
+    return rows, format_table(rows, columns)
+
+
 def run(threads=2, rounds=30, calls=10, sparsity=0.9, heads=("seq", "token", "qa"),
         quick=False):
     cfg = BERT_MINI if quick else BERT_BASE
@@ -72,27 +95,39 @@ def run(threads=2, rounds=30, calls=10, sparsity=0.9, heads=("seq", "token", "qa
     contenders = {"encoder": lambda: encoder(ids, mask)}
     for name, m in ms.items():
         contenders[name] = (lambda m=m: m(ids, mask))
+    monitor = LoadMonitor().start()
     timed = interleave(contenders, rounds, calls, threads={n: threads for n in contenders})
-    records = []
+    load = monitor.stop()
+    records, stats = [], {}
     base = timed["encoder"]
     for name in contenders:
-        stats = contender_stats(timed[name])
+        stats[name] = contender_stats(timed[name])
         ratio = paired_ratio(base, timed[name]) if name != "encoder" else 1.0
+        per_round = [t / e for e, t in zip(base["rounds"], timed[name]["rounds"]) if e > 0]
         records.append({"contender": name, "threads": threads, "sparsity": sparsity,
-                        "min_ms": stats["min_s"] * 1e3, "median_ms": stats["median_s"] * 1e3,
+                        "min_ms": stats[name]["min_s"] * 1e3,
+                        "median_ms": stats[name]["median_s"] * 1e3,
+                        "spread": stats[name]["spread"],
                         "ratio_to_encoder": ratio, "overhead_pct": (ratio - 1) * 100,
-                        "calls": stats["calls"]})
+                        "round_ratio_min": min(per_round), "round_ratio_max": max(per_round),
+                        "calls": stats[name]["calls"]})
     table = format_table(records, [("contender", "contender", str),
                                    ("threads", "threads", "d"),
                                    ("min ms", "min_ms", ".3f"),
                                    ("median ms", "median_ms", ".3f"),
-                                   ("head / encoder", "ratio_to_encoder", ".4f"),
+                                   ("median/min", "spread", ".3f"),
+                                   ("paired ratio", "ratio_to_encoder", ".4f"),
+                                   ("round ratios min", "round_ratio_min", ".4f"),
+                                   ("max", "round_ratio_max", ".4f"),
                                    ("overhead %", "overhead_pct", "+.2f")])
+    rows, rounds_table = round_table(timed, list(ms))
     seq = next((r for r in records if r["contender"] == "seq"), None)
     return {"name": "task head overhead", "model": "BERT-Mini" if quick else "BERT-Base",
             "batch": 1, "seq": 128, "isa": blocksparse.get_isa(),
             "machine": machine_description(), "records": records, "table": table,
-            "target": "sequence classifier within 5 % of the encoder",
+            "rounds": rows, "rounds_table": rounds_table, "load": load,
+            "quiet": quiet_verdict(load, [{"contenders": stats}]),
+            "target": "sequence classifier within 5 % of the encoder (paired ratio <= 1.05)",
             "met": None if seq is None else seq["ratio_to_encoder"] <= 1.05}
 
 
@@ -114,10 +149,16 @@ def main(argv=None):
     result = run(args.threads, args.rounds, args.calls, args.sparsity, heads, args.quick)
     print(f"blocksparse {blocksparse.__version__}, ISA {result['isa']}, {result['model']} "
           f"batch 1 x 128, sparsity {args.sparsity:g}, INT8")
+    print("per round (median of the round's calls, ms) and head / encoder:")
+    print(result["rounds_table"])
+    print("summary over all calls (min, median) and the paired ratio (median over rounds "
+          "of head / encoder):")
     print(result["table"])
+    print(result["quiet"]["note"])
     if result["met"] is not None:
+        busy = "" if result["quiet"]["quiet"] else " (busy machine: not conclusive)"
         print(f"sequence classifier within 5 % of the encoder: "
-              f"{'yes' if result['met'] else 'NO'}")
+              f"{'yes' if result['met'] else 'NO'}{busy}")
     if args.json:
         write_json(args.json, result)
     return 0

@@ -297,3 +297,25 @@ def test_commands_read_standard_input():
     rows = [json.loads(line) for line in proc.stdout.splitlines()]
     assert [r["text"] for r in rows] == ["Marie Curie", "", "Paris"]
     assert rows[1]["entities"] == []
+
+
+@pytest.mark.parametrize("name", ["roberta-base", "xlmr-base", "electra-base", "distilbert-base",
+                                  "xlmr-tokcls"])
+def test_embedding_pipeline_loads_every_family(name):
+    """embed's pipeline runs any family's encoder (a task model's too), truncating RoBERTa
+    and XLM-R texts at the positions they have after the padding id."""
+    from blocksparse.nn import from_pretrained, mean_pooling
+    from blocksparse.pipelines import EmbeddingPipeline
+    pipe = EmbeddingPipeline(path(name))
+    model = from_pretrained(path(name))
+    encoder = getattr(model, "base", model)
+    assert type(pipe.model) is type(encoder)
+    assert pipe.max_length == encoder.max_length
+    texts = ["Marie Curie worked in Paris.", "word " * 200, "Sparse kernels are fast."]
+    ids = pipe.tokenize(texts)
+    assert max(map(len, ids)) == encoder.max_length
+    got = pipe.embed(texts)
+    for text_ids, row in zip(ids, got):
+        x = np.array([text_ids])
+        want = mean_pooling(encoder(x, np.ones_like(x)), np.ones_like(x))[0]
+        np.testing.assert_allclose(row, want, atol=1e-5)

@@ -1,6 +1,7 @@
 """Write the transformers references of blocksparse.nn's families and heads into tests/data.
 
-For every family (BERT, DistilBERT, RoBERTa, XLM-RoBERTa, ELECTRA) and head
+For every family (BERT, DistilBERT, RoBERTa, XLM-RoBERTa, ELECTRA, and the
+pre-LayerNorm RoBERTa-PreLayerNorm and XLM-RoBERTa-XL) and head
 (encoder only, sequence classification single-/multi-label/regression and
 cross-encoder, token classification, question answering, masked LM, the
 ELECTRA discriminator) a tiny random transformers model (hidden 32, 2
@@ -139,8 +140,8 @@ def config(family, vocab, act, positions, **extra):
                                    seq_classif_dropout=0.0, qa_dropout=0.0, dim=HIDDEN,
                                    n_layers=LAYERS, n_heads=HEADS, hidden_dim=FFN, activation=act,
                                    max_position_embeddings=positions, pad_token_id=0)
-    if family in ("roberta", "xlm-roberta"):
-        cls = tr.RobertaConfig if family == "roberta" else tr.XLMRobertaConfig
+    if family in ROBERTA_CONFIGS:
+        cls = getattr(tr, ROBERTA_CONFIGS[family])
         bert_like["max_position_embeddings"] = positions + 2  # positions start after pad
         return cls(**bert_like, type_vocab_size=1, pad_token_id=1, bos_token_id=0,
                    eos_token_id=2)
@@ -150,8 +151,12 @@ def config(family, vocab, act, positions, **extra):
     raise ValueError(family)
 
 
+ROBERTA_CONFIGS = {"roberta": "RobertaConfig", "xlm-roberta": "XLMRobertaConfig",
+                   "roberta-prelayernorm": "RobertaPreLayerNormConfig",
+                   "xlm-roberta-xl": "XLMRobertaXLConfig"}
 CLASS_PREFIX = {"bert": "Bert", "distilbert": "DistilBert", "roberta": "Roberta",
-                "xlm-roberta": "XLMRoberta", "electra": "Electra"}
+                "xlm-roberta": "XLMRoberta", "electra": "Electra",
+                "roberta-prelayernorm": "RobertaPreLayerNorm", "xlm-roberta-xl": "XLMRobertaXL"}
 
 
 def perturb(model, seed):
@@ -372,9 +377,26 @@ MODELS = [
     ("electra-qa", "electra", "ForQuestionAnswering", "gelu", {}, 64, True, False),
     ("electra-discriminator", "electra", "ForPreTraining", "gelu_fast", {}, 32, False, False),
     ("electra-generator", "electra", "ForMaskedLM", "gelu", {}, 8, False, False),
+    # the pre-LayerNorm variants of RoBERTa and XLM-RoBERTa
+    ("robertapreln-base", "roberta-prelayernorm", None, "gelu", {}, 16, False, False),
+    ("robertapreln-seqcls", "roberta-prelayernorm", "ForSequenceClassification", "gelu_new",
+     dict(id2label={0: "negative", 1: "neutral", 2: "positive"}), 128, True, False),
+    ("robertapreln-tokcls", "roberta-prelayernorm", "ForTokenClassification", "gelu",
+     dict(id2label=dict(enumerate(NER_LABELS))), 32, False, False),
+    ("robertapreln-qa", "roberta-prelayernorm", "ForQuestionAnswering", "gelu", {}, 64, True,
+     False),
+    ("robertapreln-mlm", "roberta-prelayernorm", "ForMaskedLM", "gelu", {}, 8, False, False),
+    ("xlmrxl-base", "xlm-roberta-xl", None, "gelu", {}, 16, False, False),
+    ("xlmrxl-seqcls", "xlm-roberta-xl", "ForSequenceClassification", "gelu",
+     dict(id2label={0: "negative", 1: "positive"}), 128, False, False),
+    ("xlmrxl-tokcls", "xlm-roberta-xl", "ForTokenClassification", "relu",
+     dict(id2label=dict(enumerate(NER_LABELS))), 32, False, False),
+    ("xlmrxl-qa", "xlm-roberta-xl", "ForQuestionAnswering", "gelu", {}, 64, True, False),
+    ("xlmrxl-mlm", "xlm-roberta-xl", "ForMaskedLM", "gelu", {}, 8, False, False),
 ]
 TOKENIZERS = {"bert": wordpiece, "distilbert": wordpiece, "electra": wordpiece,
-              "roberta": byte_bpe, "xlm-roberta": unigram}
+              "roberta": byte_bpe, "xlm-roberta": unigram, "roberta-prelayernorm": byte_bpe,
+              "xlm-roberta-xl": unigram}
 
 
 def make_models(out_dir, only=None):

@@ -112,6 +112,18 @@ def test_architecture_argument(tmp_path):
      "missing the tensor 'electra.embeddings_project.weight'"),
     ("distilbert-mlm", {"vocab_transform.weight": np.zeros((32, 32), np.int32)},
      "'vocab_transform.weight' has dtype int32, expected floating point"),
+    # pre-LayerNorm families: their own LayerNorms, and no post-LayerNorm ones
+    ("robertapreln-seqcls", {"roberta_prelayernorm.LayerNorm.weight": None},
+     "missing the tensor 'roberta_prelayernorm.LayerNorm.weight'"),
+    ("robertapreln-tokcls", {"roberta_prelayernorm.encoder.layer.1.intermediate.LayerNorm.bias":
+                             np.zeros(31, np.float32)},
+     r"'roberta_prelayernorm.encoder.layer.1.intermediate.LayerNorm.bias' has shape \(31,\)"),
+    ("xlmrxl-qa", {"roberta.encoder.LayerNorm.bias": None},
+     "missing the tensor 'roberta.encoder.LayerNorm.bias'"),
+    ("xlmrxl-qa", {"roberta.encoder.layer.0.attention.self_attn_layer_norm.weight": None},
+     "missing the tensor 'roberta.encoder.layer.0.attention.self_attn_layer_norm.weight'"),
+    ("xlmrxl-mlm", {"roberta.embeddings.LayerNorm.weight": np.ones(32, np.float32)},
+     "tensors its config.json has no place for: 'roberta.embeddings.LayerNorm.weight'"),
     # a tied decoder's stored copy is not read, but must still fit the config
     ("electra-generator", {"generator_lm_head.weight": np.zeros((3, 3), np.float32)},
      r"'generator_lm_head.weight' has shape \(3, 3\), expected \(160, 16\)"),
@@ -184,10 +196,12 @@ def test_bert_model_refuses_other_families():
                                          "blocksparse.nn.from_pretrained also loads 'roberta'"):
         nn.BertModel.from_pretrained(os.path.join(ROOT, "roberta-base"))
     with pytest.raises(ValueError, match="'model_type' must be one of 'roberta', "
-                                         "'xlm-roberta', got 'bert'"):
+                                         "'xlm-roberta', 'roberta-prelayernorm', "
+                                         "'xlm-roberta-xl', got 'bert'"):
         nn.RobertaModel.from_pretrained(os.path.join(ROOT, "bert-base"))
-    assert type(nn.RobertaModel.from_pretrained(os.path.join(ROOT, "xlmr-base"))) is \
-        nn.RobertaModel
+    for name in ("xlmr-base", "robertapreln-base", "xlmrxl-base"):
+        assert type(nn.RobertaModel.from_pretrained(os.path.join(ROOT, name))) is \
+            nn.RobertaModel
 
 
 def own_copy(model, tmp_path, change):
@@ -251,6 +265,57 @@ def test_roberta_positions_follow_the_padding(name):
         m(np.full((1, m.max_length + 1), 5))
     with pytest.raises(ValueError, match=r"token_type_ids must lie in \[0, 1\)"):
         m(right, mask_r, np.ones_like(right))
+
+
+def test_post_layernorm_config_on_pre_layernorm_weights(tmp_path):
+    """A config that names the wrong LayerNorm placement fails on the first tensor it lacks."""
+    d = copy("xlmrxl-base", tmp_path, config=dict(model_type="xlm-roberta", architectures=None))
+    with pytest.raises(ValueError, match="missing the tensor 'embeddings.LayerNorm.weight'"):
+        nn.from_pretrained(d)
+    d = copy("robertapreln-base", tmp_path / "b",
+             config=dict(model_type="roberta", architectures=None))
+    with pytest.raises(ValueError, match="missing the tensor "
+                                         "'encoder.layer.0.attention.output.LayerNorm.weight'"):
+        nn.from_pretrained(d)
+
+
+def test_pre_norm_layer_formula():
+    """PreNormBertLayer: h1 = h + attention(LN1(h)); h2 = h1 + ffn2(act(ffn1(LN2(h1))))."""
+    m = nn.from_pretrained(os.path.join(ROOT, "robertapreln-base"))
+    layer = m.encoder.layers[0]
+    assert isinstance(layer, nn.PreNormBertLayer) and "PreNormBertLayer" in repr(layer)
+    h = np.random.default_rng(0).standard_normal((2, 7, 32)).astype(np.float32)
+    mask = np.ones((2, 7), np.int64)
+    mask[1, 5:] = 0
+    h1 = h + layer.attention(layer.ln1(h), mask)
+    x = layer.ln2(h1)
+    inter = layer.ffn1(x)
+    inter = 0.5 * inter * (1 + erf(inter / math.sqrt(2)))   # the config's gelu
+    want = h1 + layer.ffn2(inter)
+    np.testing.assert_allclose(layer(h, mask), want, atol=1e-5)
+    assert layer.input_spec.quantized is False   # it reads the float residual stream
+    int8 = m.encoder.layers[0].to_int8()
+    assert type(int8) is nn.PreNormBertLayer and int8.ffn1.kind == "int8"
+    np.testing.assert_allclose(int8(h, mask), want, atol=0.05 * np.abs(want).max())
+    final = m.encoder.final_ln
+    np.testing.assert_allclose(m.encoder(h, mask), final(m.encoder.layers[1](
+        layer(h, mask), mask)), atol=1e-5)
+
+
+@pytest.mark.parametrize("model_type", ["roberta-prelayernorm", "xlm-roberta-xl"])
+def test_pre_norm_from_config_and_own_format(model_type, tmp_path):
+    cfg = dict(model_type=model_type, hidden_size=32, num_hidden_layers=2,
+               num_attention_heads=4, intermediate_size=64, vocab_size=60,
+               max_position_embeddings=34, type_vocab_size=1, pad_token_id=1)
+    m = nn.RobertaModel.from_config(cfg, sparsity=0.5, dtype="int8", smoothing=0.5)
+    assert m.encoder.final_ln is not None
+    assert (m.embeddings.ln is None) == (model_type == "xlm-roberta-xl")
+    ids = np.array([[0, 7, 8, 9, 2, 1, 1]])
+    y = m(ids, (ids != 1).astype(int))
+    m.save_pretrained(tmp_path)
+    again = nn.from_pretrained(tmp_path)
+    assert type(again) is nn.RobertaModel and again.config["model_type"] == model_type
+    np.testing.assert_array_equal(again(ids, (ids != 1).astype(int)), y)
 
 
 @pytest.mark.parametrize("name", ACTIVATIONS)

@@ -2,8 +2,8 @@
 
 ``scripts/make_model_references.py`` (PyTorch + transformers, run once) wrote
 each directory: a Hugging Face checkpoint of a tiny model (BERT, DistilBERT,
-RoBERTa, XLM-RoBERTa or ELECTRA; encoder only or with a head; the
-activations vary), and ``reference.npz`` with token ids and the outputs
+RoBERTa, XLM-RoBERTa or ELECTRA, and the pre-LayerNorm RoBERTa-PreLayerNorm
+and XLM-RoBERTa-XL; encoder only or with a head; the activations vary), and ``reference.npz`` with token ids and the outputs
 transformers computes for them.  Here, without PyTorch:
 
 * float32: max abs diff <= 1e-4 on every output, on every ISA;
@@ -88,7 +88,8 @@ def decisions(name, key, y, ref):
 
 def test_every_family_and_head_is_covered():
     families = {n.split("-")[0] for n in NAMES}
-    assert families == {"bert", "distilbert", "roberta", "xlmr", "electra"}
+    assert families == {"bert", "distilbert", "roberta", "xlmr", "electra",
+                        "robertapreln", "xlmrxl"}   # the last two pre-LayerNorm
     heads = {n.split("-", 1)[1] for n in NAMES}
     assert heads == set(CLASSES)
 
@@ -97,6 +98,12 @@ def test_every_family_and_head_is_covered():
 def test_loads_the_architecture_config_names(name):
     m = model(name, "float32")
     assert isinstance(m, CLASSES[name.split("-", 1)[1]])
+    base = getattr(m, "base", m)
+    pre_norm = name.startswith(("robertapreln-", "xlmrxl-"))
+    assert {type(layer) for layer in base.encoder} == \
+        {nn.PreNormBertLayer if pre_norm else nn.BertLayer}
+    assert (base.encoder.final_ln is not None) == pre_norm
+    assert (base.embeddings.ln is None) == name.startswith("xlmrxl-")   # XL: no embedding norm
     if not name.endswith("-base"):
         assert m.architecture.endswith(m.config["architectures"][0][-12:])
     assert m.unused_tensors == []

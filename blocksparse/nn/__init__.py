@@ -2,7 +2,8 @@
 
 :func:`from_pretrained` loads a checkpoint directory as the model its
 ``config.json`` names: an encoder (:class:`BertModel` for BERT, MiniLM and
-DistilBERT, :class:`RobertaModel` for RoBERTa and XLM-RoBERTa,
+DistilBERT, :class:`RobertaModel` for RoBERTa and XLM-RoBERTa (and their
+pre-LayerNorm variants),
 :class:`ElectraModel`) or a task model with its head
 (:class:`ModelForSequenceClassification`,
 :class:`ModelForTokenClassification`, :class:`ModelForQuestionAnswering`,
@@ -11,6 +12,7 @@ DistilBERT, :class:`RobertaModel` for RoBERTa and XLM-RoBERTa,
 Plain Python classes compose the package's operations: :class:`Linear`
 (dense float, block-sparse float or block-sparse INT8 weights),
 :class:`LayerNorm`, :class:`MultiHeadSelfAttention`, :class:`BertLayer`,
+:class:`PreNormBertLayer`,
 :class:`BertEncoder` and :class:`BertModel`, plus the functional
 :func:`gelu`, :func:`layer_norm`, :func:`attention`, :func:`quantize_rows`
 and :func:`mean_pooling`.  The hot paths are C kernels (``bsk_nn.h``):
@@ -40,12 +42,13 @@ from .heads import (Head, ModelForMaskedLM, ModelForPreTraining, ModelForQuestio
                     ModelForSequenceClassification, ModelForTokenClassification,
                     QuestionAnsweringOutput)
 from .layers import (BertEncoder, BertLayer, InputSpec, LayerNorm, Linear,
-                     MultiHeadSelfAttention, mean_pooling)
+                     MultiHeadSelfAttention, PreNormBertLayer, mean_pooling)
 from .roberta import RobertaEmbeddings, RobertaModel
 
 __all__ = [
     "from_pretrained", "supported_architectures",
-    "Linear", "LayerNorm", "MultiHeadSelfAttention", "BertLayer", "BertEncoder",
+    "Linear", "LayerNorm", "MultiHeadSelfAttention", "BertLayer", "PreNormBertLayer",
+    "BertEncoder",
     "BertEmbeddings", "BertModel", "RobertaEmbeddings", "RobertaModel", "ElectraEmbeddings",
     "ElectraModel", "Head", "ModelForSequenceClassification", "ModelForTokenClassification",
     "ModelForQuestionAnswering", "QuestionAnsweringOutput", "ModelForMaskedLM",

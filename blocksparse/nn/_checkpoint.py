@@ -22,6 +22,14 @@ layer.i.ln2         ...output.LayerNorm                  ...output_layer_norm
 pooler              pooler.dense                         absent
 ==================  ===================================  =========================
 
+RoBERTa, XLM-RoBERTa and ELECTRA use BERT's names under their own prefixes
+(``roberta.``, ``electra.``).  The pre-LayerNorm variants name their
+LayerNorms by place: RoBERTa-PreLayerNorm (``roberta_prelayernorm.``) has
+``ln1`` = ``...attention.LayerNorm``, ``ln2`` = ``...intermediate.LayerNorm``
+and ``final_ln`` = ``LayerNorm``; XLM-RoBERTa-XL (``roberta.``) has ``ln1``
+= ``...attention.self_attn_layer_norm``, ``ln2`` = ``encoder.layer.i.LayerNorm``,
+``final_ln`` = ``encoder.LayerNorm`` and no ``emb.ln``.
+
 The package's own format (``BertModel.save_pretrained``) is a directory
 with ``config.json`` (the canonical configuration plus a ``"blocksparse"``
 section describing every Linear layer) and a weights file holding the
@@ -66,13 +74,23 @@ _PREFIXES = ("", "bert.", "distilbert.", "model.")
 # where each family's transformers head models keep their encoder
 _FAMILY_PREFIXES = {"roberta": ("", "roberta.", "model."),
                     "xlm-roberta": ("", "roberta.", "model."),
+                    "roberta-prelayernorm": ("", "roberta_prelayernorm.", "model."),
+                    "xlm-roberta-xl": ("", "roberta.", "model."),
                     "electra": ("", "electra.", "model.")}
 _OWN_WEIGHTS = re.compile(r"model-[0-9a-f]{16}\.safetensors")
 _OWN_TEMP = re.compile(r"\.config\.json\..+\.tmp")  # _atomic.replacing's temporary files
 _OWN_TEMP_DIR = re.compile(r"\.blocksparse-[A-Za-z0-9_]+")  # where the weights are written
 BASE_FAMILIES = ("bert", "distilbert")  # what BertModel itself loads
 #: Every ``model_type`` :func:`blocksparse.nn.from_pretrained` loads.
-FAMILIES = BASE_FAMILIES + ("roberta", "xlm-roberta", "electra")
+FAMILIES = BASE_FAMILIES + ("roberta", "xlm-roberta", "electra", "roberta-prelayernorm",
+                            "xlm-roberta-xl")
+#: RoBERTa's position ids (counted after ``pad_token_id``), no token types as a rule.
+ROBERTA_FAMILIES = ("roberta", "xlm-roberta", "roberta-prelayernorm", "xlm-roberta-xl")
+#: Pre-LayerNorm encoders: a LayerNorm before attention and before the FFN of each layer,
+#: one after the last layer (:class:`~blocksparse.nn.layers.PreNormBertLayer`).
+PRE_NORM_FAMILIES = ("roberta-prelayernorm", "xlm-roberta-xl")
+#: Families whose embeddings are summed without a LayerNorm (the first layer's makes up).
+NO_EMBEDDING_NORM = ("xlm-roberta-xl",)
 
 
 def _safetensors():
@@ -117,7 +135,8 @@ def normalize_config(cfg, families=BASE_FAMILIES):
         The ``model_type`` values accepted: by default BERT (MiniLM is a
         BERT config) and DistilBERT, what :class:`BertModel` runs;
         :func:`blocksparse.nn.from_pretrained` passes :data:`FAMILIES`
-        (also ``"roberta"``, ``"xlm-roberta"`` and ``"electra"``).
+        (also ``"roberta"``, ``"xlm-roberta"``, ``"electra"``,
+        ``"roberta-prelayernorm"`` and ``"xlm-roberta-xl"``).
 
     Returns
     -------
@@ -126,8 +145,9 @@ def normalize_config(cfg, families=BASE_FAMILIES):
         ``num_hidden_layers``, ``num_attention_heads``,
         ``intermediate_size``, ``max_position_embeddings``,
         ``type_vocab_size`` (0 without token-type embeddings),
-        ``layer_norm_eps``, ``hidden_act``; RoBERTa and XLM-RoBERTa add
-        ``pad_token_id`` (their position ids start after it), ELECTRA
+        ``layer_norm_eps``, ``hidden_act``; RoBERTa and XLM-RoBERTa (and
+        their pre-LayerNorm variants) add ``pad_token_id`` (their position
+        ids start after it), ELECTRA
         ``embedding_size`` (the width of its embeddings, projected to
         ``hidden_size`` when they differ).
 
@@ -167,7 +187,7 @@ def normalize_config(cfg, families=BASE_FAMILIES):
         act_key = key("activation", "hidden_act")
         out["hidden_act"] = cfg.get(act_key, "gelu")
     else:
-        roberta = model_type in ("roberta", "xlm-roberta")
+        roberta = model_type in ROBERTA_FAMILIES
         out = {
             "model_type": model_type,
             "vocab_size": _positive_int(cfg, "vocab_size"),
@@ -386,10 +406,20 @@ def _layer_names(model_type, i):
                 "ln1": p + "sa_layer_norm", "ffn1": p + "ffn.lin1", "ffn2": p + "ffn.lin2",
                 "ln2": p + "output_layer_norm"}
     p = f"encoder.layer.{i}."
-    return {"q": p + "attention.self.query", "k": p + "attention.self.key",
-            "v": p + "attention.self.value", "o": p + "attention.output.dense",
-            "ln1": p + "attention.output.LayerNorm", "ffn1": p + "intermediate.dense",
-            "ffn2": p + "output.dense", "ln2": p + "output.LayerNorm"}
+    names = {"q": p + "attention.self.query", "k": p + "attention.self.key",
+             "v": p + "attention.self.value", "o": p + "attention.output.dense",
+             "ln1": p + "attention.output.LayerNorm", "ffn1": p + "intermediate.dense",
+             "ffn2": p + "output.dense", "ln2": p + "output.LayerNorm"}
+    # pre-LayerNorm layers: ln1 before attention, ln2 before the FFN
+    if model_type == "roberta-prelayernorm":
+        names.update(ln1=p + "attention.LayerNorm", ln2=p + "intermediate.LayerNorm")
+    elif model_type == "xlm-roberta-xl":
+        names.update(ln1=p + "attention.self_attn_layer_norm", ln2=p + "LayerNorm")
+    return names
+
+
+# where pre-LayerNorm encoders keep the LayerNorm after their last layer
+_FINAL_NORM = {"roberta-prelayernorm": "LayerNorm", "xlm-roberta-xl": "encoder.LayerNorm"}
 
 
 class HFTensors:
@@ -480,10 +510,11 @@ def load_hf_weights(directory, cfg, tensors=None):
 
     Returns a dict with keys ``emb.word``, ``emb.position``,
     ``emb.token_type`` (unless ``type_vocab_size`` is 0),
-    ``emb.ln.weight``/``.bias``, ``emb.project.weight``/``.bias`` (ELECTRA
-    with ``embedding_size`` != ``hidden_size``),
+    ``emb.ln.weight``/``.bias`` (not XLM-RoBERTa-XL), ``emb.project.weight``/``.bias``
+    (ELECTRA with ``embedding_size`` != ``hidden_size``),
     ``layer.{i}.{q,k,v,o,ffn1,ffn2}.{weight,bias}``,
-    ``layer.{i}.{ln1,ln2}.{weight,bias}`` and, if present,
+    ``layer.{i}.{ln1,ln2}.{weight,bias}``, ``final_ln.weight``/``.bias``
+    (pre-LayerNorm families) and, if present,
     ``pooler.weight``/``.bias``.  `tensors` (an :class:`HFTensors` of the
     directory) is read through when given, and its ``prefix`` set to the
     encoder's (``"bert."``, ``"roberta."``... or ``""``).
@@ -519,7 +550,8 @@ def load_hf_weights(directory, cfg, tensors=None):
     if cfg["type_vocab_size"]:
         take("emb.token_type", "embeddings.token_type_embeddings.weight",
              (cfg["type_vocab_size"], E))
-    take_ln("emb.ln", "embeddings.LayerNorm", E)
+    if cfg["model_type"] not in NO_EMBEDDING_NORM:
+        take_ln("emb.ln", "embeddings.LayerNorm", E)
     if E != H:
         take_linear("emb.project", "embeddings_project", (H, E))
     for i in range(cfg["num_hidden_layers"]):
@@ -530,6 +562,8 @@ def load_hf_weights(directory, cfg, tensors=None):
         take_linear(f"layer.{i}.ffn2", names["ffn2"], (H, I))
         take_ln(f"layer.{i}.ln1", names["ln1"])
         take_ln(f"layer.{i}.ln2", names["ln2"])
+    if cfg["model_type"] in _FINAL_NORM:
+        take_ln("final_ln", _FINAL_NORM[cfg["model_type"]])
     if cfg["model_type"] != "distilbert" and prefix + "pooler.dense.weight" in tf:
         take_linear("pooler", "pooler.dense", (H, H))
     return out
@@ -854,8 +888,13 @@ def save_model(model, directory):
     tensors["embeddings.position"] = emb.position
     if emb.token_type is not None:
         tensors["embeddings.token_type"] = emb.token_type
-    tensors["embeddings.ln.weight"] = emb.ln.weight
-    tensors["embeddings.ln.bias"] = emb.ln.bias
+    if emb.ln is not None:
+        tensors["embeddings.ln.weight"] = emb.ln.weight
+        tensors["embeddings.ln.bias"] = emb.ln.bias
+    final = base.encoder.final_ln
+    if final is not None:
+        tensors["encoder.ln.weight"] = final.weight
+        tensors["encoder.ln.bias"] = final.bias
     named = [("embeddings.project", getattr(emb, "project", None))]
     for i, layer in enumerate(base.encoder):
         named += [(f"layers.{i}.{name}", lin)
@@ -923,8 +962,10 @@ def own_linear(meta, get, name):
 
 def build_own_base(cls, cfg, meta, get):
     """The encoder model `cls` (BertModel or a family subclass) of an opened checkpoint."""
-    from .layers import BertEncoder, BertLayer, LayerNorm, MultiHeadSelfAttention
+    from .layers import BertEncoder, BertLayer, LayerNorm, MultiHeadSelfAttention, \
+        PreNormBertLayer
     linears = meta["linears"]
+    layer_cls = PreNormBertLayer if cfg["model_type"] in PRE_NORM_FAMILIES else BertLayer
     H, eps = cfg["hidden_size"], cfg["layer_norm_eps"]
     E = cfg.get("embedding_size", H)
 
@@ -939,19 +980,21 @@ def build_own_base(cls, cfg, meta, get):
         p = f"layers.{i}."
         attention = MultiHeadSelfAttention(lin(p + "qkv"), lin(p + "o"),
                                            cfg["num_attention_heads"])
-        layers.append(BertLayer(attention, ln(p + "ln1"), lin(p + "ffn1"), lin(p + "ffn2"),
+        layers.append(layer_cls(attention, ln(p + "ln1"), lin(p + "ffn1"), lin(p + "ffn2"),
                                 ln(p + "ln2"), cfg["hidden_act"]))
     weights = {"emb.word": get("embeddings.word", (cfg["vocab_size"], E)),
                "emb.position": get("embeddings.position", (cfg["max_position_embeddings"], E))}
     if cfg["type_vocab_size"]:
         weights["emb.token_type"] = get("embeddings.token_type", (cfg["type_vocab_size"], E),
                                         optional=True)
-    emb_ln = ln("embeddings.ln", E)
-    weights["emb.ln.weight"], weights["emb.ln.bias"] = emb_ln.weight, emb_ln.bias
+    if cfg["model_type"] not in NO_EMBEDDING_NORM:
+        emb_ln = ln("embeddings.ln", E)
+        weights["emb.ln.weight"], weights["emb.ln.bias"] = emb_ln.weight, emb_ln.bias
+    final = ln("encoder.ln") if cfg["model_type"] in PRE_NORM_FAMILIES else None
     project = lin("embeddings.project") if "embeddings.project" in linears else None
     emb = cls._make_embeddings(cfg, weights, project)
     pooler = lin("pooler") if "pooler" in linears else None
-    model = cls(cfg, emb, BertEncoder(layers), pooler)
+    model = cls(cfg, emb, BertEncoder(layers, final), pooler)
     model.sparsity = meta["sparsity"]
     model.blocksize = meta["blocksize"]
     model.balanced = meta["balanced"]

@@ -91,6 +91,9 @@ ARCHITECTURES = {
                                 "config", "vocab_layer_norm", norm_eps=1e-12)})),
     **_family("Roberta", "roberta", RobertaModel, _ROBERTA),
     **_family("XLMRoberta", "xlm-roberta", RobertaModel, _ROBERTA),
+    # the pre-LayerNorm variants: the same heads on PreNormBertLayer stacks
+    **_family("RobertaPreLayerNorm", "roberta-prelayernorm", RobertaModel, _ROBERTA),
+    **_family("XLMRobertaXL", "xlm-roberta-xl", RobertaModel, _ROBERTA),
     **_family("Electra", "electra", ElectraModel, dict(_COMMON, **{
         "ForSequenceClassification": HeadSpec(_SEQ, "classifier.out_proj", "classifier.dense",
                                               "gelu"),

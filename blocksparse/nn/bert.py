@@ -7,7 +7,7 @@ import numpy as np
 from . import _checkpoint as ckpt
 from . import _ops
 from .layers import (FLOAT_INPUT, BertEncoder, BertLayer, LayerNorm, Linear,
-                     MultiHeadSelfAttention, _check_dtype_name)
+                     MultiHeadSelfAttention, PreNormBertLayer, _check_dtype_name)
 
 __all__ = ["BertEmbeddings", "BertModel"]
 
@@ -24,7 +24,7 @@ def _int_ids(a, name, shape=None):
 
 
 class BertEmbeddings:
-    """Word + position (+ token type) embeddings, then LayerNorm.
+    """Word + position (+ token type) embeddings, then LayerNorm (if any).
 
     The sum of the position and token-type vectors is the "residual" of the
     fused add + LayerNorm kernel, so the three-way sum and the
@@ -36,7 +36,9 @@ class BertEmbeddings:
     position : ndarray of shape (max_position_embeddings, hidden)
     token_type : ndarray of shape (type_vocab_size, hidden) or None
         None for DistilBERT, which has no segment embeddings.
-    ln : LayerNorm
+    ln : LayerNorm or None
+        None for XLM-RoBERTa-XL, whose embeddings go to the first
+        (pre-LayerNorm) layer as summed.
     """
 
     def __init__(self, word, position, token_type, ln):
@@ -49,7 +51,7 @@ class BertEmbeddings:
         for name, t in (("position", self.position), ("token_type", self.token_type)):
             if t is not None and (t.ndim != 2 or t.shape[1] != H):
                 raise ValueError(f"{name} embeddings must have shape (n, {H}), got {t.shape}")
-        if ln.weight.shape != (H,):
+        if ln is not None and ln.weight.shape != (H,):
             raise ValueError(f"ln must normalize {H} features")
         self.hidden_size = H
 
@@ -71,6 +73,9 @@ class BertEmbeddings:
                 x += self.token_type[0]
             else:
                 x += np.take(self.token_type, token_type_ids.reshape(-1), axis=0).reshape(B, S, H)
+        if self.ln is None:
+            y = np.ascontiguousarray(x.reshape(B * S, H).T)
+            return y, (_ops._quantize_tokens(y, want.scale) if want.quantized else None)
         return self.ln._forward(x.reshape(B * S, H), None, want, x_tokens=True)
 
 
@@ -280,8 +285,11 @@ class BertModel:
 
         E = cfg.get("embedding_size", H)
         weights = {"emb.word": normal(cfg["vocab_size"], E),
-                   "emb.position": normal(cfg["max_position_embeddings"], E),
-                   "emb.ln.weight": normal(E, loc=1.0), "emb.ln.bias": normal(E)}
+                   "emb.position": normal(cfg["max_position_embeddings"], E)}
+        if cfg["model_type"] not in ckpt.NO_EMBEDDING_NORM:
+            weights["emb.ln.weight"], weights["emb.ln.bias"] = normal(E, loc=1.0), normal(E)
+        if cfg["model_type"] in ckpt.PRE_NORM_FAMILIES:
+            weights["final_ln.weight"], weights["final_ln.bias"] = normal(H, loc=1.0), normal(H)
         if cfg["type_vocab_size"]:
             weights["emb.token_type"] = normal(cfg["type_vocab_size"], E)
         if E != H:
@@ -313,7 +321,9 @@ class BertModel:
         eps = cfg["layer_norm_eps"]
         attention = MultiHeadSelfAttention.from_weights(
             pair("q"), pair("k"), pair("v"), pair("o"), cfg["num_attention_heads"], **opts)
-        return BertLayer(attention,
+        layer_cls = PreNormBertLayer if cfg["model_type"] in ckpt.PRE_NORM_FAMILIES \
+            else BertLayer
+        return layer_cls(attention,
                          LayerNorm(w[p + "ln1.weight"], w[p + "ln1.bias"], eps),
                          Linear.from_dense(*pair("ffn1"), **opts),
                          Linear.from_dense(*pair("ffn2"), **opts),
@@ -360,7 +370,9 @@ class BertModel:
             elif dtype == "int8":
                 layer = layer.to_int8(blocksize=blocksize)
             layers.append(layer)
-        model.encoder = BertEncoder(layers)
+        final = LayerNorm(weights["final_ln.weight"], weights["final_ln.bias"],
+                          cfg["layer_norm_eps"]) if "final_ln.weight" in weights else None
+        model.encoder = BertEncoder(layers, final)
         model.sparsity = sparsity
         model.blocksize = blocksize
         model.balanced = bool(balanced)

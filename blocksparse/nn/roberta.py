@@ -1,7 +1,11 @@
 """RoBERTa and XLM-RoBERTa encoders: BERT layers, positions counted after the padding id.
 
-The two families share BERT's encoder layer (post-LayerNorm, Q/K/V,
-FFN) and differ in the embeddings only: a token's position id is
+RoBERTa and XLM-RoBERTa share BERT's encoder layer (post-LayerNorm, Q/K/V,
+FFN); their pre-LayerNorm variants RoBERTa-PreLayerNorm
+(``roberta-prelayernorm``) and XLM-RoBERTa-XL (``xlm-roberta-xl``, whose
+embeddings have no LayerNorm) run
+:class:`~blocksparse.nn.layers.PreNormBertLayer` and one LayerNorm after the
+last layer.  All four differ from BERT in the embeddings: a token's position id is
 ``padding_idx + 1 + (its index among the non-padding tokens)``, padding
 tokens keep ``padding_idx``, as transformers computes them from the input
 ids; the token-type table usually has one row (``type_vocab_size`` 1), so
@@ -49,7 +53,8 @@ class RobertaEmbeddings(BertEmbeddings):
 
 
 class RobertaModel(BertModel):
-    """A RoBERTa or XLM-RoBERTa encoder (``model_type`` "roberta" / "xlm-roberta").
+    """A RoBERTa or XLM-RoBERTa encoder (``model_type`` "roberta" / "xlm-roberta", or the
+    pre-LayerNorm "roberta-prelayernorm" / "xlm-roberta-xl").
 
     Everything but the embeddings is :class:`~blocksparse.nn.BertModel`:
     loading (:meth:`from_pretrained`, :meth:`from_config`), pruning,
@@ -73,17 +78,16 @@ class RobertaModel(BertModel):
 
     @staticmethod
     def _normalize_config(raw):
-        return ckpt.normalize_config(raw, ("roberta", "xlm-roberta"))
+        return ckpt.normalize_config(raw, ckpt.ROBERTA_FAMILIES)
 
     @staticmethod
     def _make_embeddings(cfg, weights, project=None):
         if project is not None:
             raise ValueError("RoBERTa embeddings have no projection")
+        ln = LayerNorm(weights["emb.ln.weight"], weights["emb.ln.bias"],
+                       cfg["layer_norm_eps"]) if "emb.ln.weight" in weights else None
         return RobertaEmbeddings(weights["emb.word"], weights["emb.position"],
-                                 weights.get("emb.token_type"),
-                                 LayerNorm(weights["emb.ln.weight"], weights["emb.ln.bias"],
-                                           cfg["layer_norm_eps"]),
-                                 cfg["pad_token_id"])
+                                 weights.get("emb.token_type"), ln, cfg["pad_token_id"])
 
     @property
     def max_length(self):

@@ -49,7 +49,8 @@ def add_parsers(sub, formatter):
         help="labels and scores of texts (or text pairs) with a sequence classifier",
         description=(
             "Classify texts with a *ForSequenceClassification model (BERT, DistilBERT,\n"
-            "RoBERTa, XLM-RoBERTa, ELECTRA; blocksparse.pipelines.TextClassificationPipeline).\n"
+            "RoBERTa, XLM-RoBERTa, ELECTRA and the pre-LayerNorm variants;\n"
+            "blocksparse.pipelines.TextClassificationPipeline).\n"
             "Scores: the softmax of the logits for a single-label model, the sigmoid for a\n"
             "multi-label or one-label model (a cross-encoder), the logits for regression, as\n"
             "transformers' text-classification pipeline (--function overrides).\n"

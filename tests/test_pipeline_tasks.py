@@ -300,7 +300,7 @@ def test_commands_read_standard_input():
 
 
 @pytest.mark.parametrize("name", ["roberta-base", "xlmr-base", "electra-base", "distilbert-base",
-                                  "xlmr-tokcls"])
+                                  "xlmr-tokcls", "xlmrxl-base", "robertapreln-qa"])
 def test_embedding_pipeline_loads_every_family(name):
     """embed's pipeline runs any family's encoder (a task model's too), truncating RoBERTa
     and XLM-R texts at the positions they have after the padding id."""

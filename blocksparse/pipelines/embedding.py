@@ -5,9 +5,9 @@ A sentence-transformers directory describes its whole pipeline in files:
 (``max_seq_length``: where texts are truncated), ``modules.json`` (the
 module list: Transformer, Pooling, and optionally Normalize) and
 ``1_Pooling/config.json`` (which pooling).  :class:`EmbeddingPipeline` reads
-them and runs the same steps with the encoder :func:`blocksparse.nn.from_pretrained`
-loads (BERT, DistilBERT, RoBERTa, XLM-RoBERTa or ELECTRA) as the Transformer.  The ``embed`` command's helpers for the model directory are
-shared with it.
+them and runs the same steps with the encoder that
+:func:`blocksparse.nn.from_pretrained` loads (any family) as the Transformer.
+The ``embed`` command's helpers for the model directory are shared with it.
 """
 import json
 import numbers

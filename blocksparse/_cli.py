@@ -304,10 +304,11 @@ def _add_sparsify(sub):
         "sparsify", formatter_class=_Formatter,
         help="prune (and quantize) a checkpoint and save it in blocksparse's format",
         description=(
-            "Load a BERT-family checkpoint directory, prune its encoder's Linear weights to\n"
-            "constant-size blocks (optionally quantize them to INT8), and save the result\n"
-            "(safetensors tensors + JSON metadata) to DST, which BertModel.from_pretrained\n"
-            "and 'blocksparse embed --model DST' load back.  Tokenizer files are copied.\n\n"
+            "Load a checkpoint directory (any family blocksparse.nn.from_pretrained loads, a\n"
+            "task model with its head), prune its encoder's Linear weights to constant-size\n"
+            "blocks (optionally quantize them to INT8), and save the result (safetensors\n"
+            "tensors + JSON metadata) to DST, which from_pretrained, 'embed --model DST' and\n"
+            "classify/ner/qa load back.  Tokenizer files are copied.\n\n"
             + _BLOCK_RULE),
         epilog=("example:\n"
                 "  python -m blocksparse sparsify ./minilm ./minilm-90 --sparsity 0.9 --int8"))

@@ -254,6 +254,20 @@ def test_classify_command(capsys, tmp_path):
     assert status == 2 and "--pairs: input 1 has no TAB" in err
 
 
+def test_sparsify_a_task_model_then_classify(capsys, tmp_path):
+    """sparsify keeps the head: the saved classifier answers as the one pruned on load."""
+    dst = tmp_path / "sparse"
+    assert main(["sparsify", path("roberta-seqcls"), str(dst), "--sparsity", "0.5",
+                 "--int8"]) == 0
+    assert "int8 weights, 50% block sparsity" in capsys.readouterr().out
+    texts = reference("roberta-seqcls")["texts"]
+    status, saved, _ = run_cli(capsys, "classify", "--model", str(dst), "--all-labels",
+                               *texts)
+    status2, on_load, _ = run_cli(capsys, "classify", "--model", path("roberta-seqcls"),
+                                  "--sparsity", "0.5", "--int8", "--all-labels", *texts)
+    assert status == status2 == 0 and saved == on_load
+
+
 def test_ner_command_output_file(capsys, tmp_path):
     ref = reference("roberta-tokcls")
     out = tmp_path / "ents.jsonl"

@@ -1,4 +1,6 @@
-"""The command line: ``python -m blocksparse {info,bench,embed,sparsify,serve,loadtest}``.
+"""The command line: ``python -m blocksparse COMMAND``.
+
+Commands: info, bench, embed, sparsify, classify, ner, qa, serve, loadtest.
 
 This module holds the argument parser, the value parsers shared by the
 subcommands, and :func:`main`, which turns every outcome into an exit code:
@@ -9,8 +11,8 @@ subcommands, and :func:`main`, which turns every outcome into an exit code:
 * 2: it was called wrongly (argparse's convention): a bad option value, a
   missing input, or an optional package it needs is absent.
 
-The subcommands live in ``_cli_info``, ``_cli_bench``, ``_cli_model`` and
-``_cli_serve`` (which also defines its two parsers) and do their imports only
+The subcommands live in ``_cli_info``, ``_cli_bench``, ``_cli_model``,
+``_cli_tasks`` and ``_cli_serve`` (the last two define their own parsers) and do their imports only
 when chosen, so ``--help`` and ``info`` stay fast and nothing heavy (matplotlib, tokenizers, the ``nn`` module) is imported
 without need.
 """
@@ -303,10 +305,11 @@ def _add_sparsify(sub):
         "sparsify", formatter_class=_Formatter,
         help="prune (and quantize) a checkpoint and save it in blocksparse's format",
         description=(
-            "Load a BERT-family checkpoint directory, prune its encoder's Linear weights to\n"
-            "constant-size blocks (optionally quantize them to INT8), and save the result\n"
-            "(safetensors tensors + JSON metadata) to DST, which BertModel.from_pretrained\n"
-            "and 'blocksparse embed --model DST' load back.  Tokenizer files are copied.\n\n"
+            "Load a checkpoint directory (any family blocksparse.nn.from_pretrained loads, a\n"
+            "task model with its head), prune its encoder's Linear weights to constant-size\n"
+            "blocks (optionally quantize them to INT8), and save the result (safetensors\n"
+            "tensors + JSON metadata) to DST, which from_pretrained, 'embed --model DST' and\n"
+            "classify/ner/qa load back.  Tokenizer files are copied.\n\n"
             + _BLOCK_RULE),
         epilog=("example:\n"
                 "  python -m blocksparse sparsify ./minilm ./minilm-90 --sparsity 0.9 --int8"))
@@ -347,6 +350,8 @@ def build_parser():
     _add_bench(sub)
     _add_embed(sub)
     _add_sparsify(sub)
+    from ._cli_tasks import add_parsers as add_task_parsers  # classify, ner, qa
+    add_task_parsers(sub, _Formatter)
     from ._cli_serve import add_parsers  # serve, loadtest
     add_parsers(sub, _Formatter)
     return parser

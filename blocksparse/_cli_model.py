@@ -343,12 +343,12 @@ def run_sparsify(args):
     if dst.resolve() == src.resolve():
         raise UsageError("DST must differ from SRC")
     _check_model_options(src, args, "SRC")
-    BertModel, _ = _nn()
+    from .nn import from_pretrained  # every family, a task model with its head
     kwargs = {"sparsity": args.sparsity, "blocksize": args.blocksize, "dtype": _dtype(args)}
     if args.balanced:  # only passed when asked, so loaders without the option still work
         kwargs["balanced"] = True
     t0 = time.perf_counter()
-    model = BertModel.from_pretrained(src, **kwargs)
+    model = from_pretrained(src, **kwargs)
     dst.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(dst)  # atomic; replaces the weights an earlier checkpoint had
     copied = []

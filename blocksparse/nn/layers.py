@@ -26,9 +26,10 @@ import numpy as np
 from .. import BlockSparseMatrix, QuantizedMatrix, linear, prune, quantize
 from .._packed import Epilogue, matmul
 from . import _ops
+from .activations import FFN_ACTIVATIONS, apply_activation, epilogue_activation
 
-__all__ = ["Linear", "LayerNorm", "MultiHeadSelfAttention", "BertLayer", "BertEncoder",
-           "mean_pooling", "InputSpec"]
+__all__ = ["Linear", "LayerNorm", "MultiHeadSelfAttention", "BertLayer", "PreNormBertLayer",
+           "BertEncoder", "mean_pooling", "InputSpec"]
 
 _ACTIVATIONS = (None, "relu", "gelu")
 _DTYPES = ("float32", "int8")
@@ -551,7 +552,11 @@ class BertLayer:
     ffn1, ffn2 : Linear
         hidden -> intermediate and intermediate -> hidden.
     ln2 : LayerNorm
-    activation : {"gelu", "relu"}, optional
+    activation : str, optional
+        The FFN activation, a name from
+        :data:`blocksparse.nn.activations.FFN_ACTIVATIONS` ("gelu" = erf form,
+        "relu", "gelu_new", ...): "gelu" and "relu" are fused into the FFN1
+        product's epilogue, the others run as a float pass over its output.
     """
 
     def __init__(self, attention, ln1, ffn1, ffn2, ln2, activation="gelu"):
@@ -569,11 +574,14 @@ class BertLayer:
                              f"{ffn2.in_features} -> {ffn2.out_features}")
         if ln1.weight.shape != (H,) or ln2.weight.shape != (H,):
             raise ValueError(f"ln1 and ln2 must normalize {H} features")
-        if activation not in ("gelu", "relu"):
-            raise ValueError(f"activation must be 'gelu' or 'relu', got {activation!r}")
         self.attention, self.ln1, self.ffn1, self.ffn2, self.ln2 = \
             attention, ln1, ffn1, ffn2, ln2
+        if activation not in FFN_ACTIVATIONS:
+            others = [a for a in FFN_ACTIVATIONS if a not in ("gelu", "relu")]
+            raise ValueError(f"activation must be 'gelu' or 'relu', or one of {others}, got "
+                             f"{activation!r}")
         self.activation = activation
+        self._fused = epilogue_activation(activation)
         self.hidden_size = H
 
     def __repr__(self):
@@ -601,11 +609,16 @@ class BertLayer:
         """(output, its uint8 codes if the InputSpec `want` asks for them, else None)."""
         a = self.attention._forward(x, xq, mask, B, S)
         h1, h1q = self.ln1._forward(a, x, self.ffn1.input_spec, out=a)
-        inter = self.ffn1._forward(h1, h1q, self.activation)
+        inter = self._ffn1(h1, h1q)
         ffn2_in = self.ffn2.input_spec
         interq = _ops._quantize_tokens(inter, ffn2_in.scale) if ffn2_in.quantized else None
         o = self.ffn2._forward(inter, interq)
         return self.ln2._forward(o, h1, want, out=o)
+
+    def _ffn1(self, h1, h1q):
+        """act(FFN1(h1)): fused into the product, or a float pass after it."""
+        inter = self.ffn1._forward(h1, h1q, self._fused)
+        return inter if self._fused else apply_activation(inter, self.activation)
 
     def _calibrate(self, x, mask, B, S):
         """(output, max |input| per feature of qkv, of ffn1), float path."""
@@ -613,7 +626,7 @@ class BertLayer:
         a = self.attention._forward(x, None, mask, B, S)
         h1, _ = self.ln1._forward(a, x, out=a)
         ffn1_in = np.abs(h1).max(axis=1)
-        o = self.ffn2._forward(self.ffn1._forward(h1, None, self.activation), None)
+        o = self.ffn2._forward(self._ffn1(h1, None), None)
         return self.ln2._forward(o, h1, out=o)[0], qkv_in, ffn1_in
 
     def to_int8(self, qkv_absmax=None, ffn1_absmax=None, smoothing=None, blocksize=(4, 1)):
@@ -631,25 +644,83 @@ class BertLayer:
         out = att.out.to_int8(blocksize)
         ffn1 = self.ffn1.to_int8(blocksize, ffn1_absmax, smoothing)
         ffn2 = self.ffn2.to_int8(blocksize)
-        return BertLayer(MultiHeadSelfAttention(qkv, out, att.num_heads), self.ln1, ffn1, ffn2,
-                         self.ln2, self.activation)
+        return type(self)(MultiHeadSelfAttention(qkv, out, att.num_heads), self.ln1, ffn1, ffn2,
+                          self.ln2, self.activation)
+
+
+class PreNormBertLayer(BertLayer):
+    """One pre-LayerNorm encoder layer (RoBERTa-PreLayerNorm, XLM-RoBERTa-XL).
+
+    ``h1 = h + attention(LN1(h))``; ``h2 = h1 + ffn2(act(ffn1(LN2(h1))))``.
+    The residual stream between layers stays float32 (no LayerNorm after
+    the adds); each LayerNorm reads it and, on INT8 layers, quantizes its
+    output for the product after it in the same C call, as in
+    :class:`BertLayer`.  The stack's last output goes through one more
+    LayerNorm, the encoder's ``final_ln``.
+
+    Parameters
+    ----------
+    attention, ln1, ffn1, ffn2, ln2, activation
+        As in :class:`BertLayer`; `ln1` normalizes the attention's input,
+        `ln2` the FFN's.
+    """
+
+    def __repr__(self):
+        return "<PreNorm" + super().__repr__()[1:]
+
+    @property
+    def input_spec(self):
+        """Float: the layer reads the residual stream; its LayerNorm makes the codes."""
+        return FLOAT_INPUT
+
+    def _forward(self, x, xq, mask, B, S, want=FLOAT_INPUT):
+        n1, n1q = self.ln1._forward(x, None, self.attention.input_spec)
+        h1 = self.attention._forward(n1, n1q, mask, B, S)
+        h1 += x
+        n2, n2q = self.ln2._forward(h1, None, self.ffn1.input_spec)
+        inter = self._ffn1(n2, n2q)
+        ffn2_in = self.ffn2.input_spec
+        interq = _ops._quantize_tokens(inter, ffn2_in.scale) if ffn2_in.quantized else None
+        o = self.ffn2._forward(inter, interq)
+        o += h1
+        return o, (_ops._quantize_tokens(o, want.scale) if want.quantized else None)
+
+    def _calibrate(self, x, mask, B, S):
+        n1, _ = self.ln1._forward(x, None)
+        qkv_in = np.abs(n1).max(axis=1)
+        h1 = self.attention._forward(n1, None, mask, B, S)
+        h1 += x
+        n2, _ = self.ln2._forward(h1, None)
+        ffn1_in = np.abs(n2).max(axis=1)
+        o = self.ffn2._forward(self._ffn1(n2, None), None)
+        o += h1
+        return o, qkv_in, ffn1_in
 
 
 class BertEncoder:
-    """A stack of :class:`BertLayer`.
+    """A stack of :class:`BertLayer` (or :class:`PreNormBertLayer`).
 
     Parameters
     ----------
     layers : sequence of BertLayer
+    final_ln : LayerNorm, optional
+        Applied to the last layer's output: pre-LayerNorm stacks end with
+        one (their layers leave the residual stream unnormalized).
     """
 
-    def __init__(self, layers):
+    def __init__(self, layers, final_ln=None):
         layers = list(layers)
         if not all(isinstance(layer, BertLayer) for layer in layers):
             raise TypeError("layers must be BertLayer instances")
         if len({layer.hidden_size for layer in layers}) > 1:
             raise ValueError("all layers must have the same hidden size")
+        if final_ln is not None:
+            if not isinstance(final_ln, LayerNorm):
+                raise TypeError("final_ln must be a LayerNorm")
+            if layers and final_ln.weight.shape != (layers[0].hidden_size,):
+                raise ValueError(f"final_ln must normalize {layers[0].hidden_size} features")
         self.layers = layers
+        self.final_ln = final_ln
 
     def __len__(self):
         return len(self.layers)
@@ -658,7 +729,8 @@ class BertEncoder:
         return iter(self.layers)
 
     def __repr__(self):
-        return f"<BertEncoder of {len(self.layers)} layers>"
+        final = ", final LayerNorm" if self.final_ln is not None else ""
+        return f"<BertEncoder of {len(self.layers)} layers{final}>"
 
     @property
     def first_linear(self):
@@ -672,9 +744,9 @@ class BertEncoder:
 
     def __call__(self, hidden_states, attention_mask=None):
         """Last hidden state, shape (batch, seq, hidden), float32."""
-        if not self.layers:
+        if not self.layers and self.final_ln is None:
             return np.array(hidden_states, dtype=np.float32)
-        H = self.layers[0].hidden_size
+        H = self.layers[0].hidden_size if self.layers else self.final_ln.weight.shape[0]
         h = _hidden_3d(hidden_states, H)
         B, S, _ = h.shape
         mask = _ops._mask_u8(attention_mask, (B, S))
@@ -685,6 +757,8 @@ class BertEncoder:
         wants = [layer.input_spec for layer in self.layers[1:]] + [FLOAT_INPUT]
         for layer, want in zip(self.layers, wants):
             x, xq = layer._forward(x, xq, mask, B, S, want)
+        if self.final_ln is not None:
+            x = self.final_ln._forward(x, None)[0]
         return x
 
 

@@ -117,6 +117,13 @@ typedef struct {
     bsk_nn_range_fn layernorm;       /* residual add + LayerNorm (+ uint8 codes) */
     bsk_nn_range_fn quantize;        /* per-token uint8 quantization */
     bsk_nn_range_fn bias_act;        /* bias + activation over feature rows */
+    /* per-token quantization split by feature rows [n0, n1), in two phases:
+     * range_rows: ws = (lo, hi) of the rows' values per token;
+     * codes_rows: ws = (lo, hi) of all rows, then scratch for s, z: the
+     * parameters (written to q_scale, q_zero by the call with n0 == 0) and
+     * the codes of the rows */
+    bsk_nn_range_fn range_rows;
+    bsk_nn_range_fn codes_rows;
 } bsk_nn_token_kernels;
 /* Attention: one task is sequence b, head h, the `queries` queries from i0. */
 typedef struct {

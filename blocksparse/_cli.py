@@ -56,6 +56,14 @@ def fraction(text):
     return value
 
 
+def positive_float(text):
+    """A finite number > 0."""
+    value = _float(text, "value")
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"value must be a positive number, got {text!r}")
+    return value
+
+
 def _items(text, what):
     items = [t.strip() for t in text.split(",")]
     if not text.strip() or any(not t for t in items):
@@ -232,13 +240,18 @@ def _add_sparsify(sub):
         "sparsify", formatter_class=_Formatter,
         help="prune (and quantize) a checkpoint and save it in blocksparse's format",
         description=(
-            "Load a BERT-family checkpoint directory, prune its encoder's Linear weights to\n"
-            "constant-size blocks (optionally quantize them to INT8), and save the result\n"
+            "Load a dense BERT-family checkpoint directory, prune its encoder's Linear weights\n"
+            "to constant-size blocks (optionally quantize them to INT8), and save the result\n"
             "(safetensors tensors + JSON metadata) to DST, which BertModel.from_pretrained\n"
-            "and 'blocksparse embed --model DST' load back.  Tokenizer files are copied.\n\n"
+            "and 'blocksparse embed --model DST' load back.  Tokenizer files are copied.\n"
+            "With --calibration text, blocks are chosen by second-order saliency and the\n"
+            "remaining weights updated to compensate (--method obs); without, the smallest\n"
+            "blocks are removed (magnitude), which degrades a model fast.  The quality of the\n"
+            "result against SRC on held-out texts is printed and stored in DST/config.json.\n\n"
             + _BLOCK_RULE),
         epilog=("example:\n"
-                "  python -m blocksparse sparsify ./minilm ./minilm-90 --sparsity 0.9 --int8"))
+                "  python -m blocksparse sparsify ./minilm ./minilm-70 --sparsity 0.7 --int8 \\\n"
+                "      --method obs --calibration texts.txt"))
     p.add_argument("src", metavar="SRC", help="checkpoint directory to read")
     p.add_argument("dst", metavar="DST", help="directory to write (created)")
     p.add_argument("--sparsity", type=fraction, required=True, metavar="S",
@@ -249,6 +262,17 @@ def _add_sparsify(sub):
     p.add_argument("--balanced", action="store_true",
                    help="prune every block row to the same number of blocks")
     p.add_argument("--force", action="store_true", help="write into a non-empty DST")
+    p.add_argument("--method", choices=("obs", "magnitude"),
+                   help="obs: second-order pruning with reconstruction from --calibration "
+                        "text; magnitude: smallest blocks, no data (default: obs with "
+                        "--calibration, else magnitude)")
+    p.add_argument("--calibration", metavar="TEXTS.txt",
+                   help="UTF-8 text, one text per line (a few hundred lines), or 'builtin' "
+                        "for the package's offline corpus")
+    p.add_argument("--damping", type=positive_float, default=0.01, metavar="D",
+                   help="OBS Hessian damping, a fraction of its mean diagonal (default: 0.01)")
+    p.add_argument("--eval-texts", type=positive_int, default=1000, metavar="N",
+                   help="held-out texts for the quality report (default: 1000)")
     p.set_defaults(command_module="_cli_model", command_func="run_sparsify")
 
 

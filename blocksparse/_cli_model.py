@@ -203,6 +203,10 @@ def run_embed(args):
     norms = np.linalg.norm(raw, axis=1)
     emb = raw / np.maximum(norms, 1e-12)[:, None] if normalize else raw
     elapsed = time.perf_counter() - t0
+    if args.sparsity:
+        from ._cli_sparsify import warn_on_the_fly
+        warn_on_the_fly(model_dir, args.sparsity, texts, raw,
+                        _max_positions(model_dir, args.max_length))
     if args.output:
         path = Path(args.output)
         if path.suffix != ".npy":
@@ -235,12 +239,11 @@ def run_sparsify(args):
         raise UsageError(f"DST {args.dst!r} is not empty (use --force to write into it)")
     if dst.resolve() == src.resolve():
         raise UsageError("DST must differ from SRC")
-    BertModel, _ = _nn()
-    kwargs = {"sparsity": args.sparsity, "blocksize": args.blocksize, "dtype": _dtype(args)}
-    if args.balanced:  # only passed when asked, so loaders without the option still work
-        kwargs["balanced"] = True
+    _nn()
+    from . import _cli_sparsify
+    plan = _cli_sparsify.prepare(args, src)  # every check before the long work
     t0 = time.perf_counter()
-    model = BertModel.from_pretrained(src, **kwargs)
+    model = _cli_sparsify.build(plan, args)
     dst.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(dst)
     copied = []
@@ -255,4 +258,5 @@ def run_sparsify(args):
     print(f"size: {_size(dst) / 1e6:.1f} MB (source {_size(src) / 1e6:.1f} MB)")
     if copied:
         print(f"copied: {', '.join(copied)}")
+    _cli_sparsify.report(plan, args, model, dst, elapsed)
     return 0

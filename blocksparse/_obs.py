@@ -62,9 +62,9 @@ def _check_damping(damping):
     return float(damping)
 
 
-def _check_block_columns(block_columns, C, K):
+def _check_block_columns(block_columns, C):
     if block_columns is None:
-        return max(K, C)
+        return None
     if isinstance(block_columns, bool) or not isinstance(block_columns, numbers.Integral) or \
             block_columns < 1 or block_columns % C:
         raise ValueError(f"block_columns must be None or a positive multiple of the block's "
@@ -120,17 +120,21 @@ def _choose(saliency, drop):
     return keep
 
 
-def _obs_sweep(W, U, blocksize, block_columns, keep=None, sparsity=None, balanced=False):
+def _obs_sweep(W, U, blocksize, block_columns, keep=None, sparsity=None, balanced=False,
+               free_columns=0):
     """Prune W (float64, modified in place) with the column sweep.
 
     Either `keep` (nbr, nbc) is given, or it is chosen group by group with
     exactly round(sparsity * blocks) blocks removed (per block row if
-    balanced).  Returns the keep mask.
+    balanced).  The last `free_columns` columns are never pruned, only
+    updated.  Returns the keep mask.
     """
     M, K = W.shape
+    K -= free_columns
     R, C = blocksize
     nbr, nbc = M // R, K // C
     fixed = keep is not None
+    block_columns = block_columns or K
     if not fixed:
         keep = np.ones((nbr, nbc), dtype=bool)
         total = _drop_counts(sparsity, nbr, nbc, balanced)
@@ -160,15 +164,16 @@ def _obs_sweep(W, U, blocksize, block_columns, keep=None, sparsity=None, balance
             W1[:, j:] -= np.outer(e, U1[j, j:])
             W1[pruned, j] = 0.0
             err[:, j] = e
-        if c1 < K:
+        if c1 < W.shape[1]:
             W[:, c1:] -= err @ U[c0:c1, c1:]
     return keep
 
 
 def _masked(W, keep, blocksize):
-    """Copy of W with the blocks outside `keep` set to zero."""
+    """Copy of W with the blocks outside `keep` set to zero (free columns kept)."""
     R, C = blocksize
-    full = np.repeat(np.repeat(keep, R, axis=0), C, axis=1)
+    full = np.ones(W.shape, dtype=bool)
+    full[:, :keep.shape[1] * C] = np.repeat(np.repeat(keep, R, axis=0), C, axis=1)
     return np.where(full, W, 0.0)
 
 
@@ -178,8 +183,12 @@ def _row_errors(D, H):
 
 
 def obs_prune_dense(W, H, sparsity=None, *, blocksize=(4, 1), damping=0.01,
-                    block_columns=128, balanced=False, keep=None):
+                    block_columns=128, balanced=False, keep=None, free_columns=0):
     """The working core of :func:`prune_obs` on checked float64 arrays.
+
+    The last `free_columns` columns of W (a bias, as the weight of a
+    constant input 1) are updated but never pruned and lie outside the
+    blocks.
 
     Returns ``(W_new, keep, errors)``: the pruned and updated (M, K)
     float64 weight, the (nbr, nbc) keep mask and a dict of relative
@@ -194,7 +203,7 @@ def obs_prune_dense(W, H, sparsity=None, *, blocksize=(4, 1), damping=0.01,
     U = _inverse_cholesky(_damped(H, damping), damping)
     Wn = W0.copy()
     keep = _obs_sweep(Wn, U, (R, C), block_columns, keep=keep, sparsity=sparsity,
-                      balanced=balanced)
+                      balanced=balanced, free_columns=free_columns)
     Wm = _masked(W0, keep, (R, C))
     e_obs = _row_errors(Wn - W0, H)
     e_mask = _row_errors(Wm - W0, H)
@@ -336,7 +345,7 @@ def prune_obs(W, sparsity, X=None, *, hessian=None, blocksize=(4, 1), damping=0.
     if keep is None:
         sparsity = _check_fraction(sparsity, "sparsity")
     damping = _check_damping(damping)
-    block_columns = _check_block_columns(block_columns, C, K)
+    block_columns = _check_block_columns(block_columns, C)
     out_dtype = _check_dtype(dtype if dtype is not None else
                              (W.dtype if W.dtype in (np.float32, np.float64) else np.float64))
     if out_dtype == np.int8:

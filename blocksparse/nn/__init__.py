@@ -24,13 +24,19 @@ Examples
 (1, 32)
 """
 from ._checkpoint import normalize_config
+from ._corpus import offline_texts
+from ._fidelity import embedding_fidelity, fidelity
 from ._ops import QuantizedActivations, attention, gelu, layer_norm, quantize_rows
 from .bert import BertEmbeddings, BertModel
 from .layers import (BertEncoder, BertLayer, LayerNorm, Linear, MultiHeadSelfAttention,
                      mean_pooling)
+from ._sparsify import sparsify
+from ._text import encode_texts, load_tokenizer
 
 __all__ = [
     "Linear", "LayerNorm", "MultiHeadSelfAttention", "BertLayer", "BertEncoder",
     "BertEmbeddings", "BertModel", "mean_pooling", "gelu", "layer_norm", "attention",
     "quantize_rows", "QuantizedActivations", "normalize_config",
+    "sparsify", "fidelity", "embedding_fidelity", "encode_texts", "load_tokenizer",
+    "offline_texts",
 ]

@@ -89,7 +89,8 @@ def prepare(args, src):
         from .nn._sparsify import _check_enough_tokens
         from .nn._text import token_batches
         try:
-            _check_enough_tokens(token_batches(src, texts, max_length=128),
+            limit = min(128, int(raw.get("max_position_embeddings", 512)))
+            _check_enough_tokens(token_batches(src, texts, max_length=limit),
                                  {"hidden_size": int(raw.get("hidden_size", raw.get("dim", 0))),
                                   "intermediate_size": int(raw.get("intermediate_size",
                                                                    raw.get("hidden_dim", 0)))})

@@ -9,25 +9,29 @@ tables, parameter lists or markup), and deduplicated.
 
 Each text goes to one split by a hash of its normalized form, so the splits
 never overlap, and a text keeps its split whatever else is installed:
-``"eval"`` (20 % of the hash space), ``"calibration"`` (10 %) and ``"train"``
-(70 %).  Within a split, texts are ordered by that hash: a deterministic
+``"eval"`` (20 % of the hash space), ``"calibration"`` (30 %) and ``"train"``
+(50 %).  Within a split, texts are ordered by that hash: a deterministic
 shuffle, so the first n texts are a fair sample of the sources.
 """
 import ast
 import functools
 import hashlib
+import json
 import os
 import re
+import sys
 import sysconfig
+import tempfile
 import warnings
 
 __all__ = ["offline_texts"]
 
-SPLITS = {"eval": (0, 20), "calibration": (20, 30), "train": (30, 100)}
+SPLITS = {"eval": (0, 20), "calibration": (20, 50), "train": (50, 100)}
 _SKIP_DIRS = {"site-packages", "dist-packages", "test", "tests", "idlelib", "lib2to3",
               "turtledemo", "ensurepip", "__pycache__", "tkinter", "_vendor", "vendored",
               "_lib", "array_api_compat", "pydoc_data"}
 _MIN_WORDS, _MAX_WORDS = 6, 60
+_EXTRACTOR = 2  # bump when the extraction rules change (names the cache file)
 _ROLE = re.compile(r":[a-z:]+:`~?([^`<]*?)(?:\s*<[^>]*>)?`")
 _LITERAL = re.compile(r"``([^`]*)``|`([^`]*)`")
 _WORD = re.compile(r"[A-Za-z]+(?:'[a-z]+)?[,.;:!?)]*$|\(?[A-Za-z]+[,.;:!?)]*$")
@@ -74,6 +78,8 @@ def _docstrings(path):
 def _prose(paragraph):
     """The paragraph as one line of plain prose, or None if it is not prose."""
     lines = paragraph.splitlines()
+    while len(lines) > 2 and set(lines[1].strip()) <= set("-=~^") and lines[1].strip():
+        lines = lines[2:]  # a section header ("Notes" + underline) opens the paragraph
     if any(line.startswith((" ", "\t")) or set(line.strip()) <= set("-=~^*+_#") or
            " : " in line for line in lines):
         return None  # literal blocks, section underlines, numpydoc parameter lines
@@ -96,19 +102,56 @@ def _key(text):
     return hashlib.sha256(" ".join(text.lower().split()).encode("utf-8")).hexdigest()
 
 
-@functools.lru_cache(maxsize=1)
-def _all_texts():
+def _extract(roots):
     """{hash: text} over every source, first occurrence wins."""
     seen = {}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # invalid escapes and the like in old sources
-        for root in _sources():
+        for root in roots:
             for path in _python_files(root):
                 for doc in _docstrings(path):
                     for para in re.split(r"\n\s*\n", doc):
                         text = _prose(para.strip())
                         if text is not None:
                             seen.setdefault(_key(text), text)
+    return seen
+
+
+def _cache_file(roots):
+    """Where the extracted texts of these sources are kept between runs."""
+    import numpy
+    import scipy
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    tag = json.dumps([_EXTRACTOR, sys.version, numpy.__version__, scipy.__version__, roots])
+    name = f"offline-texts-{hashlib.sha256(tag.encode()).hexdigest()[:16]}.json"
+    return os.path.join(base, "blocksparse", name)
+
+
+@functools.lru_cache(maxsize=1)
+def _all_texts():
+    """{hash: text}: from the cache file if there is one, else read and cached.
+
+    The texts are a pure function of the installed sources, which the cache
+    file's name identifies (Python, NumPy and SciPy versions and paths).
+    """
+    roots = _sources()
+    path = _cache_file(roots)
+    try:
+        with open(path, encoding="utf-8") as f:
+            texts = json.load(f)
+        if isinstance(texts, list) and all(isinstance(t, str) for t in texts):
+            return {_key(t): t for t in texts}
+    except (OSError, ValueError):
+        pass
+    seen = _extract(roots)
+    try:  # a cache that cannot be written only costs time
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), suffix=".tmp")
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            json.dump(sorted(seen.values()), f)
+        os.replace(tmp, path)
+    except OSError:
+        pass
     return seen
 
 
@@ -125,7 +168,7 @@ def offline_texts(split, n=None):
     Parameters
     ----------
     split : {"eval", "calibration", "train"}
-        About 20 %, 10 % and 70 % of the texts.  Evaluation texts are
+        About 20 %, 30 % and 50 % of the texts.  Evaluation texts are
         held out: never use them to prune or train.
     n : int, optional
         Return the first `n` texts of the split (all by default).
@@ -143,8 +186,10 @@ def offline_texts(split, n=None):
 
     Notes
     -----
-    The first call reads the sources (a few seconds); later calls reuse
-    the result.  On CPython 3.11 with NumPy 2 and SciPy 1.14 the splits
+    The first call reads the sources (several seconds) and keeps the
+    texts in ``$XDG_CACHE_HOME/blocksparse`` (``~/.cache/blocksparse``),
+    under a name that changes with the Python, NumPy and SciPy versions;
+    later calls read that file.  On CPython 3.11 with NumPy 2 and SciPy 1.14 the splits
     hold a few thousand texts each.
 
     Examples

@@ -18,7 +18,7 @@ import scipy.linalg
 from .._obs import _check_block_columns, _check_damping, obs_prune_dense
 from .._prune import _from_keep, _magnitude_keep
 from ._ops import attention, gelu
-from ._text import token_batches
+from ._text import model_max_length, token_batches
 from .layers import BertEncoder, BertLayer, Linear, MultiHeadSelfAttention, _check_dtype_name
 
 __all__ = ["sparsify"]
@@ -108,7 +108,7 @@ def _calibration(model, directory, calibration, tokenizer, batch_size, max_lengt
             raise ValueError("calibration texts need a tokenizer: pass tokenizer=, or the "
                              "model as a directory that holds tokenizer.json")
         tokenizer = directory
-    return token_batches(tokenizer, texts, batch_size, max_length)
+    return token_batches(tokenizer, texts, batch_size, model_max_length(model, max_length))
 
 
 def _check_enough_tokens(batches, cfg):

@@ -140,4 +140,12 @@ def encode_texts(model, texts, tokenizer, batch_size=32, max_length=128):
     texts = list(texts)
     if not texts:
         raise ValueError("texts must not be empty")
+    max_length = model_max_length(model, max_length)
     return pooled(model, token_batches(tokenizer, texts, batch_size, max_length), len(texts))
+
+
+def model_max_length(model, max_length):
+    """max_length, capped at the model's max_position_embeddings if it has a config."""
+    cfg = getattr(model, "config", None)
+    limit = cfg.get("max_position_embeddings") if isinstance(cfg, dict) else None
+    return min(max_length, limit) if limit else max_length

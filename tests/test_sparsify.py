@@ -351,3 +351,27 @@ def test_public_names():
     for name in ("sparsify", "fidelity", "embedding_fidelity", "encode_texts",
                  "offline_texts", "load_tokenizer"):
         assert name in nn.__all__
+
+
+def test_quality_results_render_on_the_performance_page(tmp_path):
+    """docs/render_results.py turns a bench_sparsity.py result into a quality table."""
+    import importlib.util
+    from pathlib import Path
+    docs = Path(__file__).resolve().parents[1] / "docs"
+    spec = importlib.util.spec_from_file_location("render_results", docs / "render_results.py")
+    rr = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(rr)
+    res = tmp_path / "results"
+    res.mkdir()
+    records = [{"method": "obs", "sparsity": 0.5, "blocksize": [4, 1], "mean_cosine": 0.91,
+                "min_cosine": 0.74, "recall_at_10": 0.687, "prune_s": 210.4}]
+    (res / "sparsity.json").write_text(json.dumps(
+        {"name": "sparsity", "model": "MiniLM", "eval_texts": 1000, "calibration_texts": 2700,
+         "machine": {"cpu": "Test CPU"}, "records": records}))
+    (res / "sparsity.png").write_bytes(b"\x89PNG fake")
+    out = tmp_path / "gen" / "results.rst"
+    assert rr.render(res, out, tmp_path / "no.png") == 1
+    text = out.read_text()
+    assert "Pruning quality: MiniLM" in text and "0.9100" in text and "0.687" in text
+    assert "4x1" in text and "210 s" in text
+    assert ":alt: quality against sparsity" in text

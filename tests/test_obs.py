@@ -11,6 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import blocksparse
+from reference import kept_blocks as kept_mask
 
 BLOCKSIZES = [(4, 1), (1, 4), (2, 2), (1, 1)]
 
@@ -73,14 +74,6 @@ def reference_obs(W, H, sparsity, blocksize, group, damping=0.01, balanced=False
         if d_obs @ H @ d_obs > d_mask @ H @ d_mask:
             W[m] = masked[m]
     return W, keep
-
-
-def kept_mask(P):
-    R, C = P.blocksize
-    mask = np.zeros((P.shape[0] // R, P.shape[1] // C), dtype=bool)
-    for i in range(mask.shape[0]):
-        mask[i, P.indices[P.indptr[i]:P.indptr[i + 1]]] = True
-    return mask
 
 
 def correlated_inputs(rng, N, K):

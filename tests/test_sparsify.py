@@ -17,6 +17,7 @@ from blocksparse import _cli_sparsify
 from blocksparse._cli import main
 from blocksparse.nn import (BertModel, embedding_fidelity, encode_texts, fidelity,
                             offline_texts, sparsify)
+from reference import kept_blocks
 
 tokenizers = pytest.importorskip("tokenizers")
 pytest.importorskip("safetensors")
@@ -60,14 +61,6 @@ def tiny_dir(tmp_path_factory, calibration):
             lin.weight *= 15
     model.save_pretrained(d)
     return d
-
-
-def _kept(P):
-    R, C = P.blocksize
-    keep = np.zeros((P.shape[0] // R, P.shape[1] // C), dtype=bool)
-    for i in range(keep.shape[0]):
-        keep[i, P.indices[P.indptr[i]:P.indptr[i + 1]]] = True
-    return keep
 
 
 # ---- the corpus ----------------------------------------------------------------------
@@ -180,7 +173,7 @@ def test_sparsify_exact_sparsity_and_structure(tiny_dir, calibration, blocksize,
             w = lin.weight.weight if dtype == "int8" else lin.weight
             assert w.blocksize == blocksize
             # Q, K and V are pruned one by one and stacked: each third keeps 25 %
-            keep = _kept(w)
+            keep = kept_blocks(w)
             for part in np.split(keep, 3 if lin is layer.attention.qkv else 1):
                 assert part.mean() == 0.25
     for r in log:  # the update never makes the calibration error worse
@@ -285,8 +278,7 @@ def test_cli_sparsify_obs_reports_quality(tiny_dir, cal_file, tmp_path, capsys):
     assert code == 0, err
 
 
-def test_cli_sparsify_magnitude_is_the_default_without_calibration(tiny_dir, tmp_path,
-                                                                    capsys):
+def test_cli_sparsify_magnitude_is_the_default_without_calibration(tiny_dir, tmp_path, capsys):
     code, out, err = _run(["sparsify", str(tiny_dir), str(tmp_path / "m"), "--sparsity",
                            "0.9", "--eval-texts", "50"], capsys)
     assert code == 0, err

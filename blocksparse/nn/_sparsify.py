@@ -241,7 +241,7 @@ def _prune_layer(layer, stream, prune, i, dtype, smoothing, blocksize):
     output are recomputed per batch rather than kept for all batches.
     """
     att, act = layer.attention, layer.activation
-    heads, Hd = att.num_heads, att.hidden_size
+    heads = att.num_heads
     dense = stream.xd is not None
     masks, x, xd = stream.masks, stream.x, stream.xd
     Wd = [(lin.weight, lin.bias) for lin in (att.qkv, att.out, layer.ffn1, layer.ffn2)]

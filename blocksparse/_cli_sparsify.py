@@ -81,19 +81,22 @@ def prepare(args, src):
         raise UsageError(f"SRC {str(src)!r} is already pruned or quantized (sparsity "
                          f"{own.get('sparsity')}, {own.get('dtype')}): sparsify the dense "
                          f"checkpoint it came from")
+    from .nn._checkpoint import normalize_config
+    from .nn._sparsify import _check_blocksize_fits, _check_enough_tokens
+    try:
+        cfg = normalize_config({k: v for k, v in raw.items() if k != "blocksparse"})
+        _check_blocksize_fits(cfg, args.blocksize)
+    except (ValueError, TypeError) as exc:
+        raise UsageError(f"SRC {str(src)!r}: {exc}") from None
     if args.eval_texts < 20:
         raise UsageError(f"--eval-texts must be at least 20 (recall@10 needs neighbours), got "
                          f"{args.eval_texts}")
     texts = read_calibration(args.calibration) if args.calibration else None
     if texts is not None:
-        from .nn._sparsify import _check_enough_tokens
         from .nn._text import token_batches
         try:
-            limit = min(128, int(raw.get("max_position_embeddings", 512)))
-            _check_enough_tokens(token_batches(src, texts, max_length=limit),
-                                 {"hidden_size": int(raw.get("hidden_size", raw.get("dim", 0))),
-                                  "intermediate_size": int(raw.get("intermediate_size",
-                                                                   raw.get("hidden_dim", 0)))})
+            limit = min(128, cfg["max_position_embeddings"])
+            _check_enough_tokens(token_batches(src, texts, max_length=limit), cfg)
         except ValueError as exc:
             raise UsageError(f"--calibration {args.calibration!r}: {exc}") from None
     return {"src": src, "method": method, "texts": texts, "has_tokenizer": has_tokenizer}

@@ -293,6 +293,7 @@ def test_cli_sparsify_magnitude_is_the_default_without_calibration(tiny_dir, tmp
     (b"caf\xe9 au lait\n" * 20, [], r"is not UTF-8 text \(line 1, byte 3"),
     (None, ["--method", "obs"], "--method obs needs --calibration"),
     (None, ["--sparsity", "1"], "removes every weight"),
+    (None, ["--blocksize", "3,1"], r"blocksize \(3, 1\) does not divide"),
     (b"Short words.\n" * 10, [], "fewer than the 64 inputs"),
 ])
 def test_cli_sparsify_bad_input_fails_fast(tiny_dir, tmp_path, capsys, content, extra, match):

@@ -204,7 +204,8 @@ def warn_on_the_fly(model_dir, sparsity, texts, embeddings, max_length):
     print(f"warning: --sparsity {sparsity:g} prunes the dense model by magnitude on the fly, "
           f"which degrades it: the embeddings of {'these' if n == len(texts) else 'the first'} "
           f"{n} text{'s' if n > 1 else ''} have mean cosine {cos.mean():.3f} (min "
-          f"{cos.min():.3f}) to the dense model's.  For a pruned model that keeps its "
-          f"quality, run 'blocksparse sparsify SRC DST --sparsity S --method obs "
-          f"--calibration TEXTS.txt' and embed with --model DST.", file=sys.stderr)
+          f"{cos.min():.3f}) to the dense model's.  Pruning with data keeps more: "
+          f"'blocksparse sparsify SRC DST --sparsity S --method obs --calibration TEXTS.txt' "
+          f"measures and reports what it keeps; then embed with --model DST.",
+          file=sys.stderr)
     return float(cos.mean())

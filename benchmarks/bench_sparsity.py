@@ -137,7 +137,8 @@ def run(args=None, progress=None):
 def _markdown(result):
     recs = result["records"]
     lines = [f"# One-shot pruning quality: {result['model']}", "",
-             f"(4, 1) blocks (four consecutive output rows in one input column), INT8 weights; "
+             f"(4, 1) blocks (four consecutive output rows in one input column; `obs(1,1)`: "
+             f"no blocks, unstructured, for comparison), INT8 weights; "
              f"fidelity to the dense float32 model on {result['eval_texts']} held-out texts "
              f"(`offline_texts('eval')`), pruning calibrated on "
              f"{result['calibration_texts']} other texts. Written by "
@@ -178,13 +179,14 @@ def plot(result, path):
         if key == "mean_cosine":
             ax.plot([100 * s for s in TARGETS], list(TARGETS.values()), "k*", ms=9,
                     label="target (issue 12)")
-        ax.set_xlabel("block sparsity (%), (4, 1) blocks, INT8")
+        ax.set_xlabel("sparsity (%), INT8; (4, 1) blocks unless (1,1)")
         ax.set_ylabel(label)
         ax.set_ylim(0, 1.02)
         ax.grid(alpha=0.3)
-    axes[0].legend(fontsize=7, loc="lower left")
+    handles, labels = axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, fontsize=7, loc="lower center", ncol=len(labels), frameon=False)
     fig.suptitle("all-MiniLM-L6-v2, one-shot pruning", fontsize=10)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0.07, 1, 1))
     fig.savefig(path, dpi=110)
     return True
 

@@ -246,8 +246,10 @@ def _add_sparsify(sub):
             "and 'blocksparse embed --model DST' load back.  Tokenizer files are copied.\n"
             "With --calibration text, blocks are chosen by second-order saliency and the\n"
             "remaining weights updated to compensate (--method obs); without, the smallest\n"
-            "blocks are removed (magnitude), which degrades a model fast.  The quality of the\n"
-            "result against SRC on held-out texts is printed and stored in DST/config.json.\n\n"
+            "blocks are removed (magnitude), which degrades a model fast.  --method distill\n"
+            "then trains the pruned model to match SRC on the --calibration text (PyTorch,\n"
+            "the 'train' extra).  The quality of the result against SRC on held-out texts\n"
+            "is printed and stored in DST/config.json.\n\n"
             + _BLOCK_RULE),
         epilog=("example:\n"
                 "  python -m blocksparse sparsify ./minilm ./minilm-70 --sparsity 0.7 --int8 \\\n"
@@ -262,15 +264,23 @@ def _add_sparsify(sub):
     p.add_argument("--balanced", action="store_true",
                    help="prune every block row to the same number of blocks")
     p.add_argument("--force", action="store_true", help="write into a non-empty DST")
-    p.add_argument("--method", choices=("obs", "magnitude"),
+    p.add_argument("--method", choices=("obs", "magnitude", "distill"),
                    help="obs: second-order pruning with reconstruction from --calibration "
                         "text; magnitude: smallest blocks, no data (default: obs with "
-                        "--calibration, else magnitude)")
+                        "--calibration, else magnitude); distill: obs, then training on "
+                        "--calibration text to match SRC (needs PyTorch: "
+                        "pip install 'blocksparse[train]')")
     p.add_argument("--calibration", metavar="TEXTS.txt",
                    help="UTF-8 text, one text per line (a few hundred lines), or 'builtin' "
                         "for the package's offline corpus")
     p.add_argument("--damping", type=positive_float, default=0.01, metavar="D",
                    help="OBS Hessian damping, a fraction of its mean diagonal (default: 0.01)")
+    p.add_argument("--steps", type=positive_int, metavar="N",
+                   help="distill: training steps (batches of 16 texts) at most (default: "
+                        "1000 without --time-budget)")
+    p.add_argument("--time-budget", type=positive_float, metavar="SEC",
+                   help="distill: seconds of training at most (the one-shot start and the "
+                        "quality report come on top); with --steps, whichever ends first")
     p.add_argument("--eval-texts", type=positive_int, default=1000, metavar="N",
                    help="held-out texts for the quality report (default: 1000)")
     p.set_defaults(command_module="_cli_model", command_func="run_sparsify")

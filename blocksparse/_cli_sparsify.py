@@ -25,11 +25,12 @@ BUILTIN = "builtin"
 ESTIMATE_TEXTS = 32  # texts embed --sparsity compares against the dense model
 
 
-def read_calibration(path):
+def read_calibration(path, method="obs"):
     """Texts of a calibration file: UTF-8, one text per line, blank lines skipped.
 
     ``"builtin"`` stands for the package's own offline corpus (its
-    ``"calibration"`` split, see :func:`blocksparse.nn.offline_texts`).
+    ``"calibration"`` split, see :func:`blocksparse.nn.offline_texts`; for
+    ``method="distill"`` its ``"train"`` split too).
 
     Raises
     ------
@@ -39,7 +40,8 @@ def read_calibration(path):
     from .nn._sparsify import MIN_CALIBRATION_TEXTS
     if path == BUILTIN:
         from .nn import offline_texts
-        return offline_texts("calibration")
+        texts = offline_texts("calibration")
+        return texts + offline_texts("train") if method == "distill" else texts
     try:
         raw = Path(path).read_bytes()
     except OSError as exc:
@@ -62,9 +64,17 @@ def read_calibration(path):
 def prepare(args, src):
     """The pruning plan, with every cheap check done; raises UsageError."""
     method = args.method or ("obs" if args.calibration else "magnitude")
-    if method == "obs" and not args.calibration:
-        raise UsageError(f"--method obs needs --calibration TEXTS.txt (one text per line) or "
-                         f"--calibration {BUILTIN}")
+    if method in ("obs", "distill") and not args.calibration:
+        raise UsageError(f"--method {method} needs --calibration TEXTS.txt (one text per line) "
+                         f"or --calibration {BUILTIN}")
+    if method != "distill" and (args.steps or args.time_budget):
+        raise UsageError("--steps and --time-budget are for --method distill")
+    if method == "distill":
+        from .train import require_torch
+        try:
+            require_torch()
+        except ImportError as exc:
+            raise UsageError(f"--method distill: {exc}") from None
     if args.sparsity >= 1.0:
         raise UsageError("--sparsity 1 removes every weight of the encoder, which then ignores "
                          "its input: give a fraction below 1")
@@ -91,7 +101,7 @@ def prepare(args, src):
     if args.eval_texts < 20:
         raise UsageError(f"--eval-texts must be at least 20 (recall@10 needs neighbours), got "
                          f"{args.eval_texts}")
-    texts = read_calibration(args.calibration) if args.calibration else None
+    texts = read_calibration(args.calibration, method) if args.calibration else None
     if texts is not None:
         from .nn._text import token_batches
         try:
@@ -117,10 +127,45 @@ def _progress(layers):
     return log
 
 
+def _distill(plan, args):
+    """The pruned and distilled BertModel; the training record goes into `plan`."""
+    from .train import distill
+    from .train._distill import DEFAULT_STEPS, OBS_START_TEXTS
+    steps = args.steps or (None if args.time_budget else DEFAULT_STEPS)
+    losses, record = [], {"steps_budget": steps, "time_budget": args.time_budget}
+
+    def log(rec):
+        if rec.get("event") == "start":
+            record["start_seconds"] = round(rec["seconds"], 1)
+            print(f"one-shot start: {rec['seconds']:.1f} s; training on {len(plan['texts'])} "
+                  f"texts", file=sys.stderr, flush=True)
+        else:
+            losses.append(rec["loss"])
+            record.update(steps=rec["step"], train_seconds=round(rec["seconds"], 1))
+
+    budget = " or ".join(([f"{steps} steps"] if steps else [])
+                         + ([f"{args.time_budget:g} s"] if args.time_budget else []))
+    print(f"pruning with OBS on {min(len(plan['texts']), OBS_START_TEXTS)} texts, then "
+          f"distilling ({budget})", file=sys.stderr, flush=True)
+    model = distill(plan["src"], args.sparsity, plan["texts"], blocksize=args.blocksize,
+                    steps=steps, time_budget=args.time_budget,
+                    dtype="int8" if args.int8 else "float32", log=log)
+    n = min(20, len(losses))  # single batches are noisy: means of the first and last steps
+    record.update(loss_first=round(float(np.mean(losses[:n])), 6),
+                  loss_last=round(float(np.mean(losses[-n:])), 6))
+    plan["training"] = record
+    print(f"trained {record['steps']} steps in {record['train_seconds']:.0f} s: loss "
+          f"{record['loss_first']:.4f} (first {n} steps) -> {record['loss_last']:.4f} (last "
+          f"{n})", file=sys.stderr, flush=True)
+    return model
+
+
 def build(plan, args):
     """The pruned BertModel (the long work)."""
     from .nn import sparsify
     from .nn._checkpoint import normalize_config, read_config
+    if plan["method"] == "distill":
+        return _distill(plan, args)
     layers = normalize_config(read_config(plan["src"])[0])["num_hidden_layers"]
     if plan["method"] == "obs":
         print(f"pruning {layers} layers with OBS on {len(plan['texts'])} calibration texts",
@@ -164,6 +209,8 @@ def report(plan, args, model, dst, seconds):
         info.update(calibration_texts=len(plan["texts"]), damping=args.damping,
                     calibration=(BUILTIN if args.calibration == BUILTIN
                                  else os.path.basename(args.calibration)))
+    if "training" in plan:
+        info["training"] = plan["training"]
     if not plan["has_tokenizer"]:
         print("warning: quality not measured: SRC has no tokenizer.json", file=sys.stderr)
         write_metadata(dst, {"sparsify": info})

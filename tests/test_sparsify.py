@@ -5,7 +5,6 @@ tokenizer over words of the offline corpus, so every run takes well under
 a second of model time; the real-checkpoint figures are in
 docs/results/sparsity.json (benchmarks/bench_sparsity.py).
 """
-import collections
 import json
 import re
 
@@ -18,27 +17,10 @@ from blocksparse._cli import main
 from blocksparse.nn import (BertModel, embedding_fidelity, encode_texts, fidelity,
                             offline_texts, sparsify)
 from reference import kept_blocks
+from tiny_bert import tiny_checkpoint
 
 tokenizers = pytest.importorskip("tokenizers")
 pytest.importorskip("safetensors")
-
-CFG = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
-           max_position_embeddings=64)
-
-
-def _write_tokenizer(directory, texts, size=300):
-    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers
-    from tokenizers.processors import TemplateProcessing
-    words = collections.Counter(w for t in texts for w in re.findall(r"[a-z]+", t.lower()))
-    special = ["[PAD]", "[UNK]", "[CLS]", "[SEP]"]
-    vocab = {w: i for i, w in enumerate(special + [w for w, _ in words.most_common(size)])}
-    tok = Tokenizer(models.WordPiece(vocab, unk_token="[UNK]"))
-    tok.normalizer = normalizers.BertNormalizer(lowercase=True)
-    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
-    tok.post_processor = TemplateProcessing(single="[CLS] $A [SEP]",
-                                            special_tokens=[("[CLS]", 2), ("[SEP]", 3)])
-    tok.save(str(directory / "tokenizer.json"))
-    return len(vocab)
 
 
 @pytest.fixture(scope="module")
@@ -53,14 +35,7 @@ def held_out():
 
 @pytest.fixture(scope="module")
 def tiny_dir(tmp_path_factory, calibration):
-    d = tmp_path_factory.mktemp("tiny")
-    vocab = _write_tokenizer(d, calibration)
-    model = BertModel.from_config(dict(CFG, vocab_size=vocab), seed=1)
-    for layer in model.encoder:  # BERT's init scale leaves the residual stream in charge;
-        for lin in layer.linears:  # larger weights make pruning matter, as in a trained model
-            lin.weight *= 15
-    model.save_pretrained(d)
-    return d
+    return tiny_checkpoint(tmp_path_factory.mktemp("tiny"), calibration)
 
 
 # ---- the corpus ----------------------------------------------------------------------

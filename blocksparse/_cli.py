@@ -276,7 +276,7 @@ def _add_sparsify(sub):
     p.add_argument("--damping", type=positive_float, default=0.01, metavar="D",
                    help="OBS Hessian damping, a fraction of its mean diagonal (default: 0.01)")
     p.add_argument("--steps", type=positive_int, metavar="N",
-                   help="distill: training steps (batches of 16 texts) at most (default: "
+                   help="distill: training steps (batches of 8 texts) at most (default: "
                         "1000 without --time-budget)")
     p.add_argument("--time-budget", type=positive_float, metavar="SEC",
                    help="distill: seconds of training at most (the one-shot start and the "

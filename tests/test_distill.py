@@ -202,10 +202,17 @@ def test_distill_bad_input_fails_before_work(torch, tiny_dir, texts, kwargs, exc
         distill(tiny_dir, 0.8, args.pop("texts"), **args)
 
 
-def test_distill_refuses_a_pruned_teacher(torch, tiny_dir, texts):
+def test_distill_refuses_a_pruned_teacher_and_a_bad_start(torch, tiny_dir, texts):
     from blocksparse.train import distill
     with pytest.raises(ValueError, match="must be dense"):
         distill(sparsify(tiny_dir, 0.5, method="magnitude"), 0.8, texts, tokenizer=tiny_dir)
+    sparse = sparsify(tiny_dir, 0.75, method="magnitude", dtype="float32")
+    with pytest.raises(ValueError, match="start is sparser than sparsity 0.5"):
+        distill(tiny_dir, 0.5, texts, start=sparse)
+    with pytest.raises(ValueError, match="start must be block-sparse float32"):
+        distill(tiny_dir, 0.75, texts, start=sparsify(tiny_dir, 0.75, method="magnitude"))
+    with pytest.raises(ValueError, match="start must be block-sparse float32 with blocksize"):
+        distill(tiny_dir, 0.75, texts, start=sparse, blocksize=(1, 4))
 
 
 def test_without_torch_the_error_names_the_extra(no_torch):

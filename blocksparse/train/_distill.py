@@ -99,7 +99,7 @@ def _fraction(name, v, low_open=True):
     return float(v)
 
 
-def _check_start(start, teacher, blocksize):
+def _check_start(start, teacher, blocksize, sparsity):
     """The one-shot start: a method name, or a pruned float32 BertModel like the teacher."""
     from ..nn import BertModel
     if isinstance(start, str):
@@ -117,6 +117,16 @@ def _check_start(start, teacher, blocksize):
         raise ValueError(f"start must be block-sparse float32 with blocksize {blocksize} "
                          f"(sparsify(..., dtype='float32')), got {start.dtype} with "
                          f"{sorted(kinds)} layers and blocksize {start.blocksize}")
+    H, (R, C) = teacher.config["hidden_size"], blocksize
+    for i, layer in enumerate(start.encoder):
+        qkv = layer.attention.qkv.weight
+        kept = [int(np.diff(qkv.indptr)[j * H // R:(j + 1) * H // R].sum()) for j in range(3)]
+        kept += [lin.weight.nnzb for lin in layer.linears[1:]]
+        sizes = [H // R * (H // C)] * 3 + [lin.out_features // R * (lin.in_features // C)
+                                           for lin in layer.linears[1:]]
+        if any(n < size - round(sparsity * size) for n, size in zip(kept, sizes)):
+            raise ValueError(f"start is sparser than sparsity {sparsity} (layer {i}): "
+                             f"training does not bring blocks back")
     return start
 
 
@@ -170,7 +180,7 @@ class _PlainBar:
 
 
 def distill(model, sparsity, texts, *, tokenizer=None, blocksize=(4, 1), start="obs",
-            start_sparsity=None, steps=DEFAULT_STEPS, time_budget=None, batch_size=16, lr=1e-4,
+            start_sparsity=None, steps=DEFAULT_STEPS, time_budget=None, batch_size=8, lr=3e-4,
             weight_decay=0.01, warmup=0.05, prune_end=0.5, prune_every=10, hidden_weight=1.0,
             pooled_weight=1.0, dtype="int8", smoothing=0.5, max_length=128, seed=0,
             threads=None, progress=True, log=None, validation=None, validate_every=0.25):
@@ -330,7 +340,7 @@ def distill(model, sparsity, texts, *, tokenizer=None, blocksize=(4, 1), start="
     teacher_np, directory = _dense_model(model)
     cfg = teacher_np.config
     blocksize = _check_blocksize_fits(cfg, blocksize)
-    start = _check_start(start, teacher_np, blocksize)
+    start = _check_start(start, teacher_np, blocksize, sparsity)
     if isinstance(texts, str):
         raise TypeError("texts must be a sequence of texts, not one string")
     texts = [t for t in texts if not (isinstance(t, str) and not t.strip())]

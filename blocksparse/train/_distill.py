@@ -252,7 +252,7 @@ def distill(model, sparsity, texts, *, tokenizer=None, blocksize=(4, 1), start="
     dtype : {"int8", "float32"}, optional
         Of the result's encoder Linear layers.
     smoothing : float in (0, 1] or None, optional
-        INT8 only: SmoothQuant strength, calibrated on the first 512 texts.
+        INT8 only: SmoothQuant strength, calibrated on about 512 of the texts.
     max_length : int, optional
         Tokens per text at most.
     seed : int, optional

@@ -91,6 +91,14 @@ def fraction(text):
     return value
 
 
+def positive_float(text):
+    """A finite number > 0."""
+    value = _float(text, "value")
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"value must be a positive number, got {text!r}")
+    return value
+
+
 def _items(text, what):
     items = [t.strip() for t in text.split(",")]
     if not text.strip() or any(not t for t in items):
@@ -309,10 +317,17 @@ def _add_sparsify(sub):
             "task model with its head), prune its encoder's Linear weights to constant-size\n"
             "blocks (optionally quantize them to INT8), and save the result (safetensors\n"
             "tensors + JSON metadata) to DST, which from_pretrained, 'embed --model DST' and\n"
-            "classify/ner/qa load back.  Tokenizer files are copied.\n\n"
+            "classify/ner/qa load back.  Tokenizer files are copied.\n"
+            "With --calibration text, blocks are chosen by second-order saliency and the\n"
+            "remaining weights updated to compensate (--method obs, BERT-family encoders);\n"
+            "without, the smallest blocks are removed (magnitude), which degrades a model\n"
+            "fast.  --method distill then trains the pruned model to match SRC on the\n"
+            "--calibration text (PyTorch, the 'train' extra).  The quality of the result\n"
+            "against SRC on held-out texts is printed and stored in DST/config.json.\n\n"
             + _BLOCK_RULE),
         epilog=("example:\n"
-                "  python -m blocksparse sparsify ./minilm ./minilm-90 --sparsity 0.9 --int8"))
+                "  python -m blocksparse sparsify ./minilm ./minilm-70 --sparsity 0.7 --int8 \\\n"
+                "      --method obs --calibration texts.txt"))
     p.add_argument("src", metavar="SRC", help="checkpoint directory to read")
     p.add_argument("dst", metavar="DST", help="directory to write (created)")
     p.add_argument("--sparsity", type=fraction, required=True, metavar="S",
@@ -323,6 +338,25 @@ def _add_sparsify(sub):
     p.add_argument("--balanced", action="store_true",
                    help="prune every block row to the same number of blocks")
     p.add_argument("--force", action="store_true", help="write into a non-empty DST")
+    p.add_argument("--method", choices=("obs", "magnitude", "distill"),
+                   help="obs: second-order pruning with reconstruction from --calibration "
+                        "text; magnitude: smallest blocks, no data (default: obs with "
+                        "--calibration, else magnitude); distill: obs, then training on "
+                        "--calibration text to match SRC (needs PyTorch: "
+                        "pip install 'blocksparse[train]')")
+    p.add_argument("--calibration", metavar="TEXTS.txt",
+                   help="UTF-8 text, one text per line (a few hundred lines), or 'builtin' "
+                        "for the package's offline corpus")
+    p.add_argument("--damping", type=positive_float, default=0.01, metavar="D",
+                   help="OBS Hessian damping, a fraction of its mean diagonal (default: 0.01)")
+    p.add_argument("--steps", type=positive_int, metavar="N",
+                   help="distill: training steps (batches of 8 texts) at most (default: "
+                        "1000 without --time-budget)")
+    p.add_argument("--time-budget", type=positive_float, metavar="SEC",
+                   help="distill: seconds of training at most (the one-shot start and the "
+                        "quality report come on top); with --steps, whichever ends first")
+    p.add_argument("--eval-texts", type=positive_int, default=1000, metavar="N",
+                   help="held-out texts for the quality report (default: 1000)")
     p.set_defaults(command_module="_cli_model", command_func="run_sparsify")
 
 

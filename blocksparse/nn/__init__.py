@@ -34,6 +34,8 @@ Examples
 (1, 32)
 """
 from ._checkpoint import normalize_config
+from ._corpus import offline_texts
+from ._fidelity import embedding_fidelity, fidelity
 from ._ops import QuantizedActivations, attention, gelu, layer_norm, quantize_rows
 from .auto import from_pretrained, supported_architectures
 from .bert import BertEmbeddings, BertModel
@@ -44,6 +46,8 @@ from .heads import (Head, ModelForMaskedLM, ModelForPreTraining, ModelForQuestio
 from .layers import (BertEncoder, BertLayer, InputSpec, LayerNorm, Linear,
                      MultiHeadSelfAttention, PreNormBertLayer, mean_pooling)
 from .roberta import RobertaEmbeddings, RobertaModel
+from ._sparsify import sparsify
+from ._text import encode_texts, load_tokenizer
 
 __all__ = [
     "from_pretrained", "supported_architectures",
@@ -54,4 +58,6 @@ __all__ = [
     "ModelForQuestionAnswering", "QuestionAnsweringOutput", "ModelForMaskedLM",
     "ModelForPreTraining", "mean_pooling", "gelu", "layer_norm", "attention",
     "quantize_rows", "QuantizedActivations", "InputSpec", "normalize_config",
+    "sparsify", "fidelity", "embedding_fidelity", "encode_texts", "load_tokenizer",
+    "offline_texts",
 ]

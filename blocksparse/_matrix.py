@@ -574,20 +574,37 @@ class BlockSparseMatrix(NumpyProtocol):
     def __matmul__(self, other):
         if isinstance(other, BlockSparseMatrix) or sp.issparse(other):
             raise TypeError("sparse @ sparse is not supported; convert one side with toarray()")
-        X = _as_operand(other, "X")
+        X = _as_operand(other, "X", stacked=True)
         if X.ndim == 1:
             return self._matmul(X[:, None], "X").reshape(self._shape[0])
-        return self._matmul(X, "X")
+        if X.ndim == 2:
+            return self._matmul(X, "X")
+        # a stack (..., K, N): one product per matrix, written into one result
+        M, K = self._shape
+        if X.shape[-2] != K:
+            raise ValueError(f"matmul: X has {X.shape[-2]} rows but the matrix has {K} columns "
+                             f"(shapes {self._shape} and {X.shape})")
+        N = X.shape[-1]
+        Y = _result(self, X, X.shape[:-2] + (M, N))
+        B = int(np.prod(X.shape[:-2], dtype=np.int64))
+        for Xi, Yi in zip(X.reshape((B, K, N)), Y.reshape((B, M, N))):
+            _product(self, Xi, False, out=Yi)
+        return Y
 
     def __rmatmul__(self, other):
         if sp.issparse(other):
             raise TypeError("sparse @ sparse is not supported; convert one side with toarray()")
-        X = _as_operand(other, "X")
+        X = _as_operand(other, "X", stacked=True)
         # X @ self == (self.T).T applied in the Linear form: Y (N, K) = X (N, M) @ V.T, V = self.T
         V = self.transpose()
         if X.ndim == 1:
             return V._matmul_linear(X[None, :], "X").reshape(self._shape[1])
-        return V._matmul_linear(X, "X")
+        # a stack (..., N, M): every row is its own token, so one product of all rows
+        # gives each matrix's product exactly (the kernels compute a token alone)
+        if X.ndim == 2:
+            return V._matmul_linear(X, "X")
+        Y = V._matmul_linear(_rows(X), "X")
+        return Y.reshape(X.shape[:-1] + (self._shape[1],))
 
     def dot(self, other):
         """Same as ``self @ other``."""
@@ -631,7 +648,8 @@ def _rebuild(data, indices, indptr, shape, blocksize):
     return BlockSparseMatrix((data, indices, indptr), shape=shape, blocksize=blocksize)
 
 
-def _as_operand(X, name):
+def _as_operand(X, name, stacked=False):
+    """X as an ndarray of a product's dtypes; 1-D or 2-D (any ndim >= 1 if `stacked`)."""
     if isinstance(X, np.matrix):
         X = np.asarray(X)
     X = np.asarray(X)
@@ -639,53 +657,71 @@ def _as_operand(X, name):
         raise TypeError(f"{name} must be a numeric array, got an object array")
     if X.dtype.kind not in "iubf":
         raise TypeError(f"{name} has unsupported dtype {X.dtype}")
-    if X.ndim not in (1, 2):
+    if stacked and X.ndim == 0:
+        raise ValueError(f"{name} must have at least one dimension, got a 0-D array")
+    if not stacked and X.ndim not in (1, 2):
         raise ValueError(f"{name} must be 1-D or 2-D, got {X.ndim}-D with shape {X.shape}")
     if X.dtype.byteorder not in "=|":
         X = X.astype(X.dtype.newbyteorder("="))
     return X
 
 
-def _product(W, X, transposed):
+def _rows(X):
+    """A stack (..., N, K) as one (rows, K) array: a view when the layout allows."""
+    return X.reshape(int(np.prod(X.shape[:-1], dtype=np.int64)), X.shape[-1])
+
+
+def _result_dtype(W, X):
+    """dtype of W @ X: exact int32 for int8 W times uint8/int8 X, else the float result."""
+    if W.dtype == np.int8 and X.dtype.kind in "iub":
+        if X.dtype not in (_U8, _I8):
+            raise TypeError(f"int8 matrices multiply uint8 or int8 operands exactly (int32 "
+                            f"result); got {X.dtype}: convert X or use W.astype(np.float32)")
+        if W.shape[1] > _kernels.MAX_K_INT8:
+            raise ValueError(f"K = {W.shape[1]} is too large for exact int32 accumulation "
+                             f"(at most {_kernels.MAX_K_INT8})")
+        return _I32
+    return _float_result(W.dtype, X.dtype)
+
+
+def _result(W, X, shape):
+    """An uninitialized result array of W @ X's dtype, its memory checked first."""
+    dtype = _result_dtype(W, X)
+    ensure_available(int(np.prod(shape, dtype=np.float64)) * dtype.itemsize,
+                     f"the {shape} result")
+    return np.empty(shape, dtype=dtype)
+
+
+def _product(W, X, transposed, out=None):
     """Dispatch a product to the float or INT8 kernels.
 
     transposed=False: W (M, K) @ X (K, N) -> (M, N)
     transposed=True:  X (N, K) @ W.T      -> (N, M)
+
+    `out`: a C-contiguous result of the right dtype and shape (from :func:`_result`).
     """
     M, K = W.shape
     N = X.shape[1] if not transposed else X.shape[0]
-    out_shape = (N, M) if transposed else (M, N)
-    if W.dtype == np.int8 and X.dtype.kind in "iub":
-        return _int8_product(W, X, transposed, out_shape)
-    dtype = _float_result(W.dtype, X.dtype)
-    ensure_available(out_shape[0] * out_shape[1] * dtype.itemsize, f"the {out_shape} result")
-    Y = np.empty(out_shape, dtype=dtype)
+    Y = _result(W, X, (N, M) if transposed else (M, N)) if out is None else out
+    if Y.dtype == _I32:
+        return _int8_product(W, X, transposed, Y)
     if Y.size == 0:
         return Y
     if K == 0 or W.nnzb == 0:
         Y.fill(0)
         return Y
-    return _packed.matmul(W._packed_as(dtype), _kernel_operand(X, dtype), Y,
+    return _packed.matmul(W._packed_as(Y.dtype), _kernel_operand(X, Y.dtype), Y,
                           layout=_LAYOUT[transposed])
 
 
-def _int8_product(W, X, transposed, out_shape):
+def _int8_product(W, X, transposed, Y):
     """int8 W times uint8/int8 X, exact in int32 (NumPy would wrap in int8/int16)."""
     if X.dtype == np.uint8:
         Xu, zero = X, None
-    elif X.dtype == np.int8:
+    else:
         # shift to uint8 and subtract 128 * rowsum(W) in the epilogue
         Xu, zero = (X.view(np.uint8) ^ np.uint8(0x80)), 128
-    else:
-        raise TypeError(f"int8 matrices multiply uint8 or int8 operands exactly (int32 result); "
-                        f"got {X.dtype}: convert X or use W.astype(np.float32)")
-    M, K = W.shape
-    if K > _kernels.MAX_K_INT8:
-        raise ValueError(f"K = {K} is too large for exact int32 accumulation "
-                         f"(at most {_kernels.MAX_K_INT8})")
-    N = out_shape[0] if transposed else out_shape[1]
-    ensure_available(out_shape[0] * out_shape[1] * 4, f"the {out_shape} result")
-    Y = np.empty(out_shape, dtype=np.int32)
+    N = Y.shape[0] if transposed else Y.shape[1]
     if Y.size == 0:
         return Y
     x = _packed.QuantizedActivations(_kernel_operand(Xu, Xu.dtype), None,
@@ -694,6 +730,7 @@ def _int8_product(W, X, transposed, out_shape):
 
 
 _F32, _F64, _I8 = np.dtype(np.float32), np.dtype(np.float64), np.dtype(np.int8)
+_U8, _I32 = np.dtype(np.uint8), np.dtype(np.int32)
 _LAYOUT = {False: "features", True: "tokens"}  # transposed -> layout of _packed.matmul
 _FLOAT_RESULT = {}  # (W.dtype, X.dtype) -> dtype of a float product
 

@@ -7,7 +7,8 @@ out) and ``W == W.copy()`` compares identities.  SciPy's sparse types share
 the first two traps.  The choices here:
 
 * products: ``np.dot`` and ``np.matmul`` (and so ``X @ W``) compute the
-  product, as ``@`` does;
+  product, as ``@`` does, stacks of matrices included (with ``np.dot``'s
+  axis order for them);
 * scalar ``np.multiply``/``np.true_divide``, ``np.negative``/``np.positive``
   act like the operators; ``np.shape``, ``np.ndim``, ``np.transpose`` and
   ``np.sum`` (axis, dtype) answer like the methods;
@@ -86,6 +87,10 @@ class NumpyProtocol:
             a, b = args
             if np.ndim(a) == 0 or np.ndim(b) == 0:
                 return operator.mul(a, b)
+            if b is not self and np.ndim(b) > 2:
+                # np.dot pairs the matrix with every (K, N) of b and puts the
+                # matrix's rows first: (M, ..., N), where @ gives (..., M, N)
+                return np.moveaxis(operator.matmul(a, b), -2, 0)
             return operator.matmul(a, b)
         if func is np.shape and args and args[0] is self:
             return self.shape

@@ -8,6 +8,7 @@ import scipy.sparse as sp
 from . import _kernels, _pack, _packed
 from ._memory import ensure_available
 from ._protocol import NumpyProtocol
+from ._scipy_api import ScipyMethods
 
 __all__ = ["BlockSparseMatrix", "issparse_block"]
 
@@ -84,7 +85,7 @@ def issparse_block(x):
     return isinstance(x, BlockSparseMatrix)
 
 
-class BlockSparseMatrix(NumpyProtocol):
+class BlockSparseMatrix(ScipyMethods, NumpyProtocol):
     """A 2-D matrix stored in block compressed sparse row (block-CSR) form.
 
     The layout is exactly SciPy's BSR: a matrix of shape ``(M, K)`` is cut
@@ -137,8 +138,17 @@ class BlockSparseMatrix(NumpyProtocol):
     result dtypes, with two documented exceptions: int8 matrices times uint8
     or int8 operands give exact int32 (NumPy would wrap around in int8 or
     int16), and float16 operands are computed and returned in float32.  Slicing, element
-    assignment, sparse + sparse and sparse @ sparse are not supported;
-    convert with :meth:`to_scipy` for those.
+    assignment and sparse + sparse are not supported; convert with
+    :meth:`to_scipy` for those.
+
+    SciPy's methods (``tocsr``, ``tocoo``, ``tobsr``, ``multiply``, ``abs``,
+    ``count_nonzero``, ``eliminate_zeros``, ``max``, ``min``, ``mean``,
+    ``sum``) and products with SciPy sparse operands on either side follow
+    ``scipy.sparse.bsr_array``: a BlockSparseMatrix where SciPy keeps a
+    ``bsr_array`` of the same structure, SciPy's type elsewhere (see
+    "SciPy's methods" in the formats page).  ``X`` of shape ``(..., K, N)``
+    (``W @ X``) or ``(..., N, M)`` (``X @ W``) multiplies each matrix of
+    the stack, exactly as its own 2-D product.
 
     With NumPy: ``np.dot`` and ``np.matmul`` compute the product (so
     ``X @ W`` works for an ndarray ``X``); ``np.asarray(W)``, other ufuncs
@@ -444,8 +454,6 @@ class BlockSparseMatrix(NumpyProtocol):
         return sp.bsr_array((self._data.copy(), self._indices.copy(), self._indptr.copy()),
                             shape=self._shape, blocksize=self._blocksize)
 
-    tobsr = to_scipy
-
     @classmethod
     def from_scipy(cls, S, blocksize=None, dtype=None):
         """Build from any scipy.sparse matrix or array (see the class docstring)."""
@@ -505,8 +513,9 @@ class BlockSparseMatrix(NumpyProtocol):
     def _scalar_op(self, other, op, name):
         if isinstance(other, (BlockSparseMatrix, np.ndarray)) and np.ndim(other) > 0 or \
                 sp.issparse(other):
-            raise TypeError(f"{name} is supported with scalars only; convert with toarray() "
-                            f"or to_scipy() for elementwise operations")
+            raise TypeError(f"{name} is supported with scalars only; use multiply() for the "
+                            f"elementwise product, or convert with toarray() or to_scipy() "
+                            f"for other elementwise operations")
         if not isinstance(other, (numbers.Number, np.generic)) and np.ndim(other) != 0:
             return NotImplemented
         result = op(self._data, other)
@@ -549,31 +558,32 @@ class BlockSparseMatrix(NumpyProtocol):
         """
         res_dtype = np.dtype(dtype) if dtype is not None else np.sum(
             np.zeros(1, self.dtype)).dtype
-        if axis is not None:
-            axis = operator.index(axis)
-            if axis not in (0, 1, -1, -2):
-                raise ValueError(f"axis {axis} is out of bounds for a 2-D matrix")
-            axis %= 2
-        M, K = self._shape
-        R, C = self._blocksize
+        axis = _check_axis(axis)
         d = self._data.astype(res_dtype)
         if axis is None:
             return d.sum(dtype=res_dtype)
+        return self._axis_totals(d, axis)
+
+    def _axis_totals(self, values, axis):
+        """Totals over axis 1 (shape (M,)) or axis 0 (shape (K,)) of per-element
+        `values` of shape (nnzb, R, C), in their dtype (implicit zeros add 0)."""
+        M, K = self._shape
+        R, C = self._blocksize
         if axis == 1:
-            out = np.zeros((M // R, R), dtype=res_dtype)
+            out = np.zeros((M // R, R), dtype=values.dtype)
             if self.nnzb:
-                np.add.at(out, _pack.block_rows(self._indptr), d.sum(axis=2))
+                np.add.at(out, _pack.block_rows(self._indptr), values.sum(axis=2))
             return out.reshape(M)
-        out = np.zeros((K // C, C), dtype=res_dtype)
+        out = np.zeros((K // C, C), dtype=values.dtype)
         if self.nnzb:
-            np.add.at(out, self._indices, d.sum(axis=1))
+            np.add.at(out, self._indices, values.sum(axis=1))
         return out.reshape(K)
 
     # ---- products ------------------------------------------------------------
 
     def __matmul__(self, other):
         if isinstance(other, BlockSparseMatrix) or sp.issparse(other):
-            raise TypeError("sparse @ sparse is not supported; convert one side with toarray()")
+            return self._sparse_matmul(other, left=True)  # SciPy's product and result type
         X = _as_operand(other, "X", stacked=True)
         if X.ndim == 1:
             return self._matmul(X[:, None], "X").reshape(self._shape[0])
@@ -593,7 +603,7 @@ class BlockSparseMatrix(NumpyProtocol):
 
     def __rmatmul__(self, other):
         if sp.issparse(other):
-            raise TypeError("sparse @ sparse is not supported; convert one side with toarray()")
+            return self._sparse_matmul(other, left=False)
         X = _as_operand(other, "X", stacked=True)
         # X @ self == (self.T).T applied in the Linear form: Y (N, K) = X (N, M) @ V.T, V = self.T
         V = self.transpose()
@@ -642,6 +652,19 @@ class BlockSparseMatrix(NumpyProtocol):
             packed = _packed.PackedWeight.from_matrix(self, dtype, like=like)
             self._packed[dtype] = packed
         return packed
+
+
+def _check_axis(axis):
+    """None, or 0 / 1 for an axis of a 2-D matrix (negative axes counted from the end)."""
+    if axis is None:
+        return None
+    try:
+        axis = operator.index(axis)
+    except TypeError:
+        raise TypeError(f"axis must be None or an integer, got {axis!r}") from None
+    if axis not in (0, 1, -1, -2):
+        raise ValueError(f"axis {axis} is out of bounds for a 2-D matrix")
+    return axis % 2
 
 
 def _rebuild(data, indices, indptr, shape, blocksize):

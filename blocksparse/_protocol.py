@@ -26,6 +26,8 @@ import operator
 
 import numpy as np
 
+from ._scipy_api import called_by_scipy_product
+
 __all__ = ["NumpyProtocol"]
 
 # ufunc -> (method when the matrix is the first operand, method when it is the second)
@@ -61,11 +63,17 @@ class NumpyProtocol:
                          f"np.matmul")
 
     def __array__(self, dtype=None, copy=None):
-        # also reached from scipy.sparse operators (S @ W converts W with np.asanyarray)
+        # also reached from scipy.sparse operators: S @ W first tries np.asanyarray(W);
+        # a 0-d object array makes SciPy hand the product to W.__rmatmul__
+        if hasattr(self, "_sparse_matmul") and called_by_scipy_product():
+            box = np.empty((), dtype=object)
+            box[()] = self
+            return box
         raise TypeError(f"a {type(self).__name__} is not converted to an ndarray implicitly "
-                        f"(by np.asarray, np.array, or a scipy.sparse operation such as "
-                        f"sparse @ sparse, which is not supported); call "
-                        f".{self._dense_hint} for a dense copy")
+                        f"(by np.asarray, np.array, or a scipy.sparse operation other than "
+                        f"S @ W); call .{self._dense_hint} for a dense copy"
+                        + (", .to_scipy() for SciPy's operations or W.multiply(S) for the "
+                           "elementwise product" if hasattr(self, "to_scipy") else ""))
 
     def __array_ufunc__(self, ufunc, method, *inputs, **kwargs):
         names = _UFUNCS.get(ufunc)

@@ -4,6 +4,7 @@ The public names are re-exported here; see the API reference in ``docs/``.
 """
 from ._config import (available_isas, get_isa, get_num_threads, isa_context, set_isa,
                       set_max_isa, set_num_threads, show_config)
+from ._convert import convert_checkpoint
 from ._io import load_npz, save_npz
 from ._matrix import BlockSparseMatrix, issparse_block
 from ._prune import prune
@@ -17,5 +18,5 @@ __all__ = [
     "QuantizedMatrix", "QuantizedTranspose", "quantize", "quantize_activations", "calibrate",
     "linear",
     "available_isas", "get_isa", "set_isa", "set_max_isa", "isa_context",
-    "get_num_threads", "set_num_threads", "show_config",
+    "get_num_threads", "set_num_threads", "show_config", "convert_checkpoint",
 ]

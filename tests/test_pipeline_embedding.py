@@ -213,3 +213,29 @@ def test_custom_encoder_callable(model_dir):
     out = p.embed(TEXTS)
     np.testing.assert_allclose(out, 1 / np.sqrt(384), rtol=1e-6)
     assert calls and p.name == "ones" and "ones" in repr(p)
+
+
+# ---- issue 13: batch size, progress, a max_length without room ------------------------------
+
+@given(st.lists(st.integers(0, 50), max_size=40), st.integers(1, 500), st.integers(1, 6))
+def test_plan_batches_respects_max_batch_size(lengths, budget, size):
+    batches = plan_batches(lengths, budget, max_batch_size=size)
+    assert sorted(i for b in batches for i in b) == list(range(len(lengths)))
+    assert all(len(b) <= size for b in batches)
+    with pytest.raises(ValueError, match="max_batch_size must be a positive integer"):
+        plan_batches(lengths, budget, max_batch_size=0)
+
+
+def test_progress_counts_every_text_and_batch_size_keeps_rows(pipe, model_dir):
+    texts = TEXTS * 3
+    seen = []
+    small = EmbeddingPipeline(model_dir, model=pipe.model, max_batch_size=2)
+    got = small.embed(texts, progress=seen.append)
+    assert sum(seen) == len(texts) and max(seen) <= 2 and len(seen) >= len(texts) // 2
+    np.testing.assert_allclose(got, pipe.embed(texts), atol=2e-6)
+
+
+def test_max_length_without_room_for_text(model_dir):
+    with pytest.raises(ValueError, match="max_length 2 leaves no room for text: the model "
+                                         "adds 2 special tokens"):
+        EmbeddingPipeline(model_dir, max_length=2, model=lambda *a, **k: None)

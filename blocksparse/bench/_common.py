@@ -234,7 +234,8 @@ def thread_limits(threads):
     if something already imported it.  ONNX Runtime and OpenVINO take their
     thread count when their sessions are made (see :mod:`.peers`).
     """
-    saved = blocksparse.get_num_threads()
+    from .. import _config
+    saved = _config._State.num_threads  # None (the default) stays None afterwards
     torch = sys.modules.get("torch")
     torch_saved = torch.get_num_threads() if torch is not None else None
     with contextlib.ExitStack() as stack:

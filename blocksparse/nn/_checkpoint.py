@@ -368,7 +368,8 @@ class _TensorFile:
         else:
             bins = [n for n in ("pytorch_model.bin", "tf_model.h5")
                     if os.path.isfile(os.path.join(directory, n))]
-            extra = (f" (found {bins[0]}: convert it to safetensors first)" if bins else "")
+            extra = (f" (found {bins[0]}: convert it to safetensors first, with "
+                     f"'python -m blocksparse convert SRC DST')" if bins else "")
             raise FileNotFoundError(f"no {WEIGHTS_NAME} in {directory!r}{extra}")
         self._files = files
         self._open = safe_open

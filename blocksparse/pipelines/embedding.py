@@ -29,14 +29,14 @@ _UNSUPPORTED_POOLING = ("pooling_mode_weightedmean_tokens", "pooling_mode_lastto
 DEFAULT_MAX_BATCH_TOKENS = 8192
 
 
-def plan_batches(lengths, max_batch_tokens):
+def plan_batches(lengths, max_batch_tokens, max_batch_size=None):
     """Group sequences into forward passes of at most `max_batch_tokens` padded tokens.
 
     Sequences are sorted by length (longest first), so that each pass pads
     to a length close to its members' own and little work goes to padding.
     A pass holds ``B`` sequences padded to the longest, ``B * longest <=
-    max_batch_tokens``; a sequence longer than the budget gets a pass of
-    its own.
+    max_batch_tokens`` (and ``B <= max_batch_size``); a sequence longer
+    than the budget gets a pass of its own.
 
     Parameters
     ----------
@@ -44,6 +44,9 @@ def plan_batches(lengths, max_batch_tokens):
         Token count of each sequence.
     max_batch_tokens : int
         Padded tokens per pass, positive.
+    max_batch_size : int, optional
+        Sequences per pass, positive (sentence-transformers' ``batch_size``);
+        no limit by default.
 
     Returns
     -------
@@ -61,6 +64,7 @@ def plan_batches(lengths, max_batch_tokens):
     [[1, 3], [2, 0]]
     """
     budget = _positive(max_batch_tokens, "max_batch_tokens")
+    size = None if max_batch_size is None else _positive(max_batch_size, "max_batch_size")
     lengths = [int(n) for n in lengths]
     if any(n < 0 for n in lengths):
         raise ValueError("lengths must be non-negative token counts")
@@ -68,7 +72,7 @@ def plan_batches(lengths, max_batch_tokens):
     batches, current, longest = [], [], 0
     for i in order:
         n = max(lengths[i], 1)
-        if current and (len(current) + 1) * longest > budget:
+        if current and ((len(current) + 1) * longest > budget or len(current) == size):
             batches.append(current)
             current = []
         if not current:
@@ -204,6 +208,8 @@ class EmbeddingPipeline:
         Override the directory's Normalize module.
     max_batch_tokens : int, optional
         Padded tokens per forward pass (default 8192).
+    max_batch_size : int, optional
+        Texts per forward pass (no limit by default: the token budget decides).
     model : callable, optional
         Use this encoder instead of loading one: called as ``model(ids,
         attention_mask=mask, token_type_ids=types)`` with int64 arrays of
@@ -227,6 +233,7 @@ class EmbeddingPipeline:
         Length of one embedding.
     vocab_size : int
     max_batch_tokens : int
+    max_batch_size : int or None
 
     Raises
     ------
@@ -237,7 +244,8 @@ class EmbeddingPipeline:
         Without the ``tokenizers`` or ``safetensors`` package (``pip install
         'blocksparse[models]'``).
     ValueError
-        For unsupported pooling modes and bad arguments.
+        For unsupported pooling modes and bad arguments, and a `max_length`
+        that leaves no room for text after the special tokens.
 
     Notes
     -----
@@ -254,7 +262,7 @@ class EmbeddingPipeline:
 
     def __init__(self, model_dir=None, *, dtype=None, sparsity=None, blocksize=(4, 1),
                  max_length=None, normalize=None, max_batch_tokens=DEFAULT_MAX_BATCH_TOKENS,
-                 model=None, name=None):
+                 max_batch_size=None, model=None, name=None):
         if model_dir is None:
             model_dir = default_model_dir()
             if model_dir is None:
@@ -267,6 +275,8 @@ class EmbeddingPipeline:
         if config is None:
             raise FileNotFoundError(f"model_dir {str(model_dir)!r} has no config.json")
         self.max_batch_tokens = _positive(max_batch_tokens, "max_batch_tokens")
+        self.max_batch_size = None if max_batch_size is None else \
+            _positive(max_batch_size, "max_batch_size")
         st = read_sentence_config(self.model_dir)
         limit = st["max_seq_length"] or 512
         if max_length is not None:
@@ -278,6 +288,12 @@ class EmbeddingPipeline:
         self.tokenizer = self._load_tokenizer()
         self.vocab_size = int(config.get("vocab_size") or self.tokenizer.get_vocab_size())
         self._prefix, self._suffix = self._special_tokens()
+        special = len(self._prefix) + len(self._suffix)
+        if self.max_length <= special:
+            # the tokenizer would silently stop truncating: refuse instead
+            raise ValueError(f"max_length {self.max_length} leaves no room for text: the model "
+                             f"adds {special} special tokens to every text")
+        self.tokenizer.enable_truncation(max_length=self.max_length)
         self._pad_id = self._pad_token_id()
         if model is None:
             # any supported encoder family (E5/BGE/GTE are BERT or XLM-R); a task
@@ -316,7 +332,7 @@ class EmbeddingPipeline:
             raise FileNotFoundError(f"model_dir {str(self.model_dir)!r} has no tokenizer.json")
         tok = Tokenizer.from_file(str(path))
         tok.no_padding()  # padding happens per forward pass, after sorting by length
-        tok.enable_truncation(max_length=self.max_length)
+        tok.no_truncation()  # until the special tokens are known (see __init__)
         return tok
 
     def _special_tokens(self):
@@ -393,7 +409,7 @@ class EmbeddingPipeline:
 
     # ---- embeddings ------------------------------------------------------------------
 
-    def encode_ids(self, sequences):
+    def encode_ids(self, sequences, *, progress=None):
         """Embeddings of token-id sequences that already carry their special tokens.
 
         Parameters
@@ -401,6 +417,9 @@ class EmbeddingPipeline:
         sequences : sequence of sequence of int
             As :meth:`tokenize` or :meth:`add_special_tokens` return them,
             each non-empty and at most ``max_position_embeddings`` long.
+        progress : callable, optional
+            Called after each forward pass with the number of sequences it
+            finished (a progress bar's ``update``).
 
         Returns
         -------
@@ -418,7 +437,7 @@ class EmbeddingPipeline:
         if any(n == 0 for n in lengths):
             raise ValueError("sequences must not be empty (a text gives at least its "
                              "special tokens)")
-        for batch in plan_batches(lengths, self.max_batch_tokens):
+        for batch in plan_batches(lengths, self.max_batch_tokens, self.max_batch_size):
             S = max(lengths[i] for i in batch)
             ids = np.full((len(batch), S), self._pad_id, dtype=np.int64)
             mask = np.zeros((len(batch), S), dtype=np.int64)
@@ -428,23 +447,27 @@ class EmbeddingPipeline:
             hidden = _hidden(self.model(ids, attention_mask=mask,
                                         token_type_ids=np.zeros_like(ids)))
             out[batch] = pool(hidden, mask, self.pooling)
+            if progress is not None:
+                progress(len(batch))
         if self.normalize and len(out):
             out /= np.maximum(np.linalg.norm(out, axis=1), 1e-12)[:, None]
         return out
 
-    def embed(self, texts):
+    def embed(self, texts, *, progress=None):
         """Sentence embeddings of texts.
 
         Parameters
         ----------
         texts : str or sequence of str
+        progress : callable, optional
+            As in :meth:`encode_ids`.
 
         Returns
         -------
         ndarray of shape (n_texts, dimension), dtype float32
             In input order; L2-normalized when :attr:`normalize`.
         """
-        return self.encode_ids(self.tokenize(texts))
+        return self.encode_ids(self.tokenize(texts), progress=progress)
 
     __call__ = embed
 

@@ -272,9 +272,9 @@ def _to_int8(embeddings, layers, smoothing, batches, blocksize):
         for i, layer in enumerate(layers):  # as BertLayer._calibrate, real tokens only
             np.maximum(qkv_max[i], np.abs(x[:, real]).max(axis=1), out=qkv_max[i])
             a = layer.attention._forward(x, None, m, B, S)
-            h1, _ = layer.ln1._forward(a, x, None, out=a)
+            h1, _ = layer.ln1._forward(a, x, out=a)
             np.maximum(ffn1_max[i], np.abs(h1[:, real]).max(axis=1), out=ffn1_max[i])
             o = layer.ffn2._forward(layer.ffn1._forward(h1, None, layer.activation), None)
-            x = layer.ln2._forward(o, h1, None, out=o)[0]
+            x = layer.ln2._forward(o, h1, out=o)[0]
     return [layer.to_int8(q, f, smoothing, blocksize)
             for layer, q, f in zip(layers, qkv_max, ffn1_max)]

@@ -119,7 +119,7 @@ typedef struct {
     const float *QKV;
     int64_t batch, seq, heads, head_dim, groups, ld; /* ld = Np */
     const uint8_t *mask;
-    float scale;
+    float scale_log2e;  /* the softmax scale times log2(e): scores in base 2 */
     float *Y;
     uint8_t *qv;
     int8_t *kv, *vc;

@@ -106,7 +106,7 @@ bsk_status bsk_attention_q8(bsk_isa isa, const float *QKV, int64_t batch,
     a.groups = G;
     a.ld = Np;
     a.mask = mask;
-    a.scale = scale;
+    a.scale_log2e = scale * 1.44269504088896341f;
     a.Y = Y;
     a.qv = buf + l.qv;
     a.kv = (int8_t *)(buf + l.kv);

@@ -21,9 +21,11 @@
  *   scores  acc[key][queries] = sum over the K-groups g of
  *           vpdpbusd(Q codes of the block at group g, K codes of the key at
  *           g broadcast): both read in place from the VNNI-layout arrays;
- *           s = (float)(acc - q_zero * k_sum) * (q_scale * (k_scale * scale));
- *   softmax e = exp(s - max) down each lane, codes rint(255 e), their sum;
- *           the codes are packed four keys at a time into the VNNI layout pp;
+ *           s = (float)(acc - q_zero * k_sum) * (q_scale * (k_scale *
+ *           (scale * log2(e)))), the scores in base 2;
+ *   softmax codes rint(255 * 2^(s - max)) down each lane (bsk_aq_p_code16),
+ *           their sum; the codes are packed four keys at a time into the
+ *           VNNI layout pp;
  *   P V     acc[feature][queries] = sum over key groups of vpdpbusd(pp at the
  *           group, the feature's four V codes broadcast: four adjacent bytes
  *           of its row); y = (float)acc * (v_scale * (1 / sum)).
@@ -58,6 +60,26 @@ BSK_INLINE bsk_v16f bsk_aq_s8_scale16(bsk_v16f amax)
 {
     const bsk_v16f s = amax / 127.0f;
     return bsk_select(s > 0.0f, s, (bsk_v16f){0} + 1.0f);
+}
+
+/*
+ * The probability code of x = (s - max) * log2(e) <= 0: rint(255 * 2^x), by
+ * x = n + f (n = rint(x), |f| <= 1/2), a degree-4 polynomial for 255 * 2^f
+ * (relative error 2.7e-6, 7e-4 of a code unit: the codes need no more) and
+ * 2^n put into the exponent bits.  x = 0 (the maximum) gives 255; below
+ * -24 the code is 0, and x is clamped there (NaN too).
+ */
+BSK_INLINE bsk_v16i bsk_aq_p_code16(bsk_v16f x)
+{
+    x = bsk_select(x > -24.0f, x, (bsk_v16f){0} - 24.0f);
+    const bsk_v16f n = bsk_rint16(x), f = x - n;
+    bsk_v16f p = (bsk_v16f){0} + 2.440356492996216f;
+    p = p * f + 14.258997917175293f;
+    p = p * f + 61.263099670410156f;
+    p = p * f + 176.74606323242188f;
+    p = p * f + 254.99981689453125f;
+    const bsk_v16i e = (__builtin_convertvector(n, bsk_v16i) + 127) << 23;
+    return __builtin_convertvector(bsk_rint16(p * (bsk_v16f)e), bsk_v16i);
 }
 
 /* Low bytes of 16 int32 lanes. */
@@ -105,8 +127,8 @@ BSK_INLINE int bsk_aq_lanes(int cnt, int v)
 
 /* Codes of rows [4g, 4g + 4) (zeros past D) of X (row stride N), tokens
  * [0, Tv) of which the first T are real, interleaved into dst (4 bytes per
- * token).  kind 0: uint8 with per-token s, z; kind 1: int8 with per-token s,
- * whose sums are added to ksum. */
+ * token): x * r rounded, with the per-token reciprocal scales r; kind 0:
+ * uint8 with zero points z; kind 1: int8, whose sums are added to ksum. */
 BSK_INLINE void AQ_FN(codes_group)(const float *X, int64_t N, int64_t D, int64_t g,
                                    int64_t T, int64_t Tv, const float *s, const float *z,
                                    int32_t *ksum, uint8_t *dst, const int kind)
@@ -121,7 +143,7 @@ BSK_INLINE void AQ_FN(codes_group)(const float *X, int64_t N, int64_t D, int64_t
                 r[i] = (bsk_v16b){0};
                 continue;
             }
-            const bsk_v16f v = bsk_nn_ld(X + c * N + t, full, cnt) / bsk_nn_load(s + t);
+            const bsk_v16f v = bsk_nn_ld(X + c * N + t, full, cnt) * bsk_nn_load(s + t);
             if (kind == 0) {
                 r[i] = bsk_bytes16(bsk_u8_code16(v, bsk_nn_load(z + t)));
             } else {
@@ -160,6 +182,8 @@ static void AQ_FN(quant_tokens)(const bsk_nn_aq_args *a, int64_t n0, int64_t n1,
             for (int64_t t = T; t < Tv; t++)
                 lo[t] = hi[t] = 0.0f;
             bsk_nn_params_rows(T, lo, hi, s, z, a->q_scale + p, a->q_zero + p);
+            for (int64_t t = 0; t < Tv; t += 16)
+                bsk_nn_store(s + t, 1.0f / bsk_nn_load(s + t));
             for (int64_t g = 0; g < G; g++)
                 AQ_FN(codes_group)(X, N, D, g, T, Tv, s, z, NULL,
                                    a->qv + ((h * G + g) * Np + c0) * 4, 0);
@@ -170,13 +194,15 @@ static void AQ_FN(quant_tokens)(const bsk_nn_aq_args *a, int64_t n0, int64_t n1,
                 lo[t] = hi[t] = 0.0f;
             for (int64_t t = 0; t < Tv; t += 16) {
                 const bsk_v16f l = bsk_nn_load(lo + t), u = bsk_nn_load(hi + t);
-                bsk_nn_store(s + t, bsk_aq_s8_scale16(bsk_nn_max(0.0f - l, u)));
+                const bsk_v16f sk = bsk_aq_s8_scale16(bsk_nn_max(0.0f - l, u));
+                bsk_nn_store(z + t, sk);
+                bsk_nn_store(s + t, 1.0f / sk);
                 *(bsk_v16i_u *)(ksum + t) = (bsk_v16i){0};
             }
             for (int64_t g = 0; g < G; g++)
                 AQ_FN(codes_group)(X, N, D, g, T, Tv, s, NULL, ksum,
                                    (uint8_t *)a->kv + ((h * G + g) * Np + c0) * 4, 1);
-            memcpy(a->k_scale + p, s, (size_t)T * sizeof(float));
+            memcpy(a->k_scale + p, z, (size_t)T * sizeof(float));
             memcpy(a->k_sum + p, ksum, (size_t)T * sizeof(int32_t));
         }
     }
@@ -208,11 +234,11 @@ static void AQ_FN(quant_values)(const bsk_nn_aq_args *a, int64_t r0, int64_t r1)
         float am = 0.0f;
         for (int t = 0; t < 16; t++)
             am = amax[t] > am ? amax[t] : am;
-        const bsk_v16f sv = bsk_aq_s8_scale16((bsk_v16f){0} + am);
+        const bsk_v16f sv = bsk_aq_s8_scale16((bsk_v16f){0} + am), rv = 1.0f / sv;
         a->v_scale[b * H + f] = sv[0];
         int8_t *dst = a->vc + f * a->ld + b * S;
         BSK_NN_FOR_TOKENS(S, {
-            const bsk_v16b code = bsk_aq_bytes16(bsk_aq_s8_code16(bsk_nn_ld(v + n_, full_, cnt_) / sv));
+            const bsk_v16b code = bsk_aq_bytes16(bsk_aq_s8_code16(bsk_nn_ld(v + n_, full_, cnt_) * rv));
             bsk_nn_st_bytes((uint8_t *)dst + n_, code, full_, cnt_);
         });
     }
@@ -255,7 +281,7 @@ BSK_INLINE void AQ_FN(scores)(const bsk_nn_aq_args *a, const uint8_t *qb, const 
 #pragma GCC unroll 8
     for (int u = 0; u < jb; u++) {
         const uint32_t ks = (uint32_t)a->k_sum[h * Np + kn[u]];
-        const float kscale = a->k_scale[h * Np + kn[u]] * a->scale;
+        const float kscale = a->k_scale[h * Np + kn[u]] * a->scale_log2e;
 #pragma GCC unroll 8
         for (int v = 0; v < BSK_AQ_IV; v++) {
             /* exact: the true value fits in int32, the wrap-around cancels */
@@ -263,9 +289,12 @@ BSK_INLINE void AQ_FN(scores)(const bsk_nn_aq_args *a, const uint8_t *qb, const 
             const bsk_v16f s = __builtin_convertvector(ci, bsk_v16f) * (sq[v] * kscale);
             bsk_nn_store(st + u * AQ_QW + 16 * v, s);
             mx[v] = bsk_nn_max(mx[v], s);
-            if (trace)
+            if (trace) {
+                int32_t c[16];
+                memcpy(c, &ci, sizeof(c));
                 for (int q = 0; q < bsk_aq_lanes(cnt, v); q++)
-                    trace[(16 * v + q) * trace_ld + u] = ci[q];
+                    trace[(16 * v + q) * trace_ld + u] = c[q];
+            }
         }
     }
 }
@@ -302,8 +331,8 @@ BSK_INLINE void AQ_FN(pv)(const uint8_t *pp, int64_t gp, const int8_t *vb, int64
             bsk_nn_store(y + u * AQ_QW + 16 * v,
                          __builtin_convertvector(acc[u][v], bsk_v16f) * (vs[u] * rinv[v]));
             if (trace)
-                for (int q = 0; q < bsk_aq_lanes(cnt, v); q++)
-                    trace[u * trace_ld + 16 * v + q] = acc[u][v][q];
+                memcpy(trace + u * trace_ld + 16 * v, &acc[u][v],
+                       (size_t)bsk_aq_lanes(cnt, v) * sizeof(int32_t));
         }
 }
 
@@ -389,8 +418,7 @@ static void AQ_FN(task)(const bsk_nn_aq_args *a, int64_t b, int64_t h, int64_t i
                     r[i] = (bsk_v16b){0};
                     continue;
                 }
-                const bsk_v16f e = bsk_nn_exp16(bsk_nn_load(st + t * AQ_QW + 16 * v) - mx[v]);
-                const bsk_v16i code = __builtin_convertvector(bsk_rint16(e * 255.0f), bsk_v16i);
+                const bsk_v16i code = bsk_aq_p_code16(bsk_nn_load(st + t * AQ_QW + 16 * v) - mx[v]);
                 psum[v] += code;
                 r[i] = bsk_aq_bytes16(code);
             }

@@ -524,6 +524,8 @@ def check_own_meta(meta, cfg):
     dict
         ``version``, ``dtype``, ``sparsity`` (float or None), ``blocksize``
         (tuple), ``balanced`` (bool), ``smoothing`` (float or None),
+        ``attention`` (the precision of the attention's products, or None:
+        the default for the dtype; absent before it existed),
         ``linears`` (name -> description) and ``weights`` (file name).
 
     Raises
@@ -556,6 +558,10 @@ def check_own_meta(meta, cfg):
     if out["dtype"] not in ("float32", "int8"):
         raise ValueError(f"config 'blocksparse' key 'dtype' must be 'float32' or 'int8', got "
                          f"{out['dtype']!r}")
+    out["attention"] = meta.get("attention")
+    if out["attention"] not in (None, "float32", "int8"):
+        raise ValueError(f"config 'blocksparse' key 'attention' must be null, 'float32' or "
+                         f"'int8', got {out['attention']!r}")
     out["balanced"] = meta.get("balanced", False)
     if not isinstance(out["balanced"], bool):
         raise ValueError(f"config 'blocksparse' key 'balanced' must be true or false, got "
@@ -716,19 +722,21 @@ def save_model(model, directory):
     cfg["blocksparse"] = {"format_version": FORMAT_VERSION, "dtype": model.dtype,
                           "sparsity": model.sparsity, "blocksize": list(model.blocksize),
                           "balanced": model.balanced, "smoothing": model.smoothing,
-                          "linears": linears}
+                          "attention": model.attention, "linears": linears}
     write_checkpoint(os.fspath(directory),
                      {k: np.ascontiguousarray(v) for k, v in tensors.items()}, cfg)
 
 
-def load_own(cls, raw, directory, sparsity, dtype):
+def load_own(cls, raw, directory, sparsity, dtype, precision=None):
     """A BertModel `cls` from the own format (BertModel.from_pretrained).
 
     `raw` is the parsed config.json of `directory`, which has a "blocksparse"
-    section.  Raises :class:`CheckpointChanged` when a concurrent save
-    replaced the weights it names.
+    section.  `precision` (None: the saved one, else the dtype's default)
+    is that of the attention's products.  Raises
+    :class:`CheckpointChanged` when a concurrent save replaced the weights
+    it names.
     """
-    from .bert import BertEmbeddings
+    from .bert import BertEmbeddings, default_attention
     from .layers import (BertEncoder, BertLayer, LayerNorm, MultiHeadSelfAttention,
                          _check_dtype_name)
     cfg = normalize_config({k: v for k, v in raw.items() if k != "blocksparse"})
@@ -772,4 +780,6 @@ def load_own(cls, raw, directory, sparsity, dtype):
     model.balanced = meta["balanced"]
     model.smoothing = meta["smoothing"]
     model.dtype = stored
+    model.attention = default_attention(stored, meta["attention"] if precision is None
+                                        else precision)
     return model

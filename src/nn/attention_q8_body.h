@@ -8,8 +8,9 @@
  *   AQ_X, AQ_XLOAD(p)    64 bytes of uint8 codes at p (16 lanes of four),
  *                        loaded and made ready for AQ_DOT
  *   AQ_W, AQ_WPREP(w)    an int32 holding four int8 codes, broadcast
- *   AQ_DOT(acc, x, w)    acc (bsk_v16i) + per lane the four u8 x s8 products,
- *                        exact
+ *   AQ_ACC, AQ_ACC_ZERO() 16 int32 accumulators in the unit's registers, and
+ *   AQ_ACC_GET(acc)      them as a bsk_v16i (for the epilogue)
+ *   AQ_DOT(acc, x, w)    acc + per lane the four u8 x s8 products, exact
  *   BSK_AQ_IV            16-query vectors per block (the block is 16 * IV queries)
  *   BSK_AQ_JB, BSK_AQ_CB keys per register block of the scores, features per
  *                        register block of P V
@@ -43,11 +44,11 @@ _Static_assert(AQ_QW <= BSK_NN_MAX_QW, "the drivers' scratch holds BSK_NN_MAX_QW
 #endif
 
 /* The int8 code of v, a value already divided by its scale:
- * clip(rint(v), -127, 127) (NaN gives -127). */
+ * clip(rint(v), -127, 127) (NaN gives -127).  No clamp before the rounding
+ * is needed: past 2^22 bsk_rint16 is off by at most 1, or v itself, and the
+ * clip takes such values (and infinities) to +-127. */
 BSK_INLINE bsk_v16i bsk_aq_s8_code16(bsk_v16f v)
 {
-    v = bsk_select(v > -512.0f, v, (bsk_v16f){0} - 512.0f);
-    v = bsk_select(v < 512.0f, v, (bsk_v16f){0} + 512.0f);
     v = bsk_rint16(v);
     v = bsk_select(v > -127.0f, v, (bsk_v16f){0} - 127.0f);
     v = bsk_select(v < 127.0f, v, (bsk_v16f){0} + 127.0f);
@@ -231,10 +232,16 @@ static void AQ_FN(quant_values)(const bsk_nn_aq_args *a, int64_t r0, int64_t r1)
             }
             amax = bsk_nn_max(amax, x);
         });
-        float am = 0.0f;
-        for (int t = 0; t < 16; t++)
-            am = amax[t] > am ? amax[t] : am;
-        const bsk_v16f sv = bsk_aq_s8_scale16((bsk_v16f){0} + am), rv = 1.0f / sv;
+        amax = bsk_nn_max(amax, __builtin_shufflevector(amax, amax, 8, 9, 10, 11, 12, 13, 14, 15,
+                                                        0, 1, 2, 3, 4, 5, 6, 7));
+        amax = bsk_nn_max(amax, __builtin_shufflevector(amax, amax, 4, 5, 6, 7, 0, 1, 2, 3, 12,
+                                                        13, 14, 15, 8, 9, 10, 11));
+        amax = bsk_nn_max(amax, __builtin_shufflevector(amax, amax, 2, 3, 0, 1, 6, 7, 4, 5, 10,
+                                                        11, 8, 9, 14, 15, 12, 13));
+        amax = bsk_nn_max(amax, __builtin_shufflevector(amax, amax, 1, 0, 3, 2, 5, 4, 7, 6, 9, 8,
+                                                        11, 10, 13, 12, 15, 14));
+        /* every lane holds the maximum now */
+        const bsk_v16f sv = bsk_aq_s8_scale16(amax), rv = 1.0f / sv;
         a->v_scale[b * H + f] = sv[0];
         int8_t *dst = a->vc + f * a->ld + b * S;
         BSK_NN_FOR_TOKENS(S, {
@@ -257,12 +264,12 @@ BSK_INLINE void AQ_FN(scores)(const bsk_nn_aq_args *a, const uint8_t *qb, const 
                               const bsk_v16f *sq, int64_t h, float *st, bsk_v16f *mx,
                               int32_t *trace, int64_t trace_ld, int cnt)
 {
-    bsk_v16i acc[BSK_AQ_JB][BSK_AQ_IV];
+    AQ_ACC acc[BSK_AQ_JB][BSK_AQ_IV];
 #pragma GCC unroll 8
     for (int u = 0; u < jb; u++)
 #pragma GCC unroll 8
         for (int v = 0; v < BSK_AQ_IV; v++)
-            acc[u][v] = (bsk_v16i){0};
+            acc[u][v] = AQ_ACC_ZERO();
     const int64_t G = a->groups;
     for (int64_t g = 0; g < G; g++) {
         AQ_X x[BSK_AQ_IV];
@@ -285,7 +292,7 @@ BSK_INLINE void AQ_FN(scores)(const bsk_nn_aq_args *a, const uint8_t *qb, const 
 #pragma GCC unroll 8
         for (int v = 0; v < BSK_AQ_IV; v++) {
             /* exact: the true value fits in int32, the wrap-around cancels */
-            const bsk_v16i ci = (bsk_v16i)((bsk_v16u)acc[u][v] - (bsk_v16u)zq[v] * ks);
+            const bsk_v16i ci = (bsk_v16i)((bsk_v16u)AQ_ACC_GET(acc[u][v]) - (bsk_v16u)zq[v] * ks);
             const bsk_v16f s = __builtin_convertvector(ci, bsk_v16f) * (sq[v] * kscale);
             bsk_nn_store(st + u * AQ_QW + 16 * v, s);
             mx[v] = bsk_nn_max(mx[v], s);
@@ -305,12 +312,12 @@ BSK_INLINE void AQ_FN(pv)(const uint8_t *pp, int64_t gp, const int8_t *vb, int64
                           const int cb, const float *vs, const bsk_v16f *rinv, float *y,
                           int32_t *trace, int64_t trace_ld, int cnt)
 {
-    bsk_v16i acc[BSK_AQ_CB][BSK_AQ_IV];
+    AQ_ACC acc[BSK_AQ_CB][BSK_AQ_IV];
 #pragma GCC unroll 8
     for (int u = 0; u < cb; u++)
 #pragma GCC unroll 8
         for (int v = 0; v < BSK_AQ_IV; v++)
-            acc[u][v] = (bsk_v16i){0};
+            acc[u][v] = AQ_ACC_ZERO();
     for (int64_t g = 0; g < gp; g++) {
         AQ_X x[BSK_AQ_IV];
 #pragma GCC unroll 8
@@ -328,10 +335,11 @@ BSK_INLINE void AQ_FN(pv)(const uint8_t *pp, int64_t gp, const int8_t *vb, int64
     for (int u = 0; u < cb; u++)
 #pragma GCC unroll 8
         for (int v = 0; v < BSK_AQ_IV; v++) {
+            const bsk_v16i sum = AQ_ACC_GET(acc[u][v]);
             bsk_nn_store(y + u * AQ_QW + 16 * v,
-                         __builtin_convertvector(acc[u][v], bsk_v16f) * (vs[u] * rinv[v]));
+                         __builtin_convertvector(sum, bsk_v16f) * (vs[u] * rinv[v]));
             if (trace)
-                memcpy(trace + u * trace_ld + 16 * v, &acc[u][v],
+                memcpy(trace + u * trace_ld + 16 * v, &sum,
                        (size_t)bsk_aq_lanes(cnt, v) * sizeof(int32_t));
         }
 }

@@ -127,8 +127,11 @@ def attention_trace_sizes(int64_t batch, int64_t seq, int64_t heads, int64_t hea
             "q_zero": (np.int32, heads * Np), "k_scale": (np.float32, heads * Np),
             "k_sum": (np.int32, heads * Np), "v_scale": (np.float32, batch * H),
             "scores": (np.int32, batch * heads * seq * seq),
-            "p": (np.uint8, batch * heads * seq * seq), "pv": (np.int32, H * N),
-            "p_sum": (np.int32, heads * N)}
+            "p": (np.uint16, batch * heads * seq * seq), "pv_hi": (np.int32, H * N),
+            "pv_lo": (np.int32, H * N), "p_sum": (np.int32, heads * N)}
+
+
+MAX_ATTENTION_SEQ = BSK_AQ_MAX_SEQ  # the longest sequence of the INT8 attention
 
 
 cdef void *_trace_array(dict trace, str name, tuple spec) except? NULL:
@@ -186,8 +189,9 @@ def attention(int isa, cnp.ndarray QKV not None, int64_t batch, int64_t seq,
         tr.k_sum = <int32_t *>_trace_array(trace, "k_sum", sizes["k_sum"])
         tr.v_scale = <float *>_trace_array(trace, "v_scale", sizes["v_scale"])
         tr.scores = <int32_t *>_trace_array(trace, "scores", sizes["scores"])
-        tr.p = <uint8_t *>_trace_array(trace, "p", sizes["p"])
-        tr.pv = <int32_t *>_trace_array(trace, "pv", sizes["pv"])
+        tr.p = <uint16_t *>_trace_array(trace, "p", sizes["p"])
+        tr.pv_hi = <int32_t *>_trace_array(trace, "pv_hi", sizes["pv_hi"])
+        tr.pv_lo = <int32_t *>_trace_array(trace, "pv_lo", sizes["pv_lo"])
         tr.p_sum = <int32_t *>_trace_array(trace, "p_sum", sizes["p_sum"])
         trp = &tr
     cdef const float *xp = <const float *>cnp.PyArray_DATA(QKV)

@@ -135,7 +135,8 @@ typedef struct {
 /* A thread's INT8 attention scratch; the key lists are those of sequence b. */
 typedef struct {
     float *st;       /* seq x QW scores, then nothing */
-    uint8_t *pp;     /* (ceil(seq / 4) + 1) x QW x 4 probability codes, VNNI layout */
+    uint8_t *pp;     /* (ceil(seq / 4) + 1) x 2 x QW x 4: per four keys the high then the
+                      * low bytes of the probability codes, VNNI layout */
     float *yt;       /* head_dim x QW output tile */
     int32_t *keys;   /* the attended keys of b, ascending */
     int32_t *row;    /* position p in [lo, hi) -> its row of st, or -1 (masked) */

@@ -5,13 +5,15 @@ results, so each part is checked on its own:
 
 * integer parts, exactly, against NumPy int64: the key-code sums, the
   int32 scores ``sum_c (q - q_zero) k`` over the attended keys, the P V
-  accumulators and the probability-code sums;
+  accumulators of both byte planes of the 16-bit probability codes and the
+  codes' sums;
 * the codes and scales of Q, K and V, exactly, against a NumPy float32
   emulation of their formulas (IEEE float32 operations, round half to even);
 * float parts against float64 of the same quantized algorithm, with the
-  tolerances stated at each check: the probability codes within one code of
-  ``rint(255 exp(s - max))`` computed in float64 from the traced integers,
-  the output within 1e-6 (relative) of ``pv * v_scale / p_sum``;
+  tolerances stated at each check: the probability codes within about half a
+  code of ``65535 exp(s - max)`` computed in float64 from the traced
+  integers, the output within 1e-6 (relative) of
+  ``(256 pv_hi + pv_lo) * v_scale / p_sum``;
 * the whole result against float64 attention of the unquantized inputs;
 * the same bits on every ISA and thread count.
 """
@@ -115,7 +117,8 @@ def natural(trace, batch, seq, heads, d):
     t["v_scale"] = trace["v_scale"].reshape(batch, heads * d)
     t["scores"] = trace["scores"].reshape(batch, heads, seq, seq)
     t["p"] = trace["p"].reshape(batch, heads, seq, seq)
-    t["pv"] = trace["pv"].reshape(heads * d, N)
+    t["pv_hi"] = trace["pv_hi"].reshape(heads * d, N)
+    t["pv_lo"] = trace["pv_lo"].reshape(heads * d, N)
     t["p_sum"] = trace["p_sum"].reshape(heads, N)
     return t
 
@@ -206,13 +209,14 @@ def check_case(qkv, batch, seq, heads, d, mask):
     assert not p[~keep[:, None, None, :].repeat(heads, 1).repeat(seq, 2)].any()
     np.testing.assert_array_equal(t["p_sum"], p.sum(axis=3).transpose(1, 0, 2).reshape(heads, N))
     v = t["v"].astype(np.int64).reshape(heads, d, batch, seq).transpose(2, 0, 1, 3)
-    pv = (v @ p.transpose(0, 1, 3, 2)).transpose(1, 2, 0, 3).reshape(H, N)
-    np.testing.assert_array_equal(t["pv"], pv)
+    for name, plane in (("pv_hi", p >> 8), ("pv_lo", p & 255)):
+        pv = (v @ plane.transpose(0, 1, 3, 2)).transpose(1, 2, 0, 3).reshape(H, N)
+        np.testing.assert_array_equal(t[name], pv, err_msg=name)
 
-    # probability codes: 255 at each query's maximum, else rint(255 exp(s - max)) of the
-    # float64 scores from the traced integers, within half a code (the rounding) +
-    # 1e-3 (the 2^x polynomial: 7e-4) + the float32 error of the scores themselves
-    # (four roundings of s, one of s - max: 6e-7 (|s| + |max|) relative to the code)
+    # probability codes: 65535 at each query's maximum, else rint(65535 exp(s - max))
+    # of the float64 scores from the traced integers, within half a code (the
+    # rounding) + 0.02 (the 2^x polynomial: 0.012) + the float32 error of the scores
+    # themselves (four roundings of s, one of s - max: 6e-7 (|s| + |max|) relative)
     scale = 1.0 / math.sqrt(d)
     qsc = t["q_scale"].astype(np.float64).reshape(heads, batch, seq).transpose(1, 0, 2)
     ksc = t["k_scale"].astype(np.float64).reshape(heads, batch, seq).transpose(1, 0, 2)
@@ -220,15 +224,16 @@ def check_case(qkv, batch, seq, heads, d, mask):
     s = np.where(keep[:, None, None, :], s, -np.inf)
     s[uniform] = 0.0
     top = s.max(axis=-1, keepdims=True)
-    ideal = 255.0 * np.exp(s - top)
-    assert np.all(p.max(axis=-1) == 255)
+    ideal = 65535.0 * np.exp(s - top)
+    assert np.all(p.max(axis=-1) == 65535)
     with np.errstate(invalid="ignore"):
         slack = np.where(ideal > 0, ideal * 6e-7 * (np.abs(s) + np.abs(top)), 0.0)
-    assert np.all(np.abs(p - ideal) <= 0.5 + 1e-3 + slack)
+    assert np.all(np.abs(p - ideal) <= 0.5 + 0.02 + slack)
 
-    # the output from the traced integers: y = pv * v_scale / p_sum, within 1e-6
+    # the output from the traced integers: y = (256 hi + lo) * v_scale / p_sum, within 1e-6
     vs = t["v_scale"].astype(np.float64).T.reshape(H, batch, 1)
-    ref = (t["pv"].reshape(H, batch, seq) * vs /
+    pv = 256.0 * t["pv_hi"] + t["pv_lo"]
+    ref = (pv.reshape(H, batch, seq) * vs /
            t["p_sum"].repeat(d, axis=0).reshape(H, batch, seq)).reshape(H, N)
     np.testing.assert_allclose(y, ref, rtol=1e-6, atol=1e-30)
     return y
@@ -262,6 +267,7 @@ def test_extreme_codes_exact(isa):
     qkv[:d, 0] = 5.0
     qkv[d:] = -50.0                                                  # codes -127
     qkv[d:, ::3] = 50.0
+    qkv[2 * d:, 1::2] = 50.0                                         # values +-127
     check_case(qkv, batch, seq, heads, d, None)
 
 
@@ -325,7 +331,7 @@ def test_fully_masked_sequence_is_uniform(isa):
     mask[1] = False
     got = attention(qkv.T, heads, mask, batch_size=batch, precision="int8")
     values = qkv[2 * heads * d:].reshape(heads * d, batch, seq)[:, 1].astype(np.float64)
-    # every weight is 255/(255 seq): the mean of the value codes, each within half a step
+    # every weight is 1/seq: the mean of the value codes, each within half a step
     step = np.abs(values).max(axis=1) / 127
     err = np.abs(got.reshape(batch, seq, -1)[1] - values.mean(axis=1))
     assert np.all(err <= 0.5 * step + 1e-6)
@@ -365,15 +371,18 @@ def test_kernel_checks_trace_and_limits(rng):
     qkv = np.ascontiguousarray(rng.standard_normal((96, 4)).astype(F32))
     out = np.empty((32, 4), F32)
     sizes = _kernels.attention_trace_sizes(1, 4, 2, 16)
-    with pytest.raises(ValueError, match=r"trace\['pv'\] must be"):
+    with pytest.raises(ValueError, match=r"trace\['pv_hi'\] must be"):
         _kernels.attention(isa, qkv, 1, 4, 2, None, 0.25, out, None, None, None, 1, True,
-                           {"pv": np.zeros(sizes["pv"][1] - 1, np.int32)})
+                           {"pv_hi": np.zeros(sizes["pv_hi"][1] - 1, np.int32)})
+    with pytest.raises(ValueError, match=r"trace\['p'\] must be"):
+        _kernels.attention(isa, qkv, 1, 4, 2, None, 0.25, out, None, None, None, 1, True,
+                           {"p": np.zeros(sizes["p"][1], np.uint8)})
     with pytest.raises(ValueError, match="unknown trace arrays"):
         _kernels.attention(isa, qkv, 1, 4, 2, None, 0.25, out, None, None, None, 1, True,
                            {"nope": np.zeros(1)})
     with pytest.raises(ValueError, match="for the int8 attention only"):
         _kernels.attention(isa, qkv, 1, 4, 2, None, 0.25, out, None, None, None, 1, False, {})
-    long = np.zeros((3, _kernels.MAX_K_INT8 + 1), F32)     # one head of size 1
+    long = np.zeros((3, _kernels.MAX_ATTENTION_SEQ + 1), F32)     # one head of size 1
     with pytest.raises(OverflowError, match="bsk_attention_q8"):
         _kernels.attention(isa, long, 1, long.shape[1], 1, None, 1.0,
                            np.empty((1, long.shape[1]), F32), None, None, None, 1, True)

@@ -17,22 +17,30 @@ static inline aq_x_avx2 aq_load_avx2(const uint8_t *p)
     return x;
 }
 
-static inline bsk_v16i aq_dot_avx2(bsk_v16i acc, aq_x_avx2 x, bsk_qg_pair w)
+typedef struct {
+    __m256i lo, hi; /* lanes 0-7, 8-15 */
+} aq_acc_avx2;
+
+static inline aq_acc_avx2 aq_dot_avx2(aq_acc_avx2 acc, aq_x_avx2 x, bsk_qg_pair w)
 {
-    const __m256i lo = qg_dot_avx2((__m256i)bsk_v16i_lo(acc), x.lo, w);
-    const __m256i hi = qg_dot_avx2((__m256i)bsk_v16i_hi(acc), x.hi, w);
-    return bsk_v16i_join((bsk_v8i)lo, (bsk_v8i)hi);
+    acc.lo = qg_dot_avx2(acc.lo, x.lo, w);
+    acc.hi = qg_dot_avx2(acc.hi, x.hi, w);
+    return acc;
 }
 
 #define AQ_X aq_x_avx2
 #define AQ_XLOAD(p) aq_load_avx2(p)
 #define AQ_W bsk_qg_pair
 #define AQ_WPREP(w) qg_w_avx2(w)
+#define AQ_ACC aq_acc_avx2
+#define AQ_ACC_ZERO() ((aq_acc_avx2){_mm256_setzero_si256(), _mm256_setzero_si256()})
+#define AQ_ACC_GET(acc) bsk_v16i_join((bsk_v8i)(acc).lo, (bsk_v8i)(acc).hi)
 #define AQ_DOT(acc, x, w) aq_dot_avx2((acc), (x), (w))
 
-/* 16 ymm registers: 4 x 1 accumulators (8), the vector's halves (4), the group's (2) */
+/* 16 ymm registers: scores 4 x 1 accumulators (8), the vector's halves (4), the
+ * group's (2); P V 2 x 1 x 1 (4), two planes' halves (8), the group's (2) */
 #define BSK_AQ_SFX avx2
 #define BSK_AQ_IV 1
 #define BSK_AQ_JB 4
-#define BSK_AQ_CB 4
+#define BSK_AQ_CB 1
 #include "nn/attention_q8_body.h"

@@ -82,7 +82,9 @@ bsk_status bsk_attention_q8(bsk_isa isa, const float *QKV, int64_t batch,
     const int64_t N = batch * seq;
     if (N && (!QKV || !Y))
         return BSK_EINVAL;
-    if (head_dim > BSK_MAX_K_INT8 || seq > BSK_MAX_K_INT8)
+    /* int32 holds head_dim x 255 x 127 (scores), seq x 255 x 127 (each byte plane
+     * of P V) and seq x 65535 (the probability codes' sum) */
+    if (head_dim > BSK_MAX_K_INT8 || seq > BSK_AQ_MAX_SEQ)
         return BSK_EOVERFLOW;
     const bsk_kernels *k = bsk_kernels_for(isa);
     if (!k)
@@ -144,7 +146,7 @@ bsk_status bsk_attention_q8(bsk_isa isa, const float *QKV, int64_t batch,
      * keys, row */
     const size_t bytes_a = 5 * BSK_AQ_CHUNK * sizeof(float);
     const size_t bytes_b = (size_t)(seq * BSK_NN_MAX_QW) * sizeof(float) +
-                           (size_t)((seq + 3) / 4 + 1) * BSK_NN_MAX_QW * 4 +
+                           (size_t)((seq + 3) / 4 + 1) * 2 * BSK_NN_MAX_QW * 4 +
                            (size_t)(D * BSK_NN_MAX_QW) * sizeof(float) +
                            2 * (size_t)seq * sizeof(int32_t) + 4 * 64;
     int64_t nt = num_threads < 1 ? 1 : num_threads;
@@ -185,7 +187,7 @@ bsk_status bsk_attention_q8(bsk_isa isa, const float *QKV, int64_t batch,
             bsk_nn_aq_ws ws;
             size_t at = 0;
             ws.st = (float *)(mine + aq_take(&at, (size_t)(seq * BSK_NN_MAX_QW) * sizeof(float)));
-            ws.pp = mine + aq_take(&at, (size_t)((seq + 3) / 4 + 1) * BSK_NN_MAX_QW * 4);
+            ws.pp = mine + aq_take(&at, (size_t)((seq + 3) / 4 + 1) * 2 * BSK_NN_MAX_QW * 4);
             ws.yt = (float *)(mine + aq_take(&at, (size_t)(D * BSK_NN_MAX_QW) * sizeof(float)));
             ws.keys = (int32_t *)(mine + aq_take(&at, (size_t)seq * sizeof(int32_t)));
             ws.row = (int32_t *)(mine + aq_take(&at, (size_t)seq * sizeof(int32_t)));

@@ -13,7 +13,7 @@
  *   AQ_DOT(acc, x, w)    acc + per lane the four u8 x s8 products, exact
  *   BSK_AQ_IV            16-query vectors per block (the block is 16 * IV queries)
  *   BSK_AQ_JB, BSK_AQ_CB keys per register block of the scores, features per
- *                        register block of P V
+ *                        register block of P V (2 * CB * IV accumulators)
  *
  * Phase A (quant_tokens, quant_values) quantizes Q, K and V into the shared
  * arrays of bsk_nn_aq_args.  Phase B, one task per (sequence b, head h,
@@ -24,12 +24,13 @@
  *           g broadcast): both read in place from the VNNI-layout arrays;
  *           s = (float)(acc - q_zero * k_sum) * (q_scale * (k_scale *
  *           (scale * log2(e)))), the scores in base 2;
- *   softmax codes rint(255 * 2^(s - max)) down each lane (bsk_aq_p_code16),
- *           their sum; the codes are packed four keys at a time into the
- *           VNNI layout pp;
- *   P V     acc[feature][queries] = sum over key groups of vpdpbusd(pp at the
- *           group, the feature's four V codes broadcast: four adjacent bytes
- *           of its row); y = (float)acc * (v_scale * (1 / sum)).
+ *   softmax 16-bit codes p = rint(65535 * 2^(s - max)) down each lane
+ *           (bsk_aq_p_code16) and their sum; the high and low bytes of p are
+ *           packed four keys at a time into two planes of the VNNI layout pp;
+ *   P V     hi, lo[feature][queries] = sum over key groups of vpdpbusd(the
+ *           plane at the group, the feature's four V codes broadcast: four
+ *           adjacent bytes of its row), both exact in int32;
+ *           y = (256 * (float)hi + (float)lo) * (v_scale * (1 / sum)).
  * Masked keys are skipped in the scores; P V runs over the keys from the
  * first to the last attended one, with code 0 for the masked ones between.
  */
@@ -64,21 +65,23 @@ BSK_INLINE bsk_v16f bsk_aq_s8_scale16(bsk_v16f amax)
 }
 
 /*
- * The probability code of x = (s - max) * log2(e) <= 0: rint(255 * 2^x), by
- * x = n + f (n = rint(x), |f| <= 1/2), a degree-4 polynomial for 255 * 2^f
- * (relative error 2.7e-6, 7e-4 of a code unit: the codes need no more) and
- * 2^n put into the exponent bits.  x = 0 (the maximum) gives 255; below
- * -24 the code is 0, and x is clamped there (NaN too).
+ * The probability code of x = (s - max) * log2(e) <= 0: rint(65535 * 2^x),
+ * by x = n + f (n = rint(x), |f| <= 1/2), a degree-5 polynomial for
+ * 65535 * 2^f (0.012 of a code unit, float32 rounding included) and 2^n put
+ * into the exponent bits.  x = 0 (the maximum) gives 65535, the polynomial's
+ * largest value for f <= 0; below -17 the code is 0, and x is clamped at -24
+ * (NaN too) to keep 2^n a normal float.
  */
 BSK_INLINE bsk_v16i bsk_aq_p_code16(bsk_v16f x)
 {
     x = bsk_select(x > -24.0f, x, (bsk_v16f){0} - 24.0f);
     const bsk_v16f n = bsk_rint16(x), f = x - n;
-    bsk_v16f p = (bsk_v16f){0} + 2.440356492996216f;
-    p = p * f + 14.258997917175293f;
-    p = p * f + 61.263099670410156f;
-    p = p * f + 176.74606323242188f;
-    p = p * f + 254.99981689453125f;
+    bsk_v16f p = (bsk_v16f){0} + 87.00701141357422f;
+    p = p * f + 634.08544921875f;
+    p = p * f + 3637.659912109375f;
+    p = p * f + 15742.896484375f;
+    p = p * f + 45425.38671875f;
+    p = p * f + 65535.00390625f;
     const bsk_v16i e = (__builtin_convertvector(n, bsk_v16i) + 127) << 23;
     return __builtin_convertvector(bsk_rint16(p * (bsk_v16f)e), bsk_v16i);
 }
@@ -306,41 +309,61 @@ BSK_INLINE void AQ_FN(scores)(const bsk_nn_aq_args *a, const uint8_t *qb, const 
     }
 }
 
-/* y[c0 + u][queries] = (float)(sum_g pp[g] . V[c0 + u][4g ..]) * (vs[u] * rinv), u < cb;
- * vb: the V codes of feature c0, the sequence's first key of the range. */
+/* y[c0 + u][queries] = (256 hi + lo) * (vs[u] * rinv), u < cb, where hi (lo)
+ * = sum_g (high (low) byte plane of pp at group g) . V[c0 + u][4g ..]; vb: the
+ * V codes of feature c0 at the sequence's first key of the range.  Each group
+ * of pp is its high plane (QW x 4 bytes) then its low plane. */
 BSK_INLINE void AQ_FN(pv)(const uint8_t *pp, int64_t gp, const int8_t *vb, int64_t ldv,
                           const int cb, const float *vs, const bsk_v16f *rinv, float *y,
-                          int32_t *trace, int64_t trace_ld, int cnt)
+                          int32_t *trace_hi, int32_t *trace_lo, int64_t trace_ld, int cnt)
 {
-    AQ_ACC acc[BSK_AQ_CB][BSK_AQ_IV];
+    AQ_ACC hi[BSK_AQ_CB][BSK_AQ_IV], lo[BSK_AQ_CB][BSK_AQ_IV];
 #pragma GCC unroll 8
     for (int u = 0; u < cb; u++)
 #pragma GCC unroll 8
-        for (int v = 0; v < BSK_AQ_IV; v++)
-            acc[u][v] = AQ_ACC_ZERO();
+        for (int v = 0; v < BSK_AQ_IV; v++) {
+            hi[u][v] = AQ_ACC_ZERO();
+            lo[u][v] = AQ_ACC_ZERO();
+        }
+    /* one plane's vector live at a time (16 accumulators, 2 broadcasts and a
+     * vector on AVX-512).  GCC 12 still copies every accumulator around its
+     * vpdpbusd here (named variables, one array, an out-of-line kernel: the
+     * same), which the scores loop does not; kernels.rst records it. */
     for (int64_t g = 0; g < gp; g++) {
-        AQ_X x[BSK_AQ_IV];
+        AQ_W w[BSK_AQ_CB];
 #pragma GCC unroll 8
-        for (int v = 0; v < BSK_AQ_IV; v++)
-            x[v] = AQ_XLOAD(pp + (g * AQ_QW + 16 * v) * 4);
+        for (int u = 0; u < cb; u++)
+            w[u] = AQ_WPREP(bsk_aq_group(vb + u * ldv + 4 * g));
+        const uint8_t *ph = pp + 2 * g * AQ_QW * 4, *pl = ph + AQ_QW * 4;
 #pragma GCC unroll 8
-        for (int u = 0; u < cb; u++) {
-            const AQ_W w = AQ_WPREP(bsk_aq_group(vb + u * ldv + 4 * g));
+        for (int v = 0; v < BSK_AQ_IV; v++) {
+            const AQ_X x = AQ_XLOAD(ph + 64 * v);
 #pragma GCC unroll 8
-            for (int v = 0; v < BSK_AQ_IV; v++)
-                acc[u][v] = AQ_DOT(acc[u][v], x[v], w);
+            for (int u = 0; u < cb; u++)
+                hi[u][v] = AQ_DOT(hi[u][v], x, w[u]);
+        }
+#pragma GCC unroll 8
+        for (int v = 0; v < BSK_AQ_IV; v++) {
+            const AQ_X x = AQ_XLOAD(pl + 64 * v);
+#pragma GCC unroll 8
+            for (int u = 0; u < cb; u++)
+                lo[u][v] = AQ_DOT(lo[u][v], x, w[u]);
         }
     }
 #pragma GCC unroll 8
     for (int u = 0; u < cb; u++)
 #pragma GCC unroll 8
         for (int v = 0; v < BSK_AQ_IV; v++) {
-            const bsk_v16i sum = AQ_ACC_GET(acc[u][v]);
-            bsk_nn_store(y + u * AQ_QW + 16 * v,
-                         __builtin_convertvector(sum, bsk_v16f) * (vs[u] * rinv[v]));
-            if (trace)
-                memcpy(trace + u * trace_ld + 16 * v, &sum,
+            const bsk_v16i h = AQ_ACC_GET(hi[u][v]), l = AQ_ACC_GET(lo[u][v]);
+            const bsk_v16f sum = __builtin_convertvector(h, bsk_v16f) * 256.0f +
+                                 __builtin_convertvector(l, bsk_v16f);
+            bsk_nn_store(y + u * AQ_QW + 16 * v, sum * (vs[u] * rinv[v]));
+            if (trace_hi) {
+                memcpy(trace_hi + u * trace_ld + 16 * v, &h,
                        (size_t)bsk_aq_lanes(cnt, v) * sizeof(int32_t));
+                memcpy(trace_lo + u * trace_ld + 16 * v, &l,
+                       (size_t)bsk_aq_lanes(cnt, v) * sizeof(int32_t));
+            }
         }
 }
 
@@ -412,29 +435,30 @@ static void AQ_FN(task)(const bsk_nn_aq_args *a, int64_t b, int64_t h, int64_t i
         }
     }
 
-    /* softmax down each lane into probability codes, four keys at a time into pp */
+    /* softmax down each lane into 16-bit probability codes, their high and low
+     * bytes four keys at a time into the two planes of pp */
     bsk_v16i psum[BSK_AQ_IV];
     for (int v = 0; v < BSK_AQ_IV; v++)
         psum[v] = (bsk_v16i){0};
     for (int64_t g = 0; g < gp; g++)
         for (int v = 0; v < BSK_AQ_IV; v++) {
-            bsk_v16b r[4];
+            bsk_v16b rh[4], rl[4];
+            bsk_v16i code[4];
             for (int i = 0; i < 4; i++) {
                 const int64_t p = 4 * g + i;
                 const int32_t t = p < span ? ws->row[p] : -1;
-                if (t < 0) {
-                    r[i] = (bsk_v16b){0};
-                    continue;
-                }
-                const bsk_v16i code = bsk_aq_p_code16(bsk_nn_load(st + t * AQ_QW + 16 * v) - mx[v]);
-                psum[v] += code;
-                r[i] = bsk_aq_bytes16(code);
+                code[i] = t < 0 ? (bsk_v16i){0}
+                                : bsk_aq_p_code16(bsk_nn_load(st + t * AQ_QW + 16 * v) - mx[v]);
+                psum[v] += code[i];
+                rh[i] = bsk_aq_bytes16(code[i] >> 8);
+                rl[i] = bsk_aq_bytes16(code[i]);
             }
-            bsk_aq_interleave(r, ws->pp + (g * AQ_QW + 16 * v) * 4);
+            bsk_aq_interleave(rh, ws->pp + (2 * g * AQ_QW + 16 * v) * 4);
+            bsk_aq_interleave(rl, ws->pp + ((2 * g + 1) * AQ_QW + 16 * v) * 4);
             if (tr && tr->p)
                 for (int i = 0; i < 4 && 4 * g + i < span; i++)
                     for (int q = 0; q < bsk_aq_lanes(cnt, v); q++)
-                        tr->p[tq + (16 * v + q) * S + lo + 4 * g + i] = r[i][q];
+                        tr->p[tq + (16 * v + q) * S + lo + 4 * g + i] = (uint16_t)code[i][q];
         }
 
     /* Y = V P^T / sum into the tile yt, then row by row into the output */
@@ -443,14 +467,15 @@ static void AQ_FN(task)(const bsk_nn_aq_args *a, int64_t b, int64_t h, int64_t i
         rinv[v] = 1.0f / __builtin_convertvector(psum[v], bsk_v16f);
     const int8_t *vb = a->vc + h * D * Np + b * S + lo;
     const float *vs = a->v_scale + b * H + h * D;
-    int32_t *tpv = tr && tr->pv ? tr->pv + h * D * N + n0 : NULL;
+    int32_t *th = tr && tr->pv_hi && tr->pv_lo ? tr->pv_hi + h * D * N + n0 : NULL;
+    int32_t *tl = th ? tr->pv_lo + h * D * N + n0 : NULL;
     int64_t c0 = 0;
     for (; c0 + BSK_AQ_CB <= D; c0 += BSK_AQ_CB)
         AQ_FN(pv)(ws->pp, gp, vb + c0 * Np, Np, BSK_AQ_CB, vs + c0, rinv, ws->yt + c0 * AQ_QW,
-                  tpv ? tpv + c0 * N : NULL, N, cnt);
+                  th ? th + c0 * N : NULL, tl ? tl + c0 * N : NULL, N, cnt);
     for (; c0 < D; c0++)
         AQ_FN(pv)(ws->pp, gp, vb + c0 * Np, Np, 1, vs + c0, rinv, ws->yt + c0 * AQ_QW,
-                  tpv ? tpv + c0 * N : NULL, N, cnt);
+                  th ? th + c0 * N : NULL, tl ? tl + c0 * N : NULL, N, cnt);
     float *y = a->Y + h * D * N + n0;
     for (int64_t c = 0; c < D; c++)
         memcpy(y + c * N, ws->yt + c * AQ_QW, (size_t)cnt * sizeof(float));

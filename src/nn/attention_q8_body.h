@@ -251,6 +251,8 @@ static void AQ_FN(quant_values)(const bsk_nn_aq_args *a, int64_t r0, int64_t r1)
             const bsk_v16b code = bsk_aq_bytes16(bsk_aq_s8_code16(bsk_nn_ld(v + n_, full_, cnt_) * rv));
             bsk_nn_st_bytes((uint8_t *)dst + n_, code, full_, cnt_);
         });
+        if (b == a->batch - 1) /* the row's padding, which P V may read (times 0) */
+            memset(dst + S, 0, (size_t)(a->ld - N));
     }
 }
 

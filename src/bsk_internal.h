@@ -87,6 +87,18 @@ typedef struct {
     float *Y;
 } bsk_nn_attn_args;
 
+/* What both attention drivers (attention.c, attention_q8.c) check and do: the
+ * arguments of bsk_nn.h's attention functions; and, inside their OpenMP team
+ * after a barrier, thread t of T's share (whole 16-token blocks) of the
+ * per-token quantization of the output Y (F, N).  The latter returns 0, or 1
+ * when out of memory. */
+bsk_status bsk_nn_attn_check(int64_t batch, int64_t seq, int64_t heads, int64_t head_dim,
+                             float scale, const float *QKV, const float *Y, const uint8_t *Q,
+                             const float *q_scale, const int32_t *q_zero);
+struct bsk_kernels;
+int bsk_nn_attn_quantize_part(const struct bsk_kernels *k, float *Y, int64_t F, int64_t N,
+                              uint8_t *Q, float *q_scale, int32_t *q_zero, int T, int t);
+
 /* Widest query block of any variant's attention task (scratch sizing). */
 #define BSK_NN_MAX_QW 64
 
@@ -187,7 +199,7 @@ typedef struct {
     int queries;                     /* <= BSK_NN_MAX_QW */
 } bsk_nn_attention_q8_kernel;
 
-typedef struct {
+typedef struct bsk_kernels {
     /* float block-CSR x dense, any block shape */
     bsk_spmm_f32_fn spmm_f32;
     bsk_spmm_f64_fn spmm_f64;

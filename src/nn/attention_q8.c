@@ -7,8 +7,8 @@
  *      shared arrays (bsk_nn_aq_args), then a barrier;
  *   B  the (sequence, head, query block) tasks, as the float driver splits
  *      them, each thread with its own scratch;
- *   C  optionally, after a barrier, the per-token quantization of Y (the
- *      float driver's).
+ *   C  optionally, after a barrier, the per-token quantization of Y
+ *      (bsk_nn_attn_quantize_part, the float driver's).
  * The shared arrays live in the calling thread's scratch, the task scratch in
  * each thread's (bsk_scratch): no allocation per call once they have grown.
  */
@@ -76,12 +76,11 @@ bsk_status bsk_attention_q8(bsk_isa isa, const float *QKV, int64_t batch,
                             uint8_t *Q, float *q_scale, int32_t *q_zero,
                             const bsk_attn_q8_trace *trace, int num_threads)
 {
-    if (batch < 0 || seq < 0 || heads < 1 || head_dim < 1 || !isfinite(scale) ||
-        (Q && (!q_scale || !q_zero)))
-        return BSK_EINVAL;
+    const bsk_status bad = bsk_nn_attn_check(batch, seq, heads, head_dim, scale, QKV, Y, Q,
+                                             q_scale, q_zero);
+    if (bad != BSK_OK)
+        return bad;
     const int64_t N = batch * seq;
-    if (N && (!QKV || !Y))
-        return BSK_EINVAL;
     /* int32 holds head_dim x 255 x 127 (scores), seq x 255 x 127 (each byte plane
      * of P V) and seq x 65535 (the probability codes' sum) */
     if (head_dim > BSK_MAX_K_INT8 || seq > BSK_AQ_MAX_SEQ)
@@ -132,14 +131,6 @@ bsk_status bsk_attention_q8(bsk_isa isa, const float *QKV, int64_t batch,
         }
     }
     a.any = any;
-
-    bsk_nn_tok_args qa = {0};
-    qa.X = Y;
-    qa.features = H;
-    qa.tokens = N;
-    qa.Q = Q;
-    qa.q_scale = q_scale;
-    qa.q_zero = q_zero;
 
     const int64_t blocks = (seq + qw - 1) / qw, tasks = batch * heads * blocks;
     /* a thread's scratch: phase A's per-token state, or phase B's st, pp, yt,
@@ -199,25 +190,15 @@ bsk_status bsk_attention_q8(bsk_isa isa, const float *QKV, int64_t batch,
             }
         }
         if (Q) {
+            /* per-token quantization needs every head of a token */
 #ifdef _OPENMP
 #pragma omp barrier
 #endif
-            /* per-token quantization needs every head of a token */
-            bsk_split((N + 15) / 16, T, t, &lo, &hi);
-            lo *= 16;
-            hi = hi * 16 < N ? hi * 16 : N;
-            if (hi > lo) {
-                float *qws = (float *)bsk_alloc((size_t)(4 * ((hi - lo + 15) / 16 * 16)) *
-                                                sizeof(float));
-                if (qws)
-                    k->nn_tokens->quantize(&qa, lo, hi, qws);
-                else {
+            if (bsk_nn_attn_quantize_part(k, Y, H, N, Q, q_scale, q_zero, T, t)) {
 #ifdef _OPENMP
 #pragma omp atomic write
 #endif
-                    failed = 1;
-                }
-                free(qws);
+                failed = 1;
             }
         }
     }

@@ -40,9 +40,7 @@ _Static_assert(AQ_QW <= BSK_NN_MAX_QW, "the drivers' scratch holds BSK_NN_MAX_QW
 
 #ifndef BSK_AQ_HELPERS
 #define BSK_AQ_HELPERS
-#ifdef __SSE2__
-#include <emmintrin.h>
-#endif
+#include "simd/interleave.h"
 
 /* The int8 code of v, a value already divided by its scale:
  * clip(rint(v), -127, 127) (NaN gives -127).  No clamp before the rounding
@@ -92,19 +90,11 @@ BSK_INLINE bsk_v16b bsk_aq_bytes16(bsk_v16i v)
     return __builtin_convertvector((bsk_v16u)v & 0xff, bsk_v16b);
 }
 
-/* Four rows of 16 bytes -> 64 bytes in the VNNI layout: lane t gets
- * r[0][t], r[1][t], r[2][t], r[3][t]. */
+/* Four rows of 16 codes -> 64 bytes in the VNNI layout (simd/interleave.h). */
 BSK_INLINE void bsk_aq_interleave(const bsk_v16b r[4], uint8_t *dst)
 {
 #ifdef __SSE2__
-    const __m128i x0 = (__m128i)r[0], x1 = (__m128i)r[1], x2 = (__m128i)r[2],
-                  x3 = (__m128i)r[3];
-    const __m128i a = _mm_unpacklo_epi8(x0, x1), b = _mm_unpackhi_epi8(x0, x1);
-    const __m128i c = _mm_unpacklo_epi8(x2, x3), d = _mm_unpackhi_epi8(x2, x3);
-    _mm_storeu_si128((__m128i *)dst, _mm_unpacklo_epi16(a, c));
-    _mm_storeu_si128((__m128i *)(dst + 16), _mm_unpackhi_epi16(a, c));
-    _mm_storeu_si128((__m128i *)(dst + 32), _mm_unpacklo_epi16(b, d));
-    _mm_storeu_si128((__m128i *)(dst + 48), _mm_unpackhi_epi16(b, d));
+    bsk_interleave4x16((__m128i)r[0], (__m128i)r[1], (__m128i)r[2], (__m128i)r[3], dst);
 #else
     for (int t = 0; t < 16; t++)
         for (int i = 0; i < 4; i++)

@@ -493,7 +493,8 @@ class MultiHeadSelfAttention:
     @property
     def precision(self):
         """"float32" or "int8": the precision of the products ``Q K^T`` and ``P V``."""
-        return self._precision
+        # a layer pickled before the option existed has float32 attention
+        return getattr(self, "_precision", "float32")
 
     @precision.setter
     def precision(self, value):

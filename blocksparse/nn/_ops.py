@@ -227,9 +227,9 @@ def attention(qkv, num_heads, attention_mask=None, batch_size=1, precision="floa
     With ``precision="int8"`` both products run on INT8 codes (``vpdpbusd``
     on VNNI CPUs): queries uint8 per token and head, keys int8 per token
     and head, scores exact in int32 then scaled, softmax in float32, the
-    probabilities as uint8 codes ``rint(255 * p / max p)`` and the values
-    int8 per feature and sequence; the result has the same bits on every
-    ISA and thread count (``docs/kernels.rst``).
+    probabilities as 16-bit codes ``rint(65535 * p / max p)`` (two uint8
+    planes) and the values int8 per feature and sequence; the result has
+    the same bits on every ISA and thread count (``docs/kernels.rst``).
 
     Parameters
     ----------

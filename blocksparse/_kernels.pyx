@@ -13,7 +13,7 @@ so a product checks only its operands (O(1)), not the structure (O(nnzb)).
 """
 import numpy as np
 cimport numpy as cnp
-from libc.stdint cimport int32_t, int64_t, uint8_t, uint32_t, uint64_t
+from libc.stdint cimport int8_t, int32_t, int64_t, uint8_t, uint16_t, uint32_t, uint64_t
 from libc.math cimport isfinite
 
 from blocksparse._kernels cimport *

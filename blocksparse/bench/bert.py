@@ -118,7 +118,8 @@ def layer_breakdown(threads, repeat, sparsity=0.9, seed=0):
     att = layer.attention
     qkv = att.qkv._forward(x, xq)
     ctx = np.empty((H, N), np.float32)
-    c, cq = _ops._attention(qkv, B, SEQ, att.num_heads, None, ctx, True)
+    int8 = att.precision == "int8"
+    c, cq = _ops._attention(qkv, B, SEQ, att.num_heads, None, ctx, True, int8)
     a = att.out._forward(c, cq)
     h1, h1q = layer.ln1._forward(a, x, layer.ffn1.input_spec, out=np.empty_like(a))
     inter = layer.ffn1._forward(h1, h1q, layer.activation)
@@ -127,7 +128,7 @@ def layer_breakdown(threads, repeat, sparsity=0.9, seed=0):
     scratch = np.empty_like(o)
     ops = {
         "spmm_qkv": lambda: att.qkv._forward(x, xq),
-        "attention": lambda: _ops._attention(qkv, B, SEQ, att.num_heads, None, ctx, True),
+        "attention": lambda: _ops._attention(qkv, B, SEQ, att.num_heads, None, ctx, True, int8),
         "spmm_attn_out": lambda: att.out._forward(c, cq),
         "add_layernorm_1": lambda: layer.ln1._forward(a, x, layer.ffn1.input_spec, out=scratch),
         "spmm_ffn1_gelu": lambda: layer.ffn1._forward(h1, h1q, layer.activation),
@@ -150,7 +151,8 @@ def layer_breakdown(threads, repeat, sparsity=0.9, seed=0):
         "quantize": times["quantize_ffn1_out"],
     }
     groups["python_overhead"] = total - sum(groups.values())
-    return {"threads": threads, "sparsity": sparsity, "layer_s": total,
+    return {"threads": threads, "sparsity": sparsity, "attention": att.precision,
+            "layer_s": total,
             "layer_median_s": whole["median"], "ops_s": times,
             "ops_median_s": {k: v["median"] for k, v in stats.items()}, "groups_s": groups,
             "groups_fraction": {k: v / total for k, v in groups.items()},

@@ -13,7 +13,7 @@ from typing import NamedTuple
 import numpy as np
 
 from . import _checkpoint as ckpt
-from .bert import _RELOADS, BertModel
+from .bert import _RELOADS, BertModel, default_attention
 from .electra import ElectraModel
 from .heads import (PROBLEM_TYPES, Head, ModelForMaskedLM, ModelForPreTraining,
                     ModelForQuestionAnswering, ModelForSequenceClassification,
@@ -341,11 +341,12 @@ def _check_strict(name, tensors, strict):
 
 
 def _load_hf(name, raw, directory, sparsity, blocksize, dtype, balanced, smoothing,
-             calibration, strict):
+             calibration, strict, attention):
     arch = ARCHITECTURES[name]
     cfg = ckpt.normalize_config(dict(raw, model_type=arch.model_type), ckpt.FAMILIES)
     head_cfg = head_config(name, raw)
     dtype = "float32" if dtype is None else _check_dtype_name(dtype)
+    attention = default_attention(dtype, attention)
     tensors = ckpt.HFTensors(directory)
     weights = ckpt.load_hf_weights(directory, cfg, tensors)
     ckpt.check_encoder_extras(tensors, cfg)
@@ -358,7 +359,7 @@ def _load_hf(name, raw, directory, sparsity, blocksize, dtype, balanced, smoothi
     arrays = _hf_head_arrays(spec, tensors, cfg, head_cfg) if spec is not None else None
     unused = _check_strict(name, tensors, strict)
     base = arch.encoder._build(cfg, weights, lambda i: weights, sparsity, blocksize, dtype,
-                               balanced, smoothing, calibration)
+                               balanced, smoothing, calibration, attention)
     if spec is None:
         base.unused_tensors = unused
         return base
@@ -370,7 +371,7 @@ def _load_hf(name, raw, directory, sparsity, blocksize, dtype, balanced, smoothi
     return model
 
 
-def _load_own(raw, directory, sparsity, dtype, architecture):
+def _load_own(raw, directory, sparsity, dtype, architecture, attention):
     section = raw["blocksparse"]
     name = section.get("architecture") if isinstance(section, dict) else None
     model_type = raw.get("model_type", "bert")
@@ -390,7 +391,7 @@ def _load_own(raw, directory, sparsity, dtype, architecture):
                          f"{model_type!r}")
     cfg, meta, get = ckpt.open_own(arch.encoder._normalize_config, raw, directory, sparsity,
                                    dtype)
-    base = ckpt.build_own_base(arch.encoder, cfg, meta, get)
+    base = ckpt.build_own_base(arch.encoder, cfg, meta, get, attention)
     if arch.head is None:
         base.unused_tensors = []
         return base
@@ -400,7 +401,8 @@ def _load_own(raw, directory, sparsity, dtype, architecture):
 
 
 def from_pretrained(path, dtype=None, sparsity=None, blocksize=(4, 1), balanced=False,
-                    smoothing=0.5, calibration=None, *, architecture=None, strict=True):
+                    smoothing=0.5, calibration=None, *, architecture=None, strict=True,
+                    attention=None):
     """Load the model a checkpoint directory holds, with its task head.
 
     ``config.json``'s ``architectures`` (for example
@@ -437,6 +439,11 @@ def from_pretrained(path, dtype=None, sparsity=None, blocksize=(4, 1), balanced=
         Tensors inside the encoder's own name space that the configuration
         has no place for (a layer more than ``num_hidden_layers``) are
         refused either way.
+    attention : {None, "float32", "int8"}, optional
+        Precision of the attention's products ``Q K^T`` and ``P V``
+        (:func:`blocksparse.nn.attention`).  None: the one saved with an
+        own-format checkpoint, else "int8" for an INT8 model and "float32"
+        for a float32 one.
 
     Returns
     -------
@@ -473,7 +480,7 @@ def from_pretrained(path, dtype=None, sparsity=None, blocksize=(4, 1), balanced=
         if "blocksparse" not in raw:
             break
         try:
-            return _load_own(raw, directory, sparsity, dtype, architecture)
+            return _load_own(raw, directory, sparsity, dtype, architecture, attention)
         except ckpt.CheckpointChanged:  # a concurrent save_pretrained switched it
             continue
     else:
@@ -482,7 +489,7 @@ def from_pretrained(path, dtype=None, sparsity=None, blocksize=(4, 1), balanced=
         raise TypeError("path must be a checkpoint directory or its config.json")
     name = resolve_architecture(raw, architecture)
     return _load_hf(name, raw, directory, sparsity, blocksize, dtype, balanced, smoothing,
-                    calibration, strict)
+                    calibration, strict, attention)
 
 
 def random_task_model(cls, config, architecture, num_labels, seed, options):

@@ -79,6 +79,14 @@ class BertEmbeddings:
         return self.ln._forward(x.reshape(B * S, H), None, want, x_tokens=True)
 
 
+def default_attention(dtype, attention=None):
+    """`attention` checked, or the default for a model of `dtype`: INT8 attention for an
+    INT8 model (its fidelity is measured in docs/nn.rst), float32 for a float32 one."""
+    if attention is None:
+        return "int8" if dtype == "int8" else "float32"
+    return _ops._check_precision(attention, "attention")
+
+
 class BertModel:
     """A BERT-family encoder: embeddings, then a stack of encoder layers.
 
@@ -106,6 +114,9 @@ class BertModel:
     config, embeddings, encoder, pooler
     dtype : {"float32", "int8"}
         Of the encoder's Linear layers.
+    attention : {"float32", "int8"}
+        Precision of the attention's products in every layer (settable; see
+        :func:`blocksparse.nn.attention`).
     sparsity : float or None
     blocksize : tuple of int
     balanced : bool
@@ -150,7 +161,7 @@ class BertModel:
 
     @classmethod
     def from_pretrained(cls, path, sparsity=None, blocksize=(4, 1), dtype=None,
-                        balanced=False, smoothing=0.5, calibration=None):
+                        balanced=False, smoothing=0.5, calibration=None, attention=None):
         """Load a BERT, MiniLM or DistilBERT checkpoint directory.
 
         Parameters
@@ -185,6 +196,11 @@ class BertModel:
             ids from the vocabulary (without its lowest 5 %, where BERT
             vocabularies keep special and unused tokens).  Real text
             calibrates better.
+        attention : {None, "float32", "int8"}, optional
+            Precision of the attention's products ``Q K^T`` and ``P V``
+            (:func:`blocksparse.nn.attention`).  None: the one saved with
+            a model written by :meth:`save_pretrained`, else ``"int8"`` for
+            an INT8 model and ``"float32"`` for a float32 one.
 
         Returns
         -------
@@ -212,7 +228,7 @@ class BertModel:
             if "blocksparse" not in raw:
                 break
             try:
-                return ckpt.load_own(cls, raw, directory, sparsity, dtype)
+                return ckpt.load_own(cls, raw, directory, sparsity, dtype, attention)
             except ckpt.CheckpointChanged:  # a concurrent save_pretrained switched it
                 continue
         else:
@@ -222,8 +238,9 @@ class BertModel:
         tensors = ckpt.HFTensors(directory)
         weights = ckpt.load_hf_weights(directory, config, tensors)
         ckpt.check_encoder_extras(tensors, config)
+        attention = default_attention(dtype, attention)
         return cls._build(config, weights, lambda i: weights, sparsity, blocksize, dtype,
-                          balanced, smoothing, calibration)
+                          balanced, smoothing, calibration, attention)
 
     @staticmethod
     def _normalize_config(raw):
@@ -233,7 +250,7 @@ class BertModel:
     @classmethod
     def from_config(cls, config, seed=0, sparsity=None, blocksize=(4, 1), dtype="float32",
                     balanced=False, add_pooling_layer=False, smoothing=None,
-                    calibration=None):
+                    calibration=None, attention=None):
         """A model with random weights (for benchmarks and tests).
 
         Weights are drawn as N(0, 0.02^2), as BERT initializes them;
@@ -247,7 +264,7 @@ class BertModel:
             A configuration dict (BERT or DistilBERT key names), a
             ``config.json`` path or a directory holding one.
         seed : int, optional
-        sparsity, blocksize, dtype, balanced, smoothing, calibration
+        sparsity, blocksize, dtype, balanced, smoothing, calibration, attention
             As in :meth:`from_pretrained` (but no smoothing by default:
             random weights have no outlier features); blocksize (4, 1) is
             four consecutive output rows in one input column.
@@ -274,6 +291,7 @@ class BertModel:
         raw, _ = ckpt.read_config(config)
         cfg = cls._normalize_config(raw)
         dtype = _check_dtype_name(dtype)
+        attention = default_attention(dtype, attention)
         ckpt.check_model_memory(cfg, sparsity if isinstance(sparsity, float) else None, dtype,
                                 add_pooling_layer)
         rng = np.random.default_rng(seed)
@@ -311,7 +329,7 @@ class BertModel:
             return w
 
         return cls._build(cfg, weights, layer_weights, sparsity, blocksize, dtype, balanced,
-                          smoothing, calibration)
+                          smoothing, calibration, attention)
 
     @staticmethod
     def _float_layer(cfg, w, i, sparsity, blocksize, balanced):
@@ -332,7 +350,7 @@ class BertModel:
 
     @classmethod
     def _build(cls, cfg, weights, layer_weights, sparsity, blocksize, dtype, balanced,
-               smoothing, calibration):
+               smoothing, calibration, attention):
         if sparsity is not None:
             if isinstance(sparsity, bool) or not isinstance(sparsity, numbers.Real) or \
                     not 0.0 <= float(sparsity) <= 1.0:
@@ -373,6 +391,7 @@ class BertModel:
         final = LayerNorm(weights["final_ln.weight"], weights["final_ln.bias"],
                           cfg["layer_norm_eps"]) if "final_ln.weight" in weights else None
         model.encoder = BertEncoder(layers, final)
+        model.attention = attention
         model.sparsity = sparsity
         model.blocksize = blocksize
         model.balanced = bool(balanced)
@@ -454,13 +473,30 @@ class BertModel:
 
     _max_length_rule = "max_position_embeddings"
 
+    @property
+    def attention(self):
+        """Precision of the attention's products, "float32" or "int8".
+
+        Setting it changes every layer (:attr:`MultiHeadSelfAttention.precision
+        <blocksparse.nn.MultiHeadSelfAttention.precision>`); None if the layers
+        were set apart and differ, or if there are none.
+        """
+        found = {layer.attention.precision for layer in self.encoder}
+        return found.pop() if len(found) == 1 else None
+
+    @attention.setter
+    def attention(self, value):
+        _ops._check_precision(value, "attention")
+        for layer in self.encoder:
+            layer.attention.precision = value
+
     def __repr__(self):
         c = self.config
         sp = "dense" if self.sparsity is None else \
             f"sparsity {self.sparsity:g}, blocksize {self.blocksize}"
         return (f"<{type(self).__name__} {c['model_type']}: {c['num_hidden_layers']} layers, "
                 f"hidden {c['hidden_size']}, {c['num_attention_heads']} heads, {self.dtype}, "
-                f"{sp}>")
+                f"{sp}, {self.attention} attention>")
 
     def _check_inputs(self, input_ids, attention_mask, token_type_ids):
         ids = _int_ids(input_ids, "input_ids")

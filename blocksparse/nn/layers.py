@@ -470,9 +470,13 @@ class MultiHeadSelfAttention:
     out : Linear
         The output projection, hidden -> hidden.
     num_heads : int
+    precision : {"float32", "int8"}, optional
+        Of the attention's own products ``Q K^T`` and ``P V`` (see
+        :func:`blocksparse.nn.attention`), whatever the kind of the Linear
+        layers.  The attribute of that name may be changed later.
     """
 
-    def __init__(self, qkv, out, num_heads):
+    def __init__(self, qkv, out, num_heads, precision="float32"):
         if not isinstance(qkv, Linear) or not isinstance(out, Linear):
             raise TypeError("qkv and out must be Linear layers")
         H = out.in_features
@@ -485,10 +489,21 @@ class MultiHeadSelfAttention:
                              f"{num_heads!r}")
         self.qkv, self.out, self.num_heads = qkv, out, int(num_heads)
         self.hidden_size = H
+        self.precision = precision
+
+    @property
+    def precision(self):
+        """"float32" or "int8": the precision of the products ``Q K^T`` and ``P V``."""
+        # a layer pickled before the option existed has float32 attention
+        return getattr(self, "_precision", "float32")
+
+    @precision.setter
+    def precision(self, value):
+        self._precision = _ops._check_precision(value)
 
     @classmethod
     def from_weights(cls, q, k, v, o, num_heads, *, sparsity=None, blocksize=(4, 1),
-                     dtype="float32", balanced=False):
+                     dtype="float32", balanced=False, precision="float32"):
         """Build from separate (weight, bias) pairs of the four projections.
 
         Each weight (hidden, hidden) is pruned on its own (`sparsity`,
@@ -496,6 +511,7 @@ class MultiHeadSelfAttention:
         (4, 1) is four consecutive output rows in one input column), then
         Q, K and V are stacked into one Linear layer; `dtype` "int8"
         quantizes per output row, so stacking does not change the scales.
+        `precision` is that of the attention's products (see the class).
         """
         dtype = _check_dtype_name(dtype)
         ws = [_sparsify(_float_weight(w, n), sparsity, blocksize, balanced)
@@ -508,11 +524,11 @@ class MultiHeadSelfAttention:
         qkv = Linear(_finish(_stack_rows(ws), dtype, blocksize), bias)
         out = Linear.from_dense(o[0], o[1], sparsity=sparsity, blocksize=blocksize,
                                 dtype=dtype, balanced=balanced)
-        return cls(qkv, out, num_heads)
+        return cls(qkv, out, num_heads, precision)
 
     def __repr__(self):
         return f"<MultiHeadSelfAttention {self.hidden_size}, {self.num_heads} heads, " \
-               f"{self.qkv.kind}>"
+               f"{self.qkv.kind}, {self.precision} products>"
 
     def __call__(self, hidden_states, attention_mask=None):
         """Attention output (before the residual), shape (batch, seq, hidden)."""
@@ -532,7 +548,8 @@ class MultiHeadSelfAttention:
         # the kernel's fused quantization has no per-feature factors
         want = self.out.input_spec
         ctx, ctxq = _ops._attention(qkv, B, S, self.num_heads, mask, ctx,
-                                    want.quantized and want.scale is None)
+                                    want.quantized and want.scale is None,
+                                    self.precision == "int8")
         return self.out._forward(ctx, ctxq)
 
 
@@ -644,8 +661,8 @@ class BertLayer:
         out = att.out.to_int8(blocksize)
         ffn1 = self.ffn1.to_int8(blocksize, ffn1_absmax, smoothing)
         ffn2 = self.ffn2.to_int8(blocksize)
-        return type(self)(MultiHeadSelfAttention(qkv, out, att.num_heads), self.ln1, ffn1, ffn2,
-                          self.ln2, self.activation)
+        return type(self)(MultiHeadSelfAttention(qkv, out, att.num_heads, att.precision),
+                          self.ln1, ffn1, ffn2, self.ln2, self.activation)
 
 
 class PreNormBertLayer(BertLayer):

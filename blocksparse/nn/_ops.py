@@ -61,6 +61,25 @@ def _bias_act(y, bias, activation):
     return y
 
 
+#: Products up to this many multiply-adds skip BLAS (see :func:`_small_matmul`).
+_SMALL_PRODUCT = 1 << 21
+
+
+def _small_matmul(a, b):
+    """``a @ b`` (2-D); small products of two ndarrays without BLAS.
+
+    NumPy's BLAS (OpenBLAS) runs even a 768 x 768 matrix-vector product on
+    its own threads, which then spin beside the package's OpenMP threads:
+    on 2 cores one pooler call made the next encoder call 2.3x slower.
+    NumPy's einsum loop costs ~0.1 ms for such a product and starts no
+    thread.
+    """
+    if isinstance(a, np.ndarray) and isinstance(b, np.ndarray) and \
+            a.shape[0] * a.shape[1] * b.shape[1] <= _SMALL_PRODUCT:
+        return np.einsum("ik,kj->ij", a, b, order="C", optimize=False)
+    return a @ b
+
+
 def _quantize_tokens(x, q_mul=None):
     qa = QuantizedActivations.empty(*x.shape)
     _kernels.quantize_tokens(_config._active_isa(), x, q_mul, qa.q, qa.scale, qa.zero,

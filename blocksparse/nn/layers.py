@@ -251,8 +251,12 @@ class Linear:
             y = self._forward(_ops._features_major(x2), None, activation).T
         return np.ascontiguousarray(y).reshape(lead + (self.out_features,))
 
-    def _forward(self, x, xq, activation=None):
-        """Unchecked: y (M, N) from x (K, N) float32 (or None with xq) or uint8 xq."""
+    def _forward(self, x, xq, activation=None, few_columns=False):
+        """Unchecked: y (M, N) from x (K, N) float32 (or None with xq) or uint8 xq.
+
+        `few_columns`: a dense weight's small product skips BLAS (a head on
+        the [CLS] rows, see :func:`._ops._small_matmul`).
+        """
         if self.kind == "int8":
             if xq is None:
                 xq = _ops._quantize_tokens(x, self.input_scale)
@@ -262,7 +266,7 @@ class Linear:
                 matmul(self.weight.packed, xq, y, layout="features",
                        epilogue=Epilogue(activation, self.bias))
             return y
-        y = self.weight @ x
+        y = _ops._small_matmul(self.weight, x) if few_columns else self.weight @ x
         if (self.bias is not None or activation is not None) and y.size:
             _ops._bias_act(y, self.bias, activation)
         return y

@@ -188,7 +188,7 @@ for isa in built_isas:
                 "cflags": base_cflags + isa_flags(isa) + fp}))
 
 # after the ISA libraries: generic helpers their kernels call (static linking resolves left to right)
-libraries.append(("bsk_util", {"sources": ["src/scratch.c"], "include_dirs": include_dirs,
+libraries.append(("bsk_util", {"sources": ["src/scratch.c", "src/team.c"], "include_dirs": include_dirs,
                                "obj_deps": {"": headers}, "macros": macros,
                                "cflags": base_cflags}))
 

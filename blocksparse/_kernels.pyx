@@ -63,6 +63,19 @@ def set_min_work_per_thread(int64_t work):
     return bsk_set_min_work_per_thread(work)
 
 
+def set_adaptive_threads(bint on):
+    """Turn the one-thread fallback of contended regions on or off (src/team.c)."""
+    bsk_team_set_adaptive(on)
+
+
+def adaptive_threads_state():
+    """(on, seconds regions still run on one thread, held-up regions seen so far)."""
+    cdef int on = 0
+    cdef int64_t left = 0, count = 0
+    bsk_team_state(&on, &left, &count)
+    return bool(on), left * 1e-9, int(count)
+
+
 cdef int _check_isa(int isa) except -1:
     if isa < 0 or isa >= BSK_ISA_COUNT:
         raise ValueError(f"isa must be an ISA index in [0, {BSK_ISA_COUNT}), got {isa}")

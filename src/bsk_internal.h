@@ -52,6 +52,26 @@ enum {
 };
 void *bsk_scratch(int slot, size_t bytes);
 
+/* ---- team sizes on a busy machine (team.c) ---------------------------------- */
+
+/* Every parallel region: `nt = bsk_team_begin(&clock, nt)` before it (1
+ * while a recent region was held up by the scheduler), BSK_TEAM_ENTER and
+ * BSK_TEAM_LEAVE around each thread's part, bsk_team_end(&clock) after it.
+ * Results never depend on the team size, only the time does. */
+#define BSK_TEAM_MAX 64
+typedef struct {
+    int team;
+    int64_t start;
+    int64_t enter[BSK_TEAM_MAX], leave[BSK_TEAM_MAX];
+} bsk_team_clock;
+int64_t bsk_now_ns(void);
+int bsk_team_begin(bsk_team_clock *c, int nt);
+void bsk_team_end(bsk_team_clock *c);
+#define BSK_TEAM_ENTER(c, t) \
+    do { if ((t) < (c)->team) (c)->enter[(t)] = bsk_now_ns(); } while (0)
+#define BSK_TEAM_LEAVE(c, t) \
+    do { if ((t) < (c)->team) (c)->leave[(t)] = bsk_now_ns(); } while (0)
+
 /* Deterministic static split of [0, n) into `parts` contiguous ranges. */
 BSK_INLINE void bsk_split(int64_t n, int parts, int part, int64_t *lo, int64_t *hi)
 {

@@ -82,6 +82,8 @@ bsk_status bsk_attention_f32(bsk_isa isa, const float *QKV, int64_t batch,
     if (nt > tasks)
         nt = tasks;
     int failed = 0;
+    bsk_team_clock clock;
+    nt = bsk_team_begin(&clock, (int)nt);
 #ifdef _OPENMP
 #pragma omp parallel num_threads((int)nt)
 #endif
@@ -91,6 +93,7 @@ bsk_status bsk_attention_f32(bsk_isa isa, const float *QKV, int64_t batch,
 #else
         const int T = 1, t = 0;
 #endif
+        BSK_TEAM_ENTER(&clock, t);
         bsk_nn_attn_ws ws;
         float *buf = (float *)bsk_alloc(floats * sizeof(float));
         ws.keys = (int64_t *)bsk_alloc((size_t)seq * sizeof(int64_t));
@@ -127,6 +130,8 @@ bsk_status bsk_attention_f32(bsk_isa isa, const float *QKV, int64_t batch,
                 failed = 1;
             }
         }
+        BSK_TEAM_LEAVE(&clock, t);
     }
+    bsk_team_end(&clock);
     return failed ? BSK_ENOMEM : BSK_OK;
 }

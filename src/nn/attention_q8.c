@@ -144,6 +144,8 @@ bsk_status bsk_attention_q8(bsk_isa isa, const float *QKV, int64_t batch,
     if (nt > tasks)
         nt = tasks;
     int failed = 0;
+    bsk_team_clock clock;
+    nt = bsk_team_begin(&clock, (int)nt);
 #ifdef _OPENMP
 #pragma omp parallel num_threads((int)nt)
 #endif
@@ -153,6 +155,7 @@ bsk_status bsk_attention_q8(bsk_isa isa, const float *QKV, int64_t batch,
 #else
         const int T = 1, t = 0;
 #endif
+        BSK_TEAM_ENTER(&clock, t);
         uint8_t *mine = (uint8_t *)bsk_scratch(BSK_SCRATCH_ATTN_TASK,
                                                bytes_a > bytes_b ? bytes_a : bytes_b);
         if (!mine) {
@@ -201,6 +204,8 @@ bsk_status bsk_attention_q8(bsk_isa isa, const float *QKV, int64_t batch,
                 failed = 1;
             }
         }
+        BSK_TEAM_LEAVE(&clock, t);
     }
+    bsk_team_end(&clock);
     return failed ? BSK_ENOMEM : BSK_OK;
 }

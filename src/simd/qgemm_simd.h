@@ -298,7 +298,8 @@ bsk_status BSK_QGEMM_FN(const bsk_qdense *W, const uint8_t *X, int64_t ldx, int6
         return BSK_OK;
     const int64_t nrb = (M + QG_MR - 1) / QG_MR, nvec = (N + QG_LANES - 1) / QG_LANES;
     int status = BSK_OK;
-    (void)nt;
+    bsk_team_clock clock;
+    nt = bsk_team_begin(&clock, nt);
 
 #pragma omp parallel num_threads(nt)
     {
@@ -307,6 +308,7 @@ bsk_status BSK_QGEMM_FN(const bsk_qdense *W, const uint8_t *X, int64_t ldx, int6
         T = omp_get_num_threads();
         tid = omp_get_thread_num();
 #endif
+        BSK_TEAM_ENTER(&clock, tid);
         qg_grid(nrb, nvec, T, &Tm, &Tn);
         int64_t rb0, rb1, v0, v1;
         bsk_split(nrb, Tm, tid / Tn, &rb0, &rb1);
@@ -366,7 +368,9 @@ bsk_status BSK_QGEMM_FN(const bsk_qdense *W, const uint8_t *X, int64_t ldx, int6
         }
         free(P);
         free(acc);
+        BSK_TEAM_LEAVE(&clock, tid);
     }
+    bsk_team_end(&clock);
     return (bsk_status)status;
 }
 

@@ -9,10 +9,10 @@
  * ran 20-50x slower on 2 threads, where one thread would have run ~2x
  * slower.  So every region records when each thread entered and left it;
  * a region whose threads entered or left more than BSK_TEAM_SKEW_NS apart,
- * and apart by more than half its length, was held up by the scheduler,
- * and the following regions run on one thread for a back-off window (100
- * ms, doubled while it keeps happening, up to 1.6 s) before the full team
- * is tried again.
+ * and apart by more than half its length, was held up by the scheduler.
+ * Two such regions among the last BSK_TEAM_WINDOW make the following
+ * regions run on one thread for a back-off window (100 ms, doubled while
+ * it keeps happening, up to 1.6 s) before the full team is tried again.
  */
 #include <stdatomic.h>
 #include <stdlib.h>
@@ -24,8 +24,11 @@
 #define BSK_TEAM_SKEW_NS 1000000      /* a scheduler slice, not a late wake-up */
 #define BSK_TEAM_BACKOFF_NS 100000000 /* first window on one thread */
 #define BSK_TEAM_BACKOFF_MAX 4        /* doublings: 100 ms .. 1.6 s */
+#define BSK_TEAM_WINDOW 64            /* regions remembered */
 
 static _Atomic int64_t single_until; /* monotonic ns; run on one thread before it */
+static _Atomic uint64_t history;      /* bit i: the i-th last full-team region was held up */
+static _Atomic int clean_run;         /* full-team regions since the last held-up one */
 static _Atomic int backoff_level;
 static _Atomic int64_t detections;
 static _Atomic int adaptive = -1;     /* -1: not read from the environment yet */
@@ -88,16 +91,29 @@ void bsk_team_end(bsk_team_clock *c)
     }
     const int64_t span = out_hi - c->start, skew_in = in_hi - in_lo, skew_out = out_hi - out_lo;
     const int64_t skew = skew_in > skew_out ? skew_in : skew_out;
-    if (skew > BSK_TEAM_SKEW_NS && 2 * skew > span) {
+    const int held = skew > BSK_TEAM_SKEW_NS && 2 * skew > span;
+    /* one held-up region can be the hypervisor taking a vCPU for a moment
+     * (seen in ~1 % of long regions on a quiet shared VM); two of the last
+     * BSK_TEAM_WINDOW are other processes wanting the cores */
+    uint64_t h = atomic_load_explicit(&history, memory_order_relaxed);
+    h = (h << 1) | (uint64_t)held; /* BSK_TEAM_WINDOW = 64 bits */
+    if (held)
+        atomic_fetch_add_explicit(&detections, 1, memory_order_relaxed);
+    if (held && __builtin_popcountll(h) >= 2) {
+        h = 1; /* remembered: one more held-up probe after the window falls back again */
         int level = atomic_load_explicit(&backoff_level, memory_order_relaxed);
         atomic_store_explicit(&single_until, out_hi + ((int64_t)BSK_TEAM_BACKOFF_NS << level),
                               memory_order_relaxed);
         if (level < BSK_TEAM_BACKOFF_MAX)
             atomic_store_explicit(&backoff_level, level + 1, memory_order_relaxed);
-        atomic_fetch_add_explicit(&detections, 1, memory_order_relaxed);
-    } else {
-        atomic_store_explicit(&backoff_level, 0, memory_order_relaxed);
     }
+    /* a window without a held-up region ends the back-off doubling */
+    int run = held ? 0 : atomic_load_explicit(&clean_run, memory_order_relaxed) + 1;
+    run = run < BSK_TEAM_WINDOW ? run : BSK_TEAM_WINDOW;
+    atomic_store_explicit(&clean_run, run, memory_order_relaxed);
+    if (run >= BSK_TEAM_WINDOW)
+        atomic_store_explicit(&backoff_level, 0, memory_order_relaxed);
+    atomic_store_explicit(&history, h, memory_order_relaxed);
 }
 
 void bsk_team_state(int *on, int64_t *single_for_ns, int64_t *count)

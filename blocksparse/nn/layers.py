@@ -208,6 +208,7 @@ class Linear:
             if 2 * len(rows) < self.out_features:
                 self._float_rows = rows
                 part = BlockSparseMatrix(csr[rows], blocksize=(1, 1))
+            part._packed_as(np.float32)  # packed now, not by the first of concurrent calls
             self._float_sub = part
 
     @classmethod

@@ -202,6 +202,7 @@ def test_model_builds_float_parts(models):
     assert BertModel.from_config(CFG, float_features=4).float_features == 0
 
 
+@pytest.mark.thread_unsafe  # switches the shared model's second pass off and on
 def test_short_sequences_get_the_second_pass_alone_or_batched(models, rng):
     q, f = models
     assert q.two_pass_max_tokens == 8

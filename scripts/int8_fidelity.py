@@ -134,9 +134,10 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--baseline", action="store_true",
                         help="INT8 without float parts and second pass")
-    parser.add_argument("--float-features", type=int, default=8)
-    parser.add_argument("--float-weights", type=float, default=0.01)
-    parser.add_argument("--two-pass", type=int, default=8, help="two_pass_max_tokens")
+    parser.add_argument("--float-features", type=int, default=16)
+    parser.add_argument("--float-weights", type=float, default=0.02)
+    parser.add_argument("--two-pass", type=int, default=0,
+                        help="two_pass_max_tokens (opt-in; 8 for the last bits on short texts)")
     parser.add_argument("--smoothing", type=float, default=0.5, help="alpha; 0 is none")
     parser.add_argument("--ablate", action="store_true")
     parser.add_argument("--timing", type=int, metavar="ROUNDS", default=0)

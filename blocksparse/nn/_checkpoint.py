@@ -70,7 +70,7 @@ _OWN_WEIGHTS = re.compile(r"model-[0-9a-f]{16}\.safetensors")
 _OWN_TEMP = re.compile(r"\.config\.json\..+\.tmp")  # _atomic.replacing's temporary files
 _OWN_TEMP_DIR = re.compile(r"\.blocksparse-[A-Za-z0-9_]+")  # where the weights are written
 _ACTS = {"gelu": "gelu", "relu": "relu"}
-TWO_PASS_DEFAULT = 8  # BertModel.two_pass_max_tokens of a new model
+TWO_PASS_DEFAULT = 0  # BertModel.two_pass_max_tokens of a new model (written only if not)
 
 
 def _safetensors():

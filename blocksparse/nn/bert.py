@@ -14,7 +14,7 @@ __all__ = ["BertEmbeddings", "BertModel"]
 _RELOADS = 5  # from_pretrained re-reads a checkpoint replaced while it was being read
 # the default calibration pass: sequences of these lengths (special tokens included)
 _CALIBRATION_LENGTHS = (64, 64, 40, 20, 10, 6, 4, 3)
-TWO_PASS_MAX_TOKENS = 8
+TWO_PASS_MAX_TOKENS = 0  # opt-in: the second pass doubles the product work on those tokens
 
 
 def _float_part_args(float_features, float_weights, hidden):
@@ -119,16 +119,16 @@ class BertModel:
     float_weights : float
         How the INT8 layers were made (see :meth:`from_pretrained`).
     two_pass_max_tokens : int
-        INT8 only: sequences of at most this many tokens (counted by the
-        attention mask) get a second INT8 pass over the rounding residual
-        of their activations in every Linear layer, about eight more bits
-        for twice the product work on those tokens (default 8; 0 turns it
-        off).  A mean-pooled embedding averages the independent rounding
-        errors of its tokens, so few tokens need more precise ones:
-        without it, the INT8 embeddings of all-MiniLM-L6-v2 reach a cosine
-        of 0.9985 to float32 on 4-token texts against 0.9996 from 8 tokens
-        on (:doc:`/nn`).  Each sequence is treated alone, so batching never
-        changes its result.
+        INT8 only, opt-in (default 0, off): sequences of at most this many
+        tokens (counted by the attention mask) get a second INT8 pass over
+        the rounding residual of their activations in every Linear layer,
+        about eight more bits for twice the product work on those tokens.
+        A mean-pooled embedding averages the independent rounding errors of
+        its tokens, so very short texts keep the most error: with the
+        default float parts the INT8 embeddings of all-MiniLM-L6-v2 reach a
+        cosine of 0.9991 to float32 at worst (4-token texts) and 0.9997 with
+        ``two_pass_max_tokens = 8`` (:doc:`/nn`).  Each sequence is treated
+        alone, so batching never changes its result.
 
     Notes
     -----
@@ -172,8 +172,8 @@ class BertModel:
 
     @classmethod
     def from_pretrained(cls, path, sparsity=None, blocksize=(4, 1), dtype=None,
-                        balanced=False, smoothing=0.5, calibration=None, float_features=8,
-                        float_weights=0.01):
+                        balanced=False, smoothing=0.5, calibration=None, float_features=16,
+                        float_weights=0.02):
         """Load a BERT, MiniLM or DistilBERT checkpoint directory.
 
         Parameters
@@ -212,10 +212,10 @@ class BertModel:
         float_features : int, optional
             INT8 only: in every encoder Linear layer, this many input
             features with the largest calibration maxima stay float32 (see
-            :meth:`Linear.to_int8`); 0 turns it off.
+            :meth:`Linear.to_int8`; default 16); 0 turns it off.
         float_weights : float in [0, 1), optional
             INT8 only: the fraction of each weight row's largest values that
-            stays float32 (default 1 %); 0 turns it off.
+            stays float32 (default 2 %); 0 turns it off.
 
         Returns
         -------

@@ -7,6 +7,7 @@ from ._config import (available_isas, get_isa, get_num_threads, isa_context, set
 from ._convert import convert_checkpoint
 from ._io import load_npz, save_npz
 from ._matrix import BlockSparseMatrix, issparse_block
+from ._obs import prune_obs
 from ._prune import prune
 from ._quant import (QuantizedMatrix, QuantizedTranspose, calibrate, linear, quantize,
                      quantize_activations)
@@ -14,7 +15,7 @@ from ._quant import (QuantizedMatrix, QuantizedTranspose, calibrate, linear, qua
 __version__ = "0.1.0"
 
 __all__ = [
-    "BlockSparseMatrix", "issparse_block", "prune", "save_npz", "load_npz",
+    "BlockSparseMatrix", "issparse_block", "prune", "prune_obs", "save_npz", "load_npz",
     "QuantizedMatrix", "QuantizedTranspose", "quantize", "quantize_activations", "calibrate",
     "linear",
     "available_isas", "get_isa", "set_isa", "set_max_isa", "isa_context",

@@ -1,4 +1,6 @@
-"""The command line: ``python -m blocksparse {info,bench,embed,sparsify,convert,serve,loadtest}``.
+"""The command line: ``python -m blocksparse COMMAND``.
+
+Commands: info, bench, embed, sparsify, convert, classify, ner, qa, serve, loadtest.
 
 This module holds the argument parser, the value parsers shared by the
 subcommands, and :func:`main`, which turns every outcome into an exit code:
@@ -9,8 +11,8 @@ subcommands, and :func:`main`, which turns every outcome into an exit code:
 * 2: it was called wrongly (argparse's convention): a bad option value, a
   missing input, or an optional package it needs is absent.
 
-The subcommands live in ``_cli_info``, ``_cli_bench``, ``_cli_model`` and
-``_cli_serve`` (which also defines its two parsers) and do their imports only
+The subcommands live in ``_cli_info``, ``_cli_bench``, ``_cli_model``,
+``_cli_tasks`` and ``_cli_serve`` (the last two define their own parsers) and do their imports only
 when chosen, so ``--help`` and ``info`` stay fast and nothing heavy (matplotlib, tokenizers, the ``nn`` module) is imported
 without need.
 """
@@ -86,6 +88,14 @@ def fraction(text):
     if not 0.0 <= value <= 1.0:
         raise argparse.ArgumentTypeError(
             f"sparsity must lie in [0, 1] (a fraction of blocks removed), got {text!r}")
+    return value
+
+
+def positive_float(text):
+    """A finite number > 0."""
+    value = _float(text, "value")
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"value must be a positive number, got {text!r}")
     return value
 
 
@@ -202,7 +212,8 @@ def _add_bench(sub):
             "PyTorch, ONNX Runtime and OpenVINO INT8 when importable), every peer limited\n"
             "to the row's thread count and timed in interleaved rounds with ours.\n"
             "Without options: the INT8 SpMM suite on the paper's BERT shapes at\n"
-            "70/80/90 % sparsity, then BERT-Mini and BERT-Base end to end with quick\n"
+            "0 % (the dense kernel) and 70/80/90 % sparsity, then BERT-Mini and\n"
+            "BERT-Base end to end with quick\n"
             "settings.  Prints min/median per contender, the paired speedup and the\n"
             "fraction of the measured ceiling, says whether the machine was quiet, and\n"
             f"writes JSON ({DEFAULT_OUT_DIR}/bench.json) and a plot of speedup against\n"
@@ -328,13 +339,21 @@ def _add_sparsify(sub):
         "sparsify", formatter_class=_Formatter,
         help="prune (and quantize) a checkpoint and save it in blocksparse's format",
         description=(
-            "Load a BERT-family checkpoint directory, prune its encoder's Linear weights to\n"
-            "constant-size blocks (optionally quantize them to INT8), and save the result\n"
-            "(safetensors tensors + JSON metadata) to DST, which BertModel.from_pretrained\n"
-            "and 'blocksparse embed --model DST' load back.  Tokenizer files are copied.\n\n"
+            "Load a checkpoint directory (any family blocksparse.nn.from_pretrained loads, a\n"
+            "task model with its head), prune its encoder's Linear weights to constant-size\n"
+            "blocks (optionally quantize them to INT8), and save the result (safetensors\n"
+            "tensors + JSON metadata) to DST, which from_pretrained, 'embed --model DST' and\n"
+            "classify/ner/qa load back.  Tokenizer files are copied.\n"
+            "With --calibration text, blocks are chosen by second-order saliency and the\n"
+            "remaining weights updated to compensate (--method obs, BERT-family encoders);\n"
+            "without, the smallest blocks are removed (magnitude), which degrades a model\n"
+            "fast.  --method distill then trains the pruned model to match SRC on the\n"
+            "--calibration text (PyTorch, the 'train' extra).  The quality of the result\n"
+            "against SRC on held-out texts is printed and stored in DST/config.json.\n\n"
             + _BLOCK_RULE),
         epilog=("example:\n"
-                "  python -m blocksparse sparsify ./minilm ./minilm-90 --sparsity 0.9 --int8"))
+                "  python -m blocksparse sparsify ./minilm ./minilm-70 --sparsity 0.7 --int8 \\\n"
+                "      --method obs --calibration texts.txt"))
     p.add_argument("src", metavar="SRC", help="checkpoint directory to read")
     p.add_argument("dst", metavar="DST", help="directory to write (created)")
     p.add_argument("--sparsity", type=fraction, required=True, metavar="S",
@@ -345,6 +364,25 @@ def _add_sparsify(sub):
     p.add_argument("--balanced", action="store_true",
                    help="prune every block row to the same number of blocks")
     p.add_argument("--force", action="store_true", help="write into a non-empty DST")
+    p.add_argument("--method", choices=("obs", "magnitude", "distill"),
+                   help="obs: second-order pruning with reconstruction from --calibration "
+                        "text; magnitude: smallest blocks, no data (default: obs with "
+                        "--calibration, else magnitude); distill: obs, then training on "
+                        "--calibration text to match SRC (needs PyTorch: "
+                        "pip install 'blocksparse[train]')")
+    p.add_argument("--calibration", metavar="TEXTS.txt",
+                   help="UTF-8 text, one text per line (a few hundred lines), or 'builtin' "
+                        "for the package's offline corpus")
+    p.add_argument("--damping", type=positive_float, default=0.01, metavar="D",
+                   help="OBS Hessian damping, a fraction of its mean diagonal (default: 0.01)")
+    p.add_argument("--steps", type=positive_int, metavar="N",
+                   help="distill: training steps (batches of 8 texts) at most (default: "
+                        "1000 without --time-budget)")
+    p.add_argument("--time-budget", type=positive_float, metavar="SEC",
+                   help="distill: seconds of training at most (the one-shot start and the "
+                        "quality report come on top); with --steps, whichever ends first")
+    p.add_argument("--eval-texts", type=positive_int, default=1000, metavar="N",
+                   help="held-out texts for the quality report (default: 1000)")
     p.set_defaults(command_module="_cli_model", command_func="run_sparsify")
 
 
@@ -396,6 +434,8 @@ def build_parser():
     _add_embed(sub)
     _add_sparsify(sub)
     _add_convert(sub)
+    from ._cli_tasks import add_parsers as add_task_parsers  # classify, ner, qa
+    add_task_parsers(sub, _Formatter)
     from ._cli_serve import add_parsers  # serve, loadtest
     add_parsers(sub, _Formatter)
     return parser

@@ -159,9 +159,10 @@ def _confined(model_dir, name):
 def _check_model_options(model_dir, args, option_dir):
     """Options that do not fit the model are usage errors (exit 2), found before loading.
 
-    --blocksize must divide the Linear shapes; a model saved by `sparsify`
-    is already pruned (no --sparsity) and keeps its dtype (no --int8 on a
-    float32 one).
+    --blocksize must divide the Linear shapes; a model saved pruned by
+    `sparsify` is not pruned again (no --sparsity) and keeps its dtype (no
+    --int8 on a float32 one); a dense float32 model saved by the package may
+    be pruned and quantized.
     """
     try:
         raw = json.loads(Path(_confined(model_dir, "config.json")).read_text(encoding="utf-8"))
@@ -171,12 +172,12 @@ def _check_model_options(model_dir, args, option_dir):
         return  # loading reports what is wrong with the checkpoint itself
     own = raw.get("blocksparse")
     if isinstance(own, dict):
-        if args.sparsity is not None and args.sparsity != own.get("sparsity"):
+        if args.sparsity is not None and own.get("sparsity") not in (None, args.sparsity):
             raise UsageError(f"--sparsity: {option_dir} {str(model_dir)!r} holds a model saved by "
                              f"blocksparse "
                              f"(already pruned, sparsity {own.get('sparsity')!r}); drop "
                              f"--sparsity or start from the original checkpoint")
-        if args.int8 and own.get("dtype") != "int8":
+        if args.int8 and own.get("dtype") != "int8" and own.get("sparsity") is not None:
             raise UsageError(f"--int8: {option_dir} {str(model_dir)!r} holds a {own.get('dtype')} "
                              f"model saved by "
                              f"blocksparse; quantize the original checkpoint instead")
@@ -405,6 +406,9 @@ def run_embed(args):
         elapsed = time.perf_counter() - t0
     norms = np.linalg.norm(raw, axis=1)
     emb = raw / np.maximum(norms, 1e-12)[:, None] if normalize else raw
+    if args.sparsity:
+        from ._cli_sparsify import warn_on_the_fly
+        warn_on_the_fly(model_dir, args.sparsity, texts, raw, pipe.max_length)
     emb = emb.astype(np.float32)
     if out_path is None:
         _summary(texts, emb, norms, normalize, pipe, _describe(pipe.model, args), elapsed,
@@ -472,12 +476,19 @@ def run_sparsify(args):
     if dst.resolve() == src.resolve():
         raise UsageError("DST must differ from SRC")
     _check_model_options(src, args, "SRC")
-    BertModel, _ = _nn()
-    kwargs = {"sparsity": args.sparsity, "blocksize": args.blocksize, "dtype": _dtype(args)}
-    if args.balanced:  # only passed when asked, so loaders without the option still work
-        kwargs["balanced"] = True
+    _nn()
+    from . import _cli_sparsify
+    plan = _cli_sparsify.prepare(args, src)  # every check before the long work
     t0 = time.perf_counter()
-    model = BertModel.from_pretrained(src, **kwargs)
+    own = "blocksparse" in json.loads((src / "config.json").read_text(encoding="utf-8"))
+    if plan["method"] == "magnitude" and not own:
+        from .nn import from_pretrained  # every family, a task model with its head
+        kwargs = {"sparsity": args.sparsity, "blocksize": args.blocksize, "dtype": _dtype(args)}
+        if args.balanced:  # only passed when asked, so loaders without the option still work
+            kwargs["balanced"] = True
+        model = from_pretrained(src, **kwargs)
+    else:  # obs, distill, a dense model the package saved: BERT-family encoders
+        model = _cli_sparsify.build(plan, args)
     dst.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(dst)  # atomic; replaces the weights an earlier checkpoint had
     copied = []
@@ -497,4 +508,5 @@ def run_sparsify(args):
     print(f"size: {_size(dst) / 1e6:.1f} MB (source {_size(src) / 1e6:.1f} MB)")
     if copied:
         print(f"copied: {', '.join(copied)}")
+    _cli_sparsify.report(plan, args, model, dst, elapsed)
     return 0

@@ -8,6 +8,7 @@ cdef extern from "blocksparse/bsk.h" nogil:
         BSK_ENOMEM
         BSK_EUNSUPPORTED
         BSK_EOVERFLOW
+        BSK_ENONFINITE
 
     ctypedef enum bsk_isa:
         BSK_ISA_SCALAR
@@ -27,6 +28,12 @@ cdef extern from "blocksparse/bsk.h" nogil:
         const int32_t *gptr
         const int32_t *gcols
         const int32_t *gw
+
+    ctypedef struct bsk_qdense:
+        int64_t M, K
+        const int32_t *panel
+
+    int BSK_QGEMM_MR
 
     ctypedef struct bsk_epilogue:
         int kind
@@ -66,11 +73,16 @@ cdef extern from "blocksparse/bsk.h" nogil:
                          int64_t ldx, int64_t N, int x_transposed, void *Y,
                          int64_t ldy, int y_transposed, const bsk_epilogue *epi,
                          int num_threads)
+    bsk_status bsk_qgemm(bsk_isa isa, const bsk_qdense *W, const uint8_t *X,
+                         int64_t ldx, int64_t N, int x_transposed, void *Y,
+                         int64_t ldy, int y_transposed, const bsk_epilogue *epi,
+                         int num_threads)
     int BSK_QUANT_STATIC, BSK_QUANT_PER_TENSOR, BSK_QUANT_PER_ROW
     bsk_status bsk_quantize_u8(bsk_isa isa, const float *X, int64_t rows, int64_t cols,
                                int64_t ldx, int mode, float *scale, int32_t *zero,
                                uint8_t *Q, int64_t ldq, int num_threads)
     const char *bsk_qspmm_kernel_name(bsk_isa isa, const bsk_qbcsr *W)
+    const char *bsk_qgemm_kernel_name(bsk_isa isa)
 
 cdef extern from "blocksparse/bsk_nn.h" nogil:
     bsk_status bsk_add_layernorm_f32(bsk_isa isa, const float *X, int x_tokens,

@@ -22,6 +22,7 @@ cnp.import_array()
 
 ISA_NAMES = tuple(bsk_isa_name(<bsk_isa>i).decode() for i in range(BSK_ISA_COUNT))
 MAX_K_INT8 = BSK_MAX_K_INT8
+QGEMM_MR = BSK_QGEMM_MR  # rows per block of the dense INT8 weight panel
 ACTIVATIONS = {None: BSK_ACT_NONE, "relu": BSK_ACT_RELU, "gelu": BSK_ACT_GELU}
 
 
@@ -197,9 +198,14 @@ cdef class KernelWeight:
         int8 only: the row sums of the values (zero-point correction).
     scale : ndarray of shape (M,), dtype float32, optional
         int8 only: per-row scales, for float32 and uint8 outputs.
+    panel : ndarray of int32, optional
+        int8 only: the same weight packed for the dense kernel
+        (``bsk_qdense``: ``ceil(M / QGEMM_MR) * ceil(K / 4) * QGEMM_MR``
+        32-bit groups); products then run ``bsk_qgemm``.
     """
 
     cdef bsk_qbcsr q
+    cdef bsk_qdense d
     cdef int kind
     cdef readonly tuple shape
     cdef readonly tuple blocksize
@@ -209,9 +215,10 @@ cdef class KernelWeight:
     cdef readonly object groups
     cdef readonly object rowsum
     cdef readonly object scale
+    cdef readonly object panel
 
     def __init__(self, shape, blocksize, indptr, indices, data, groups=None, rowsum=None,
-                 scale=None):
+                 scale=None, panel=None):
         cdef int64_t M = shape[0], K = shape[1], R = blocksize[0], C = blocksize[1]
         cdef int64_t i, nbr, nbc, nnzb, ngroups
         cdef const int32_t *p
@@ -250,8 +257,9 @@ cdef class KernelWeight:
         self.q.w.data = cnp.PyArray_DATA(data)
         self.q.gptr = self.q.gcols = self.q.gw = NULL
         if self.kind != _I8:
-            if groups is not None or rowsum is not None or scale is not None:
-                raise ValueError("groups, rowsum and scale are for int8 weights")
+            if groups is not None or rowsum is not None or scale is not None or \
+                    panel is not None:
+                raise ValueError("groups, rowsum, scale and panel are for int8 weights")
         else:
             self.rowsum = _frozen(rowsum, "rowsum", cnp.NPY_INT32, M)
             if scale is not None:
@@ -275,6 +283,12 @@ cdef class KernelWeight:
                 self.q.gptr = p
                 self.q.gcols = <const int32_t *>cnp.PyArray_DATA(gcols)
                 self.q.gw = <const int32_t *>cnp.PyArray_DATA(gw)
+            if panel is not None:
+                self.panel = _frozen(panel, "panel", cnp.NPY_INT32,
+                                     (M + BSK_QGEMM_MR - 1) // BSK_QGEMM_MR * BSK_QGEMM_MR
+                                     * ((K + 3) // 4))
+                self.d.M, self.d.K = M, K
+                self.d.panel = <const int32_t *>cnp.PyArray_DATA(self.panel)
         self.shape = (M, K)
         self.blocksize = (R, C)
 
@@ -291,6 +305,8 @@ cdef class KernelWeight:
     def kernel_name(self, int isa):
         """Name of the C kernel a product with this weight runs on variant `isa`."""
         _check_isa(isa)
+        if self.panel is not None:
+            return bsk_qgemm_kernel_name(<bsk_isa>isa).decode()
         if self.kind == _I8:
             return bsk_qspmm_kernel_name(<bsk_isa>isa, &self.q).decode()
         return "bsk_spmm_f32" if self.kind == _F32 else "bsk_spmm_f64"
@@ -399,11 +415,16 @@ def matmul(int isa, KernelWeight w not None, x, cnp.ndarray out not None, bint t
     cdef const uint8_t *xp = <const uint8_t *>cnp.PyArray_DATA(q)
     cdef void *yp = cnp.PyArray_DATA(out)
     cdef int64_t ldx = q.shape[1], ldy = out.shape[1]
-    with nogil:
-        st = bsk_qspmm(<bsk_isa>isa, &w.q, xp, ldx, N, tokens, yp, ldy, tokens, &e,
-                       num_threads)
+    if w.panel is not None:
+        with nogil:
+            st = bsk_qgemm(<bsk_isa>isa, &w.d, xp, ldx, N, tokens, yp, ldy, tokens, &e,
+                           num_threads)
+    else:
+        with nogil:
+            st = bsk_qspmm(<bsk_isa>isa, &w.q, xp, ldx, N, tokens, yp, ldy, tokens, &e,
+                           num_threads)
     if st != BSK_OK:
-        _raise(st, bsk_qspmm_kernel_name(<bsk_isa>isa, &w.q).decode(), isa)
+        _raise(st, w.kernel_name(isa), isa)
     return out
 
 
@@ -472,6 +493,9 @@ def quantize_u8(int isa, cnp.ndarray X not None, str mode, cnp.ndarray scale not
     cdef uint8_t *qp = <uint8_t *>cnp.PyArray_DATA(Q)
     with nogil:
         st = bsk_quantize_u8(<bsk_isa>isa, xp, rows, cols, cols, m, sp, zp, qp, cols, num_threads)
+    if st == BSK_ENONFINITE:
+        raise ValueError("x has NaN or Inf values (or values beyond float32), which uint8 "
+                         "quantization cannot represent")
     if st != BSK_OK:
         _raise(st, "bsk_quantize_u8", isa)
     return Q

@@ -1,7 +1,7 @@
 """Weight packing for the INT8 kernels (pure NumPy, done once per matrix)."""
 import numpy as np
 
-__all__ = ["block_rows", "group_strips", "row_sums"]
+__all__ = ["block_rows", "group_strips", "row_sums", "dense_panel"]
 
 
 def block_rows(indptr):
@@ -61,3 +61,28 @@ def row_sums(shape, blocksize, indptr, data):
     if data.shape[0]:
         np.add.at(out, block_rows(indptr), data.sum(axis=2, dtype=acc_dtype))
     return out.reshape(M)
+
+
+def dense_panel(dense, mr):
+    """Pack a dense int8 weight for the dense INT8 kernel (``bsk_qdense``).
+
+    Parameters
+    ----------
+    dense : ndarray of shape (M, K), dtype int8
+    mr : int
+        Rows per block (``blocksparse._kernels.QGEMM_MR``).
+
+    Returns
+    -------
+    ndarray of shape (ceil(M / mr) * ceil(K / 4) * mr,), dtype int32
+        Block b, group g, row r at ``(b * G + g) * mr + r``: the 32-bit VNNI
+        group of ``W[b * mr + r, 4g .. 4g + 3]`` (little-endian bytes), so the
+        kernel reads a block's rows group by group, linearly.  Rows past M and
+        columns past K are zeros.
+    """
+    M, K = dense.shape
+    nb, G = -(-M // mr), -(-K // 4)
+    padded = np.zeros((nb * mr, 4 * G), dtype=np.int8)
+    padded[:M, :K] = dense
+    panel = np.ascontiguousarray(padded.reshape(nb, mr, G, 4).transpose(0, 2, 1, 3))
+    return panel.view(np.int32).reshape(-1)

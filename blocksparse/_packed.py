@@ -27,11 +27,21 @@ and ``out`` (M, N) (the encoder's features x tokens activations);
 (N, M).  Blocksize (4, 1) is four consecutive output rows in one input
 column, (1, 4) four consecutive weights of one row along K.
 """
+import os
+import warnings
+
 import numpy as np
 
 from . import _config, _kernels, _pack
 
-__all__ = ["PackedWeight", "Epilogue", "QuantizedActivations", "matmul", "LAYOUTS"]
+__all__ = ["PackedWeight", "Epilogue", "QuantizedActivations", "matmul", "LAYOUTS",
+           "DENSE_DENSITY", "dense_density"]
+
+#: The density (stored blocks / all blocks) from which an INT8 weight is packed for
+#: the dense kernel, by blocksize (None: every other blocksize, whose block-sparse
+#: product runs the portable loop): the measured crossover of the dense and the
+#: block-sparse kernels (``benchmarks/dense_crossover.py``, ``docs/design.rst``).
+DENSE_DENSITY = {(4, 1): 0.7, (1, 4): 0.45, None: 0.03}
 
 LAYOUTS = {"features": False, "tokens": True}  # layout -> x given as (N, K)
 _INT32_MAX = np.iinfo(np.int32).max
@@ -66,19 +76,30 @@ class PackedWeight(_kernels.KernelWeight):
         int8: the row sums, for the activations' zero points.
     scale : ndarray of shape (M,), dtype float32, or None
         int8: the per-row weight scales, needed for float32 and uint8 outputs.
+    panel : ndarray of int32 or None
+        int8 packed dense (``format == "dense"``): the whole weight, absent
+        blocks as zeros, in the dense kernel's layout
+        (:func:`blocksparse._pack.dense_panel`); products run the dense
+        kernel ``bsk_qgemm`` and give the same bits as the block-sparse one.
     """
 
     __slots__ = ()
 
+    @property
+    def format(self):
+        """``"dense"`` (products run the dense INT8 kernel) or ``"sparse"``."""
+        return "sparse" if self.panel is None else "dense"
+
     def __repr__(self):
         R, C = self.blocksize
         extra = "".join([", (4, 1) groups" if self.groups is not None else "",
+                         ", dense panel" if self.panel is not None else "",
                          ", scales" if self.scale is not None else ""])
         return (f"<PackedWeight of shape {self.shape}, {self.dtype}, blocksize ({R}, {C}), "
                 f"{self.nnzb} stored blocks{extra}>")
 
     @classmethod
-    def from_matrix(cls, W, dtype=None, scale=None, like=None):
+    def from_matrix(cls, W, dtype=None, scale=None, like=None, dense=False):
         """Pack a :class:`~blocksparse.BlockSparseMatrix`.
 
         Parameters
@@ -91,6 +112,9 @@ class PackedWeight(_kernels.KernelWeight):
         like : PackedWeight, optional
             A packed form of the same matrix whose (read-only) index arrays
             are shared instead of copied again.
+        dense : bool, optional
+            int8 only: pack for the dense kernel (format ``"dense"``), the
+            absent blocks as zeros, instead of the block-sparse one.
 
         Returns
         -------
@@ -110,12 +134,16 @@ class PackedWeight(_kernels.KernelWeight):
                 raise NotImplementedError("the kernels need fewer than 2**31 blocks")
             indptr = np.array(W.indptr, dtype=np.int32)
             indices = np.array(W.indices, dtype=np.int32)
-        groups = rowsum = None
+        groups = rowsum = panel = None
+        if dense and dtype != np.int8:
+            raise ValueError("dense packing is for int8 weights")
         if dtype == np.int8:
             if W.dtype != np.int8:
                 raise TypeError(f"int8 packing needs int8 values, got {W.dtype}")
             data = np.array(W.data, order="C")
-            if W.blocksize == (4, 1):
+            if dense:
+                panel = _pack.dense_panel(W.toarray(), _kernels.QGEMM_MR)
+            elif W.blocksize == (4, 1):
                 groups = _pack.group_strips(indptr, indices, data)
             rowsum = _pack.row_sums(W.shape, W.blocksize, indptr, data).astype(np.int32)
             if scale is not None:
@@ -124,7 +152,7 @@ class PackedWeight(_kernels.KernelWeight):
             # float values: the matrix's own read-only array when the dtype matches
             data = W.data if W.data.dtype == dtype else W.data.astype(dtype)
         return cls(W.shape, W.blocksize, indptr, indices, np.ascontiguousarray(data), groups,
-                   rowsum, scale)
+                   rowsum, scale, panel)
 
 
 class Epilogue(_kernels.Epilogue):
@@ -185,6 +213,38 @@ class QuantizedActivations:
         """float32 (features, tokens) values the uint8 codes stand for."""
         return ((self.q.astype(np.float32) - self.zero[None, :].astype(np.float32))
                 * self.scale[None, :])
+
+
+def dense_density(blocksize):
+    """The density from which :class:`~blocksparse.QuantizedMatrix` packs dense.
+
+    Parameters
+    ----------
+    blocksize : tuple of int
+        The weight's (R, C).
+
+    Returns
+    -------
+    float
+        ``BLOCKSPARSE_DENSE_DENSITY`` if it is set to a number (``0`` packs
+        every INT8 weight dense, anything above 1 none), else the measured
+        :data:`DENSE_DENSITY` of the blocksize.  A value that is not a
+        number is ignored with a :class:`RuntimeWarning`.
+    """
+    measured = DENSE_DENSITY.get(tuple(blocksize), DENSE_DENSITY[None])
+    value = os.environ.get("BLOCKSPARSE_DENSE_DENSITY", "").strip()
+    if not value:
+        return measured
+    try:
+        density = float(value)
+    except ValueError:
+        density = float("nan")
+    if not density >= 0:
+        warnings.warn(f"BLOCKSPARSE_DENSE_DENSITY={value!r} must be a density from 0 up; "
+                      f"ignored (the measured {measured} is used)", RuntimeWarning,
+                      stacklevel=2)
+        return measured
+    return density
 
 
 def matmul(packed, x, out, *, layout, epilogue=None):

@@ -80,22 +80,44 @@ def prune(A, sparsity, blocksize=(4, 1), balanced=False, dtype=None):
     out_dtype = _check_dtype(dtype if dtype is not None else
                              (dense.dtype if dense.dtype in (np.float32, np.float64, np.int8)
                               else np.float64))
-    M, K = dense.shape
-    R, C = _check_blocksize(blocksize, (M, K))
-    nbr, nbc = M // R, K // C
-    blocks = dense.reshape(nbr, R, nbc, C).transpose(0, 2, 1, 3)
+    R, C = _check_blocksize(blocksize, dense.shape)
+    keep = _magnitude_keep(dense, sparsity, (R, C), balanced)
+    return _from_keep(dense, keep, (R, C), out_dtype)
+
+
+def _drop_counts(sparsity, nbr, nbc, balanced):
+    """Blocks to remove: in the whole matrix, or per block row if balanced."""
+    return int(round(sparsity * nbc)) if balanced else int(round(sparsity * (nbr * nbc)))
+
+
+def _block_view(dense, blocksize):
+    """(nbr, nbc, R, C) view of the blocks of a dense (M, K) array."""
+    (M, K), (R, C) = dense.shape, blocksize
+    return dense.reshape(M // R, R, K // C, C).transpose(0, 2, 1, 3)
+
+
+def _magnitude_keep(dense, sparsity, blocksize, balanced):
+    """Boolean (nbr, nbc) mask of the blocks that magnitude pruning keeps."""
+    blocks = _block_view(dense, blocksize)
+    nbr, nbc = blocks.shape[:2]
     norms = np.sqrt(np.sum(np.square(blocks, dtype=np.float64), axis=(2, 3)))
     keep = np.ones((nbr, nbc), dtype=bool)
-    if balanced:
-        drop = int(round(sparsity * nbc))
-        if drop:
-            order = np.argsort(norms, axis=1, kind="stable")[:, :drop]
-            np.put_along_axis(keep, order, False, axis=1)
-    else:
-        drop = int(round(sparsity * nbr * nbc))
-        if drop:
-            order = np.argsort(norms.ravel(), kind="stable")[:drop]
-            keep.ravel()[order] = False
+    drop = _drop_counts(sparsity, nbr, nbc, balanced)
+    if drop and balanced:
+        order = np.argsort(norms, axis=1, kind="stable")[:, :drop]
+        np.put_along_axis(keep, order, False, axis=1)
+    elif drop:
+        order = np.argsort(norms.ravel(), kind="stable")[:drop]
+        keep.ravel()[order] = False
+    return keep
+
+
+def _from_keep(dense, keep, blocksize, out_dtype):
+    """BlockSparseMatrix of the blocks of `dense` where `keep` (nbr, nbc) is True."""
+    M, K = dense.shape
+    R, C = blocksize
+    blocks = _block_view(dense, blocksize)
+    nbr = blocks.shape[0]
     brow, bcol = np.nonzero(keep)
     indptr = np.zeros(nbr + 1, dtype=np.int64)
     np.cumsum(np.bincount(brow, minlength=nbr), out=indptr[1:])

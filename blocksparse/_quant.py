@@ -18,7 +18,7 @@ import numpy as np
 from . import _config, _kernels
 from ._matrix import BlockSparseMatrix, _as_operand, _float_result, _product
 from ._pack import block_rows
-from ._packed import Epilogue, PackedWeight, QuantizedActivations, matmul
+from ._packed import Epilogue, PackedWeight, QuantizedActivations, dense_density, matmul
 from ._protocol import NumpyProtocol
 
 __all__ = ["QuantizedMatrix", "QuantizedTranspose", "quantize", "quantize_activations",
@@ -100,6 +100,12 @@ class QuantizedMatrix(NumpyProtocol):
         int8 values, shape (M, K).
     scale : array_like of shape (M,)
         Per-row scales, finite and positive.
+    dense : bool, optional
+        Run the products on the dense INT8 kernel (absent blocks as zeros)
+        or on the block-sparse one.  By default the dense kernel when the
+        weight's density reaches the measured crossover
+        (:func:`blocksparse._packed.dense_density`).  Both give the same
+        bits; only the speed differs.
 
     Attributes
     ----------
@@ -111,14 +117,17 @@ class QuantizedMatrix(NumpyProtocol):
         Per-row scales ``s_w`` (read-only).
     packed : blocksparse._packed.PackedWeight
         The kernels' form of the weight: values, int32 indices, the (4, 1)
-        group tables, row sums and scales, made once here.
+        group tables or the dense kernel's panel, row sums and scales, made
+        once here.
+    format : {"dense", "sparse"}
+        The kernel the products run.
     shape, blocksize, nnzb, density
         Those of `weight`.
     """
 
     _dense_hint = "dequantize().toarray()"
 
-    def __init__(self, weight, scale):
+    def __init__(self, weight, scale, dense=None):
         if not isinstance(weight, BlockSparseMatrix) or weight.dtype != np.int8:
             raise TypeError("weight must be an int8 BlockSparseMatrix")
         scale = np.ascontiguousarray(scale, dtype=np.float32)
@@ -129,8 +138,12 @@ class QuantizedMatrix(NumpyProtocol):
         if weight.shape[1] > _kernels.MAX_K_INT8:
             raise ValueError(f"K = {weight.shape[1]} is too large for exact int32 accumulation "
                              f"(at most {_kernels.MAX_K_INT8})")
+        if dense is None:
+            dense = weight.density >= dense_density(weight.blocksize)
+        elif not isinstance(dense, (bool, np.bool_)):
+            raise TypeError(f"dense must be True, False or None, got {dense!r}")
         # pack once, now, not on the first call; `weight` then views the packed arrays
-        self.packed = PackedWeight.from_matrix(weight, np.int8, scale=scale)
+        self.packed = PackedWeight.from_matrix(weight, np.int8, scale=scale, dense=bool(dense))
         self.weight = BlockSparseMatrix._from_packed(self.packed)
         self.scale = self.packed.scale
 
@@ -139,11 +152,13 @@ class QuantizedMatrix(NumpyProtocol):
     nnzb = property(lambda self: self.weight.nnzb, doc="stored blocks")
     density = property(lambda self: self.weight.density, doc="stored blocks / all blocks")
     dtype = property(lambda self: self.weight.dtype, doc="int8")
+    format = property(lambda self: self.packed.format,
+                      doc='"dense" or "sparse": the kernel the products run')
 
     def __repr__(self):
         R, C = self.blocksize
         return (f"<QuantizedMatrix of shape {self.shape}, int8, blocksize ({R}, {C}), "
-                f"{self.nnzb} stored blocks ({self.density:.1%} dense)>")
+                f"{self.nnzb} stored blocks ({self.density:.1%} dense), {self.format} kernel>")
 
     def dequantize(self):
         """The float32 weights ``s_w[m] * Wq[m, k]`` as a BlockSparseMatrix."""
@@ -209,7 +224,7 @@ class QuantizedMatrix(NumpyProtocol):
         return Y
 
     def __reduce__(self):
-        return (QuantizedMatrix, (self.weight, np.array(self.scale)))
+        return (QuantizedMatrix, (self.weight, np.array(self.scale), self.format == "dense"))
 
 
 class QuantizedTranspose(NumpyProtocol):
@@ -271,7 +286,7 @@ class QuantizedTranspose(NumpyProtocol):
         return (QuantizedTranspose, (self._Wq,))
 
 
-def quantize(W, blocksize=None):
+def quantize(W, blocksize=None, *, dense=None):
     """Quantize float weights to per-row symmetric INT8.
 
     ``s_w[m] = max|W[m, :]| / 127`` (1.0 for an all-zero row) and
@@ -289,6 +304,11 @@ def quantize(W, blocksize=None):
         output rows in one input column; ``(1, 4)``: four consecutive
         weights of one row along K.  These two have VNNI kernels; other
         shapes run on the portable kernel.
+    dense : bool, optional
+        Pack for the dense INT8 kernel (True) or the block-sparse one
+        (False); by default dense when the density reaches the measured
+        crossover (:func:`blocksparse._packed.dense_density`).  The results
+        are the same bits either way.
 
     Returns
     -------
@@ -336,7 +356,7 @@ def quantize(W, blocksize=None):
     s = scale.astype(np.float64).reshape(-1, R)[rows][:, :, None]
     q = np.clip(np.rint(data / s), -127, 127).astype(np.int8)
     Wq = BlockSparseMatrix._from_parts(q, W.indices, W.indptr, W.shape, W.blocksize)
-    return QuantizedMatrix(Wq, scale)
+    return QuantizedMatrix(Wq, scale, dense)
 
 
 def quantize_activations(x, scale=None, zero_point=None, per_token=True):
@@ -368,14 +388,8 @@ def quantize_activations(x, scale=None, zero_point=None, per_token=True):
         raise TypeError(f"x must be float32 or float64, got {x.dtype}")
     if x.ndim != 2:
         raise ValueError(f"x must be 2-D (N, K), got shape {x.shape}")
-    with np.errstate(over="ignore"):  # values beyond float32 become inf: refused below
+    with np.errstate(over="ignore"):  # values beyond float32 become inf: the kernel refuses them
         xc = np.require(x, dtype=np.float32, requirements="CA")
-    lo = hi = np.float32(0)
-    if xc.size:  # min and max propagate NaN: one check for NaN, Inf and the range
-        lo, hi = min(xc.min(), lo), max(xc.max(), hi)
-    if not (np.isfinite(lo) and np.isfinite(hi)):
-        raise ValueError("x has NaN or Inf values (or values beyond float32), which uint8 "
-                         "quantization cannot represent")
     if (scale is None) != (zero_point is None):
         raise ValueError("give both scale and zero_point (static) or neither (dynamic)")
     q = np.empty(xc.shape, dtype=np.uint8)
@@ -393,23 +407,11 @@ def quantize_activations(x, scale=None, zero_point=None, per_token=True):
         s = np.empty(max(n, 1), dtype=np.float32)
         z = np.empty(max(n, 1), dtype=np.int32)
         mode = "token" if per_token else "tensor"
-    with np.errstate(over="ignore"):
-        wide = mode != "static" and np.isinf(np.float32(hi) - np.float32(lo))
-    if wide and mode == "tensor":  # the kernel's float32 range would overflow
-        s[0], z[0] = _range_params(lo, hi)
-        mode = "static"
+    # the kernel checks for NaN/Inf in its range pass (ValueError) and takes the
+    # scale of a range too wide for float32 (|x| near 3.4e38) from double precision
     if xc.shape[0] or mode != "token":  # K = 0 rows still get scale 1, zero point 0
         _kernels.quantize_u8(_config._active_isa(), xc, mode, s, z, q,
                              _config.get_num_threads())
-    if wide and mode == "token":  # redo the rows whose range overflows float32
-        lo_r, hi_r = np.minimum(xc.min(axis=1), 0), np.maximum(xc.max(axis=1), 0)
-        with np.errstate(over="ignore"):
-            rows = np.flatnonzero(np.isinf(hi_r - lo_r))
-        for r in rows:
-            sr, zr = _range_params(lo_r[r], hi_r[r])
-            s[r], z[r] = sr, zr
-            _kernels.quantize_u8(_config._active_isa(), xc[r:r + 1], "static", s[r:r + 1],
-                                 z[r:r + 1], q[r:r + 1], 1)
     if mode == "token":
         return q, s[:xc.shape[0]], z[:xc.shape[0]]
     return q, s[:1].reshape(()), z[:1].reshape(())

@@ -173,6 +173,27 @@ def _draw(suites, png):
     return plot_suites(suites, png).startswith("wrote")
 
 
+def _quality_rst(result):
+    """A pruning-quality result (benchmarks/bench_sparsity.py): one row per method and
+    sparsity, fidelity to the dense model and the time pruning took."""
+    lines = _heading(f"Pruning quality: {result.get('model', 'model')}", "^")
+    lines += [f"Fidelity to the dense float32 model on {result.get('eval_texts', '?')} held-out "
+              f"texts, pruned with {result.get('calibration_texts', '?')} calibration texts "
+              f"(:doc:`sparsify`).", ""]
+    rows = []
+    for r in result.get("records") or []:
+        bs = r.get("blocksize")
+        rows.append([r.get("method", "?"), f"{100 * r.get('sparsity', 0):.0f}%",
+                     "x".join(map(str, bs)) if isinstance(bs, list) else "-",
+                     *(f"{r[k]:.4f}" if isinstance(r.get(k), (int, float)) else "-"
+                       for k in ("mean_cosine", "min_cosine", "recall_at_10")),
+                     f"{r['prune_s']:.0f} s" if isinstance(r.get("prune_s"), (int, float))
+                     else "-"])
+    header = ["method", "sparsity", "blocks", "mean cosine", "min cosine", "recall@10",
+              "pruning time"]
+    return lines + (_list_table(header, rows) if rows else ["No records.", ""])
+
+
 def _machine_rst(machine):
     rows = [[label, machine[key]] for key, label in MACHINE_KEYS
             if machine.get(key) not in (None, "", [])]
@@ -220,18 +241,20 @@ def render(results_dir=RESULTS, output=OUTPUT, fallback_png=BENCH_PNG, image_pre
         lines += _heading(title, "~")
         lines += _machine_rst(machine)
         for suite in suites:
-            lines += _suite_rst(suite)
+            lines += _quality_rst(suite) if suite.get("name") == "sparsity" else \
+                _suite_rst(suite)
         png = path.with_suffix(".png")
         drawn = False
         if png.is_file():
             shutil.copyfile(png, output.parent / png.name)
             drawn = True
-        elif suites:
+        elif suites and not any(x.get("name") == "sparsity" for x in suites):
             drawn = _draw(suites, output.parent / png.name)
         if drawn:
+            what = "quality" if any(x.get("name") == "sparsity" for x in suites) else "speedup"
             lines += [f".. image:: {image_prefix}{png.name}",
-                      f"   :alt: speedup against sparsity, {path.stem}", "   :width: 100%", ""]
-            images += 1
+                      f"   :alt: {what} against sparsity, {path.stem}", "   :width: 100%", ""]
+            images += what == "speedup"
     if not files:
         lines += [".. note::", "",
                   "   No results are recorded in ``docs/results/`` yet.  Run",

@@ -34,6 +34,16 @@ BSK_INLINE void *bsk_alloc(size_t bytes)
     return aligned_alloc(64, rounded ? rounded : 64);
 }
 
+/* Per-thread scratch buffers kept between calls (src/scratch.c): kernels run
+ * thousands of times a second from the same threads, and a malloc/free per
+ * call and thread costs page faults (glibc hands large blocks back to the OS)
+ * and, in a threaded process, TLB shoot-downs.  A buffer of `slot` of at
+ * least `bytes` bytes, 64-byte aligned, owned by the calling thread until its
+ * next call with the same slot; freed when the thread exits; NULL if out of
+ * memory.  The contents are undefined. */
+enum { BSK_SCRATCH_PANEL = 0, BSK_SCRATCH_ACC = 1, BSK_SCRATCH_STAGE = 2, BSK_SCRATCH_SLOTS = 4 };
+void *bsk_scratch(int slot, size_t bytes);
+
 /* Deterministic static split of [0, n) into `parts` contiguous ranges. */
 BSK_INLINE void bsk_split(int64_t n, int parts, int part, int64_t *lo, int64_t *hi)
 {
@@ -92,6 +102,9 @@ typedef bsk_status (*bsk_spmm_f64_fn)(const bsk_bcsr *W, const double *X, int64_
 typedef bsk_status (*bsk_qspmm_fn)(const bsk_qbcsr *W, const uint8_t *X, int64_t ldx,
                                    int64_t N, int xt, void *Y, int64_t ldy, int yt,
                                    const bsk_epilogue *epi, int nt);
+typedef bsk_status (*bsk_qgemm_fn)(const bsk_qdense *W, const uint8_t *X, int64_t ldx,
+                                   int64_t N, int xt, void *Y, int64_t ldy, int yt,
+                                   const bsk_epilogue *epi, int nt);
 typedef bsk_status (*bsk_quantize_u8_fn)(const float *X, int64_t rows, int64_t cols,
                                          int64_t ldx, int mode, float *scale,
                                          int32_t *zero, uint8_t *Q, int64_t ldq,
@@ -104,6 +117,13 @@ typedef struct {
     bsk_nn_range_fn layernorm;       /* residual add + LayerNorm (+ uint8 codes) */
     bsk_nn_range_fn quantize;        /* per-token uint8 quantization */
     bsk_nn_range_fn bias_act;        /* bias + activation over feature rows */
+    /* per-token quantization split by feature rows [n0, n1), in two phases:
+     * range_rows: ws = (lo, hi) of the rows' values per token;
+     * codes_rows: ws = (lo, hi) of all rows, then scratch for s, z: the
+     * parameters (written to q_scale, q_zero by the call with n0 == 0) and
+     * the codes of the rows */
+    bsk_nn_range_fn range_rows;
+    bsk_nn_range_fn codes_rows;
 } bsk_nn_token_kernels;
 /* Attention: one task is sequence b, head h, the `queries` queries from i0. */
 typedef struct {
@@ -120,6 +140,9 @@ typedef struct {
      * NULL: every shape runs the scalar kernel.  The names are for logs. */
     bsk_qspmm_fn qspmm;
     const char *qspmm_row_name, *qspmm_strip_name;
+    /* dense INT8 product (bsk_qgemm) and its name */
+    bsk_qgemm_fn qgemm;
+    const char *qgemm_name;
     /* activation quantization */
     bsk_quantize_u8_fn quantize_u8;
     /* encoder kernels, called by the drivers in src/nn/tokens.c, attention.c */
@@ -144,6 +167,11 @@ const bsk_kernels *bsk_kernels_for(bsk_isa isa);
                                        int64_t ldx, int64_t N, int xt,        \
                                        void *Y, int64_t ldy, int yt,          \
                                        const bsk_epilogue *epi, int nt);
+#define BSK_DECLARE_QGEMM(sfx)                                                 \
+    bsk_status bsk_qgemm_u8s8s32_##sfx(const bsk_qdense *W, const uint8_t *X,  \
+                                       int64_t ldx, int64_t N, int xt,        \
+                                       void *Y, int64_t ldy, int yt,          \
+                                       const bsk_epilogue *epi, int nt);
 #define BSK_DECLARE_QUANTIZE(sfx)                                              \
     bsk_status bsk_quantize_u8_##sfx(const float *X, int64_t rows,             \
                                      int64_t cols, int64_t ldx, int mode,     \
@@ -155,19 +183,23 @@ const bsk_kernels *bsk_kernels_for(bsk_isa isa);
 
 BSK_DECLARE_SPMM(scalar)
 BSK_DECLARE_QSPMM(scalar)
+BSK_DECLARE_QGEMM(scalar)
 BSK_DECLARE_QUANTIZE(scalar)
 BSK_DECLARE_NN(scalar)
 
 BSK_DECLARE_SPMM(avx2)
 BSK_DECLARE_QSPMM(avx2)
+BSK_DECLARE_QGEMM(avx2)
 BSK_DECLARE_QUANTIZE(avx2)
 BSK_DECLARE_NN(avx2)
 
 BSK_DECLARE_QSPMM(avx_vnni)      /* float and encoder kernels: the AVX2 ones */
+BSK_DECLARE_QGEMM(avx_vnni)
 BSK_DECLARE_QUANTIZE(avx_vnni)
 
 BSK_DECLARE_SPMM(avx512_vnni)
 BSK_DECLARE_QSPMM(avx512_vnni)
+BSK_DECLARE_QGEMM(avx512_vnni)
 BSK_DECLARE_QUANTIZE(avx512_vnni)
 BSK_DECLARE_NN(avx512_vnni)
 

@@ -36,6 +36,8 @@ static const bsk_kernels scalar_kernels = {
     .spmm_f32 = bsk_spmm_f32_scalar,
     .spmm_f64 = bsk_spmm_f64_scalar,
     .qspmm = NULL,
+    .qgemm = bsk_qgemm_u8s8s32_scalar,
+    .qgemm_name = "bsk_qgemm_u8s8s32_scalar",
     .quantize_u8 = bsk_quantize_u8_scalar,
     .nn_tokens = &bsk_nn_tokens_scalar,
     .nn_attention = &bsk_nn_attention_scalar,
@@ -48,6 +50,8 @@ static const bsk_kernels avx2_kernels = {
     .qspmm = bsk_qspmm_u8s8s32_avx2,
     .qspmm_row_name = "bsk_qspmm_u8s8s32_row1x4_avx2",
     .qspmm_strip_name = "bsk_qspmm_u8s8s32_strip4x1_avx2",
+    .qgemm = bsk_qgemm_u8s8s32_avx2,
+    .qgemm_name = "bsk_qgemm_u8s8s32_avx2",
     .quantize_u8 = bsk_quantize_u8_avx2,
     .nn_tokens = &bsk_nn_tokens_avx2,
     .nn_attention = &bsk_nn_attention_avx2,
@@ -62,6 +66,8 @@ static const bsk_kernels avx_vnni_kernels = {
     .qspmm = bsk_qspmm_u8s8s32_avx_vnni,
     .qspmm_row_name = "bsk_qspmm_u8s8s32_row1x4_avx_vnni",
     .qspmm_strip_name = "bsk_qspmm_u8s8s32_strip4x1_avx_vnni",
+    .qgemm = bsk_qgemm_u8s8s32_avx_vnni,
+    .qgemm_name = "bsk_qgemm_u8s8s32_avx_vnni",
     .quantize_u8 = bsk_quantize_u8_avx_vnni,
     .nn_tokens = &bsk_nn_tokens_avx2,
     .nn_attention = &bsk_nn_attention_avx2,
@@ -75,6 +81,8 @@ static const bsk_kernels avx512_vnni_kernels = {
     .qspmm = bsk_qspmm_u8s8s32_avx512_vnni,
     .qspmm_row_name = "bsk_qspmm_u8s8s32_row1x4_avx512_vnni",
     .qspmm_strip_name = "bsk_qspmm_u8s8s32_strip4x1_avx512_vnni",
+    .qgemm = bsk_qgemm_u8s8s32_avx512_vnni,
+    .qgemm_name = "bsk_qgemm_u8s8s32_avx512_vnni",
     .quantize_u8 = bsk_quantize_u8_avx512_vnni,
     .nn_tokens = &bsk_nn_tokens_avx512_vnni,
     .nn_attention = &bsk_nn_attention_avx512_vnni,
@@ -346,6 +354,25 @@ bsk_status bsk_qspmm(bsk_isa isa, const bsk_qbcsr *W, const uint8_t *X,
     const char *name;
     const bsk_qspmm_fn fn = choose_qspmm(k, W, &name);
     return fn(W, X, ldx, N, x_transposed, Y, ldy, y_transposed, epi, num_threads);
+}
+
+const char *bsk_qgemm_kernel_name(bsk_isa isa)
+{
+    return bsk_isa_built(isa) ? built[isa]->qgemm_name : "bsk_qgemm";
+}
+
+bsk_status bsk_qgemm(bsk_isa isa, const bsk_qdense *W, const uint8_t *X,
+                     int64_t ldx, int64_t N, int x_transposed, void *Y,
+                     int64_t ldy, int y_transposed, const bsk_epilogue *epi,
+                     int num_threads)
+{
+    const bsk_kernels *k = bsk_kernels_for(isa);
+    if (!k)
+        return BSK_EUNSUPPORTED;
+    if (W->K > BSK_MAX_K_INT8)
+        return BSK_EOVERFLOW;
+    num_threads = threads_for(num_threads, W->M * W->K + W->M, N);
+    return k->qgemm(W, X, ldx, N, x_transposed, Y, ldy, y_transposed, epi, num_threads);
 }
 
 bsk_status bsk_quantize_u8(bsk_isa isa, const float *X, int64_t rows,

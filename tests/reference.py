@@ -186,3 +186,14 @@ def quantization_bound(x, W, w_scale, x_scale):
     term_w = sx[:, None] * (np.abs(W).sum(axis=1))[None, :] / 2
     term_xw = sx[:, None] * sw[None, :] * stored.sum(axis=1)[None, :] / 4
     return term_x + term_w + term_xw
+
+
+# ---- block structure ----------------------------------------------------------------
+
+def kept_blocks(P):
+    """Boolean (M // R, K // C) mask of the blocks a BlockSparseMatrix stores."""
+    R, C = P.blocksize
+    mask = np.zeros((P.shape[0] // R, P.shape[1] // C), dtype=bool)
+    for i in range(mask.shape[0]):
+        mask[i, P.indices[P.indptr[i]:P.indptr[i + 1]]] = True
+    return mask

@@ -64,6 +64,8 @@ def _public_objects():
     try:
         import blocksparse.nn as nn
         objs += [(f"blocksparse.nn.{n}", getattr(nn, n)) for n in getattr(nn, "__all__", [])]
+        import blocksparse.train as train  # importable without torch
+        objs += [(f"blocksparse.train.{n}", getattr(train, n)) for n in train.__all__]
     except ImportError:
         pass
     return objs

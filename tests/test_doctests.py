@@ -6,7 +6,8 @@ import pytest
 
 MODULES = ["blocksparse._matrix", "blocksparse._prune", "blocksparse._quant",
            "blocksparse._config", "blocksparse._io", "blocksparse.pipelines.embedding",
-           "blocksparse.serve.loadtest", "blocksparse._cli_model"]
+           "blocksparse.serve.loadtest", "blocksparse.nn.activations",
+           "blocksparse.pipelines.question_answering", "blocksparse._cli_model"]
 # modules whose public functions carry Examples sections today
 MUST_HAVE_EXAMPLES = {"blocksparse._matrix", "blocksparse._prune", "blocksparse._quant",
                       "blocksparse._config"}

@@ -334,6 +334,23 @@ def test_quantize_rows_bit_identical_to_quantize_activations(isa, num_threads, r
     np.testing.assert_allclose(qa.dequantize(), x.T, atol=float(scale.max()) * 0.5001)
 
 
+@pytest.mark.parametrize("features,tokens", [(2, 1), (3072, 128), (768, 37), (5, 200)])
+def test_quantize_tokens_with_factors_same_bits_on_any_split(isa, num_threads, rng, features,
+                                                             tokens):
+    """The row split (large arrays on several threads) and the token split give
+    the codes of quantize_activations of x * factor, per token."""
+    x = (rng.standard_normal((features, tokens)) * rng.uniform(0.01, 10, (1, tokens)))
+    x = x.astype(np.float32)
+    x[:, 0] = 0.0                                  # a token of zeros: scale 1, zero 0
+    mul = rng.uniform(0.5, 2.0, features).astype(np.float32)
+    from blocksparse.nn import _ops
+    qa = _ops._quantize_tokens(x, mul)
+    xq, s, z = blocksparse.quantize_activations(np.ascontiguousarray((x * mul[:, None]).T))
+    np.testing.assert_array_equal(qa.q, xq.T, strict=False)
+    np.testing.assert_array_equal(qa.scale, s, strict=True)
+    np.testing.assert_array_equal(qa.zero, z, strict=True)
+
+
 def test_quantize_rows_empty():
     q, s, z = quantize_rows(np.zeros((0, 5), np.float32))
     assert q.shape == (0, 5) and s.shape == (0,)

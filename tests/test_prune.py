@@ -7,6 +7,7 @@ from hypothesis import strategies as st
 
 import blocksparse
 from blocksparse import BlockSparseMatrix
+from reference import kept_blocks as kept_mask
 from strategies import BLOCKSIZES, draw_values
 
 SPARSITIES = [0.0, 0.1, 0.25, 0.5, 0.7, 0.9, 0.95, 1.0]
@@ -26,14 +27,6 @@ def block_norms(D, blocksize):
     M, K = D.shape
     B = D.astype(np.float64).reshape(M // R, R, K // C, C)
     return np.sqrt((B ** 2).sum(axis=(1, 3)))
-
-
-def kept_mask(P):
-    R, C = P.blocksize
-    mask = np.zeros((P.shape[0] // R, P.shape[1] // C), dtype=bool)
-    for i in range(mask.shape[0]):
-        mask[i, P.indices[P.indptr[i]:P.indptr[i + 1]]] = True
-    return mask
 
 
 @given(dense_weights(), st.sampled_from(SPARSITIES))

@@ -4,7 +4,10 @@ Cases: weights (M, K) in the BERT shapes, N tokens, sparsity, blocksize (4, 1)
 (four consecutive output rows in one input column, the paper's "4x1") and
 (1, 4) (four consecutive weights of one row along K), threads.  blocksparse
 runs the integer core ``W @ X`` (int8 (M, K) times uint8 (K, N), exact int32
-out); the peers (:mod:`.peers`: PyTorch, ONNX Runtime, OpenVINO, NumPy) run
+out) on the kernel :func:`blocksparse.quantize` chose for the weight: at
+sparsity 0 the dense INT8 kernel (``bsk_qgemm``, one case per shape: the
+blocksize does not matter to it), else the block-sparse one unless the
+density reaches the measured crossover; the peers (:mod:`.peers`: PyTorch, ONNX Runtime, OpenVINO, NumPy) run
 the dense product of the same shape with the same thread count.
 
 For each (shape, N) the peers and every (sparsity, blocksize) variant of
@@ -34,10 +37,16 @@ from .peers import ALL_PEERS, dense_peers
 
 SHAPES = [(768, 768), (3072, 768), (768, 3072), (1024, 1024), (4096, 1024), (1024, 4096)]
 TOKENS = [128, 384]
-SPARSITY = [0.7, 0.8, 0.9]
+SPARSITY = [0.0, 0.7, 0.8, 0.9]
 BLOCKSIZES = [(4, 1), (1, 4)]
 THREADS = [1, 2]
 OURS = "blocksparse"
+
+
+def _kernel(W):
+    """``"dense"`` or ``"sparse"``: the kernel ``W @ X`` runs, and its C name."""
+    packed = W._packed_as(np.dtype(np.int8))
+    return packed.format, packed.kernel_name(blocksparse._config._active_isa())
 
 
 def _ours_key(sparsity, blocksize, threads):
@@ -84,7 +93,7 @@ def run(args=None, progress=None):
         X = rng.integers(0, 256, (K, N), dtype=np.uint8)
         variants = {}
         for sp in sparsities:
-            for bs in blocksizes:
+            for bs in blocksizes[:1] if sp == 0 else blocksizes:
                 variants[(sp, bs)] = _variant([M, K, len(variants)], M, K, sp, bs)
         # every contender at every thread count, interleaved in the same rounds
         contenders, threads_of, peers_at = {}, {}, {}
@@ -114,7 +123,10 @@ def run(args=None, progress=None):
                 key = _ours_key(sp, bs, t)
                 mine = dict(contender_stats(timed[key], W.nnz * N, ceil), kind="ours")
                 here = {OURS: mine, **peer_stats}
-                rec = {"case": f"{M}x{K} N={N} {sp:.0%} {bs[0]}x{bs[1]} t{t}",
+                fmt, kernel = _kernel(W)
+                label = "dense" if fmt == "dense" else f"{bs[0]}x{bs[1]}"
+                rec = {"case": f"{M}x{K} N={N} {sp:.0%} {label} t{t}", "format": fmt,
+                       "kernel": kernel,
                        "M": M, "K": K, "N": N, "sparsity": sp, "blocksize": list(bs),
                        "threads": t, "isa": blocksparse.get_isa(), "dtype": "u8s8s32",
                        "form": "W@X", "density": W.density, "contenders": here,
@@ -170,7 +182,7 @@ def summarize(records):
         sel = [r for r in records if r["sparsity"] == sparsity and
                tuple(r["blocksize"]) == bsz and r["threads"] == threads]
         entry = {"sparsity": sparsity, "blocksize": list(bsz), "threads": threads,
-                 "cases": len(sel),
+                 "cases": len(sel), "format": sel[0].get("format"),
                  "geomean_speedup": geomean([r["speedup"] for r in sel]),
                  "geomean_ceiling_fraction": geomean([r["ceiling_fraction"] for r in sel]),
                  "geomean_ceiling_fraction_of_min": geomean(
@@ -190,7 +202,8 @@ def _pct(v):
 def make_table(result):
     """Every contender's min/median per case, then the geometric means and ceilings."""
     text = contenders_table(result["records"])
-    rows = [dict(s, bs=f"{s['blocksize'][0]}x{s['blocksize'][1]}") for s in result["summary"]]
+    rows = [dict(s, bs="dense" if s.get("format") == "dense" else
+                 f"{s['blocksize'][0]}x{s['blocksize'][1]}") for s in result["summary"]]
     text += "\n\nGeometric means over the shapes (speedup: best INT8 peer / ours; % ceiling: " \
             "ours on the stored blocks, the peer on the dense product)\n"
     text += format_table(rows, [("sparsity", "sparsity", lambda v: f"{v:.0%}"),

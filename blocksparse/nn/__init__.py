@@ -1,8 +1,18 @@
-"""A BERT-family encoder (BERT, MiniLM, DistilBERT) on block-sparse INT8 layers.
+"""BERT-family encoders and task heads on block-sparse INT8 layers.
+
+:func:`from_pretrained` loads a checkpoint directory as the model its
+``config.json`` names: an encoder (:class:`BertModel` for BERT, MiniLM and
+DistilBERT, :class:`RobertaModel` for RoBERTa and XLM-RoBERTa (and their
+pre-LayerNorm variants),
+:class:`ElectraModel`) or a task model with its head
+(:class:`ModelForSequenceClassification`,
+:class:`ModelForTokenClassification`, :class:`ModelForQuestionAnswering`,
+:class:`ModelForMaskedLM`, :class:`ModelForPreTraining`).
 
 Plain Python classes compose the package's operations: :class:`Linear`
 (dense float, block-sparse float or block-sparse INT8 weights),
 :class:`LayerNorm`, :class:`MultiHeadSelfAttention`, :class:`BertLayer`,
+:class:`PreNormBertLayer`,
 :class:`BertEncoder` and :class:`BertModel`, plus the functional
 :func:`gelu`, :func:`layer_norm`, :func:`attention`, :func:`quantize_rows`
 and :func:`mean_pooling`.  The hot paths are C kernels (``bsk_nn.h``):
@@ -24,13 +34,30 @@ Examples
 (1, 32)
 """
 from ._checkpoint import normalize_config
+from ._corpus import offline_texts
+from ._fidelity import embedding_fidelity, fidelity
 from ._ops import QuantizedActivations, attention, gelu, layer_norm, quantize_rows
+from .auto import from_pretrained, supported_architectures
 from .bert import BertEmbeddings, BertModel
+from .electra import ElectraEmbeddings, ElectraModel
+from .heads import (Head, ModelForMaskedLM, ModelForPreTraining, ModelForQuestionAnswering,
+                    ModelForSequenceClassification, ModelForTokenClassification,
+                    QuestionAnsweringOutput)
 from .layers import (BertEncoder, BertLayer, InputSpec, LayerNorm, Linear,
-                     MultiHeadSelfAttention, mean_pooling)
+                     MultiHeadSelfAttention, PreNormBertLayer, mean_pooling)
+from .roberta import RobertaEmbeddings, RobertaModel
+from ._sparsify import sparsify
+from ._text import encode_texts, load_tokenizer
 
 __all__ = [
-    "Linear", "LayerNorm", "MultiHeadSelfAttention", "BertLayer", "BertEncoder",
-    "BertEmbeddings", "BertModel", "mean_pooling", "gelu", "layer_norm", "attention",
+    "from_pretrained", "supported_architectures",
+    "Linear", "LayerNorm", "MultiHeadSelfAttention", "BertLayer", "PreNormBertLayer",
+    "BertEncoder",
+    "BertEmbeddings", "BertModel", "RobertaEmbeddings", "RobertaModel", "ElectraEmbeddings",
+    "ElectraModel", "Head", "ModelForSequenceClassification", "ModelForTokenClassification",
+    "ModelForQuestionAnswering", "QuestionAnsweringOutput", "ModelForMaskedLM",
+    "ModelForPreTraining", "mean_pooling", "gelu", "layer_norm", "attention",
     "quantize_rows", "QuantizedActivations", "InputSpec", "normalize_config",
+    "sparsify", "fidelity", "embedding_fidelity", "encode_texts", "load_tokenizer",
+    "offline_texts",
 ]

@@ -22,6 +22,14 @@ layer.i.ln2         ...output.LayerNorm                  ...output_layer_norm
 pooler              pooler.dense                         absent
 ==================  ===================================  =========================
 
+RoBERTa, XLM-RoBERTa and ELECTRA use BERT's names under their own prefixes
+(``roberta.``, ``electra.``).  The pre-LayerNorm variants name their
+LayerNorms by place: RoBERTa-PreLayerNorm (``roberta_prelayernorm.``) has
+``ln1`` = ``...attention.LayerNorm``, ``ln2`` = ``...intermediate.LayerNorm``
+and ``final_ln`` = ``LayerNorm``; XLM-RoBERTa-XL (``roberta.``) has ``ln1``
+= ``...attention.self_attn_layer_norm``, ``ln2`` = ``encoder.layer.i.LayerNorm``,
+``final_ln`` = ``encoder.LayerNorm`` and no ``emb.ln``.
+
 The package's own format (``BertModel.save_pretrained``) is a directory
 with ``config.json`` (the canonical configuration plus a ``"blocksparse"``
 section describing every Linear layer) and a weights file holding the
@@ -54,6 +62,7 @@ import tempfile
 import numpy as np
 
 from .._atomic import fsync_directory, replacing
+from .activations import FFN_ACTIVATIONS, check_activation
 
 __all__ = ["normalize_config", "read_config"]
 
@@ -66,10 +75,26 @@ CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
 INDEX_NAME = "model.safetensors.index.json"
 _PREFIXES = ("", "bert.", "distilbert.", "model.")
+# where each family's transformers head models keep their encoder
+_FAMILY_PREFIXES = {"roberta": ("", "roberta.", "model."),
+                    "xlm-roberta": ("", "roberta.", "model."),
+                    "roberta-prelayernorm": ("", "roberta_prelayernorm.", "model."),
+                    "xlm-roberta-xl": ("", "roberta.", "model."),
+                    "electra": ("", "electra.", "model.")}
 _OWN_WEIGHTS = re.compile(r"model-[0-9a-f]{16}\.safetensors")
 _OWN_TEMP = re.compile(r"\.config\.json\..+\.tmp")  # _atomic.replacing's temporary files
 _OWN_TEMP_DIR = re.compile(r"\.blocksparse-[A-Za-z0-9_]+")  # where the weights are written
-_ACTS = {"gelu": "gelu", "relu": "relu"}
+BASE_FAMILIES = ("bert", "distilbert")  # what BertModel itself loads
+#: Every ``model_type`` :func:`blocksparse.nn.from_pretrained` loads.
+FAMILIES = BASE_FAMILIES + ("roberta", "xlm-roberta", "electra", "roberta-prelayernorm",
+                            "xlm-roberta-xl")
+#: RoBERTa's position ids (counted after ``pad_token_id``), no token types as a rule.
+ROBERTA_FAMILIES = ("roberta", "xlm-roberta", "roberta-prelayernorm", "xlm-roberta-xl")
+#: Pre-LayerNorm encoders: a LayerNorm before attention and before the FFN of each layer,
+#: one after the last layer (:class:`~blocksparse.nn.layers.PreNormBertLayer`).
+PRE_NORM_FAMILIES = ("roberta-prelayernorm", "xlm-roberta-xl")
+#: Families whose embeddings are summed without a LayerNorm (the first layer's makes up).
+NO_EMBEDDING_NORM = ("xlm-roberta-xl",)
 TWO_PASS_DEFAULT = 0  # BertModel.two_pass_max_tokens of a new model (written only if not)
 
 
@@ -98,22 +123,38 @@ def _positive_int(cfg, key, default=None, allow_zero=False):
     return int(v)
 
 
-def normalize_config(cfg):
-    """Map a BERT, MiniLM or DistilBERT configuration onto canonical keys.
+def _hf_or_canonical(cfg, hf, canonical):
+    """The Hugging Face key if the config has it, else the canonical one (own format)."""
+    return hf if hf in cfg or canonical not in cfg else canonical
+
+
+def normalize_config(cfg, families=BASE_FAMILIES):
+    """Map a BERT-family configuration onto canonical keys.
 
     Parameters
     ----------
     cfg : dict
-        A ``config.json`` as a dict (Hugging Face key names).
+        A ``config.json`` as a dict (Hugging Face key names, or the
+        canonical ones this function returns).
+    families : tuple of str, optional
+        The ``model_type`` values accepted: by default BERT (MiniLM is a
+        BERT config) and DistilBERT, what :class:`BertModel` runs;
+        :func:`blocksparse.nn.from_pretrained` passes :data:`FAMILIES`
+        (also ``"roberta"``, ``"xlm-roberta"``, ``"electra"``,
+        ``"roberta-prelayernorm"`` and ``"xlm-roberta-xl"``).
 
     Returns
     -------
     dict
-        ``model_type`` ("bert" or "distilbert"), ``vocab_size``,
-        ``hidden_size``, ``num_hidden_layers``, ``num_attention_heads``,
+        ``model_type``, ``vocab_size``, ``hidden_size``,
+        ``num_hidden_layers``, ``num_attention_heads``,
         ``intermediate_size``, ``max_position_embeddings``,
         ``type_vocab_size`` (0 without token-type embeddings),
-        ``layer_norm_eps``, ``hidden_act``.
+        ``layer_norm_eps``, ``hidden_act``; RoBERTa and XLM-RoBERTa (and
+        their pre-LayerNorm variants) add ``pad_token_id`` (their position
+        ids start after it), ELECTRA
+        ``embedding_size`` (the width of its embeddings, projected to
+        ``hidden_size`` when they differ).
 
     Raises
     ------
@@ -126,29 +167,41 @@ def normalize_config(cfg):
     model_type = cfg.get("model_type")
     if model_type is None:
         model_type = "distilbert" if "n_layers" in cfg or "dim" in cfg else "bert"
+    if model_type not in families:
+        if tuple(families) == BASE_FAMILIES:
+            raise ValueError(f"config key 'model_type' must be 'bert' or 'distilbert' (MiniLM "
+                             f"checkpoints are 'bert'), got {model_type!r}; "
+                             f"blocksparse.nn.from_pretrained also loads "
+                             f"{', '.join(map(repr, FAMILIES[2:]))}")
+        raise ValueError(f"config key 'model_type' must be one of "
+                         f"{', '.join(map(repr, families))}, got {model_type!r}")
     if model_type == "distilbert":
+        key = lambda hf, canonical: _hf_or_canonical(cfg, hf, canonical)  # noqa: E731
         out = {
             "model_type": "distilbert",
             "vocab_size": _positive_int(cfg, "vocab_size"),
-            "hidden_size": _positive_int(cfg, "dim"),
-            "num_hidden_layers": _positive_int(cfg, "n_layers", allow_zero=True),
-            "num_attention_heads": _positive_int(cfg, "n_heads"),
-            "intermediate_size": _positive_int(cfg, "hidden_dim"),
+            "hidden_size": _positive_int(cfg, key("dim", "hidden_size")),
+            "num_hidden_layers": _positive_int(cfg, key("n_layers", "num_hidden_layers"),
+                                               allow_zero=True),
+            "num_attention_heads": _positive_int(cfg, key("n_heads", "num_attention_heads")),
+            "intermediate_size": _positive_int(cfg, key("hidden_dim", "intermediate_size")),
             "max_position_embeddings": _positive_int(cfg, "max_position_embeddings", 512),
             "type_vocab_size": 0,
             "layer_norm_eps": 1e-12,
-            "hidden_act": cfg.get("activation", "gelu"),
         }
-        act_key = "activation"
-    elif model_type == "bert":
+        act_key = key("activation", "hidden_act")
+        out["hidden_act"] = cfg.get(act_key, "gelu")
+    else:
+        roberta = model_type in ROBERTA_FAMILIES
         out = {
-            "model_type": "bert",
+            "model_type": model_type,
             "vocab_size": _positive_int(cfg, "vocab_size"),
             "hidden_size": _positive_int(cfg, "hidden_size"),
             "num_hidden_layers": _positive_int(cfg, "num_hidden_layers", allow_zero=True),
             "num_attention_heads": _positive_int(cfg, "num_attention_heads"),
             "intermediate_size": _positive_int(cfg, "intermediate_size"),
             "max_position_embeddings": _positive_int(cfg, "max_position_embeddings", 512),
+            # RoBERTa checkpoints say 1; its config class defaults to 2, as BERT's
             "type_vocab_size": _positive_int(cfg, "type_vocab_size", 2, allow_zero=True),
             "layer_norm_eps": cfg.get("layer_norm_eps", 1e-12),
             "hidden_act": cfg.get("hidden_act", "gelu"),
@@ -158,12 +211,23 @@ def normalize_config(cfg):
         if pet != "absolute":
             raise ValueError(f"config key 'position_embedding_type' must be 'absolute', "
                              f"got {pet!r}")
-    else:
-        raise ValueError(f"config key 'model_type' must be 'bert' or 'distilbert' (MiniLM "
-                         f"checkpoints are 'bert'), got {model_type!r}")
-    if out["hidden_act"] not in _ACTS:
-        raise ValueError(f"config key {act_key!r} must be one of {sorted(_ACTS)}, got "
-                         f"{out['hidden_act']!r}")
+        for flag in ("is_decoder", "add_cross_attention"):
+            if cfg.get(flag):
+                raise ValueError(f"config key {flag!r} must be false: blocksparse.nn runs "
+                                 f"encoders (bidirectional self-attention) only")
+        if roberta:
+            pad = cfg.get("pad_token_id", 1)
+            if isinstance(pad, bool) or not isinstance(pad, (int, np.integer)) or pad < 0:
+                raise ValueError(f"config key 'pad_token_id' must be a non-negative integer "
+                                 f"(RoBERTa's position ids start after it), got {pad!r}")
+            out["pad_token_id"] = int(pad)
+            if out["pad_token_id"] + 1 >= out["max_position_embeddings"]:
+                raise ValueError(f"config key 'max_position_embeddings' = "
+                                 f"{out['max_position_embeddings']} leaves no position after "
+                                 f"'pad_token_id' = {pad}")
+        if model_type == "electra":
+            out["embedding_size"] = _positive_int(cfg, "embedding_size", 128)
+    check_activation(out["hidden_act"], f"config key {act_key!r}", FFN_ACTIVATIONS)
     eps = out["layer_norm_eps"]
     if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not 0 <= eps < 1:
         raise ValueError(f"config key 'layer_norm_eps' must be a small non-negative number, "
@@ -334,6 +398,11 @@ class _TensorFile:
             raise ValueError(f"tensor {key!r} cannot be read as a NumPy array ({exc}); "
                              f"bfloat16 checkpoints need converting to float32") from None
 
+    def shape(self, key):
+        """The shape of tensor `key` from the file's header, without reading the tensor."""
+        file = self._files.get(None) or self._files[key]
+        return tuple(self._handle(file).get_slice(key).get_shape())
+
 
 def _layer_names(model_type, i):
     if model_type == "distilbert":
@@ -343,65 +412,154 @@ def _layer_names(model_type, i):
                 "ln1": p + "sa_layer_norm", "ffn1": p + "ffn.lin1", "ffn2": p + "ffn.lin2",
                 "ln2": p + "output_layer_norm"}
     p = f"encoder.layer.{i}."
-    return {"q": p + "attention.self.query", "k": p + "attention.self.key",
-            "v": p + "attention.self.value", "o": p + "attention.output.dense",
-            "ln1": p + "attention.output.LayerNorm", "ffn1": p + "intermediate.dense",
-            "ffn2": p + "output.dense", "ln2": p + "output.LayerNorm"}
+    names = {"q": p + "attention.self.query", "k": p + "attention.self.key",
+             "v": p + "attention.self.value", "o": p + "attention.output.dense",
+             "ln1": p + "attention.output.LayerNorm", "ffn1": p + "intermediate.dense",
+             "ffn2": p + "output.dense", "ln2": p + "output.LayerNorm"}
+    # pre-LayerNorm layers: ln1 before attention, ln2 before the FFN
+    if model_type == "roberta-prelayernorm":
+        names.update(ln1=p + "attention.LayerNorm", ln2=p + "intermediate.LayerNorm")
+    elif model_type == "xlm-roberta-xl":
+        names.update(ln1=p + "attention.self_attn_layer_norm", ln2=p + "LayerNorm")
+    return names
 
 
-def load_hf_weights(directory, cfg):
+# where pre-LayerNorm encoders keep the LayerNorm after their last layer
+_FINAL_NORM = {"roberta-prelayernorm": "LayerNorm", "xlm-roberta-xl": "encoder.LayerNorm"}
+
+
+class HFTensors:
+    """The float tensors of a Hugging Face checkpoint, read by name, checked, remembered.
+
+    :meth:`take` reads one tensor as finite float32 of the expected shape
+    (naming it in every error); :meth:`unused` lists what was never read,
+    besides the position/token-type id buffers older transformers saved.
+    """
+
+    def __init__(self, directory):
+        self._file = _TensorFile(directory)
+        self.keys = self._file.keys
+        self.used = set()
+        self.prefix = ""
+
+    def __contains__(self, key):
+        return key in self.keys
+
+    def take(self, key, shape, alt=None, optional=False):
+        """float32 array of tensor `key` (or `alt`), of `shape`; None if optional and absent."""
+        if key not in self.keys and alt is not None and alt in self.keys:
+            key = alt
+        if key not in self.keys:
+            if optional:
+                return None
+            raise ValueError(f"checkpoint is missing the tensor {key!r}")
+        a = self._file.get(key)
+        if a.shape != tuple(shape):
+            raise ValueError(f"tensor {key!r} has shape {a.shape}, expected {tuple(shape)} from "
+                             f"config.json")
+        if a.dtype.kind != "f":
+            raise ValueError(f"tensor {key!r} has dtype {a.dtype}, expected floating point")
+        a = np.ascontiguousarray(a, dtype=np.float32)
+        if not np.all(np.isfinite(a)):
+            raise ValueError(f"tensor {key!r} has NaN or Inf values")
+        self.used.add(key)
+        return a
+
+    def mark_used(self, key, shape=None):
+        """Count `key` as read (a tied copy of a tensor read under another name).
+
+        With `shape`, a copy that is there must have it: transformers would
+        refuse a tied decoder of the wrong size, so it is no place to hide a
+        checkpoint that does not match its config.
+        """
+        if key in self.keys:
+            if shape is not None and self._file.shape(key) != tuple(shape):
+                raise ValueError(f"tensor {key!r} has shape {self._file.shape(key)}, expected "
+                                 f"{tuple(shape)} from config.json")
+            self.used.add(key)
+
+    def unused(self):
+        """Sorted names of the tensors never read, buffers left out."""
+        return sorted(k for k in self.keys - self.used if not _BUFFER.search(k))
+
+
+_BUFFER = re.compile(r"(^|\.)(position_ids|token_type_ids)$")
+_ENCODER_SCOPES = ("embeddings.", "encoder.", "transformer.", "embeddings_project.")
+
+
+def encoder_extras(tensors):
+    """Unread tensors inside the encoder's own name space (more layers than the config says...)."""
+    p = tensors.prefix
+    return [k for k in tensors.unused() if k.startswith(tuple(p + s for s in _ENCODER_SCOPES))]
+
+
+def check_encoder_extras(tensors, cfg):
+    """Refuse tensors in the encoder's name space that the configuration has no place for.
+
+    Raises
+    ------
+    ValueError
+        Naming (up to three of) them: the checkpoint does not match its
+        config.json (more layers than ``num_hidden_layers``, say).
+    """
+    extra = encoder_extras(tensors)
+    if extra:
+        more = f" and {len(extra) - 3} more" if len(extra) > 3 else ""
+        raise ValueError(f"checkpoint has tensors its config.json has no place for: "
+                         f"{', '.join(map(repr, extra[:3]))}{more} (config: "
+                         f"num_hidden_layers = {cfg['num_hidden_layers']}, model_type "
+                         f"{cfg['model_type']!r})")
+
+
+def load_hf_weights(directory, cfg, tensors=None):
     """Canonical name -> float32 array, with every shape checked.
 
     Returns a dict with keys ``emb.word``, ``emb.position``,
-    ``emb.token_type`` (BERT), ``emb.ln.weight``/``.bias``,
+    ``emb.token_type`` (unless ``type_vocab_size`` is 0),
+    ``emb.ln.weight``/``.bias`` (not XLM-RoBERTa-XL), ``emb.project.weight``/``.bias``
+    (ELECTRA with ``embedding_size`` != ``hidden_size``),
     ``layer.{i}.{q,k,v,o,ffn1,ffn2}.{weight,bias}``,
-    ``layer.{i}.{ln1,ln2}.{weight,bias}`` and, if present,
-    ``pooler.weight``/``.bias``.
+    ``layer.{i}.{ln1,ln2}.{weight,bias}``, ``final_ln.weight``/``.bias``
+    (pre-LayerNorm families) and, if present,
+    ``pooler.weight``/``.bias``.  `tensors` (an :class:`HFTensors` of the
+    directory) is read through when given, and its ``prefix`` set to the
+    encoder's (``"bert."``, ``"roberta."``... or ``""``).
     """
-    tf = _TensorFile(directory)
-    prefix = next((p for p in _PREFIXES if p + "embeddings.word_embeddings.weight" in tf.keys),
-                  None)
+    tf = HFTensors(directory) if tensors is None else tensors
+    prefixes = _FAMILY_PREFIXES.get(cfg["model_type"], _PREFIXES)
+    prefix = next((p for p in prefixes if p + "embeddings.word_embeddings.weight" in tf), None)
     if prefix is None:
+        named = ", ".join(repr(p) for p in prefixes if p)
         raise ValueError(f"{WEIGHTS_NAME} in {directory!r} has no tensor "
-                         f"'embeddings.word_embeddings.weight' (with or without a 'bert.' or "
-                         f"'distilbert.' prefix): not a BERT-family checkpoint")
+                         f"'embeddings.word_embeddings.weight' (with or without a prefix "
+                         f"{named}): not a BERT-family checkpoint of model_type "
+                         f"{cfg['model_type']!r}")
+    tf.prefix = prefix
     H, I = cfg["hidden_size"], cfg["intermediate_size"]
+    E = cfg.get("embedding_size", H)
     out = {}
 
-    def take(canon, key, shape, alt=None, optional=False):
-        full = prefix + key
-        if full not in tf.keys and alt is not None and prefix + alt in tf.keys:
-            full = prefix + alt
-        if full not in tf.keys:
-            if optional:
-                return
-            raise ValueError(f"checkpoint is missing the tensor {full!r}")
-        a = tf.get(full)
-        if a.shape != shape:
-            raise ValueError(f"tensor {full!r} has shape {a.shape}, expected {shape} from "
-                             f"config.json")
-        if a.dtype.kind != "f":
-            raise ValueError(f"tensor {full!r} has dtype {a.dtype}, expected floating point")
-        a = np.ascontiguousarray(a, dtype=np.float32)
-        if not np.all(np.isfinite(a)):
-            raise ValueError(f"tensor {full!r} has NaN or Inf values")
-        out[canon] = a
+    def take(canon, key, shape, alt=None):
+        out[canon] = tf.take(prefix + key, shape, alt=None if alt is None else prefix + alt)
 
-    def take_ln(canon, key):
-        take(canon + ".weight", key + ".weight", (H,), alt=key + ".gamma")
-        take(canon + ".bias", key + ".bias", (H,), alt=key + ".beta")
+    def take_ln(canon, key, width=H):
+        take(canon + ".weight", key + ".weight", (width,), alt=key + ".gamma")
+        take(canon + ".bias", key + ".bias", (width,), alt=key + ".beta")
 
     def take_linear(canon, key, shape):
         take(canon + ".weight", key + ".weight", shape)
         take(canon + ".bias", key + ".bias", (shape[0],))
 
-    take("emb.word", "embeddings.word_embeddings.weight", (cfg["vocab_size"], H))
+    take("emb.word", "embeddings.word_embeddings.weight", (cfg["vocab_size"], E))
     take("emb.position", "embeddings.position_embeddings.weight",
-         (cfg["max_position_embeddings"], H))
+         (cfg["max_position_embeddings"], E))
     if cfg["type_vocab_size"]:
         take("emb.token_type", "embeddings.token_type_embeddings.weight",
-             (cfg["type_vocab_size"], H))
-    take_ln("emb.ln", "embeddings.LayerNorm")
+             (cfg["type_vocab_size"], E))
+    if cfg["model_type"] not in NO_EMBEDDING_NORM:
+        take_ln("emb.ln", "embeddings.LayerNorm", E)
+    if E != H:
+        take_linear("emb.project", "embeddings_project", (H, E))
     for i in range(cfg["num_hidden_layers"]):
         names = _layer_names(cfg["model_type"], i)
         for part in ("q", "k", "v", "o"):
@@ -410,7 +568,9 @@ def load_hf_weights(directory, cfg):
         take_linear(f"layer.{i}.ffn2", names["ffn2"], (H, I))
         take_ln(f"layer.{i}.ln1", names["ln1"])
         take_ln(f"layer.{i}.ln2", names["ln2"])
-    if cfg["model_type"] == "bert" and prefix + "pooler.dense.weight" in tf.keys:
+    if cfg["model_type"] in _FINAL_NORM:
+        take_ln("final_ln", _FINAL_NORM[cfg["model_type"]])
+    if cfg["model_type"] != "distilbert" and prefix + "pooler.dense.weight" in tf:
         take_linear("pooler", "pooler.dense", (H, H))
     return out
 
@@ -577,15 +737,27 @@ def _pair(value, key):
     return tuple(value)
 
 
-def check_own_meta(meta, cfg):
+def check_own_meta(meta, cfg, head_linears=None):
     """Validate the ``"blocksparse"`` section of an own-format config.json.
+
+    Parameters
+    ----------
+    meta : dict
+        The section.
+    cfg : dict
+        The canonical configuration (:func:`normalize_config`).
+    head_linears : dict of str to tuple, optional
+        The Linear layers of the task head named by the section's
+        ``"architecture"`` (``"head.dense"``, ``"head.out"``...: shape),
+        which must be present and dense.
 
     Returns
     -------
     dict
         ``version``, ``dtype``, ``sparsity`` (float or None), ``blocksize``
         (tuple), ``balanced`` (bool), ``smoothing`` (float or None),
-        ``linears`` (name -> description) and ``weights`` (file name).
+        ``linears`` (name -> description), ``weights`` (file name) and
+        ``architecture`` (str, or None for an encoder without a head).
 
     Raises
     ------
@@ -628,6 +800,13 @@ def check_own_meta(meta, cfg):
     if not isinstance(out["balanced"], bool):
         raise ValueError(f"config 'blocksparse' key 'balanced' must be true or false, got "
                          f"{out['balanced']!r}")
+    out["architecture"] = meta.get("architecture")
+    if out["architecture"] is not None and not isinstance(out["architecture"], str):
+        raise ValueError(f"config 'blocksparse' key 'architecture' must be a string, got "
+                         f"{out['architecture']!r}")
+    if out["architecture"] is not None and head_linears is None:
+        raise ValueError(f"config 'blocksparse' key 'architecture' names "
+                         f"{out['architecture']!r}, whose head was not described")
     weights = meta.get("weights", WEIGHTS_NAME) if version >= 2 else WEIGHTS_NAME
     if version >= 2 and not (isinstance(weights, str) and _OWN_WEIGHTS.fullmatch(weights)):
         raise ValueError(f"config 'blocksparse' key 'weights' must be a file name "
@@ -638,12 +817,15 @@ def check_own_meta(meta, cfg):
         raise ValueError(f"config 'blocksparse' key 'linears' must be an object, got "
                          f"{type(linears).__name__}")
     H, I = cfg["hidden_size"], cfg["intermediate_size"]
-    expected = {}
+    E = cfg.get("embedding_size", H)
+    expected = {"embeddings.project": (H, E)} if E != H else {}
     for i in range(cfg["num_hidden_layers"]):
         expected.update({f"layers.{i}.qkv": (3 * H, H), f"layers.{i}.o": (H, H),
                          f"layers.{i}.ffn1": (I, H), f"layers.{i}.ffn2": (H, I)})
+    outside = {"pooler"} | set(head_linears or ())  # dense float32, not the encoder's dtype
     if "pooler" in linears:
         expected["pooler"] = (H, H)
+    expected.update(head_linears or {})
     unknown = sorted(set(linears) - set(expected))
     if unknown:
         raise ValueError(f"config 'blocksparse.linears' has entries this configuration has no "
@@ -654,15 +836,17 @@ def check_own_meta(meta, cfg):
         if not isinstance(desc, dict):
             raise ValueError(f"config 'blocksparse.linears' has no entry {name!r}")
         kind = desc.get("kind")
-        if kind not in ("dense", "sparse", "int8"):
+        if kind not in ("dense", "sparse", "int8") or \
+                (kind != "dense" and name in outside and name != "pooler"):
             raise ValueError(f"config 'blocksparse.linears' entry {name!r} has unknown kind "
-                             f"{kind!r}")
+                             f"{kind!r}" + (" (head layers are dense)" if name in outside
+                                            else ""))
         if _pair(desc.get("shape"), f"linears.{name}.shape") != shape:
             raise ValueError(f"config 'blocksparse.linears' entry {name!r} has shape "
                              f"{desc.get('shape')!r}, expected {list(shape)} from the config")
         if kind != "dense":
             _pair(desc.get("blocksize"), f"linears.{name}.blocksize")
-        if name != "pooler":
+        if name not in outside:
             kinds.add(kind)
     if ("int8" in kinds) != (out["dtype"] == "int8"):
         raise ValueError(f"config 'blocksparse' key 'dtype' is {out['dtype']!r} but the Linear "
@@ -759,55 +943,79 @@ def _remove_stale(directory, keep):
 
 
 def save_model(model, directory):
-    """Write a BertModel to `directory` (BertModel.save_pretrained), atomically."""
+    """Write a model to `directory` (``save_pretrained``), atomically.
+
+    `model` is a :class:`~blocksparse.nn.BertModel` (or a family subclass)
+    or a task model with ``base``, ``head`` and ``architecture``; a head's
+    tensors go under ``head.`` and ``config.json`` names the architecture.
+    """
+    base = getattr(model, "base", model)
     tensors, linears = {}, {}
-    emb = model.embeddings
+    emb = base.embeddings
     tensors["embeddings.word"] = emb.word
     tensors["embeddings.position"] = emb.position
     if emb.token_type is not None:
         tensors["embeddings.token_type"] = emb.token_type
-    tensors["embeddings.ln.weight"] = emb.ln.weight
-    tensors["embeddings.ln.bias"] = emb.ln.bias
-    for i, layer in enumerate(model.encoder):
-        for name, lin in zip(("qkv", "o", "ffn1", "ffn2"), layer.linears):
-            t, desc = linear_tensors(f"layers.{i}.{name}", lin)
-            tensors.update(t)
-            linears[f"layers.{i}.{name}"] = desc
+    if emb.ln is not None:
+        tensors["embeddings.ln.weight"] = emb.ln.weight
+        tensors["embeddings.ln.bias"] = emb.ln.bias
+    final = base.encoder.final_ln
+    if final is not None:
+        tensors["encoder.ln.weight"] = final.weight
+        tensors["encoder.ln.bias"] = final.bias
+    named = [("embeddings.project", getattr(emb, "project", None))]
+    for i, layer in enumerate(base.encoder):
+        named += [(f"layers.{i}.{name}", lin)
+                  for name, lin in zip(("qkv", "o", "ffn1", "ffn2"), layer.linears)]
         for name, ln in (("ln1", layer.ln1), ("ln2", layer.ln2)):
             tensors[f"layers.{i}.{name}.weight"] = ln.weight
             tensors[f"layers.{i}.{name}.bias"] = ln.bias
-    if model.pooler is not None:
-        t, desc = linear_tensors("pooler", model.pooler)
-        tensors.update(t)
-        linears["pooler"] = desc
+    named.append(("pooler", base.pooler))
+    head = getattr(model, "head", None)
+    if head is not None:
+        head_linears, head_tensors = head.own_tensors()
+        named += [(f"head.{name}", lin) for name, lin in head_linears.items()]
+        tensors.update({f"head.{name}": t for name, t in head_tensors.items()})
+    for name, lin in named:
+        if lin is not None:
+            t, desc = linear_tensors(name, lin)
+            tensors.update(t)
+            linears[name] = desc
     cfg = dict(model.config)
     has_float = any("float_blocksize" in d for d in linears.values())
     cfg["blocksparse"] = {"format_version": FORMAT_VERSION if has_float else 2,
-                          "dtype": model.dtype,
-                          "sparsity": model.sparsity, "blocksize": list(model.blocksize),
-                          "balanced": model.balanced, "smoothing": model.smoothing,
+                          "dtype": base.dtype,
+                          "sparsity": base.sparsity, "blocksize": list(base.blocksize),
+                          "balanced": base.balanced, "smoothing": base.smoothing,
                           "linears": linears}
     if has_float:
-        cfg["blocksparse"].update(float_features=model.float_features,
-                                  float_weights=model.float_weights)
-    if model.two_pass_max_tokens != TWO_PASS_DEFAULT:
-        cfg["blocksparse"]["two_pass_max_tokens"] = model.two_pass_max_tokens
+        cfg["blocksparse"].update(float_features=base.float_features,
+                                  float_weights=base.float_weights)
+    if base.two_pass_max_tokens != TWO_PASS_DEFAULT:
+        cfg["blocksparse"]["two_pass_max_tokens"] = base.two_pass_max_tokens
+    if head is not None:
+        cfg["blocksparse"]["architecture"] = model.architecture
     write_checkpoint(os.fspath(directory),
                      {k: np.ascontiguousarray(v) for k, v in tensors.items()}, cfg)
 
 
-def load_own(cls, raw, directory, sparsity, dtype):
-    """A BertModel `cls` from the own format (BertModel.from_pretrained).
+def open_own(normalize, raw, directory, sparsity, dtype):
+    """(cfg, meta, get) of an own-format checkpoint, its metadata validated.
 
-    `raw` is the parsed config.json of `directory`, which has a "blocksparse"
-    section.  Raises :class:`CheckpointChanged` when a concurrent save
-    replaced the weights it names.
+    `normalize` maps the stored configuration to the canonical one (and
+    refuses families the caller does not run); a head named by the
+    section's ``"architecture"`` is checked against the registry of
+    :mod:`blocksparse.nn.auto`.  Raises :class:`CheckpointChanged` when a
+    concurrent save replaced the weights the section names.
     """
-    from .bert import BertEmbeddings
-    from .layers import (BertEncoder, BertLayer, LayerNorm, MultiHeadSelfAttention,
-                         _check_dtype_name)
-    cfg = normalize_config({k: v for k, v in raw.items() if k != "blocksparse"})
-    meta = check_own_meta(raw["blocksparse"], cfg)
+    from .layers import _check_dtype_name
+    cfg = normalize({k: v for k, v in raw.items() if k != "blocksparse"})
+    section = raw["blocksparse"]
+    head_linears = None
+    if isinstance(section, dict) and section.get("architecture") is not None:
+        from .auto import own_head_linears  # auto builds on this module
+        head_linears = own_head_linears(section["architecture"], raw, cfg)
+    meta = check_own_meta(section, cfg, head_linears)
     stored = meta["dtype"]
     if dtype is not None and _check_dtype_name(dtype) != stored:
         raise ValueError(f"this model was saved with dtype {stored!r}; load it with "
@@ -816,32 +1024,52 @@ def load_own(cls, raw, directory, sparsity, dtype):
         raise ValueError(f"this model was saved already pruned (sparsity "
                          f"{meta['sparsity']!r}); load it with sparsity=None, or prune "
                          f"the original checkpoint")
-    get = own_getter(directory, meta)
-    linears = meta["linears"]
-    H, eps = cfg["hidden_size"], cfg["layer_norm_eps"]
+    return cfg, meta, own_getter(directory, meta)
 
-    def ln(name):
-        return LayerNorm(get(name + ".weight", (H,)), get(name + ".bias", (H,)), eps)
+
+def own_linear(meta, get, name):
+    """The Linear layer `name` of an own-format checkpoint."""
+    linears = meta["linears"]
+    if name not in linears:
+        raise ValueError(f"config 'blocksparse.linears' has no entry {name!r}")
+    return linear_from_tensors(name, linears[name], get)
+
+
+def build_own_base(cls, cfg, meta, get):
+    """The encoder model `cls` (BertModel or a family subclass) of an opened checkpoint."""
+    from .layers import BertEncoder, BertLayer, LayerNorm, MultiHeadSelfAttention, \
+        PreNormBertLayer
+    linears = meta["linears"]
+    layer_cls = PreNormBertLayer if cfg["model_type"] in PRE_NORM_FAMILIES else BertLayer
+    H, eps = cfg["hidden_size"], cfg["layer_norm_eps"]
+    E = cfg.get("embedding_size", H)
+
+    def ln(name, width=H):
+        return LayerNorm(get(name + ".weight", (width,)), get(name + ".bias", (width,)), eps)
 
     def lin(name):
-        if name not in linears:
-            raise ValueError(f"config 'blocksparse.linears' has no entry {name!r}")
-        return linear_from_tensors(name, linears[name], get)
+        return own_linear(meta, get, name)
 
     layers = []
     for i in range(cfg["num_hidden_layers"]):
         p = f"layers.{i}."
         attention = MultiHeadSelfAttention(lin(p + "qkv"), lin(p + "o"),
                                            cfg["num_attention_heads"])
-        layers.append(BertLayer(attention, ln(p + "ln1"), lin(p + "ffn1"), lin(p + "ffn2"),
+        layers.append(layer_cls(attention, ln(p + "ln1"), lin(p + "ffn1"), lin(p + "ffn2"),
                                 ln(p + "ln2"), cfg["hidden_act"]))
-    tt = get("embeddings.token_type", (cfg["type_vocab_size"], H), optional=True) \
-        if cfg["type_vocab_size"] else None
-    emb = BertEmbeddings(get("embeddings.word", (cfg["vocab_size"], H)),
-                         get("embeddings.position", (cfg["max_position_embeddings"], H)),
-                         tt, ln("embeddings.ln"))
+    weights = {"emb.word": get("embeddings.word", (cfg["vocab_size"], E)),
+               "emb.position": get("embeddings.position", (cfg["max_position_embeddings"], E))}
+    if cfg["type_vocab_size"]:
+        weights["emb.token_type"] = get("embeddings.token_type", (cfg["type_vocab_size"], E),
+                                        optional=True)
+    if cfg["model_type"] not in NO_EMBEDDING_NORM:
+        emb_ln = ln("embeddings.ln", E)
+        weights["emb.ln.weight"], weights["emb.ln.bias"] = emb_ln.weight, emb_ln.bias
+    final = ln("encoder.ln") if cfg["model_type"] in PRE_NORM_FAMILIES else None
+    project = lin("embeddings.project") if "embeddings.project" in linears else None
+    emb = cls._make_embeddings(cfg, weights, project)
     pooler = lin("pooler") if "pooler" in linears else None
-    model = cls(cfg, emb, BertEncoder(layers), pooler)
+    model = cls(cfg, emb, BertEncoder(layers, final), pooler)
     model.sparsity = meta["sparsity"]
     model.blocksize = meta["blocksize"]
     model.balanced = meta["balanced"]
@@ -849,5 +1077,17 @@ def load_own(cls, raw, directory, sparsity, dtype):
     model.float_features = meta["float_features"]
     model.float_weights = meta["float_weights"]
     model.two_pass_max_tokens = meta["two_pass_max_tokens"]
-    model.dtype = stored
+    model.dtype = meta["dtype"]
     return model
+
+
+def load_own(cls, raw, directory, sparsity, dtype):
+    """The encoder `cls` of an own-format checkpoint (``from_pretrained``).
+
+    `raw` is the parsed config.json of `directory`, which has a "blocksparse"
+    section; a task head saved with the encoder is checked, not built.
+    Raises :class:`CheckpointChanged` when a concurrent save replaced the
+    weights it names.
+    """
+    cfg, meta, get = open_own(cls._normalize_config, raw, directory, sparsity, dtype)
+    return build_own_base(cls, cfg, meta, get)

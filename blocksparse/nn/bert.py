@@ -7,7 +7,7 @@ import numpy as np
 from . import _checkpoint as ckpt
 from . import _ops
 from .layers import (FLOAT_INPUT, BertEncoder, BertLayer, LayerNorm, Linear,
-                     MultiHeadSelfAttention, _check_dtype_name)
+                     MultiHeadSelfAttention, PreNormBertLayer, _check_dtype_name)
 
 __all__ = ["BertEmbeddings", "BertModel"]
 
@@ -38,7 +38,7 @@ def _int_ids(a, name, shape=None):
 
 
 class BertEmbeddings:
-    """Word + position (+ token type) embeddings, then LayerNorm.
+    """Word + position (+ token type) embeddings, then LayerNorm (if any).
 
     The sum of the position and token-type vectors is the "residual" of the
     fused add + LayerNorm kernel, so the three-way sum and the
@@ -50,7 +50,9 @@ class BertEmbeddings:
     position : ndarray of shape (max_position_embeddings, hidden)
     token_type : ndarray of shape (type_vocab_size, hidden) or None
         None for DistilBERT, which has no segment embeddings.
-    ln : LayerNorm
+    ln : LayerNorm or None
+        None for XLM-RoBERTa-XL, whose embeddings go to the first
+        (pre-LayerNorm) layer as summed.
     """
 
     def __init__(self, word, position, token_type, ln):
@@ -63,24 +65,31 @@ class BertEmbeddings:
         for name, t in (("position", self.position), ("token_type", self.token_type)):
             if t is not None and (t.ndim != 2 or t.shape[1] != H):
                 raise ValueError(f"{name} embeddings must have shape (n, {H}), got {t.shape}")
-        if ln.weight.shape != (H,):
+        if ln is not None and ln.weight.shape != (H,):
             raise ValueError(f"ln must normalize {H} features")
         self.hidden_size = H
+
+    def _add_positions(self, x, ids):
+        """x (batch, seq, width) += the position vectors: positions 0, 1, ... (BERT)."""
+        x += self.position[:ids.shape[1]]
 
     def _forward(self, ids, token_type_ids, want=FLOAT_INPUT):
         """(hidden, tokens) LayerNorm output (and its uint8 codes if the InputSpec
         `want` asks for them)."""
         B, S = ids.shape
-        H = self.hidden_size
+        H = self.word.shape[1]
         # the gathers and adds run tokens-major (contiguous rows of the
         # tables); the LayerNorm kernel reads that and writes (H, N)
         x = np.take(self.word, ids.reshape(-1), axis=0).reshape(B, S, H)
-        x += self.position[:S]
+        self._add_positions(x, ids)
         if self.token_type is not None:
             if token_type_ids is None:
                 x += self.token_type[0]
             else:
                 x += np.take(self.token_type, token_type_ids.reshape(-1), axis=0).reshape(B, S, H)
+        if self.ln is None:
+            y = np.ascontiguousarray(x.reshape(B * S, H).T)
+            return y, (_ops._quantize_tokens(y, want.scale) if want.quantized else None)
         return self.ln._forward(x.reshape(B * S, H), None, want, x_tokens=True)
 
 
@@ -165,6 +174,7 @@ class BertModel:
         self.float_features = 0
         self.float_weights = 0.0
         self.two_pass_max_tokens = TWO_PASS_MAX_TOKENS
+        self.unused_tensors = []  # checkpoint tensors left out (from_pretrained strict=False)
         kinds = {lin.kind for layer in encoder for lin in layer.linears}
         self.dtype = "int8" if "int8" in kinds else "float32"
 
@@ -248,13 +258,19 @@ class BertModel:
                 continue
         else:
             raise RuntimeError(f"{os.fspath(path)!r} changed {_RELOADS} times while loading")
-        config = ckpt.normalize_config(raw)
+        config = cls._normalize_config(raw)
         dtype = "float32" if dtype is None else _check_dtype_name(dtype)
-        weights = ckpt.load_hf_weights(directory, config)
-        int8 = dict(smoothing=smoothing, calibration=calibration, float_features=float_features,
-                    float_weights=float_weights, special=ckpt.special_token_ids(directory))
+        tensors = ckpt.HFTensors(directory)
+        weights = ckpt.load_hf_weights(directory, config, tensors)
+        ckpt.check_encoder_extras(tensors, config)
         return cls._build(config, weights, lambda i: weights, sparsity, blocksize, dtype,
-                          balanced, int8)
+                          balanced, smoothing, calibration, float_features, float_weights,
+                          ckpt.special_token_ids(directory))
+
+    @staticmethod
+    def _normalize_config(raw):
+        """The canonical configuration of the families this class runs (BERT, DistilBERT)."""
+        return ckpt.normalize_config(raw)
 
     @classmethod
     def from_config(cls, config, seed=0, sparsity=None, blocksize=(4, 1), dtype="float32",
@@ -298,7 +314,7 @@ class BertModel:
         (1, 3, 64)
         """
         raw, _ = ckpt.read_config(config)
-        cfg = ckpt.normalize_config(raw)
+        cfg = cls._normalize_config(raw)
         dtype = _check_dtype_name(dtype)
         ckpt.check_model_memory(cfg, sparsity if isinstance(sparsity, float) else None, dtype,
                                 add_pooling_layer)
@@ -309,11 +325,18 @@ class BertModel:
             return (rng.standard_normal(shape, dtype=np.float32) * np.float32(0.02)
                     + np.float32(loc))
 
-        weights = {"emb.word": normal(cfg["vocab_size"], H),
-                   "emb.position": normal(cfg["max_position_embeddings"], H),
-                   "emb.ln.weight": normal(H, loc=1.0), "emb.ln.bias": normal(H)}
+        E = cfg.get("embedding_size", H)
+        weights = {"emb.word": normal(cfg["vocab_size"], E),
+                   "emb.position": normal(cfg["max_position_embeddings"], E)}
+        if cfg["model_type"] not in ckpt.NO_EMBEDDING_NORM:
+            weights["emb.ln.weight"], weights["emb.ln.bias"] = normal(E, loc=1.0), normal(E)
+        if cfg["model_type"] in ckpt.PRE_NORM_FAMILIES:
+            weights["final_ln.weight"], weights["final_ln.bias"] = normal(H, loc=1.0), normal(H)
         if cfg["type_vocab_size"]:
-            weights["emb.token_type"] = normal(cfg["type_vocab_size"], H)
+            weights["emb.token_type"] = normal(cfg["type_vocab_size"], E)
+        if E != H:
+            weights["emb.project.weight"] = normal(H, E)
+            weights["emb.project.bias"] = normal(H)
         if add_pooling_layer:
             weights["pooler.weight"] = normal(H, H)
             weights["pooler.bias"] = normal(H)
@@ -329,10 +352,8 @@ class BertModel:
                 w[f"layer.{i}.{ln}.bias"] = normal(H)
             return w
 
-        int8 = dict(smoothing=smoothing, calibration=calibration, float_features=float_features,
-                    float_weights=float_weights, special=((), ()))
         return cls._build(cfg, weights, layer_weights, sparsity, blocksize, dtype, balanced,
-                          int8)
+                          smoothing, calibration, float_features, float_weights)
 
     @staticmethod
     def _float_layer(cfg, w, i, sparsity, blocksize, balanced):
@@ -342,7 +363,9 @@ class BertModel:
         eps = cfg["layer_norm_eps"]
         attention = MultiHeadSelfAttention.from_weights(
             pair("q"), pair("k"), pair("v"), pair("o"), cfg["num_attention_heads"], **opts)
-        return BertLayer(attention,
+        layer_cls = PreNormBertLayer if cfg["model_type"] in ckpt.PRE_NORM_FAMILIES \
+            else BertLayer
+        return layer_cls(attention,
                          LayerNorm(w[p + "ln1.weight"], w[p + "ln1.bias"], eps),
                          Linear.from_dense(*pair("ffn1"), **opts),
                          Linear.from_dense(*pair("ffn2"), **opts),
@@ -350,35 +373,42 @@ class BertModel:
                          cfg["hidden_act"])
 
     @classmethod
-    def _build(cls, cfg, weights, layer_weights, sparsity, blocksize, dtype, balanced, int8):
+    def _build(cls, cfg, weights, layer_weights, sparsity, blocksize, dtype, balanced,
+               smoothing=None, calibration=None, float_features=0, float_weights=0.0,
+               special=((), ())):
+        """The model, its layers made (pruned, quantized) one at a time.
+
+        `special`: the (prefix, suffix) token ids the tokenizer puts around
+        a text, for the default calibration batch.
+        """
         if sparsity is not None:
             if isinstance(sparsity, bool) or not isinstance(sparsity, numbers.Real) or \
                     not 0.0 <= float(sparsity) <= 1.0:
                 raise ValueError(f"sparsity must be None or a number in [0, 1], got "
                                  f"{sparsity!r}")
             sparsity = float(sparsity)
-        smoothing = int8["smoothing"]
         if smoothing is not None:
             if isinstance(smoothing, bool) or not isinstance(smoothing, numbers.Real) or \
                     not 0.0 <= float(smoothing) <= 1.0:
                 raise ValueError(f"smoothing must be None or a number in [0, 1], got "
                                  f"{smoothing!r}")
             smoothing = float(smoothing) or None
-        n_feat, frac = _float_part_args(int8["float_features"], int8["float_weights"],
-                                        cfg["hidden_size"])
+        n_feat, frac = _float_part_args(float_features, float_weights, cfg["hidden_size"])
         if dtype != "int8":
             smoothing, n_feat, frac = None, 0, 0.0
         calibrate = bool(smoothing or n_feat)
         blocksize = tuple(int(b) for b in blocksize)
-        emb = BertEmbeddings(weights["emb.word"], weights["emb.position"],
-                             weights.get("emb.token_type"),
-                             LayerNorm(weights["emb.ln.weight"], weights["emb.ln.bias"],
-                                       cfg["layer_norm_eps"]))
+        project = None
+        if "emb.project.weight" in weights:  # ELECTRA: embedding width -> hidden size
+            project = Linear.from_dense(weights["emb.project.weight"], weights["emb.project.bias"],
+                                        sparsity=sparsity, blocksize=blocksize, dtype=dtype,
+                                        balanced=balanced)
+        emb = cls._make_embeddings(cfg, weights, project)
         pooler = Linear(weights["pooler.weight"], weights["pooler.bias"]) \
             if "pooler.weight" in weights else None
         model = cls(cfg, emb, BertEncoder([]), pooler)
         if calibrate:
-            ids, mask = model._calibration_batch(int8["calibration"], int8["special"])
+            ids, mask = model._calibration_batch(calibration, special)
             B, S = ids.shape
             real = None if mask is None else mask.reshape(-1).astype(bool)
             x = emb._forward(ids, None)[0]
@@ -393,7 +423,9 @@ class BertModel:
             elif dtype == "int8":
                 layer = layer.to_int8(blocksize=blocksize, float_weights=frac)
             layers.append(layer)
-        model.encoder = BertEncoder(layers)
+        final = LayerNorm(weights["final_ln.weight"], weights["final_ln.bias"],
+                          cfg["layer_norm_eps"]) if "final_ln.weight" in weights else None
+        model.encoder = BertEncoder(layers, final)
         model.sparsity = sparsity
         model.blocksize = blocksize
         model.balanced = bool(balanced)
@@ -402,6 +434,16 @@ class BertModel:
         model.float_features = n_feat
         model.float_weights = frac
         return model
+
+    @staticmethod
+    def _make_embeddings(cfg, weights, project=None):
+        """The embeddings from canonical weights (and ELECTRA's projection Linear)."""
+        if project is not None:
+            raise ValueError("BERT and DistilBERT embeddings have no projection")
+        return BertEmbeddings(weights["emb.word"], weights["emb.position"],
+                              weights.get("emb.token_type"),
+                              LayerNorm(weights["emb.ln.weight"], weights["emb.ln.bias"],
+                                        cfg["layer_norm_eps"]))
 
     def _calibration_batch(self, calibration, special=((), ())):
         """(ids, uint8 mask or None) for the calibration pass.
@@ -476,12 +518,20 @@ class BertModel:
     def hidden_size(self):
         return self.config["hidden_size"]
 
+    @property
+    def max_length(self):
+        """The longest sequence the position embeddings cover (tokens)."""
+        return self.config["max_position_embeddings"]
+
+    _max_length_rule = "max_position_embeddings"
+
     def __repr__(self):
         c = self.config
         sp = "dense" if self.sparsity is None else \
             f"sparsity {self.sparsity:g}, blocksize {self.blocksize}"
-        return (f"<BertModel {c['model_type']}: {c['num_hidden_layers']} layers, hidden "
-                f"{c['hidden_size']}, {c['num_attention_heads']} heads, {self.dtype}, {sp}>")
+        return (f"<{type(self).__name__} {c['model_type']}: {c['num_hidden_layers']} layers, "
+                f"hidden {c['hidden_size']}, {c['num_attention_heads']} heads, {self.dtype}, "
+                f"{sp}>")
 
     def _check_inputs(self, input_ids, attention_mask, token_type_ids):
         ids = _int_ids(input_ids, "input_ids")
@@ -491,9 +541,9 @@ class BertModel:
             raise ValueError(f"input_ids must have shape (batch, seq), got {ids.shape}")
         B, S = ids.shape
         cfg = self.config
-        if S > cfg["max_position_embeddings"]:
+        if S > self.max_length:
             raise ValueError(f"input_ids has {S} tokens per sequence; this model takes at most "
-                             f"max_position_embeddings = {cfg['max_position_embeddings']}")
+                             f"{self._max_length_rule} = {self.max_length}")
         if ids.size and (ids.min() < 0 or ids.max() >= cfg["vocab_size"]):
             raise ValueError(f"input_ids must lie in [0, vocab_size = {cfg['vocab_size']}), got "
                              f"values in [{ids.min()}, {ids.max()}]")
@@ -541,14 +591,22 @@ class BertModel:
             For ids outside the vocabulary, sequences longer than
             ``max_position_embeddings`` or mismatched shapes.
         """
+        x, B, S = self._encode(input_ids, attention_mask, token_type_ids)
+        return np.ascontiguousarray(x.T).reshape(B, S, self.hidden_size)
+
+    def _encode(self, input_ids, attention_mask, token_type_ids):
+        """(last hidden state as float32 (hidden, batch * seq), batch, seq), inputs checked.
+
+        The features x tokens array the encoder ends with, before the
+        transpose of :meth:`__call__`: task heads read their rows from it.
+        """
         ids, mask, tt = self._check_inputs(input_ids, attention_mask, token_type_ids)
         B, S = ids.shape
-        H = self.hidden_size
         if B * S == 0:
-            return np.zeros((B, S, H), dtype=np.float32)
+            return np.zeros((self.hidden_size, 0), dtype=np.float32), B, S
         x, xq = self.embeddings._forward(ids, tt, self.encoder.input_spec)
-        x = self.encoder._forward(x, xq, mask, B, S, self._two_pass_columns(mask, B, S))
-        return np.ascontiguousarray(x.T).reshape(B, S, H)
+        refine = self._two_pass_columns(mask, B, S)
+        return self.encoder._forward(x, xq, mask, B, S, refine), B, S
 
     def _two_pass_columns(self, mask, B, S):
         """Columns of the real tokens of sequences short enough for the second pass, or None."""

@@ -33,9 +33,10 @@ import numpy as np
 from .. import BlockSparseMatrix, QuantizedMatrix, linear, prune, quantize
 from .._packed import Epilogue, matmul
 from . import _ops
+from .activations import FFN_ACTIVATIONS, apply_activation, epilogue_activation
 
-__all__ = ["Linear", "LayerNorm", "MultiHeadSelfAttention", "BertLayer", "BertEncoder",
-           "mean_pooling", "InputSpec"]
+__all__ = ["Linear", "LayerNorm", "MultiHeadSelfAttention", "BertLayer", "PreNormBertLayer",
+           "BertEncoder", "mean_pooling", "InputSpec"]
 
 _ACTIVATIONS = (None, "relu", "gelu")
 _DTYPES = ("float32", "int8")
@@ -643,6 +644,13 @@ class LayerNorm:
                                 want.quantized, want.scale, x_tokens)
 
 
+def _absmax(v, real=None):
+    """max |v| per feature of a (features, tokens) array, over the tokens `real` (a
+    boolean mask of the columns) only, if given."""
+    v = v if real is None else v[:, real]
+    return np.abs(v).max(axis=1) if v.shape[1] else np.zeros(v.shape[0], np.float32)
+
+
 def _hidden_3d(hidden_states, H, name="hidden_states"):
     h = np.asarray(hidden_states)
     if h.dtype.kind != "f":
@@ -738,6 +746,13 @@ class MultiHeadSelfAttention:
         """:class:`InputSpec` of the Q/K/V product, which reads the input."""
         return self.qkv.input_spec
 
+    def _calibrate(self, x, mask, B, S):
+        """(output, the context the output projection reads), float path."""
+        qkv = self.qkv._forward(x, None)
+        ctx = np.empty((self.hidden_size, B * S), dtype=np.float32)
+        ctx, _ = _ops._attention(qkv, B, S, self.num_heads, mask, ctx, False)
+        return self.out._forward(ctx, None), ctx
+
     def _forward(self, x, xq, mask, B, S, refine=None):
         qkv = self.qkv._forward(x, xq, refine=refine)
         ctx = np.empty((self.hidden_size, B * S), dtype=np.float32)
@@ -764,7 +779,11 @@ class BertLayer:
     ffn1, ffn2 : Linear
         hidden -> intermediate and intermediate -> hidden.
     ln2 : LayerNorm
-    activation : {"gelu", "relu"}, optional
+    activation : str, optional
+        The FFN activation, a name from
+        :data:`blocksparse.nn.activations.FFN_ACTIVATIONS` ("gelu" = erf form,
+        "relu", "gelu_new", ...): "gelu" and "relu" are fused into the FFN1
+        product's epilogue, the others run as a float pass over its output.
     """
 
     def __init__(self, attention, ln1, ffn1, ffn2, ln2, activation="gelu"):
@@ -782,11 +801,14 @@ class BertLayer:
                              f"{ffn2.in_features} -> {ffn2.out_features}")
         if ln1.weight.shape != (H,) or ln2.weight.shape != (H,):
             raise ValueError(f"ln1 and ln2 must normalize {H} features")
-        if activation not in ("gelu", "relu"):
-            raise ValueError(f"activation must be 'gelu' or 'relu', got {activation!r}")
         self.attention, self.ln1, self.ffn1, self.ffn2, self.ln2 = \
             attention, ln1, ffn1, ffn2, ln2
+        if activation not in FFN_ACTIVATIONS:
+            others = [a for a in FFN_ACTIVATIONS if a not in ("gelu", "relu")]
+            raise ValueError(f"activation must be 'gelu' or 'relu', or one of {others}, got "
+                             f"{activation!r}")
         self.activation = activation
+        self._fused = epilogue_activation(activation)
         self.hidden_size = H
 
     def __repr__(self):
@@ -814,29 +836,26 @@ class BertLayer:
         """(output, its uint8 codes if the InputSpec `want` asks for them, else None)."""
         a = self.attention._forward(x, xq, mask, B, S, refine)
         h1, h1q = self.ln1._forward(a, x, self.ffn1.input_spec, out=a)
-        inter = self.ffn1._forward(h1, h1q, self.activation, refine)
+        inter = self._ffn1(h1, h1q, refine)
         ffn2_in = self.ffn2.input_spec
         interq = _ops._quantize_tokens(inter, ffn2_in.scale) if ffn2_in.quantized else None
         o = self.ffn2._forward(inter, interq, refine=refine)
         return self.ln2._forward(o, h1, want, out=o)
+
+    def _ffn1(self, h1, h1q, refine=None):
+        """act(FFN1(h1)): fused into the product, or a float pass after it."""
+        inter = self.ffn1._forward(h1, h1q, self._fused, refine)
+        return inter if self._fused else apply_activation(inter, self.activation)
 
     def _calibrate(self, x, mask, B, S, real=None):
         """(output, max |input| per feature of qkv, out, ffn1, ffn2), float path.
 
         `real`, a boolean mask of the token columns, leaves padding out of the maxima.
         """
-        def absmax(v):
-            v = v if real is None else v[:, real]
-            return np.abs(v).max(axis=1) if v.shape[1] else np.zeros(v.shape[0], np.float32)
-
-        att = self.attention
-        qkv = att.qkv._forward(x, None)
-        ctx = np.empty((self.hidden_size, B * S), dtype=np.float32)
-        ctx, _ = _ops._attention(qkv, B, S, att.num_heads, mask, ctx, False)
-        a = att.out._forward(ctx, None)
+        a, ctx = self.attention._calibrate(x, mask, B, S)
         h1, _ = self.ln1._forward(a, x, out=a)
-        inter = self.ffn1._forward(h1, None, self.activation)
-        maxima = (absmax(x), absmax(ctx), absmax(h1), absmax(inter))
+        inter = self._ffn1(h1, None)
+        maxima = tuple(_absmax(v, real) for v in (x, ctx, h1, inter))
         o = self.ffn2._forward(inter, None)
         return (self.ln2._forward(o, h1, out=o)[0],) + maxima
 
@@ -858,25 +877,83 @@ class BertLayer:
         out = att.out.to_int8(blocksize, out_absmax, **extra)
         ffn1 = self.ffn1.to_int8(blocksize, ffn1_absmax, smoothing, **extra)
         ffn2 = self.ffn2.to_int8(blocksize, ffn2_absmax, **extra)
-        return BertLayer(MultiHeadSelfAttention(qkv, out, att.num_heads), self.ln1, ffn1, ffn2,
-                         self.ln2, self.activation)
+        return type(self)(MultiHeadSelfAttention(qkv, out, att.num_heads), self.ln1, ffn1, ffn2,
+                          self.ln2, self.activation)
+
+
+class PreNormBertLayer(BertLayer):
+    """One pre-LayerNorm encoder layer (RoBERTa-PreLayerNorm, XLM-RoBERTa-XL).
+
+    ``h1 = h + attention(LN1(h))``; ``h2 = h1 + ffn2(act(ffn1(LN2(h1))))``.
+    The residual stream between layers stays float32 (no LayerNorm after
+    the adds); each LayerNorm reads it and, on INT8 layers, quantizes its
+    output for the product after it in the same C call, as in
+    :class:`BertLayer`.  The stack's last output goes through one more
+    LayerNorm, the encoder's ``final_ln``.
+
+    Parameters
+    ----------
+    attention, ln1, ffn1, ffn2, ln2, activation
+        As in :class:`BertLayer`; `ln1` normalizes the attention's input,
+        `ln2` the FFN's.
+    """
+
+    def __repr__(self):
+        return "<PreNorm" + super().__repr__()[1:]
+
+    @property
+    def input_spec(self):
+        """Float: the layer reads the residual stream; its LayerNorm makes the codes."""
+        return FLOAT_INPUT
+
+    def _forward(self, x, xq, mask, B, S, want=FLOAT_INPUT, refine=None):
+        n1, n1q = self.ln1._forward(x, None, self.attention.input_spec)
+        h1 = self.attention._forward(n1, n1q, mask, B, S, refine)
+        h1 += x
+        n2, n2q = self.ln2._forward(h1, None, self.ffn1.input_spec)
+        inter = self._ffn1(n2, n2q, refine)
+        ffn2_in = self.ffn2.input_spec
+        interq = _ops._quantize_tokens(inter, ffn2_in.scale) if ffn2_in.quantized else None
+        o = self.ffn2._forward(inter, interq, refine=refine)
+        o += h1
+        return o, (_ops._quantize_tokens(o, want.scale) if want.quantized else None)
+
+    def _calibrate(self, x, mask, B, S, real=None):
+        n1, _ = self.ln1._forward(x, None)
+        h1, ctx = self.attention._calibrate(n1, mask, B, S)
+        h1 += x
+        n2, _ = self.ln2._forward(h1, None)
+        inter = self._ffn1(n2, None)
+        maxima = tuple(_absmax(v, real) for v in (n1, ctx, n2, inter))
+        o = self.ffn2._forward(inter, None)
+        o += h1
+        return (o,) + maxima
 
 
 class BertEncoder:
-    """A stack of :class:`BertLayer`.
+    """A stack of :class:`BertLayer` (or :class:`PreNormBertLayer`).
 
     Parameters
     ----------
     layers : sequence of BertLayer
+    final_ln : LayerNorm, optional
+        Applied to the last layer's output: pre-LayerNorm stacks end with
+        one (their layers leave the residual stream unnormalized).
     """
 
-    def __init__(self, layers):
+    def __init__(self, layers, final_ln=None):
         layers = list(layers)
         if not all(isinstance(layer, BertLayer) for layer in layers):
             raise TypeError("layers must be BertLayer instances")
         if len({layer.hidden_size for layer in layers}) > 1:
             raise ValueError("all layers must have the same hidden size")
+        if final_ln is not None:
+            if not isinstance(final_ln, LayerNorm):
+                raise TypeError("final_ln must be a LayerNorm")
+            if layers and final_ln.weight.shape != (layers[0].hidden_size,):
+                raise ValueError(f"final_ln must normalize {layers[0].hidden_size} features")
         self.layers = layers
+        self.final_ln = final_ln
 
     def __len__(self):
         return len(self.layers)
@@ -885,7 +962,8 @@ class BertEncoder:
         return iter(self.layers)
 
     def __repr__(self):
-        return f"<BertEncoder of {len(self.layers)} layers>"
+        final = ", final LayerNorm" if self.final_ln is not None else ""
+        return f"<BertEncoder of {len(self.layers)} layers{final}>"
 
     @property
     def first_linear(self):
@@ -899,9 +977,9 @@ class BertEncoder:
 
     def __call__(self, hidden_states, attention_mask=None):
         """Last hidden state, shape (batch, seq, hidden), float32."""
-        if not self.layers:
+        if not self.layers and self.final_ln is None:
             return np.array(hidden_states, dtype=np.float32)
-        H = self.layers[0].hidden_size
+        H = self.layers[0].hidden_size if self.layers else self.final_ln.weight.shape[0]
         h = _hidden_3d(hidden_states, H)
         B, S, _ = h.shape
         mask = _ops._mask_u8(attention_mask, (B, S))
@@ -912,6 +990,8 @@ class BertEncoder:
         wants = [layer.input_spec for layer in self.layers[1:]] + [FLOAT_INPUT]
         for layer, want in zip(self.layers, wants):
             x, xq = layer._forward(x, xq, mask, B, S, want, refine)
+        if self.final_ln is not None:
+            x = self.final_ln._forward(x, None)[0]
         return x
 
 

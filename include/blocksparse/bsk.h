@@ -26,7 +26,8 @@ typedef enum {
     BSK_EINVAL = 1,       /* bad argument */
     BSK_ENOMEM = 2,       /* allocation failed */
     BSK_EUNSUPPORTED = 3, /* ISA or case not available in this variant */
-    BSK_EOVERFLOW = 4     /* int32 accumulation or index range exceeded */
+    BSK_EOVERFLOW = 4,    /* int32 accumulation or index range exceeded */
+    BSK_ENONFINITE = 5    /* a float input holds NaN or Inf */
 } bsk_status;
 
 /* Instruction-set variants, in increasing order of preference. */
@@ -156,11 +157,38 @@ bsk_status bsk_qspmm(bsk_isa isa, const bsk_qbcsr *W, const uint8_t *X,
                      int num_threads);
 
 /*
+ * Dense INT8 weights for bsk_qgemm, packed once: the rows in blocks of
+ * BSK_QGEMM_MR, each block stored K-group by K-group, so that the kernel
+ * reads it linearly:
+ *   panel[(b * G + g) * BSK_QGEMM_MR + r] = the 32-bit VNNI group holding
+ *   W[b * MR + r, 4g .. 4g + 3] (little-endian bytes),
+ * G = ceil(K / 4), ceil(M / MR) blocks; rows >= M and columns >= K are zero.
+ */
+#define BSK_QGEMM_MR 8
+typedef struct {
+    int64_t M, K;          /* matrix shape */
+    const int32_t *panel;  /* ceil(M / MR) * ceil(K / 4) * MR groups */
+} bsk_qdense;
+
+/*
+ * Dense INT8 product with the fused epilogue: acc = Wq (M, K) int8 @ X
+ * (K, N) uint8, then epi exactly as bsk_qspmm (rowsum: the row sums of W).
+ * Arguments as bsk_qspmm; every ISA variant returns the same bits, and the
+ * same bits as bsk_qspmm with the same weights.
+ */
+bsk_status bsk_qgemm(bsk_isa isa, const bsk_qdense *W, const uint8_t *X,
+                     int64_t ldx, int64_t N, int x_transposed, void *Y,
+                     int64_t ldy, int y_transposed, const bsk_epilogue *epi,
+                     int num_threads);
+
+/*
  * Quantize float32 X (rows, cols) to uint8 Q.  mode BSK_QUANT_STATIC uses
  * scale[0], zero[0]; BSK_QUANT_PER_TENSOR computes them from the data into
  * scale[0], zero[0]; BSK_QUANT_PER_ROW computes one pair per row into
- * scale[r], zero[r].  Non-finite inputs saturate; callers refuse them first.
- * Every ISA variant gives the same bytes.
+ * scale[r], zero[r].  A range whose float32 width hi - lo overflows gets its
+ * scale from the width in double precision, so finite input always has a
+ * finite scale.  Returns BSK_ENONFINITE (Q then undefined) if X holds NaN or
+ * Inf.  Every ISA variant gives the same bytes.
  */
 enum { BSK_QUANT_STATIC = 0, BSK_QUANT_PER_TENSOR = 1, BSK_QUANT_PER_ROW = 2 };
 bsk_status bsk_quantize_u8(bsk_isa isa, const float *X, int64_t rows,
@@ -169,6 +197,8 @@ bsk_status bsk_quantize_u8(bsk_isa isa, const float *X, int64_t rows,
 
 /* Name of the INT8 kernel that bsk_qspmm runs for this ISA and matrix. */
 const char *bsk_qspmm_kernel_name(bsk_isa isa, const bsk_qbcsr *W);
+/* Name of the kernel that bsk_qgemm runs for this ISA. */
+const char *bsk_qgemm_kernel_name(bsk_isa isa);
 
 #ifdef __cplusplus
 }

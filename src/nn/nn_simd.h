@@ -161,7 +161,7 @@ BSK_INLINE void bsk_nn_range_rows(const float *Y, int64_t F, int64_t N, int64_t 
 }
 
 /* q_scale, q_zero of T tokens from their ranges (bsk_u8_params16); s, z keep
- * them as floats */
+ * them as floats (q_scale, q_zero may be NULL: s, z only) */
 BSK_INLINE void bsk_nn_params_rows(int64_t T, const float *lo, const float *hi, float *s,
                                    float *z, float *q_scale, int32_t *q_zero)
 {
@@ -171,7 +171,7 @@ BSK_INLINE void bsk_nn_params_rows(int64_t T, const float *lo, const float *hi, 
         bsk_nn_store(s + n_, vs);
         bsk_nn_store(z + n_, vz);
         const bsk_v16i zi = __builtin_convertvector(vz, bsk_v16i);
-        for (int t = 0; t < cnt_; t++) {
+        for (int t = 0; q_scale && t < cnt_; t++) {
             q_scale[n_ + t] = vs[t];
             q_zero[n_ + t] = zi[t];
         }

@@ -138,6 +138,55 @@ bsk_status bsk_bias_act_f32(bsk_isa isa, float *Y, int64_t M, int64_t N,
     return run_split(NULL, k->nn_tokens->bias_act, &a, N ? M : 0, 0, 0, num_threads);
 }
 
+/*
+ * Per-token quantization split by feature rows over nt threads: each thread
+ * takes the per-token range of its rows, the ranges are merged (min and max:
+ * exact in any order, so the parameters and codes are those of the token
+ * split), and each thread codes the rows it just read.  The token split
+ * makes every thread read every row, half of them from the other core's
+ * cache when a row-split product has just written them (an FFN1 output);
+ * here each core reads its own rows twice from its L2.
+ */
+static bsk_status quantize_by_rows(const bsk_nn_token_kernels *k, const bsk_nn_tok_args *a,
+                                   int nt)
+{
+    const int64_t F = a->features, N = a->tokens, Nv = (N + 15) / 16 * 16;
+    /* per thread: its rows' (lo, hi), then the merged (lo, hi) and s, z */
+    float *ws = (float *)bsk_alloc((size_t)(6 * Nv * nt) * sizeof(float));
+    if (!ws)
+        return BSK_ENOMEM;
+#ifdef _OPENMP
+#pragma omp parallel num_threads(nt)
+#endif
+    {
+#ifdef _OPENMP
+        const int T = omp_get_num_threads(), t = omp_get_thread_num();
+#else
+        const int T = 1, t = 0;
+#endif
+        int64_t r0, r1;
+        bsk_split(F, T, t, &r0, &r1);
+        float *mine = ws + 6 * Nv * t, *merged = mine + 2 * Nv;
+        k->range_rows(a, r0, r1, mine);
+#ifdef _OPENMP
+#pragma omp barrier
+#endif
+        for (int64_t n = 0; n < 2 * Nv; n++)
+            merged[n] = ws[n];
+        for (int u = 1; u < T; u++) {
+            const float *part = ws + 6 * Nv * u;
+            for (int64_t n = 0; n < Nv; n++) {
+                merged[n] = part[n] < merged[n] ? part[n] : merged[n];
+                merged[Nv + n] = part[Nv + n] > merged[Nv + n] ? part[Nv + n] : merged[Nv + n];
+            }
+        }
+        if (r1 > r0 || t == 0)  /* thread 0 (r0 == 0) writes the parameters */
+            k->codes_rows(a, r0, r1, merged);
+    }
+    free(ws);
+    return BSK_OK;
+}
+
 bsk_status bsk_quantize_tokens_u8(bsk_isa isa, const float *X, int64_t F,
                                   int64_t N, const float *q_mul, uint8_t *Q,
                                   float *q_scale, int32_t *q_zero,
@@ -160,5 +209,15 @@ bsk_status bsk_quantize_tokens_u8(bsk_isa isa, const float *X, int64_t F,
     a.q_scale = q_scale;
     a.q_zero = q_zero;
     a.q_mul = q_mul;
+    /* large arrays by rows (quantize_by_rows), from a quarter of the
+     * token split's minimum work per thread */
+    const int64_t per = __atomic_load_n(&min_work_per_thread, __ATOMIC_RELAXED) / 4;
+    int64_t nt = num_threads < 1 ? 1 : num_threads;
+    if (per && nt > F * N / per)
+        nt = F * N / per;
+    if (nt > F)
+        nt = F;
+    if (nt > 1)
+        return quantize_by_rows(k->nn_tokens, &a, (int)nt);
     return run_split(NULL, k->nn_tokens->quantize, &a, N, 1, 4, num_threads);
 }

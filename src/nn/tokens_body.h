@@ -111,6 +111,24 @@ static void BSK_NN_FN(quantize_range)(const bsk_nn_tok_args *a, int64_t n0, int6
                       a->q_scale + n0, a->q_zero + n0, ws);
 }
 
+/* Rows [r0, r1) of the row-split quantization (bsk_nn_token_kernels). */
+static void BSK_NN_FN(range_rows)(const bsk_nn_tok_args *a, int64_t r0, int64_t r1, float *ws)
+{
+    const int64_t N = a->tokens, Nv = (N + 15) / 16 * 16;
+    bsk_nn_range_rows(a->X + r0 * N, r1 - r0, N, N, a->q_mul ? a->q_mul + r0 : NULL, ws,
+                      ws + Nv);
+}
+
+static void BSK_NN_FN(codes_rows)(const bsk_nn_tok_args *a, int64_t r0, int64_t r1, float *ws)
+{
+    const int64_t N = a->tokens, Nv = (N + 15) / 16 * 16;
+    float *s = ws + 2 * Nv, *z = ws + 3 * Nv;
+    bsk_nn_params_rows(N, ws, ws + Nv, s, z, r0 == 0 ? a->q_scale : NULL,
+                       r0 == 0 ? a->q_zero : NULL);
+    bsk_nn_codes_rows(a->X + r0 * N, r1 - r0, N, N, a->q_mul ? a->q_mul + r0 : NULL, s, z,
+                      a->Q + r0 * N);
+}
+
 static void BSK_NN_FN(bias_act_rows)(const bsk_nn_tok_args *a, int64_t r0, int64_t r1,
                                      float *ws)
 {
@@ -132,6 +150,6 @@ static void BSK_NN_FN(bias_act_rows)(const bsk_nn_tok_args *a, int64_t r0, int64
 
 const bsk_nn_token_kernels BSK_NN_FN(bsk_nn_tokens) = {
     BSK_NN_FN(transpose_range), BSK_NN_FN(layernorm_range), BSK_NN_FN(quantize_range),
-    BSK_NN_FN(bias_act_rows)};
+    BSK_NN_FN(bias_act_rows), BSK_NN_FN(range_rows), BSK_NN_FN(codes_rows)};
 
 #undef BSK_NN_FN

@@ -12,21 +12,20 @@
 
 #include "simd/vec16.h"
 
-/* The epilogue's arithmetic for 16 accumulators of row m, tokens n .. n+15
- * (the first `count` valid): the int32 (I32), float32 (F32) or uint8-valued
- * (U8, still in 32-bit lanes) result.  kind and act are passed apart from e
- * so that callers can make them compile-time constants (bsk_epilogue_rows). */
-BSK_INLINE bsk_v16i bsk_epi_values(const bsk_epilogue *e, bsk_v16i acc, int64_t m,
-                                   int64_t n, int count, const int kind, const int act)
+/* The epilogue's arithmetic for 16 accumulators of row m, given the tokens'
+ * zero points zx (used only when e->rowsum is set) and scales sx (unused for
+ * I32), loaded once by callers that apply it to several rows: the int32
+ * (I32), float32 (F32) or uint8-valued (U8, still in 32-bit lanes) result.
+ * kind and act are passed apart from e so that callers can make them
+ * compile-time constants. */
+BSK_INLINE bsk_v16i bsk_epi_apply(const bsk_epilogue *e, bsk_v16i acc, int64_t m,
+                                  bsk_v16i zx, bsk_v16f sx, const int kind, const int act)
 {
-    if (e->rowsum) {
-        const bsk_v16i zx = bsk_load16i(e->x_zero + n, count);
+    if (e->rowsum)
         acc = (bsk_v16i)((bsk_v16u)acc - (bsk_v16u)zx * (uint32_t)e->rowsum[m]);
-    }
     if (kind == BSK_OUT_I32)
         return acc;
 
-    const bsk_v16f sx = bsk_load16f(e->x_scale + n, count);
     bsk_v16f y = __builtin_convertvector(acc, bsk_v16f);
     y = y * (e->w_scale[m] * sx);
     if (e->bias)
@@ -42,18 +41,56 @@ BSK_INLINE bsk_v16i bsk_epi_values(const bsk_epilogue *e, bsk_v16i acc, int64_t 
     return __builtin_convertvector(q, bsk_v16i);
 }
 
-/*
- * Apply the epilogue to 16 accumulators of row m, tokens n .. n+15, of which
- * the first `count` are stored.  y_transposed selects out[m, n] (row-major
- * (M, N)) or out[n, m] ((N, M)).  kind, act and y_transposed are passed
- * separately from e so that callers can make them compile-time constants
- * (see bsk_epilogue_rows) and get a branch-free specialised loop.
- */
-BSK_INLINE void bsk_epilogue16_k(const bsk_epilogue *e, bsk_v16i acc, int64_t m,
-                                 int64_t n, int count, void *out, int64_t ldo,
-                                 const int kind, const int act, const int y_transposed)
+/* The tokens' zero points and scales for tokens n .. n+count-1, as
+ * bsk_epi_apply takes them. */
+BSK_INLINE void bsk_epi_tokens(const bsk_epilogue *e, int64_t n, int count, const int kind,
+                               bsk_v16i *zx, bsk_v16f *sx)
 {
-    const bsk_v16i v = bsk_epi_values(e, acc, m, n, count, kind, act);
+    *zx = e->rowsum ? bsk_load16i(e->x_zero + n, count) : (bsk_v16i){0};
+    *sx = kind == BSK_OUT_I32 ? (bsk_v16f){0} : bsk_load16f(e->x_scale + n, count);
+}
+
+/* The epilogue of 16 accumulators of one token n and rows m .. m+15 (the
+ * first `count` valid): the same arithmetic as bsk_epi_apply, with the rows'
+ * terms as vectors and the token's as scalars, so the bits are the same. */
+BSK_INLINE bsk_v16i bsk_epi_apply_token(const bsk_epilogue *e, bsk_v16i acc, int64_t m,
+                                        int64_t n, int count, const int kind, const int act)
+{
+    if (e->rowsum)
+        acc = (bsk_v16i)((bsk_v16u)acc - (bsk_v16u)bsk_load16i(e->rowsum + m, count) *
+                                             (uint32_t)e->x_zero[n]);
+    if (kind == BSK_OUT_I32)
+        return acc;
+    bsk_v16f y = __builtin_convertvector(acc, bsk_v16f);
+    y = y * (bsk_load16f(e->w_scale + m, count) * e->x_scale[n]);
+    if (e->bias)
+        y = y + bsk_load16f(e->bias + m, count);
+    if (act == BSK_ACT_RELU)
+        y = bsk_select(y > 0.0f, y, (bsk_v16f){0});
+    else if (act == BSK_ACT_GELU)
+        y = bsk_gelu16(y);
+    if (kind == BSK_OUT_F32)
+        return (bsk_v16i)y;
+    const bsk_v16f q = bsk_u8_code16(y / e->out_scale, (bsk_v16f){0} + (float)e->out_zero);
+    return __builtin_convertvector(q, bsk_v16i);
+}
+
+/* bsk_epi_apply for 16 accumulators of row m, tokens n .. n+15 (the first
+ * `count` valid). */
+BSK_INLINE bsk_v16i bsk_epi_values(const bsk_epilogue *e, bsk_v16i acc, int64_t m,
+                                   int64_t n, int count, const int kind, const int act)
+{
+    bsk_v16i zx;
+    bsk_v16f sx;
+    bsk_epi_tokens(e, n, count, kind, &zx, &sx);
+    return bsk_epi_apply(e, acc, m, zx, sx, kind, act);
+}
+
+/* Store the first `count` of 16 epilogue results of row m, tokens n ..:
+ * out[m, n + t] (row-major (M, N)) or, y_transposed, out[n + t, m]. */
+BSK_INLINE void bsk_epi_store(bsk_v16i v, int64_t m, int64_t n, int count, void *out,
+                              int64_t ldo, const int kind, const int y_transposed)
+{
     if (kind != BSK_OUT_U8) {
         int32_t *o = (int32_t *)out;
         if (!y_transposed && count == 16)
@@ -76,6 +113,21 @@ BSK_INLINE void bsk_epilogue16_k(const bsk_epilogue *e, bsk_v16i acc, int64_t m,
     else
         for (int t = 0; t < count; t++)
             o[(n + t) * ldo + m] = qb[t];
+}
+
+/*
+ * Apply the epilogue to 16 accumulators of row m, tokens n .. n+15, of which
+ * the first `count` are stored.  y_transposed selects out[m, n] (row-major
+ * (M, N)) or out[n, m] ((N, M)).  kind, act and y_transposed are passed
+ * separately from e so that callers can make them compile-time constants
+ * (see bsk_epilogue_rows) and get a branch-free specialised loop.
+ */
+BSK_INLINE void bsk_epilogue16_k(const bsk_epilogue *e, bsk_v16i acc, int64_t m,
+                                 int64_t n, int count, void *out, int64_t ldo,
+                                 const int kind, const int act, const int y_transposed)
+{
+    bsk_epi_store(bsk_epi_values(e, acc, m, n, count, kind, act), m, n, count, out, ldo, kind,
+                  y_transposed);
 }
 
 /* Four rows m .. m+3 of results for tokens n .. n+count-1, stored transposed:

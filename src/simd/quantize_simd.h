@@ -12,36 +12,73 @@
 
 #include "simd/vec16.h"
 
-static void range_of(const float *x, int64_t n, float *lo, float *hi)
+/* Lanes that hold NaN or +-Inf (all bits set), from the exponent field: the
+ * same on every ISA, whatever its compare instructions do with NaN. */
+BSK_INLINE bsk_v16i nonfinite16(bsk_v16f v)
+{
+    return ((bsk_v16i)v & 0x7f800000) == 0x7f800000;
+}
+
+/* Widen [*lo, *hi] by the values of x; 1 if x holds NaN or Inf. */
+static int range_of(const float *x, int64_t n, float *lo, float *hi)
 {
     bsk_v16f vlo = (bsk_v16f){0}, vhi = (bsk_v16f){0};
+    bsk_v16i bad = (bsk_v16i){0};
     int64_t k = 0;
     for (; k + 16 <= n; k += 16) {
         const bsk_v16f v = *(const bsk_v16f_u *)(x + k);
         vlo = bsk_select(v < vlo, v, vlo);
         vhi = bsk_select(v > vhi, v, vhi);
+        bad |= nonfinite16(v);
     }
     float l = 0.0f, h = 0.0f;
+    int nonfinite = 0;
     for (int i = 0; i < 16; i++) {
         l = vlo[i] < l ? vlo[i] : l;
         h = vhi[i] > h ? vhi[i] : h;
+        nonfinite |= bad[i] != 0;
     }
     for (; k < n; k++) {
         l = x[k] < l ? x[k] : l;
         h = x[k] > h ? x[k] : h;
+        nonfinite |= !isfinite(x[k]);
     }
     if (*lo > l)
         *lo = l;
     if (*hi < h)
         *hi = h;
+    return nonfinite;
 }
 
+/* The parameters of [lo, hi] (bsk_u8_params16), with the scale taken from the
+ * width in double precision where the float32 width overflows. */
 static void params_of(float lo, float hi, float *scale, int32_t *zero)
 {
     bsk_v16f s, z;
-    bsk_u8_params16((bsk_v16f){0} + lo, (bsk_v16f){0} + hi, &s, &z);
+    if (isinf(hi - lo)) {
+        const float sd = (float)(((double)hi - (double)lo) / 255.0);
+        s = (bsk_v16f){0} + sd;
+        z = bsk_u8_code16(((bsk_v16f){0} - lo) / s, (bsk_v16f){0});
+    } else {
+        bsk_u8_params16((bsk_v16f){0} + lo, (bsk_v16f){0} + hi, &s, &z);
+    }
     *scale = s[0];
     *zero = (int32_t)z[0];
+}
+
+/* 1 if x holds NaN or Inf (the check of a static quantization). */
+static int any_nonfinite(const float *x, int64_t n)
+{
+    bsk_v16i bad = (bsk_v16i){0};
+    int64_t k = 0;
+    for (; k + 16 <= n; k += 16)
+        bad |= nonfinite16(*(const bsk_v16f_u *)(x + k));
+    int nonfinite = 0;
+    for (int i = 0; i < 16; i++)
+        nonfinite |= bad[i] != 0;
+    for (; k < n; k++)
+        nonfinite |= !isfinite(x[k]);
+    return nonfinite;
 }
 
 BSK_INLINE void quantize_row(const float *x, int64_t n, float s, int32_t z, uint8_t *q)
@@ -64,26 +101,31 @@ bsk_status BSK_QUANT_FN(const float *X, int64_t rows, int64_t cols,
         return BSK_EINVAL;
     if (num_threads < 1)
         num_threads = 1;
+    int nonfinite = 0;
     if (mode == BSK_QUANT_PER_TENSOR) {
         float lo = 0.0f, hi = 0.0f;
         for (int64_t r = 0; r < rows; r++)
-            range_of(X + r * ldx, cols, &lo, &hi);
+            nonfinite |= range_of(X + r * ldx, cols, &lo, &hi);
+        if (nonfinite)
+            return BSK_ENONFINITE;
         params_of(lo, hi, &scale[0], &zero[0]);
     }
     if (mode != BSK_QUANT_PER_ROW && !(scale[0] > 0.0f && isfinite(scale[0])))
         return BSK_EINVAL;
-#pragma omp parallel for schedule(static) num_threads(num_threads)
+#pragma omp parallel for schedule(static) num_threads(num_threads) reduction(| : nonfinite)
     for (int64_t r = 0; r < rows; r++) {
         float s = scale[0];
         int32_t z = zero[0];
         if (mode == BSK_QUANT_PER_ROW) {
             float lo = 0.0f, hi = 0.0f;
-            range_of(X + r * ldx, cols, &lo, &hi);
+            nonfinite |= range_of(X + r * ldx, cols, &lo, &hi);
             params_of(lo, hi, &scale[r], &zero[r]);
             s = scale[r];
             z = zero[r];
+        } else if (mode == BSK_QUANT_STATIC) {
+            nonfinite |= any_nonfinite(X + r * ldx, cols);
         }
         quantize_row(X + r * ldx, cols, s, z, Q + r * ldq);
     }
-    return BSK_OK;
+    return nonfinite ? BSK_ENONFINITE : BSK_OK;
 }

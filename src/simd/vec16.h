@@ -4,13 +4,18 @@
  * round to nearest even, the uint8 code of a scaled value, the asymmetric
  * uint8 parameters of a range, erf and GELU.
  *
- * Each is written once, here.  They use only IEEE + - * / and compares, in a
- * fixed order, so where a unit is compiled with -ffp-contract=off (the INT8
- * and quantization units, the scalar units) every ISA gives the same bits.
+ * Each is written once, here.  They use only IEEE + - * /, compares and
+ * explicit fused multiply-adds (bsk_fma16), in a fixed order, so where a unit
+ * is compiled with -ffp-contract=off (the INT8 and quantization units, the
+ * scalar units) every ISA gives the same bits.
  */
 #ifndef BLOCKSPARSE_VEC16_H
 #define BLOCKSPARSE_VEC16_H
 
+#include <math.h>
+#if defined(__AVX512F__) || defined(__FMA__)
+#include <immintrin.h>
+#endif
 #include "bsk_internal.h"
 
 typedef float bsk_v16f __attribute__((vector_size(64)));
@@ -95,31 +100,60 @@ BSK_INLINE bsk_v16b bsk_bytes16(bsk_v16f v)
     return __builtin_convertvector(__builtin_convertvector(v, bsk_v16i), bsk_v16b);
 }
 
-/* ---- erf and GELU ----------------------------------------------------------------- */
+/* ---- fused multiply-add, erf and GELU ---------------------------------------------- */
 
-/* erf by Abramowitz & Stegun 7.1.28 (|error| <= 3e-7): only +, *, / so the
- * result is the same on every ISA. */
-BSK_INLINE bsk_v16f bsk_erf16(bsk_v16f x)
+/* a * b + c with one rounding: the FMA instruction where the unit is compiled
+ * for it (every SIMD variant is), else the C library's fmaf, which is
+ * correctly rounded too, so every ISA gives the same bits. */
+BSK_INLINE bsk_v16f bsk_fma16(bsk_v16f a, bsk_v16f b, bsk_v16f c)
 {
-    const bsk_v16i sign = (bsk_v16i)x & ((bsk_v16i){0} + INT32_MIN);
-    bsk_v16f a = (bsk_v16f)((bsk_v16i)x & ~((bsk_v16i){0} + INT32_MIN));
-    a = bsk_select(a < 6.0f, a, (bsk_v16f){0} + 6.0f); /* erf(6) == 1 in fp32 */
-    bsk_v16f p = (bsk_v16f){0} + 0.0000430638f;
-    p = p * a + 0.0002765672f;
-    p = p * a + 0.0001520143f;
-    p = p * a + 0.0092705272f;
-    p = p * a + 0.0422820123f;
-    p = p * a + 0.0705230784f;
-    p = p * a + 1.0f;
-    bsk_v16f p2 = p * p, p4 = p2 * p2, p8 = p4 * p4, p16 = p8 * p8;
-    bsk_v16f r = 1.0f - 1.0f / p16;
-    return (bsk_v16f)((bsk_v16i)r | sign);
+#if defined(__AVX512F__)
+    return (bsk_v16f)_mm512_fmadd_ps((__m512)a, (__m512)b, (__m512)c);
+#elif defined(__FMA__)
+    union { bsk_v16f v; __m256 h[2]; } x = {a}, y = {b}, z = {c};
+    x.h[0] = _mm256_fmadd_ps(x.h[0], y.h[0], z.h[0]);
+    x.h[1] = _mm256_fmadd_ps(x.h[1], y.h[1], z.h[1]);
+    return x.v;
+#else
+    for (int t = 0; t < 16; t++)
+        a[t] = fmaf(a[t], b[t], c[t]);
+    return a;
+#endif
 }
 
-/* GELU(y) = 0.5 * y * (1 + erf(y / sqrt(2))) */
+/* The Abramowitz & Stegun 7.1.28 polynomial p(a), a = |x|:
+ * erf(|x|) = 1 - 1 / p(a)^16 with |error| <= 3e-7.  p^16 overflows to inf
+ * from a ~ 12 on, where 1 / p^16 = 0 is the right limit. */
+BSK_INLINE bsk_v16f bsk_erfc_poly16(bsk_v16f a)
+{
+    bsk_v16f p = (bsk_v16f){0} + 0.0000430638f;
+    p = bsk_fma16(p, a, (bsk_v16f){0} + 0.0002765672f);
+    p = bsk_fma16(p, a, (bsk_v16f){0} + 0.0001520143f);
+    p = bsk_fma16(p, a, (bsk_v16f){0} + 0.0092705272f);
+    p = bsk_fma16(p, a, (bsk_v16f){0} + 0.0422820123f);
+    p = bsk_fma16(p, a, (bsk_v16f){0} + 0.0705230784f);
+    p = bsk_fma16(p, a, (bsk_v16f){0} + 1.0f);
+    const bsk_v16f p2 = p * p, p4 = p2 * p2, p8 = p4 * p4;
+    return p8 * p8;
+}
+
+BSK_INLINE bsk_v16f bsk_abs16(bsk_v16f x)
+{
+    return (bsk_v16f)((bsk_v16i)x & ~((bsk_v16i){0} + INT32_MIN));
+}
+
+/*
+ * GELU(y) = 0.5 y (1 + erf(y / sqrt(2))).  With erf(|u|) = 1 - 1/p16 this is
+ * max(y, 0) - 0.5 |y| / p16(|y| / sqrt(2)) for either sign of y: no sign
+ * fix-up and no 1 - 1/p16, which loses the small terms.  |y| is capped at 32
+ * in the numerator only, where p16 is already inf, so GELU(+-inf) = inf, 0.
+ */
 BSK_INLINE bsk_v16f bsk_gelu16(bsk_v16f y)
 {
-    return 0.5f * y * (1.0f + bsk_erf16(y * 0.70710678118654752f));
+    bsk_v16f a = bsk_abs16(y);
+    const bsk_v16f a32 = bsk_select(a < 32.0f, a, (bsk_v16f){0} + 32.0f);
+    const bsk_v16f h = (0.5f * a32) / bsk_erfc_poly16(a * 0.70710678118654752f);
+    return bsk_select(y > 0.0f, y, (bsk_v16f){0}) - h;
 }
 
 #endif /* BLOCKSPARSE_VEC16_H */

@@ -35,7 +35,19 @@ import sys
 import threading
 import warnings
 
-from . import _kernels
+try:
+    from . import _kernels
+except ImportError:
+    import importlib.util
+    if importlib.util.find_spec(__package__ + "._kernels") is not None:
+        raise
+    # "python -m blocksparse" in a clone imports the source tree in the current directory
+    # (first on sys.path), which has no compiled kernels even when the package is installed
+    raise ImportError(
+        f"blocksparse is being imported from {os.path.dirname(os.path.abspath(__file__))}, "
+        f"which has no compiled kernels (a source tree that was not built in place). Run "
+        f"from another directory to use the installed package, or use the 'blocksparse' "
+        f"command, or build in place with 'pip install -e .'") from None
 
 ISA_NAMES = _kernels.ISA_NAMES  # ("scalar", "avx2", "avx_vnni", "avx512_vnni")
 _ALIASES = {"ref": "scalar", "avxvnni": "avx_vnni", "avx512vnni": "avx512_vnni",

@@ -518,3 +518,21 @@ def test_embed_matches_stored_pytorch_reference(tmp_path):
     ref = data["sentence_embeddings"].astype(np.float64)
     cos = np.sum(ours * ref, axis=1) / (np.linalg.norm(ours, axis=1) * np.linalg.norm(ref, axis=1))
     assert np.all(cos >= 0.9999), cos
+
+
+def test_unbuilt_source_tree_says_why_it_cannot_import(tmp_path):
+    """``python -m blocksparse`` in a clone's root imports the source folder there first; an
+    unbuilt one (no compiled kernels) must say so, not fail as a circular import."""
+    import shutil
+    shutil.copytree(ROOT / "blocksparse", tmp_path / "blocksparse",
+                    ignore=shutil.ignore_patterns("*.so", "*.pyd", "__pycache__"))
+    # -S: no site hooks (an editable install would find the real package first); NumPy and
+    # SciPy from their own directory, the unbuilt copy from the current directory
+    deps = os.pathsep.join(sorted({str(Path(m.__file__).resolve().parents[1])
+                                   for m in (np, __import__("scipy"))}))
+    res = subprocess.run([sys.executable, "-S", "-c", "import blocksparse"], cwd=tmp_path,
+                         env={**os.environ, "PYTHONPATH": deps}, capture_output=True,
+                         text=True, timeout=120)
+    assert res.returncode == 1
+    assert "which has no compiled kernels" in res.stderr
+    assert "circular import" not in res.stderr and "Run from another directory" in res.stderr

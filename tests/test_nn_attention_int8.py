@@ -396,7 +396,9 @@ def test_model_option_default_and_checkpoint(rng, tmp_path):
     ids = rng.integers(0, 300, size=(2, 11))
     mask = np.ones((2, 11), np.int64)
     mask[1, 6:] = 0
-    m8 = BertModel.from_config(CFG, seed=1, dtype="int8")
+    # float32 attention by default (INT8 attention is opt-in: see docs/nn.rst)
+    assert BertModel.from_config(CFG, seed=1, dtype="int8").attention == "float32"
+    m8 = BertModel.from_config(CFG, seed=1, dtype="int8", attention="int8")
     m32 = BertModel.from_config(CFG, seed=1)
     assert m8.attention == "int8" and m32.attention == "float32"
     assert "int8 attention" in repr(m8)

@@ -89,10 +89,10 @@ def long_inputs(ref, length):
 
 
 def test_int8_attention_fidelity(path, float_model, ref):
-    """INT8 attention (the default of INT8 models) against float32 attention, up to 512
+    """INT8 attention (attention="int8") against float32 attention, up to 512
     tokens: it alone stays within 1e-4 of the float model, and the INT8 model keeps the
     bar of test_int8_dense_sentence_embeddings."""
-    model = BertModel.from_pretrained(path, dtype="int8")
+    model = BertModel.from_pretrained(path, dtype="int8", attention="int8")
     assert model.attention == "int8"
     cases = [(ref["input_ids"], ref["attention_mask"])] + [long_inputs(ref, n)
                                                           for n in (128, 512)]
@@ -108,6 +108,51 @@ def test_int8_attention_fidelity(path, float_model, ref):
             assert np.all(alone >= 0.9999) and np.all(both >= 0.999)
     finally:
         float_model.attention = "float32"      # the module's fixture, shared
+
+
+# Texts for the INT8 fidelity test: one to three words, punctuation only, the empty
+# text, sentences and a text longer than the model's 256 tokens.  Short texts are the
+# hard case: a mean-pooled vector of 3 or 4 tokens averages few rounding errors, and
+# [CLS], [SEP] and punctuation carry activations 10-40 times a token's RMS.
+FIDELITY_TEXTS = [
+    "", "Hi", "ok", "Thanks!", "Yes.", "No", "Why?", "!", "?", "...", "!!!", ":)", "#", "42",
+    "well done", "Who knows?", "Good morning", "New York City", "dogs bark loudly",
+    "What time is it?", "Are you sure?", "The end.", "x86 CPUs", "Oh no!", "?!", "Which one?",
+    "This is an example sentence.", "Each sentence is converted",
+    "A man is playing a guitar on the stage.",
+    "How do I reset my password if I forgot my email address?",
+    "Stock markets fell sharply after the central bank raised interest rates.",
+    "The hikers reached the summit just before sunrise, tired but happy.",
+    " ".join(f"Sentence {i} of a long text about block-sparse INT8 inference, which the "
+             f"model truncates at 256 tokens." for i in range(30)),
+]
+
+
+@pytest.fixture(scope="module")
+def fidelity(path, float_model):
+    """(float32 pipeline, INT8 pipeline, float32 embeddings of FIDELITY_TEXTS)."""
+    pytest.importorskip("tokenizers")
+    from blocksparse.pipelines import EmbeddingPipeline
+    pipe = EmbeddingPipeline(path, model=float_model, normalize=False)
+    pipe8 = EmbeddingPipeline(path, model=BertModel.from_pretrained(path, dtype="int8"),
+                              normalize=False)
+    return pipe, pipe8, pipe.embed(FIDELITY_TEXTS)
+
+
+@pytest.mark.parametrize("isa_name", blocksparse.available_isas())
+def test_int8_fidelity_on_short_and_long_texts(fidelity, isa_name):
+    """Mean-pooled INT8 embeddings: cosine >= 0.999 to float32 on every text, every ISA."""
+    pipe, pipe8, want = fidelity
+    with blocksparse.isa_context(isa_name):
+        got = pipe8.embed(FIDELITY_TEXTS)
+    lengths = [len(t) for t in pipe.tokenize(FIDELITY_TEXTS)]
+    assert min(lengths) == 2 and max(lengths) == 256
+    cos = cosines(got, want)
+    worst = int(np.argmin(cos))
+    print(f"\nMiniLM INT8 ({isa_name}) over {len(cos)} texts: min {cos.min():.5f} "
+          f"({FIDELITY_TEXTS[worst]!r}), mean {cos.mean():.5f}")
+    assert np.all(cos >= 0.999), {t: round(float(c), 5) for t, c in zip(FIDELITY_TEXTS, cos)
+                                  if c < 0.999}
 
 
 @pytest.mark.parametrize("sparsity", [0.5, 0.8, 0.9])

@@ -6,7 +6,7 @@ layers, hidden 128, 2 heads, FFN 512; for smoke tests), BERT-Mini (4, 256, 4,
 blocksparse runs ``BertModel.from_config`` with every encoder Linear weight
 pruned to sparsity 0 / 0.8 / 0.9 in (4, 1) blocks (four consecutive output
 rows in one input column) and quantized to INT8 (activations per token,
-dynamically).  The peers (:mod:`.bert_peers`: PyTorch dynamic INT8, ONNX
+dynamically), with INT8 attention (``attention="int8"``).  The peers (:mod:`.bert_peers`: PyTorch dynamic INT8, ONNX
 Runtime dynamic and static QDQ INT8, OpenVINO on the static QDQ model; PyTorch
 float32 on request) run the **same pruned weights**, copied from the float
 model made from the same seed, so every contender computes the same function;
@@ -110,7 +110,7 @@ def layer_breakdown(threads, repeat, sparsity=0.9, seed=0):
     from blocksparse.nn import BertModel, _ops
     cfg = dict(bert_config("BERT-Base"), num_hidden_layers=2)
     model = BertModel.from_config(cfg, seed=seed, sparsity=sparsity, blocksize=BLOCKSIZE,
-                                  dtype="int8")
+                                  dtype="int8", attention="int8")
     layer, nxt = model.encoder.layers
     H, N, B = 768, SEQ, 1
     ids, _ = inputs(B, SEQ)
@@ -217,7 +217,7 @@ def run(args=None, progress=None):
             say(progress, f"{name} {sp:g}: building blocksparse's model")
             kw = dict(seed=0, sparsity=None if sp == 0 else sp, blocksize=BLOCKSIZE)
             t0 = time.perf_counter()
-            model = BertModel.from_config(cfg, dtype="int8", **kw)
+            model = BertModel.from_config(cfg, dtype="int8", attention="int8", **kw)
             build_s = time.perf_counter() - t0
             reference = BertModel.from_config(cfg, dtype="float32", **kw)
             peers = BertPeers(reference, s["peers"], seq=seq, note=lambda m: say(progress, m)) \

@@ -34,8 +34,10 @@ The package's own format (``BertModel.save_pretrained``) is a directory
 with ``config.json`` (the canonical configuration plus a ``"blocksparse"``
 section describing every Linear layer) and a weights file holding the
 arrays as they are in memory: dense weights, block-sparse
-``data``/``indices``/``indptr`` and INT8 ``data`` + ``scale``.  Format
-version 2 names the weights file in ``config.json``
+``data``/``indices``/``indptr`` and INT8 ``data`` + ``scale`` (and an INT8
+layer's float part, ``float.data``/``.indices``/``.indptr`` and
+``float_features``, written as format version 3).  Format version 2 names
+the weights file in ``config.json``
 (``"weights": "model-<16 hex digits>.safetensors"``), a new name on every
 save, so that a save is atomic: the new weights are written under their new
 name first, then ``config.json`` is replaced (one rename) and only then are
@@ -64,8 +66,10 @@ from .activations import FFN_ACTIVATIONS, check_activation
 
 __all__ = ["normalize_config", "read_config"]
 
-FORMAT_VERSION = 2            # 2: config.json names the weights file; 1: model.safetensors
-READABLE_VERSIONS = (1, 2)
+# 3: INT8 layers may have a float part; 2: config.json names the weights file;
+# 1: model.safetensors.  A save without float parts is written as version 2.
+FORMAT_VERSION = 3
+READABLE_VERSIONS = (1, 2, 3)
 MAX_LAYERS = 1024  # real BERT-family encoders have at most a few dozen
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
@@ -91,6 +95,7 @@ ROBERTA_FAMILIES = ("roberta", "xlm-roberta", "roberta-prelayernorm", "xlm-rober
 PRE_NORM_FAMILIES = ("roberta-prelayernorm", "xlm-roberta-xl")
 #: Families whose embeddings are summed without a LayerNorm (the first layer's makes up).
 NO_EMBEDDING_NORM = ("xlm-roberta-xl",)
+TWO_PASS_DEFAULT = 0  # BertModel.two_pass_max_tokens of a new model (written only if not)
 
 
 def _safetensors():
@@ -570,7 +575,44 @@ def load_hf_weights(directory, cfg, tensors=None):
     return out
 
 
+def special_token_ids(directory):
+    """(prefix, suffix): the ids the directory's tokenizer puts around one text.
+
+    Read from ``tokenizer.json`` (a ``TemplateProcessing`` or
+    ``BertProcessing`` post-processor, as Hugging Face tokenizers write
+    them); ``((), ())`` when the directory has no such file or it says
+    nothing usable.  Used for the calibration pass of INT8 models: in BERT
+    models the special tokens carry the largest activations.
+    """
+    try:
+        path = confined(directory, "tokenizer.json", "tokenizer")
+        with open(path, encoding="utf-8") as f:
+            post = json.load(f).get("post_processor") or {}
+    except (OSError, ValueError, AttributeError):
+        return (), ()
+    try:
+        if post.get("type") == "BertProcessing":
+            return (int(post["cls"][1]),), (int(post["sep"][1]),)
+        if post.get("type") == "TemplateProcessing":
+            ids = {k: [int(i) for i in v["ids"]] for k, v in post["special_tokens"].items()}
+            out, before = ([], []), True
+            for item in post["single"]:
+                if "Sequence" in item:
+                    before = False
+                elif "SpecialToken" in item:
+                    out[0 if before else 1].extend(ids[item["SpecialToken"]["id"]])
+            return tuple(out[0]), tuple(out[1])
+    except (KeyError, TypeError, ValueError, IndexError, AttributeError):
+        pass
+    return (), ()
+
+
 # ---- the package's own format ----------------------------------------------------
+
+def _block_sparse_arrays(prefix, m):
+    return {prefix + "." + key: np.ascontiguousarray(getattr(m, key))
+            for key in ("data", "indices", "indptr")}
+
 
 def linear_tensors(name, lin):
     """(tensors, description) of one Linear layer for the own format."""
@@ -581,21 +623,37 @@ def linear_tensors(name, lin):
     else:
         m = w.weight if lin.kind == "int8" else w
         desc["blocksize"] = list(m.blocksize)
-        t[name + ".data"] = np.ascontiguousarray(m.data)
-        t[name + ".indices"] = np.ascontiguousarray(m.indices)
-        t[name + ".indptr"] = np.ascontiguousarray(m.indptr)
+        t.update(_block_sparse_arrays(name, m))
         if lin.kind == "int8":
             t[name + ".scale"] = np.ascontiguousarray(w.scale)
     if lin.bias is not None:
         t[name + ".bias"] = np.ascontiguousarray(lin.bias)
     if lin.input_scale is not None:
         t[name + ".input_scale"] = np.ascontiguousarray(lin.input_scale)
+    f = getattr(lin, "float_weight", None)
+    if f is not None:
+        desc["float_blocksize"] = list(f.blocksize)
+        t.update(_block_sparse_arrays(name + ".float", f))
+        if lin.float_features is not None and lin.float_features.size:
+            t[name + ".float_features"] = np.ascontiguousarray(lin.float_features)
     return t, desc
+
+
+def _block_sparse_tensors(get, prefix, shape, blocksize, kind):
+    """The BlockSparseMatrix stored as `prefix`.data/.indices/.indptr."""
+    from .._matrix import BlockSparseMatrix
+    data = get(prefix + ".data", kind=kind)
+    indices, indptr = get(prefix + ".indices", kind="index"), get(prefix + ".indptr",
+                                                                   kind="index")
+    try:
+        return BlockSparseMatrix((data, indices, indptr), shape=shape, blocksize=blocksize)
+    except (ValueError, TypeError) as exc:
+        raise ValueError(f"tensors {prefix}.data/.indices/.indptr do not form a valid "
+                         f"block-sparse matrix: {exc}") from None
 
 
 def linear_from_tensors(name, desc, get):
     """Rebuild a Linear layer saved by linear_tensors (validated on the way in)."""
-    from .._matrix import BlockSparseMatrix
     from .._quant import QuantizedMatrix
     from .layers import Linear
     try:
@@ -609,14 +667,8 @@ def linear_from_tensors(name, desc, get):
         blocksize = tuple(desc.get("blocksize", ()))
         if len(blocksize) != 2:
             raise ValueError(f"config 'blocksparse.linears' entry {name!r} needs a 'blocksize'")
-        data = get(name + ".data", kind="int8" if kind == "int8" else "float")
-        indices, indptr = get(name + ".indices", kind="index"), get(name + ".indptr",
-                                                                     kind="index")
-        try:
-            w = BlockSparseMatrix((data, indices, indptr), shape=shape, blocksize=blocksize)
-        except (ValueError, TypeError) as exc:
-            raise ValueError(f"tensors {name}.data/.indices/.indptr do not form a valid "
-                             f"block-sparse matrix: {exc}") from None
+        w = _block_sparse_tensors(get, name, shape, blocksize,
+                                  "int8" if kind == "int8" else "float")
         if kind == "int8":
             w = QuantizedMatrix(w, get(name + ".scale", (shape[0],)))
     else:
@@ -624,7 +676,15 @@ def linear_from_tensors(name, desc, get):
                          f"{kind!r}")
     bias = get(name + ".bias", (shape[0],), optional=True)
     input_scale = get(name + ".input_scale", (shape[1],), optional=True)
-    return Linear(w, bias, input_scale)
+    float_weight = float_features = None
+    if "float_blocksize" in desc:
+        fb = _pair(desc["float_blocksize"], f"linears.{name}.float_blocksize")
+        float_weight = _block_sparse_tensors(get, name + ".float", shape, fb, "float")
+        float_features = get(name + ".float_features", optional=True, kind="index")
+    try:
+        return Linear(w, bias, input_scale, float_weight, float_features)
+    except (ValueError, TypeError) as exc:
+        raise ValueError(f"Linear layer {name!r}: {exc}") from None
 
 
 class CheckpointChanged(Exception):
@@ -726,7 +786,14 @@ def check_own_meta(meta, cfg, head_linears=None):
 
     out = {"version": version, "sparsity": number("sparsity", 0, 1),
            "smoothing": number("smoothing", 0, 1),
+           "float_weights": number("float_weights", 0, 1, 0.0),
            "blocksize": _pair(meta.get("blocksize", [4, 1]), "blocksize")}
+    for key, default in (("float_features", 0), ("two_pass_max_tokens", TWO_PASS_DEFAULT)):
+        v = meta.get(key, default)
+        if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+            raise ValueError(f"config 'blocksparse' key {key!r} must be a non-negative "
+                             f"integer, got {v!r}")
+        out[key] = v
     out["dtype"] = meta.get("dtype")
     if out["dtype"] not in ("float32", "int8"):
         raise ValueError(f"config 'blocksparse' key 'dtype' must be 'float32' or 'int8', got "
@@ -921,10 +988,17 @@ def save_model(model, directory):
             tensors.update(t)
             linears[name] = desc
     cfg = dict(model.config)
-    cfg["blocksparse"] = {"format_version": FORMAT_VERSION, "dtype": base.dtype,
+    has_float = any("float_blocksize" in d for d in linears.values())
+    cfg["blocksparse"] = {"format_version": FORMAT_VERSION if has_float else 2,
+                          "dtype": base.dtype,
                           "sparsity": base.sparsity, "blocksize": list(base.blocksize),
                           "balanced": base.balanced, "smoothing": base.smoothing,
                           "attention": base.attention, "linears": linears}
+    if has_float:
+        cfg["blocksparse"].update(float_features=base.float_features,
+                                  float_weights=base.float_weights)
+    if base.two_pass_max_tokens != TWO_PASS_DEFAULT:
+        cfg["blocksparse"]["two_pass_max_tokens"] = base.two_pass_max_tokens
     if head is not None:
         cfg["blocksparse"]["architecture"] = model.architecture
     write_checkpoint(os.fspath(directory),
@@ -1011,6 +1085,9 @@ def build_own_base(cls, cfg, meta, get, precision=None):
     model.blocksize = meta["blocksize"]
     model.balanced = meta["balanced"]
     model.smoothing = meta["smoothing"]
+    model.float_features = meta["float_features"]
+    model.float_weights = meta["float_weights"]
+    model.two_pass_max_tokens = meta["two_pass_max_tokens"]
     model.dtype = meta["dtype"]
     model.attention = default_attention(meta["dtype"], meta["attention"] if precision is None
                                         else precision)

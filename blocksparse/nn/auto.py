@@ -341,7 +341,7 @@ def _check_strict(name, tensors, strict):
 
 
 def _load_hf(name, raw, directory, sparsity, blocksize, dtype, balanced, smoothing,
-             calibration, strict, attention):
+             calibration, strict, float_features, float_weights, attention):
     arch = ARCHITECTURES[name]
     cfg = ckpt.normalize_config(dict(raw, model_type=arch.model_type), ckpt.FAMILIES)
     head_cfg = head_config(name, raw)
@@ -359,7 +359,8 @@ def _load_hf(name, raw, directory, sparsity, blocksize, dtype, balanced, smoothi
     arrays = _hf_head_arrays(spec, tensors, cfg, head_cfg) if spec is not None else None
     unused = _check_strict(name, tensors, strict)
     base = arch.encoder._build(cfg, weights, lambda i: weights, sparsity, blocksize, dtype,
-                               balanced, smoothing, calibration, attention)
+                               balanced, smoothing, calibration, float_features, float_weights,
+                               ckpt.special_token_ids(directory), attention)
     if spec is None:
         base.unused_tensors = unused
         return base
@@ -401,8 +402,8 @@ def _load_own(raw, directory, sparsity, dtype, architecture, attention):
 
 
 def from_pretrained(path, dtype=None, sparsity=None, blocksize=(4, 1), balanced=False,
-                    smoothing=0.5, calibration=None, *, architecture=None, strict=True,
-                    attention=None):
+                    smoothing=0.5, calibration=None, *, float_features=16, float_weights=0.02,
+                    architecture=None, strict=True, attention=None):
     """Load the model a checkpoint directory holds, with its task head.
 
     ``config.json``'s ``architectures`` (for example
@@ -427,8 +428,11 @@ def from_pretrained(path, dtype=None, sparsity=None, blocksize=(4, 1), balanced=
     balanced : bool, optional
     smoothing : float in (0, 1] or None, optional
     calibration : array_like of int, or (input_ids, attention_mask), optional
+    float_features : int, optional
+    float_weights : float in [0, 1), optional
         As in :meth:`BertModel.from_pretrained
-        <blocksparse.nn.BertModel.from_pretrained>`.
+        <blocksparse.nn.BertModel.from_pretrained>` (INT8 only: the outlier
+        input features and the largest weights of each row kept in float32).
     architecture : str, optional
         Load as this architecture instead of the one ``config.json`` names
         (for example a checkpoint whose ``architectures`` is a custom class
@@ -442,8 +446,8 @@ def from_pretrained(path, dtype=None, sparsity=None, blocksize=(4, 1), balanced=
     attention : {None, "float32", "int8"}, optional
         Precision of the attention's products ``Q K^T`` and ``P V``
         (:func:`blocksparse.nn.attention`).  None: the one saved with an
-        own-format checkpoint, else "int8" for an INT8 model and "float32"
-        for a float32 one.
+        own-format checkpoint, else "float32" ("int8" is faster on long
+        sequences, see docs/nn.rst).
 
     Returns
     -------
@@ -489,7 +493,7 @@ def from_pretrained(path, dtype=None, sparsity=None, blocksize=(4, 1), balanced=
         raise TypeError("path must be a checkpoint directory or its config.json")
     name = resolve_architecture(raw, architecture)
     return _load_hf(name, raw, directory, sparsity, blocksize, dtype, balanced, smoothing,
-                    calibration, strict, attention)
+                    calibration, strict, float_features, float_weights, attention)
 
 
 def random_task_model(cls, config, architecture, num_labels, seed, options):

@@ -18,7 +18,14 @@ per-feature smoothing factors), it publishes as its :class:`InputSpec`; the
 layer that produces that input is handed the spec, and never looks at its
 consumer.  INT8 products go through ``blocksparse._packed.matmul``, the
 package's one product call path.
+
+An INT8 Linear layer may carry a small float32 part beside its INT8 weight
+(the input features with outlier activations and the largest weights of each
+row, see :meth:`Linear.to_int8`), and may be asked to give some tokens a
+second INT8 pass over the rounding residual of their activations (``refine``
+columns, see :attr:`blocksparse.nn.BertModel.two_pass_max_tokens`).
 """
+import numbers
 from typing import NamedTuple
 
 import numpy as np
@@ -47,8 +54,9 @@ class InputSpec(NamedTuple):
     quantized : bool
         Also per-token uint8 codes (an INT8 Linear layer).
     scale : ndarray of shape (features,), dtype float32, or None
-        Per-feature factors applied before quantizing (SmoothQuant-style
-        smoothing, see :meth:`Linear.to_int8`).
+        Per-feature factors applied before quantizing: SmoothQuant-style
+        smoothing, and 0 for the features a float part carries (see
+        :meth:`Linear.to_int8`).
     """
 
     quantized: bool = False
@@ -138,10 +146,20 @@ class Linear:
         quantized, the inverse of the factors already multiplied into the
         weight's columns (SmoothQuant-style smoothing, see :meth:`to_int8`),
         so the product is unchanged while activation outliers shrink.
+    float_weight : BlockSparseMatrix, array_like or scipy.sparse matrix of shape (M, K), optional
+        INT8 only: a float part added in float32, ``y = act(W_q x_q +
+        float_weight @ x + b)``: the outlier features' columns and the
+        largest weights of each row (see :meth:`to_int8`), which then no
+        longer set the INT8 scales.  Stored with blocksize (1, 1).
+    float_features : array_like of int, optional
+        INT8 only: input features that `float_weight` carries alone; their
+        quantized activations are 0, so they do not widen the per-token
+        scales.  Needs `float_weight`.
 
     Attributes
     ----------
-    weight, bias, input_scale, kind, in_features, out_features
+    weight, bias, input_scale, float_weight, float_features, kind, in_features,
+    out_features
 
     Examples
     --------
@@ -152,7 +170,8 @@ class Linear:
     ('sparse', [[2.0, 3.0, 4.0, 5.0]])
     """
 
-    def __init__(self, weight, bias=None, input_scale=None):
+    def __init__(self, weight, bias=None, input_scale=None, float_weight=None,
+                 float_features=None):
         if isinstance(weight, QuantizedMatrix):
             self.kind = "int8"
         elif isinstance(weight, BlockSparseMatrix):
@@ -179,6 +198,19 @@ class Linear:
             if not np.all(np.isfinite(input_scale)) or np.any(input_scale <= 0):
                 raise ValueError("input_scale must be finite and positive")
         self.input_scale = input_scale
+        self.float_weight, self.float_features = _float_part(self, float_weight, float_features)
+        self._q_mul = self._quantization_factors()
+        self._float_rows = self._float_sub = None
+        if self.float_weight is not None:
+            # only the rows that hold float weights are computed and added
+            csr = self.float_weight.tocsr()
+            rows = np.flatnonzero(np.diff(csr.indptr))
+            part = self.float_weight
+            if 2 * len(rows) < self.out_features:
+                self._float_rows = rows
+                part = BlockSparseMatrix(csr[rows], blocksize=(1, 1))
+            part._packed_as(np.float32)  # packed now, not by the first of concurrent calls
+            self._float_sub = part
 
     @classmethod
     def from_dense(cls, weight, bias=None, *, sparsity=None, blocksize=(4, 1),
@@ -220,7 +252,9 @@ class Linear:
     def __repr__(self):
         return (f"<Linear {self.in_features} -> {self.out_features}, {self.kind}"
                 + (f", density {self.weight.density:.1%}" if self.kind != "dense" else "")
-                + (", bias" if self.bias is not None else "") + ">")
+                + (", bias" if self.bias is not None else "")
+                + (f", float part of {self.float_weight.nnz} weights"
+                   if self.float_weight is not None else "") + ">")
 
     def __call__(self, x, activation=None):
         """``act(x @ W.T + b)`` for x of shape (..., in_features).
@@ -243,7 +277,7 @@ class Linear:
             raise ValueError(f"x must have shape (..., {self.in_features}), got {x.shape}")
         lead = x.shape[:-1]
         x2 = np.ascontiguousarray(x.reshape(-1, self.in_features), dtype=np.float32)
-        if self.kind == "int8":
+        if self.kind == "int8" and self.float_weight is None:
             if self.input_scale is not None:
                 x2 = x2 * self.input_scale
             y = linear(x2, self.weight, self.bias, activation)
@@ -251,25 +285,85 @@ class Linear:
             y = self._forward(_ops._features_major(x2), None, activation).T
         return np.ascontiguousarray(y).reshape(lead + (self.out_features,))
 
-    def _forward(self, x, xq, activation=None, few_columns=False):
-        """Unchecked: y (M, N) from x (K, N) float32 (or None with xq) or uint8 xq.
+    def _forward(self, x, xq, activation=None, refine=None, few_columns=False):
+        """Unchecked: y (M, N) from x (K, N) float32 and its uint8 codes xq (or None).
 
+        INT8: `refine`, an int array of token columns or None, gets a second
+        pass over the rounding residual of those tokens' activations.
         `few_columns`: a dense weight's small product skips BLAS (a head on
         the [CLS] rows, see :func:`._ops._small_matmul`).
         """
         if self.kind == "int8":
             if xq is None:
-                xq = _ops._quantize_tokens(x, self.input_scale)
+                xq = _ops._quantize_tokens(x, self._q_mul)
             N = xq.q.shape[1]
             y = np.empty((self.out_features, N), dtype=np.float32)
-            if N:
-                matmul(self.weight.packed, xq, y, layout="features",
-                       epilogue=Epilogue(activation, self.bias))
+            if not N:
+                return y
+            # the float part and the second pass join before the activation
+            late = activation is not None and (self.float_weight is not None or
+                                               refine is not None)
+            matmul(self.weight.packed, xq, y, layout="features",
+                   epilogue=Epilogue(None, None) if late else Epilogue(activation, self.bias))
+            if self.float_weight is not None:
+                part = np.empty((self._float_sub.shape[0], N), dtype=np.float32)
+                matmul(self._float_sub._packed_as(np.float32), x, part, layout="features")
+                if self._float_rows is None:
+                    y += part
+                else:
+                    y[self._float_rows] += part
+            if refine is not None:
+                if 4 * len(refine) < N:    # a few tokens: gathered
+                    y[:, refine] += self._residual_product(x, xq, refine)
+                else:                      # many: all columns, the others' residual zeroed
+                    keep = None
+                    if len(refine) < N:
+                        keep = np.zeros(N, np.float32)
+                        keep[refine] = 1.0
+                    y += self._residual_product(x, xq, None, keep)
+            if late:
+                _ops._bias_act(y, self.bias, activation)
             return y
         y = _ops._small_matmul(self.weight, x) if few_columns else self.weight @ x
         if (self.bias is not None or activation is not None) and y.size:
             _ops._bias_act(y, self.bias, activation)
         return y
+
+    def _residual_product(self, x, xq, cols, keep=None):
+        """W_q applied to the INT8 rounding residual of the tokens `cols` (M, len(cols)).
+
+        The residual ``x * factors - dequantize(xq)`` of each token lies within
+        half a step of its scale; quantized again per token, it adds about
+        eight bits to those tokens' activations at the cost of one more
+        product over them.  `cols` None means every token; `keep`, 0 or 1 per
+        token, then zeroes the residual of the tokens with 0 (an all-zero token
+        quantizes to its zero point, so it adds exactly 0).
+        """
+        if cols is None:
+            q, zero, scale = xq.q, xq.zero, xq.scale
+            r = x * self._q_mul[:, None] if self._q_mul is not None else x.copy()
+        else:
+            q, zero, scale = (np.take(a, cols, axis=-1) for a in (xq.q, xq.zero, xq.scale))
+            r = np.take(x, cols, axis=1)
+            if self._q_mul is not None:
+                r *= self._q_mul[:, None]
+        codes = np.subtract(q, zero.astype(np.float32), dtype=np.float32)
+        codes *= scale
+        r -= codes
+        if keep is not None:
+            r *= keep
+        out = np.empty((self.out_features, r.shape[1]), dtype=np.float32)
+        matmul(self.weight.packed, _ops._quantize_tokens(r), out, layout="features")
+        return out
+
+    def _quantization_factors(self):
+        """Per-feature factors before quantizing (input_scale, 0 on float features), or None."""
+        if self.float_features is None:
+            return self.input_scale
+        q = np.ones(self.in_features, np.float32) if self.input_scale is None \
+            else self.input_scale.copy()
+        q[self.float_features] = 0.0
+        return q
 
     @property
     def uses_int8(self):
@@ -278,11 +372,13 @@ class Linear:
 
     @property
     def input_spec(self):
-        """:class:`InputSpec`: uint8 codes (times :attr:`input_scale`) for kind "int8"."""
-        return InputSpec(True, self.input_scale) if self.kind == "int8" else FLOAT_INPUT
+        """:class:`InputSpec`: uint8 codes for kind "int8" (times :attr:`input_scale`, 0 on
+        :attr:`float_features`)."""
+        return InputSpec(True, self._q_mul) if self.kind == "int8" else FLOAT_INPUT
 
-    def to_int8(self, blocksize=(4, 1), input_absmax=None, smoothing=None):
-        """An INT8 copy of this float layer, optionally smoothed.
+    def to_int8(self, blocksize=(4, 1), input_absmax=None, smoothing=None, *,
+                float_features=0, float_weights=0.0):
+        """An INT8 copy of this float layer, optionally smoothed, with an optional float part.
 
         With `smoothing` = alpha and the per-feature maxima of the inputs
         the layer sees, the inputs are divided and the weight columns
@@ -291,6 +387,16 @@ class Linear:
         features of LayerNorm outputs into the per-row weight scales and
         leaves ``x @ W.T`` unchanged before rounding.  The division is
         fused into the quantization of the input (:attr:`input_scale`).
+
+        Outliers that smoothing cannot absorb can stay float32
+        (:attr:`float_weight`, added to the INT8 product): the
+        `float_features` input features with the largest maxima (in BERT
+        models the "massive activations" of ``[CLS]``, ``[SEP]`` and
+        punctuation tokens, up to 40 times a token's RMS, which would set
+        those tokens' whole per-token scale) with their weight columns,
+        and in each row the ``round(float_weights * in_features)``
+        largest weights (which would set the row's scale).  Both leave the
+        INT8 part; the float features are quantized as 0.
 
         Parameters
         ----------
@@ -302,23 +408,128 @@ class Linear:
             Calibration maxima of ``|x[:, k]|``.
         smoothing : float in (0, 1], optional
             The migration strength alpha; None (or 0) quantizes as is.
+        float_features : int, optional
+            How many input features stay float (needs `input_absmax`).
+        float_weights : float in [0, 1), optional
+            Fraction of each row's (stored) weights that stays float.
 
         Returns
         -------
         Linear
             kind "int8".
+
+        Raises
+        ------
+        ValueError
+            If the layer is INT8 already, `smoothing` or `float_features`
+            come without `input_absmax`, or an argument is out of range.
         """
         if self.kind == "int8":
             raise ValueError("the layer is already INT8")
-        w, input_scale = self.weight, None
-        if smoothing:
+        K = self.in_features
+        n_feat = _count_arg(float_features, K, "float_features")
+        frac = float(float_weights)
+        if not 0.0 <= frac < 1.0:
+            raise ValueError(f"float_weights must lie in [0, 1), got {float_weights!r}")
+        amax = None
+        if smoothing or n_feat:
             if input_absmax is None:
-                raise ValueError("smoothing needs input_absmax (calibration maxima)")
-            s = _smoothing_factors(np.asarray(input_absmax, np.float64), _column_absmax(w),
-                                   float(smoothing))
+                raise ValueError(f"{'smoothing' if smoothing else 'float_features'} needs "
+                                 f"input_absmax (calibration maxima)")
+            amax = np.asarray(input_absmax, np.float64)
+            if amax.shape != (K,):
+                raise ValueError(f"input_absmax must have shape ({K},), got {amax.shape}")
+        feats = np.sort(np.argsort(-amax, kind="stable")[:n_feat]) if n_feat else None
+        w, s, input_scale = self.weight, None, None
+        if smoothing:
+            a = amax.copy()
+            if feats is not None:
+                a[feats] = 0.0  # the float features do not pull the others' factors
+            s = _smoothing_factors(a, _column_absmax(w), float(smoothing))
+            if feats is not None:
+                s[feats] = 1.0
             w = _scale_columns(w, s)
             input_scale = (1.0 / s).astype(np.float32)
-        return Linear(_finish(w, "int8", blocksize), self.bias, input_scale)
+        float_weight = None
+        per_row = int(round(frac * K))
+        if feats is not None or per_row:
+            w, float_weight = _split_float(w, s, feats, per_row)
+        return Linear(_finish(w, "int8", blocksize), self.bias, input_scale, float_weight,
+                      feats)
+
+
+def _count_arg(value, limit, name):
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or \
+            not 0 <= value <= limit:
+        raise ValueError(f"{name} must be an integer in [0, {limit}], got {value!r}")
+    return int(value)
+
+
+def _split_float(w, s, feats, per_row):
+    """(INT8 part, float part) of a (smoothed) weight: the columns `feats` and the
+    `per_row` largest stored weights of each row move to the float part, unsmoothed."""
+    dense = w if isinstance(w, np.ndarray) else w.toarray()
+    M, K = dense.shape
+    take = np.zeros((M, K), dtype=bool)
+    if feats is not None:
+        take[:, feats] = True
+    if per_row:
+        a = np.abs(dense)
+        a[take] = 0.0
+        top = np.argpartition(-a, per_row - 1, axis=1)[:, :per_row]
+        take[np.arange(M)[:, None], top] = True
+    take &= dense != 0  # pruned weights stay zero
+    values = dense if s is None else dense / s[None, :].astype(np.float32)
+    float_weight = BlockSparseMatrix(np.where(take, values, 0).astype(np.float32),
+                                     blocksize=(1, 1))
+    if isinstance(w, np.ndarray):
+        return np.where(take, 0, w).astype(np.float32), float_weight
+    # keep the block structure: zero the moved values inside their blocks
+    R, C = w.blocksize
+    block_rows = np.repeat(np.arange(w.shape[0] // R), np.diff(w.indptr))
+    rows = block_rows[:, None, None] * R + np.arange(R)[None, :, None]
+    cols = w.indices.astype(np.int64)[:, None, None] * C + np.arange(C)[None, None, :]
+    data = np.where(take[rows, cols], 0, w.data).astype(np.float32)
+    return BlockSparseMatrix((data, w.indices, w.indptr), shape=w.shape,
+                             blocksize=w.blocksize), float_weight
+
+
+def _float_part(lin, float_weight, float_features):
+    """Checked (float_weight as a float32 BlockSparseMatrix, sorted feature indices)."""
+    if float_weight is None:
+        if float_features is not None:
+            raise ValueError("float_features needs float_weight (the part that carries them)")
+        return None, None
+    if lin.kind != "int8":
+        raise ValueError("float_weight is only for INT8 (QuantizedMatrix) weights")
+    if not isinstance(float_weight, BlockSparseMatrix):
+        dense = not (hasattr(float_weight, "tocsr") and hasattr(float_weight, "nnz"))
+        f = np.asarray(float_weight) if dense else float_weight
+        if f.dtype.kind != "f":
+            raise TypeError(f"float_weight must hold floats, got dtype {f.dtype}")
+        if f.shape != lin.weight.shape:
+            raise ValueError(f"float_weight must have shape {lin.weight.shape}, got {f.shape}")
+        float_weight = BlockSparseMatrix(f, blocksize=(1, 1))
+    if float_weight.dtype.kind != "f":
+        raise TypeError(f"float_weight must hold floats, got dtype {float_weight.dtype}")
+    if float_weight.shape != lin.weight.shape:
+        raise ValueError(f"float_weight must have shape {lin.weight.shape}, got "
+                         f"{float_weight.shape}")
+    if float_weight.dtype != np.float32:
+        float_weight = float_weight.astype(np.float32)
+    if not np.all(np.isfinite(float_weight.data)):
+        raise ValueError("float_weight has NaN or Inf values")
+    if float_features is None:
+        return float_weight, None
+    f = np.asarray(float_features)
+    if f.dtype.kind not in "iu" or f.ndim != 1:
+        raise TypeError(f"float_features must be a 1-D integer array, got {f.dtype} of shape "
+                        f"{f.shape}")
+    f = np.unique(f.astype(np.int64))
+    if f.size and (f[0] < 0 or f[-1] >= lin.in_features):
+        raise ValueError(f"float_features must lie in [0, {lin.in_features}), got values in "
+                         f"[{f[0]}, {f[-1]}]")
+    return float_weight, (f if f.size else None)
 
 
 def _column_absmax(w):
@@ -435,6 +646,13 @@ class LayerNorm:
                                 want.quantized, want.scale, x_tokens)
 
 
+def _absmax(v, real=None):
+    """max |v| per feature of a (features, tokens) array, over the tokens `real` (a
+    boolean mask of the columns) only, if given."""
+    v = v if real is None else v[:, real]
+    return np.abs(v).max(axis=1) if v.shape[1] else np.zeros(v.shape[0], np.float32)
+
+
 def _hidden_3d(hidden_states, H, name="hidden_states"):
     h = np.asarray(hidden_states)
     if h.dtype.kind != "f":
@@ -546,15 +764,22 @@ class MultiHeadSelfAttention:
         """:class:`InputSpec` of the Q/K/V product, which reads the input."""
         return self.qkv.input_spec
 
-    def _forward(self, x, xq, mask, B, S):
-        qkv = self.qkv._forward(x, xq)
+    def _calibrate(self, x, mask, B, S):
+        """(output, the context the output projection reads), float path."""
+        qkv = self.qkv._forward(x, None)
+        ctx = np.empty((self.hidden_size, B * S), dtype=np.float32)
+        ctx, _ = _ops._attention(qkv, B, S, self.num_heads, mask, ctx, False)
+        return self.out._forward(ctx, None), ctx
+
+    def _forward(self, x, xq, mask, B, S, refine=None):
+        qkv = self.qkv._forward(x, xq, refine=refine)
         ctx = np.empty((self.hidden_size, B * S), dtype=np.float32)
         # the kernel's fused quantization has no per-feature factors
         want = self.out.input_spec
         ctx, ctxq = _ops._attention(qkv, B, S, self.num_heads, mask, ctx,
                                     want.quantized and want.scale is None,
                                     self.precision == "int8")
-        return self.out._forward(ctx, ctxq)
+        return self.out._forward(ctx, ctxq, refine=refine)
 
 
 class BertLayer:
@@ -626,45 +851,51 @@ class BertLayer:
         """:class:`InputSpec` of the layer's first product (Q/K/V)."""
         return self.attention.input_spec
 
-    def _forward(self, x, xq, mask, B, S, want=FLOAT_INPUT):
+    def _forward(self, x, xq, mask, B, S, want=FLOAT_INPUT, refine=None):
         """(output, its uint8 codes if the InputSpec `want` asks for them, else None)."""
-        a = self.attention._forward(x, xq, mask, B, S)
+        a = self.attention._forward(x, xq, mask, B, S, refine)
         h1, h1q = self.ln1._forward(a, x, self.ffn1.input_spec, out=a)
-        inter = self._ffn1(h1, h1q)
+        inter = self._ffn1(h1, h1q, refine)
         ffn2_in = self.ffn2.input_spec
         interq = _ops._quantize_tokens(inter, ffn2_in.scale) if ffn2_in.quantized else None
-        o = self.ffn2._forward(inter, interq)
+        o = self.ffn2._forward(inter, interq, refine=refine)
         return self.ln2._forward(o, h1, want, out=o)
 
-    def _ffn1(self, h1, h1q):
+    def _ffn1(self, h1, h1q, refine=None):
         """act(FFN1(h1)): fused into the product, or a float pass after it."""
-        inter = self.ffn1._forward(h1, h1q, self._fused)
+        inter = self.ffn1._forward(h1, h1q, self._fused, refine)
         return inter if self._fused else apply_activation(inter, self.activation)
 
-    def _calibrate(self, x, mask, B, S):
-        """(output, max |input| per feature of qkv, of ffn1), float path."""
-        qkv_in = np.abs(x).max(axis=1)
-        a = self.attention._forward(x, None, mask, B, S)
-        h1, _ = self.ln1._forward(a, x, out=a)
-        ffn1_in = np.abs(h1).max(axis=1)
-        o = self.ffn2._forward(self._ffn1(h1, None), None)
-        return self.ln2._forward(o, h1, out=o)[0], qkv_in, ffn1_in
+    def _calibrate(self, x, mask, B, S, real=None):
+        """(output, max |input| per feature of qkv, out, ffn1, ffn2), float path.
 
-    def to_int8(self, qkv_absmax=None, ffn1_absmax=None, smoothing=None, blocksize=(4, 1)):
+        `real`, a boolean mask of the token columns, leaves padding out of the maxima.
+        """
+        a, ctx = self.attention._calibrate(x, mask, B, S)
+        h1, _ = self.ln1._forward(a, x, out=a)
+        inter = self._ffn1(h1, None)
+        maxima = tuple(_absmax(v, real) for v in (x, ctx, h1, inter))
+        o = self.ffn2._forward(inter, None)
+        return (self.ln2._forward(o, h1, out=o)[0],) + maxima
+
+    def to_int8(self, qkv_absmax=None, ffn1_absmax=None, smoothing=None, blocksize=(4, 1), *,
+                out_absmax=None, ffn2_absmax=None, float_features=0, float_weights=0.0):
         """An INT8 copy of this float layer (see :meth:`Linear.to_int8`).
 
         `smoothing` (alpha) applies to the inputs of the Q/K/V and FFN1
         products, the LayerNorm outputs whose outlier features per-token
         quantization handles worst; it needs their calibration maxima
-        `qkv_absmax` and `ffn1_absmax`.  blocksize: as in
-        :meth:`Linear.to_int8` ((4, 1) = four consecutive output rows in
-        one input column).
+        `qkv_absmax` and `ffn1_absmax`.  `float_features` and
+        `float_weights` apply to all four products (the first needs all
+        four maxima).  blocksize: as in :meth:`Linear.to_int8` ((4, 1) =
+        four consecutive output rows in one input column).
         """
         att = self.attention
-        qkv = att.qkv.to_int8(blocksize, qkv_absmax, smoothing)
-        out = att.out.to_int8(blocksize)
-        ffn1 = self.ffn1.to_int8(blocksize, ffn1_absmax, smoothing)
-        ffn2 = self.ffn2.to_int8(blocksize)
+        extra = dict(float_features=float_features, float_weights=float_weights)
+        qkv = att.qkv.to_int8(blocksize, qkv_absmax, smoothing, **extra)
+        out = att.out.to_int8(blocksize, out_absmax, **extra)
+        ffn1 = self.ffn1.to_int8(blocksize, ffn1_absmax, smoothing, **extra)
+        ffn2 = self.ffn2.to_int8(blocksize, ffn2_absmax, **extra)
         return type(self)(MultiHeadSelfAttention(qkv, out, att.num_heads, att.precision),
                           self.ln1, ffn1, ffn2, self.ln2, self.activation)
 
@@ -694,28 +925,28 @@ class PreNormBertLayer(BertLayer):
         """Float: the layer reads the residual stream; its LayerNorm makes the codes."""
         return FLOAT_INPUT
 
-    def _forward(self, x, xq, mask, B, S, want=FLOAT_INPUT):
+    def _forward(self, x, xq, mask, B, S, want=FLOAT_INPUT, refine=None):
         n1, n1q = self.ln1._forward(x, None, self.attention.input_spec)
-        h1 = self.attention._forward(n1, n1q, mask, B, S)
+        h1 = self.attention._forward(n1, n1q, mask, B, S, refine)
         h1 += x
         n2, n2q = self.ln2._forward(h1, None, self.ffn1.input_spec)
-        inter = self._ffn1(n2, n2q)
+        inter = self._ffn1(n2, n2q, refine)
         ffn2_in = self.ffn2.input_spec
         interq = _ops._quantize_tokens(inter, ffn2_in.scale) if ffn2_in.quantized else None
-        o = self.ffn2._forward(inter, interq)
+        o = self.ffn2._forward(inter, interq, refine=refine)
         o += h1
         return o, (_ops._quantize_tokens(o, want.scale) if want.quantized else None)
 
-    def _calibrate(self, x, mask, B, S):
+    def _calibrate(self, x, mask, B, S, real=None):
         n1, _ = self.ln1._forward(x, None)
-        qkv_in = np.abs(n1).max(axis=1)
-        h1 = self.attention._forward(n1, None, mask, B, S)
+        h1, ctx = self.attention._calibrate(n1, mask, B, S)
         h1 += x
         n2, _ = self.ln2._forward(h1, None)
-        ffn1_in = np.abs(n2).max(axis=1)
-        o = self.ffn2._forward(self._ffn1(n2, None), None)
+        inter = self._ffn1(n2, None)
+        maxima = tuple(_absmax(v, real) for v in (n1, ctx, n2, inter))
+        o = self.ffn2._forward(inter, None)
         o += h1
-        return o, qkv_in, ffn1_in
+        return (o,) + maxima
 
 
 class BertEncoder:
@@ -773,11 +1004,11 @@ class BertEncoder:
         mask = _ops._mask_u8(attention_mask, (B, S))
         return _from_internal(self._forward(_to_internal(h), None, mask, B, S), B, S)
 
-    def _forward(self, x, xq, mask, B, S):
+    def _forward(self, x, xq, mask, B, S, refine=None):
         # each layer makes what the next one asks for; the last, float only
         wants = [layer.input_spec for layer in self.layers[1:]] + [FLOAT_INPUT]
         for layer, want in zip(self.layers, wants):
-            x, xq = layer._forward(x, xq, mask, B, S, want)
+            x, xq = layer._forward(x, xq, mask, B, S, want, refine)
         if self.final_ln is not None:
             x = self.final_ln._forward(x, None)[0]
         return x

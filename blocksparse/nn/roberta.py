@@ -94,9 +94,10 @@ class RobertaModel(BertModel):
         """The longest sequence: ``max_position_embeddings - pad_token_id - 1`` tokens."""
         return self.config["max_position_embeddings"] - self.config["pad_token_id"] - 1
 
-    def _calibration_batch(self, calibration):
-        ids, mask = super()._calibration_batch(calibration)
+    def _calibration_batch(self, calibration, special=((), ())):
+        ids, mask = super()._calibration_batch(calibration, special)
         if calibration is None:  # random ids: keep them off the padding id
             ids = np.where(ids == self.config["pad_token_id"], ids + 1, ids)
-            ids = ids[:, :self.max_length]
+            ids = np.ascontiguousarray(ids[:, :self.max_length])
+            mask = None if mask is None else np.ascontiguousarray(mask[:, :self.max_length])
         return ids, mask

@@ -206,3 +206,15 @@ def test_live_transformers(path, float_model, ref, monkeypatch):
     print(f"\nMiniLM live vs transformers {transformers.__version__}: max abs diff "
           f"{np.abs(got - want).max():.2e}")
     assert np.abs(got - want).max() <= 1e-4
+
+
+def test_float_part_default_follows_sparsity(path):
+    """The float part (16 features, 2 % of the weights) by default only below 50 %."""
+    dense = BertModel.from_pretrained(path, dtype="int8")
+    assert dense.float_features == 16 and dense.float_weights == 0.02
+    assert all(lin.float_weight is not None for layer in dense.encoder for lin in layer.linears)
+    sparse = BertModel.from_pretrained(path, dtype="int8", sparsity=0.9)
+    assert sparse.float_features == 0 and sparse.float_weights == 0.0
+    assert all(lin.float_weight is None for layer in sparse.encoder for lin in layer.linears)
+    asked = BertModel.from_pretrained(path, dtype="int8", sparsity=0.9, float_features=4)
+    assert asked.float_features == 4 and asked.float_weights == 0.0

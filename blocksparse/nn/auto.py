@@ -402,7 +402,7 @@ def _load_own(raw, directory, sparsity, dtype, architecture, attention):
 
 
 def from_pretrained(path, dtype=None, sparsity=None, blocksize=(4, 1), balanced=False,
-                    smoothing=0.5, calibration=None, *, float_features=16, float_weights=0.02,
+                    smoothing=0.5, calibration=None, *, float_features=None, float_weights=None,
                     architecture=None, strict=True, attention=None):
     """Load the model a checkpoint directory holds, with its task head.
 

@@ -12,22 +12,137 @@
 
 #include "simd/vec16.h"
 
-/* The epilogue's arithmetic for 16 accumulators of row m, given the tokens'
- * zero points zx (used only when e->rowsum is set) and scales sx (unused for
- * I32), loaded once by callers that apply it to several rows: the int32
- * (I32), float32 (F32) or uint8-valued (U8, still in 32-bit lanes) result.
- * kind and act are passed apart from e so that callers can make them
- * compile-time constants. */
-BSK_INLINE bsk_v16i bsk_epi_apply(const bsk_epilogue *e, bsk_v16i acc, int64_t m,
-                                  bsk_v16i zx, bsk_v16f sx, const int kind, const int act)
+/*
+ * The float term (see bsk.h): for each output, one fused multiply-add per
+ * float weight of its row, the dense columns first (in their order), then the
+ * row's sparse entries in storage order, so every ISA (the scalar one through
+ * fmaf) gives the same bits.  The activations' rows are read in place, 16
+ * tokens at a time.  Each output's sum is one dependent chain of FMAs, so the
+ * callers hand over several outputs at once and these loops run their chains
+ * side by side (rows x vectors of tokens); a dense column's activations are
+ * loaded once for all the rows.  The order of each output's terms is the same
+ * whatever the grouping.
+ */
+#define BSK_EPI_FV 4 /* token vectors per group, at most */
+#if defined(__AVX512F__)
+#define BSK_EPI_FR 4 /* rows per group: 4 x 4 accumulators fit the 32 registers */
+#else
+#define BSK_EPI_FR 2
+#endif
+
+/* Activations of vector v of nv at p; the last holds `tail` tokens unless
+ * `full` (a constant: the whole-vector loops make no library calls). */
+BSK_INLINE bsk_v16f bsk_epi_xload(const float *p, int v, const int nv, int tail,
+                                  const int full)
+{
+    if (full || v < nv - 1)
+        return *(const bsk_v16f_u *)p;
+    return bsk_load16f(p, tail);
+}
+
+/* The dense columns' terms of rows m .. m+R-1 over nv token vectors from n
+ * (R, nv and full constants where inlined, so that y stays in registers). */
+BSK_INLINE void bsk_epi_float_dense(const bsk_epilogue *e, bsk_v16f y[][BSK_EPI_FV],
+                                    const int R, const int nv, int64_t m, int64_t n, int tail,
+                                    const int full)
+{
+    const int64_t nc = e->f_ncols;
+    const float *x = e->f_x + n, *wd = e->f_dense + m * nc;
+    for (int64_t c = 0; c < nc; c++) {
+        const float *xk = x + (int64_t)e->f_cols[c] * e->ld_fx;
+        bsk_v16f xv[BSK_EPI_FV];
+#pragma GCC unroll 4
+        for (int v = 0; v < nv; v++)
+            xv[v] = bsk_epi_xload(xk + 16 * v, v, nv, tail, full);
+#pragma GCC unroll 4
+        for (int r = 0; r < R; r++) {
+            const bsk_v16f w = (bsk_v16f){0} + wd[r * nc + c];
+#pragma GCC unroll 4
+            for (int v = 0; v < nv; v++)
+                y[r][v] = bsk_fma16(w, xv[v], y[r][v]);
+        }
+    }
+}
+
+/* The sparse entries' terms of rows m .. m+R-1 over nv token vectors from n:
+ * the rows' chains side by side while every row has entries left, then each
+ * row's rest. */
+BSK_INLINE void bsk_epi_float_sparse(const bsk_epilogue *e, bsk_v16f y[][BSK_EPI_FV],
+                                     const int R, const int nv, int64_t m, int64_t n, int tail,
+                                     const int full)
+{
+    if (!e->f_indptr)
+        return;
+    const float *x = e->f_x + n;
+    int32_t j[4], left[4], common = INT32_MAX;
+    for (int r = 0; r < R; r++) {
+        j[r] = e->f_indptr[m + r];
+        left[r] = e->f_indptr[m + r + 1] - j[r];
+        common = left[r] < common ? left[r] : common;
+    }
+    for (int32_t i = 0; i < common; i++) {
+#pragma GCC unroll 4
+        for (int r = 0; r < R; r++) {
+            const bsk_v16f w = (bsk_v16f){0} + e->f_data[j[r] + i];
+            const float *xk = x + (int64_t)e->f_indices[j[r] + i] * e->ld_fx;
+#pragma GCC unroll 4
+            for (int v = 0; v < nv; v++)
+                y[r][v] = bsk_fma16(w, bsk_epi_xload(xk + 16 * v, v, nv, tail, full), y[r][v]);
+        }
+    }
+    for (int r = 0; r < R; r++) {
+        for (int32_t i = common; i < left[r]; i++) {
+            const bsk_v16f w = (bsk_v16f){0} + e->f_data[j[r] + i];
+            const float *xk = x + (int64_t)e->f_indices[j[r] + i] * e->ld_fx;
+#pragma GCC unroll 4
+            for (int v = 0; v < nv; v++)
+                y[r][v] = bsk_fma16(w, bsk_epi_xload(xk + 16 * v, v, nv, tail, full), y[r][v]);
+        }
+    }
+}
+
+/* The whole float term of rows m .. m+R-1 (R <= 4) over nv token vectors
+ * from n, the last holding `tail` tokens; R and nv are constants where
+ * inlined, so that y stays in registers. */
+BSK_INLINE void bsk_epi_float_group(const bsk_epilogue *e, bsk_v16f y[][BSK_EPI_FV],
+                                    const int R, const int nv, int64_t m, int64_t n,
+                                    int tail)
+{
+    if (tail == 16) {
+        bsk_epi_float_dense(e, y, R, nv, m, n, 16, 1);
+        bsk_epi_float_sparse(e, y, R, nv, m, n, 16, 1);
+    } else {
+        bsk_epi_float_dense(e, y, R, nv, m, n, tail, 0);
+        bsk_epi_float_sparse(e, y, R, nv, m, n, tail, 0);
+    }
+}
+
+/* Rows m .. m+3, one vector of tokens n .. n+count-1 (the (4, 1) strips). */
+BSK_INLINE void bsk_epi_float_rows4(const bsk_epilogue *e, bsk_v16f y4[4], int64_t m,
+                                    int64_t n, int count)
+{
+    bsk_v16f y[4][BSK_EPI_FV];
+    for (int r = 0; r < 4; r++)
+        y[r][0] = y4[r];
+    bsk_epi_float_group(e, y, 4, 1, m, n, count);
+    for (int r = 0; r < 4; r++)
+        y4[r] = y[r][0];
+}
+
+/* The epilogue's steps, for callers that add the float term in between:
+ * the scaled float value of 16 accumulators of row m (F32 and U8 outputs),
+ * then bias, activation and the output's lanes. */
+BSK_INLINE bsk_v16f bsk_epi_scaled(const bsk_epilogue *e, bsk_v16i acc, int64_t m,
+                                   bsk_v16i zx, bsk_v16f sx)
 {
     if (e->rowsum)
         acc = (bsk_v16i)((bsk_v16u)acc - (bsk_v16u)zx * (uint32_t)e->rowsum[m]);
-    if (kind == BSK_OUT_I32)
-        return acc;
+    return __builtin_convertvector(acc, bsk_v16f) * (e->w_scale[m] * sx);
+}
 
-    bsk_v16f y = __builtin_convertvector(acc, bsk_v16f);
-    y = y * (e->w_scale[m] * sx);
+BSK_INLINE bsk_v16i bsk_epi_finish(const bsk_epilogue *e, bsk_v16f y, int64_t m,
+                                   const int kind, const int act)
+{
     if (e->bias)
         y = y + e->bias[m];
     if (act == BSK_ACT_RELU)
@@ -39,6 +154,29 @@ BSK_INLINE bsk_v16i bsk_epi_apply(const bsk_epilogue *e, bsk_v16i acc, int64_t m
     /* uint8 requantization */
     const bsk_v16f q = bsk_u8_code16(y / e->out_scale, (bsk_v16f){0} + (float)e->out_zero);
     return __builtin_convertvector(q, bsk_v16i);
+}
+
+/* The epilogue's arithmetic for 16 accumulators of row m, tokens n ..
+ * n+count-1, given the tokens' zero points zx (used only when e->rowsum is
+ * set) and scales sx (unused for I32), loaded once by callers that apply it
+ * to several rows: the int32 (I32), float32 (F32) or uint8-valued (U8, still
+ * in 32-bit lanes) result.  kind and act are passed apart from e so that
+ * callers can make them compile-time constants. */
+BSK_INLINE bsk_v16i bsk_epi_apply(const bsk_epilogue *e, bsk_v16i acc, int64_t m,
+                                  int64_t n, int count, bsk_v16i zx, bsk_v16f sx,
+                                  const int kind, const int act)
+{
+    if (kind == BSK_OUT_I32)
+        return e->rowsum ? (bsk_v16i)((bsk_v16u)acc - (bsk_v16u)zx * (uint32_t)e->rowsum[m])
+                         : acc;
+    bsk_v16f y = bsk_epi_scaled(e, acc, m, zx, sx);
+    if (e->f_x) {
+        bsk_v16f yy[1][BSK_EPI_FV];
+        yy[0][0] = y;
+        bsk_epi_float_group(e, yy, 1, 1, m, n, count);
+        y = yy[0][0];
+    }
+    return bsk_epi_finish(e, y, m, kind, act);
 }
 
 /* The tokens' zero points and scales for tokens n .. n+count-1, as
@@ -83,7 +221,7 @@ BSK_INLINE bsk_v16i bsk_epi_values(const bsk_epilogue *e, bsk_v16i acc, int64_t 
     bsk_v16i zx;
     bsk_v16f sx;
     bsk_epi_tokens(e, n, count, kind, &zx, &sx);
-    return bsk_epi_apply(e, acc, m, zx, sx, kind, act);
+    return bsk_epi_apply(e, acc, m, n, count, zx, sx, kind, act);
 }
 
 /* Store the first `count` of 16 epilogue results of row m, tokens n ..:
@@ -171,6 +309,34 @@ BSK_INLINE void bsk_epilogue16(const bsk_epilogue *e, bsk_v16i acc, int64_t m,
     bsk_epilogue16_k(e, acc, m, n, count, out, ldo, e->kind, e->act, y_transposed);
 }
 
+/* The whole epilogue, float term included, of rows m .. m+R-1 (row r's
+ * accumulators at acc + r * ld_acc) over nv vectors of tokens n .. (the last
+ * holding `tail`), stored in the (M, N) layout; R and nv are constants where
+ * inlined. */
+BSK_INLINE void bsk_epi_float_tile(const bsk_epilogue *e, const int32_t *acc, int64_t ld_acc,
+                                   int64_t m, int64_t n, const int R, const int nv, int tail,
+                                   void *out, int64_t ldo, const int kind, const int act)
+{
+    bsk_v16f y[4][BSK_EPI_FV];
+    for (int v = 0; v < nv; v++) {
+        const int cnt = v == nv - 1 ? tail : 16;
+        bsk_v16i zx;
+        bsk_v16f sx;
+        bsk_epi_tokens(e, n + 16 * v, cnt, kind, &zx, &sx);
+        for (int r = 0; r < R; r++)
+            y[r][v] = bsk_epi_scaled(e, bsk_load16i(acc + r * ld_acc + 16 * v, cnt), m + r,
+                                     zx, sx);
+    }
+    bsk_epi_float_group(e, y, R, nv, m, n, tail);
+    for (int r = 0; r < R; r++)
+        for (int v = 0; v < nv; v++)
+            bsk_epi_store(bsk_epi_finish(e, y[r][v], m + r, kind, act), m + r, n + 16 * v,
+                          v == nv - 1 ? tail : 16, out, ldo, kind, 0);
+}
+
+/* bsk_epi_float_tile for R rows from r and the chunk's nv, as constants. */
+#define BSK_EPI_FLOAT_TILE(R)                                                      switch (nv) {                                                                  case 1: bsk_epi_float_tile(e, acc + r * ld_acc + t, ld_acc, m0 + r, n0 + t, R, 1,                                tail, out, ldo, kind, act); break;                  case 2: bsk_epi_float_tile(e, acc + r * ld_acc + t, ld_acc, m0 + r, n0 + t, R, 2,                                tail, out, ldo, kind, act); break;                  case 3: bsk_epi_float_tile(e, acc + r * ld_acc + t, ld_acc, m0 + r, n0 + t, R, 3,                                tail, out, ldo, kind, act); break;                  default: bsk_epi_float_tile(e, acc + r * ld_acc + t, ld_acc, m0 + r, n0 + t, R, 4,                                 tail, out, ldo, kind, act); break;                 }
+
 /*
  * Epilogue for `rows` rows of accumulators (row r at acc + r * ld_acc, for
  * output row m0 + r * row_step), tokens n0 .. n0 + min(nt, N - n0).
@@ -190,6 +356,20 @@ BSK_INLINE void bsk_epilogue_rows_k(const bsk_epilogue *e, const int32_t *acc,
                 v[r] = bsk_epi_values(e, *(const bsk_v16i_u *)(acc + r * ld_acc + t),
                                       m0 + r, n0 + t, cnt, kind, act);
             bsk_store4_transposed(v, cnt, out, ldo, m0, n0 + t, kind);
+        }
+        return;
+    }
+    if (kind != BSK_OUT_I32 && e->f_x && !yt) {
+        /* the float term over groups of BSK_EPI_FR rows x BSK_EPI_FV token vectors */
+        for (int64_t t = 0; t < cnt_all; t += 16 * BSK_EPI_FV) {
+            const int64_t left = cnt_all - t;
+            const int nv = left >= 16 * BSK_EPI_FV ? BSK_EPI_FV : (int)((left + 15) / 16);
+            const int tail = (int)(left - 16 * (nv - 1) < 16 ? left - 16 * (nv - 1) : 16);
+            int r = 0;
+            for (; r + BSK_EPI_FR <= rows; r += BSK_EPI_FR)
+                BSK_EPI_FLOAT_TILE(BSK_EPI_FR)
+            for (; r < rows; r++)
+                BSK_EPI_FLOAT_TILE(1)
         }
         return;
     }

@@ -42,14 +42,15 @@ VARIANTS = {
         "probe": "__m256i f(__m256i a){return _mm256_madd_epi16(a, a);}",
         "fast": ["src/avx2/spmm_float_avx2.c", "src/avx2/spmm_double_avx2.c",
                  "src/avx2/nn_avx2.c"],
-        "exact": ["src/avx2/qspmm_avx2.c", "src/avx2/quantize_avx2.c", "src/avx2/qgemm_avx2.c"],
+        "exact": ["src/avx2/qspmm_avx2.c", "src/avx2/quantize_avx2.c", "src/avx2/qgemm_avx2.c",
+                  "src/avx2/attn_q8_avx2.c"],
         "probes": ["src/probe/probe_avx2.c"],
     },
     "avx_vnni": {
         "features": ["avx2", "fma", "avxvnni"],
         "probe": "__m256i f(__m256i a){return _mm256_dpbusd_avx_epi32(a, a, a);}",
         "exact": ["src/avxvnni/qspmm_avxvnni.c", "src/avxvnni/quantize_avxvnni.c",
-                  "src/avxvnni/qgemm_avxvnni.c"],
+                  "src/avxvnni/qgemm_avxvnni.c", "src/avxvnni/attn_q8_avxvnni.c"],
         "probes": ["src/probe/probe_avxvnni.c"],
     },
     "avx512_vnni": {
@@ -59,14 +60,14 @@ VARIANTS = {
         "fast": ["src/avx512vnni/spmm_float_avx512vnni.c",
                  "src/avx512vnni/spmm_double_avx512vnni.c", "src/avx512vnni/nn_avx512vnni.c"],
         "exact": ["src/avx512vnni/qspmm_avx512vnni.c", "src/avx512vnni/quantize_avx512vnni.c",
-                  "src/avx512vnni/qgemm_avx512vnni.c"],
+                  "src/avx512vnni/qgemm_avx512vnni.c", "src/avx512vnni/attn_q8_avx512vnni.c"],
         "probes": ["src/probe/probe_avx512vnni.c"],
     },
 }
 # The portable units: dispatch, the drivers of the encoder kernels, the scalar variant.
 SCALAR_SOURCES = ["src/dispatch.c", "src/nn/tokens.c", "src/nn/attention.c",
-                  "src/ref/spmm_scalar.c", "src/ref/quantize_scalar.c", "src/ref/nn_scalar.c",
-                  "src/ref/qgemm_scalar.c"]
+                  "src/nn/attention_q8.c", "src/ref/spmm_scalar.c", "src/ref/quantize_scalar.c",
+                  "src/ref/nn_scalar.c", "src/ref/qgemm_scalar.c", "src/ref/attn_q8_scalar.c"]
 
 
 def isa_flags(variant):
@@ -187,7 +188,7 @@ for isa in built_isas:
                 "cflags": base_cflags + isa_flags(isa) + fp}))
 
 # after the ISA libraries: generic helpers their kernels call (static linking resolves left to right)
-libraries.append(("bsk_util", {"sources": ["src/scratch.c"], "include_dirs": include_dirs,
+libraries.append(("bsk_util", {"sources": ["src/scratch.c", "src/team.c"], "include_dirs": include_dirs,
                                "obj_deps": {"": headers}, "macros": macros,
                                "cflags": base_cflags}))
 

@@ -2,8 +2,9 @@
 
 The public names are re-exported here; see the API reference in ``docs/``.
 """
-from ._config import (available_isas, get_isa, get_num_threads, isa_context, set_isa,
-                      set_max_isa, set_num_threads, show_config)
+from ._config import (adaptive_threads_state, available_isas, get_isa, get_num_threads,
+                      isa_context, set_adaptive_threads, set_isa, set_max_isa, set_num_threads,
+                      show_config)
 from ._convert import convert_checkpoint
 from ._io import load_npz, save_npz
 from ._matrix import BlockSparseMatrix, issparse_block
@@ -19,5 +20,6 @@ __all__ = [
     "QuantizedMatrix", "QuantizedTranspose", "quantize", "quantize_activations", "calibrate",
     "linear",
     "available_isas", "get_isa", "set_isa", "set_max_isa", "isa_context",
-    "get_num_threads", "set_num_threads", "show_config", "convert_checkpoint",
+    "get_num_threads", "set_num_threads", "set_adaptive_threads", "adaptive_threads_state",
+    "show_config", "convert_checkpoint",
 ]

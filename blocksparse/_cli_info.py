@@ -34,7 +34,8 @@ PEERS = {
 BENCH_PEERS = ("torch", "onnxruntime", "openvino")
 
 _ENV = ("BLOCKSPARSE_ISA", "BLOCKSPARSE_MAX_ISA", "BLOCKSPARSE_NUM_THREADS",
-        "BLOCKSPARSE_VERBOSE", "BLOCKSPARSE_DENSE_DENSITY", "OMP_NUM_THREADS", "OMP_PROC_BIND", "OMP_PLACES")
+        "BLOCKSPARSE_ADAPTIVE_THREADS", "BLOCKSPARSE_VERBOSE", "BLOCKSPARSE_DENSE_DENSITY",
+        "OMP_NUM_THREADS", "OMP_PROC_BIND", "OMP_PLACES", "OMP_WAIT_POLICY", "GOMP_SPINCOUNT")
 
 
 def _version(module, dist):
@@ -116,6 +117,8 @@ def collect_info():
         # The build has no AMX variant yet; say what the CPU would offer.
         "amx": {"built": False, "cpu_flags": amx_cpu},
         "num_threads": cfg["num_threads"],
+        "adaptive_threads": cfg["adaptive_threads"],
+        "wait_policy": os.environ.get("OMP_WAIT_POLICY") or "OpenMP default",
         "openmp": cfg["openmp"],
         "openmp_runtime": runtime,
         "environment": {k: os.environ[k] for k in _ENV if k in os.environ},
@@ -125,6 +128,15 @@ def collect_info():
 
 def _fmt_list(values):
     return ", ".join(values) if values else "none"
+
+
+def _adaptive_line(state):
+    if not state["on"]:
+        return "off (BLOCKSPARSE_ADAPTIVE_THREADS=0 or set_adaptive_threads(False))"
+    now = f"; one thread for {state['single_thread_for_s']:.2f} s more" \
+        if state["single_thread_for_s"] > 0 else ""
+    return (f"one thread for 0.1-1.6 s after kernels' threads were held up by other "
+            f"processes ({state['held_up_regions']} seen{now})")
 
 
 def _lines(info):
@@ -149,6 +161,9 @@ def _lines(info):
         ("isa in use", isa),
         ("amx", amx),
         ("threads", str(info["num_threads"])),
+        ("busy machine", _adaptive_line(info["adaptive_threads"])),
+        ("wait policy", info["wait_policy"] + " (OMP_WAIT_POLICY; threads spin briefly "
+                        "between kernels, then sleep)"),
         ("openmp", omp),
     ]
     env = info["environment"]

@@ -128,7 +128,66 @@ def _read_environment():
             else:
                 _State.cap = isa
         _read_threads_env()
+        _read_adaptive_env()
         _State.verbose = os.environ.get("BLOCKSPARSE_VERBOSE", "").strip() not in ("", "0")
+
+
+_SWITCH = {"1": True, "on": True, "true": True, "yes": True,
+           "0": False, "off": False, "false": False, "no": False}
+
+
+def _read_adaptive_env():
+    """Apply BLOCKSPARSE_ADAPTIVE_THREADS (on/off; else warn and keep it on)."""
+    value = os.environ.get("BLOCKSPARSE_ADAPTIVE_THREADS", "").strip()
+    if not value:
+        _kernels.set_adaptive_threads(True)
+        return
+    on = _SWITCH.get(value.lower())
+    if on is None:
+        msg = (f"BLOCKSPARSE_ADAPTIVE_THREADS={value!r} must be 1/on or 0/off; ignored "
+               f"(adaptive threads stay on)")
+        _State.env_problems["BLOCKSPARSE_ADAPTIVE_THREADS"] = msg
+        warnings.warn(msg, RuntimeWarning, stacklevel=3)
+        on = True
+    _kernels.set_adaptive_threads(on)
+
+
+def set_adaptive_threads(on):
+    """Turn the one-thread fallback for a busy machine on or off (process-wide).
+
+    When other processes share the cores, one of a kernel's threads is
+    often descheduled for a whole scheduler slice while the others wait
+    for it.  A parallel region whose threads started or ended more than a
+    millisecond apart (and apart by more than half its length) was held
+    up; two among the last 64 make the following kernel calls run on one
+    thread for 100 ms, doubled while it keeps happening up to 1.6 s, before
+    :func:`get_num_threads` threads are tried again.  Results are bit-identical for every thread count, so
+    this changes only the time.  On by default; the environment variable
+    ``BLOCKSPARSE_ADAPTIVE_THREADS=0`` turns it off at import.
+
+    Parameters
+    ----------
+    on : bool
+
+    Raises
+    ------
+    TypeError
+        If `on` is not a bool.
+    """
+    if not isinstance(on, bool):
+        raise TypeError(f"on must be True or False, got {type(on).__name__}")
+    _kernels.set_adaptive_threads(bool(on))
+
+
+def adaptive_threads_state():
+    """The busy-machine fallback now: ``{"on", "single_thread_for_s", "held_up_regions"}``.
+
+    ``single_thread_for_s`` is how much longer kernels stay on one thread
+    (0.0 when they use :func:`get_num_threads`); ``held_up_regions`` counts
+    the parallel regions found held up since the process started.
+    """
+    on, left, count = _kernels.adaptive_threads_state()
+    return {"on": on, "single_thread_for_s": left, "held_up_regions": count}
 
 
 def _active_isa():
@@ -396,6 +455,7 @@ def config():
         "isa_forced": None if _State.forced is None else ISA_NAMES[_State.forced],
         "isa_cap": None if _State.cap is None else ISA_NAMES[_State.cap],
         "num_threads": _threads(),
+        "adaptive_threads": adaptive_threads_state(),
         "openmp": _kernels.have_openmp(),
     }
 
@@ -413,6 +473,8 @@ def show_config(file=None):
     for key, value in cfg.items():
         if isinstance(value, list):
             value = ", ".join(value) or "none"
+        elif isinstance(value, dict):
+            value = ", ".join(f"{k} {v}" for k, v in value.items())
         print(f"{key:<{width}} : {value}", file=file or sys.stdout)
 
 

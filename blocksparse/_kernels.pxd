@@ -1,5 +1,5 @@
 # Declarations of the C kernel API (include/blocksparse/bsk.h, bsk_nn.h), nothing else.
-from libc.stdint cimport int32_t, int64_t, uint8_t, uint32_t, uint64_t
+from libc.stdint cimport int8_t, int32_t, int64_t, uint8_t, uint16_t, uint32_t, uint64_t
 
 cdef extern from "blocksparse/bsk.h" nogil:
     ctypedef enum bsk_status:
@@ -70,6 +70,9 @@ cdef extern from "blocksparse/bsk.h" nogil:
     int bsk_default_threads()
     int bsk_have_openmp()
     int64_t bsk_set_min_work_per_thread(int64_t work)
+    void bsk_team_set_adaptive(int on)
+    int bsk_team_adaptive()
+    void bsk_team_state(int *on, int64_t *single_for_ns, int64_t *count)
 
     bsk_status bsk_spmm_f32(bsk_isa isa, const bsk_bcsr *W, const float *X,
                             int64_t ldx, int64_t N, float *Y, int64_t ldy,
@@ -111,3 +114,23 @@ cdef extern from "blocksparse/bsk_nn.h" nogil:
                                  const uint8_t *mask, float scale, float *Y,
                                  uint8_t *Q, float *q_scale, int32_t *q_zero,
                                  int num_threads)
+    ctypedef struct bsk_attn_q8_trace:
+        uint8_t *q
+        int8_t *k
+        int8_t *v
+        float *q_scale
+        float *k_scale
+        float *v_scale
+        int32_t *q_zero
+        int32_t *k_sum
+        int32_t *scores
+        uint16_t *p
+        int32_t *pv_hi
+        int32_t *pv_lo
+        int32_t *p_sum
+    int64_t BSK_AQ_MAX_SEQ
+    bsk_status bsk_attention_q8(bsk_isa isa, const float *QKV, int64_t batch,
+                                int64_t seq, int64_t heads, int64_t head_dim,
+                                const uint8_t *mask, float scale, float *Y,
+                                uint8_t *Q, float *q_scale, int32_t *q_zero,
+                                const bsk_attn_q8_trace *trace, int num_threads)

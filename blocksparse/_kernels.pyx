@@ -13,7 +13,7 @@ so a product checks only its operands (O(1)), not the structure (O(nnzb)).
 """
 import numpy as np
 cimport numpy as cnp
-from libc.stdint cimport int32_t, int64_t, uint8_t, uint32_t, uint64_t
+from libc.stdint cimport int8_t, int32_t, int64_t, uint8_t, uint16_t, uint32_t, uint64_t
 from libc.math cimport isfinite
 
 from blocksparse._kernels cimport *
@@ -61,6 +61,19 @@ def have_openmp():
 def set_min_work_per_thread(int64_t work):
     """Fewer threads for products with less work per thread (0: never); returns the old value."""
     return bsk_set_min_work_per_thread(work)
+
+
+def set_adaptive_threads(bint on):
+    """Turn the one-thread fallback of contended regions on or off (src/team.c)."""
+    bsk_team_set_adaptive(on)
+
+
+def adaptive_threads_state():
+    """(on, seconds regions still run on one thread, held-up regions seen so far)."""
+    cdef int on = 0
+    cdef int64_t left = 0, count = 0
+    bsk_team_state(&on, &left, &count)
+    return bool(on), left * 1e-9, int(count)
 
 
 cdef int _check_isa(int isa) except -1:

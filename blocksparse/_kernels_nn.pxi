@@ -116,17 +116,54 @@ def quantize_tokens(int isa, cnp.ndarray X not None, object q_mul, cnp.ndarray Q
     return Q
 
 
+# The arrays of an INT8 attention trace (bsk_attn_q8_trace): name, dtype, and the
+# number of elements from (batch, seq, heads, head_dim).
+def attention_trace_sizes(int64_t batch, int64_t seq, int64_t heads, int64_t head_dim):
+    """{name: (dtype, elements)} of the arrays bsk_attention_q8 can trace (bsk_nn.h)."""
+    cdef int64_t N = batch * seq, Np = (N + 15) // 16 * 16, G = (head_dim + 3) // 4
+    cdef int64_t H = heads * head_dim
+    return {"q": (np.uint8, heads * G * Np * 4), "k": (np.int8, heads * G * Np * 4),
+            "v": (np.int8, H * Np), "q_scale": (np.float32, heads * Np),
+            "q_zero": (np.int32, heads * Np), "k_scale": (np.float32, heads * Np),
+            "k_sum": (np.int32, heads * Np), "v_scale": (np.float32, batch * H),
+            "scores": (np.int32, batch * heads * seq * seq),
+            "p": (np.uint16, batch * heads * seq * seq), "pv_hi": (np.int32, H * N),
+            "pv_lo": (np.int32, H * N), "p_sum": (np.int32, heads * N)}
+
+
+MAX_ATTENTION_SEQ = BSK_AQ_MAX_SEQ  # the longest sequence of the INT8 attention
+
+
+cdef void *_trace_array(dict trace, str name, tuple spec) except? NULL:
+    """The data of trace[name] (a writable contiguous array of spec's dtype and size), or
+    NULL if absent."""
+    a = trace.get(name)
+    if a is None:
+        return NULL
+    dtype, n = spec
+    if not isinstance(a, np.ndarray) or a.dtype != dtype or a.size != n or \
+            not a.flags.c_contiguous or not a.flags.writeable:
+        raise ValueError(f"trace[{name!r}] must be a writable contiguous {np.dtype(dtype)} "
+                         f"array of {n} elements")
+    return cnp.PyArray_DATA(<cnp.ndarray>a)
+
+
 def attention(int isa, cnp.ndarray QKV not None, int64_t batch, int64_t seq,
               int64_t heads, object mask, float scale, cnp.ndarray Y not None, object Q,
-              object q_scale, object q_zero, int num_threads):
-    """Multi-head self-attention; see bsk_attention_f32.
+              object q_scale, object q_zero, int num_threads, bint int8=False,
+              object trace=None):
+    """Multi-head self-attention; see bsk_attention_f32 and (int8) bsk_attention_q8.
 
     QKV (3 * hidden, batch * seq) float32, mask None or (batch, seq) uint8,
-    Y (hidden, batch * seq) float32, optional uint8 copy Q of Y.
+    Y (hidden, batch * seq) float32, optional uint8 copy Q of Y.  trace (int8
+    only): a dict of arrays named as in attention_trace_sizes, filled with the
+    intermediate results.
     """
     cdef int64_t N = batch * seq
     cdef int64_t hidden = _dim(Y, 0)
     cdef bsk_status st
+    cdef bsk_attn_q8_trace tr
+    cdef bsk_attn_q8_trace *trp = NULL
     if batch < 0 or seq < 0 or heads <= 0 or hidden <= 0 or hidden % heads:
         raise ValueError("heads must be positive and divide the hidden size")
     _check_dense(QKV, "qkv", cnp.NPY_FLOAT32, 3 * hidden, N, False)
@@ -136,6 +173,27 @@ def attention(int isa, cnp.ndarray QKV not None, int64_t batch, int64_t seq,
     _check_quant_out(Q, q_scale, q_zero, hidden, N)
     if np.shares_memory(QKV, Y):
         raise ValueError("out must not overlap qkv")
+    if trace is not None:
+        if not int8 or not isinstance(trace, dict):
+            raise ValueError("trace must be a dict, for the int8 attention only")
+        sizes = attention_trace_sizes(batch, seq, heads, hidden // heads)
+        unknown = set(trace) - set(sizes)
+        if unknown:
+            raise ValueError(f"unknown trace arrays {sorted(unknown)}")
+        tr.q = <uint8_t *>_trace_array(trace, "q", sizes["q"])
+        tr.k = <int8_t *>_trace_array(trace, "k", sizes["k"])
+        tr.v = <int8_t *>_trace_array(trace, "v", sizes["v"])
+        tr.q_scale = <float *>_trace_array(trace, "q_scale", sizes["q_scale"])
+        tr.q_zero = <int32_t *>_trace_array(trace, "q_zero", sizes["q_zero"])
+        tr.k_scale = <float *>_trace_array(trace, "k_scale", sizes["k_scale"])
+        tr.k_sum = <int32_t *>_trace_array(trace, "k_sum", sizes["k_sum"])
+        tr.v_scale = <float *>_trace_array(trace, "v_scale", sizes["v_scale"])
+        tr.scores = <int32_t *>_trace_array(trace, "scores", sizes["scores"])
+        tr.p = <uint16_t *>_trace_array(trace, "p", sizes["p"])
+        tr.pv_hi = <int32_t *>_trace_array(trace, "pv_hi", sizes["pv_hi"])
+        tr.pv_lo = <int32_t *>_trace_array(trace, "pv_lo", sizes["pv_lo"])
+        tr.p_sum = <int32_t *>_trace_array(trace, "p_sum", sizes["p_sum"])
+        trp = &tr
     cdef const float *xp = <const float *>cnp.PyArray_DATA(QKV)
     cdef const uint8_t *mp = <const uint8_t *>_data_or_null(mask)
     cdef float *yp = <float *>cnp.PyArray_DATA(Y)
@@ -143,8 +201,12 @@ def attention(int isa, cnp.ndarray QKV not None, int64_t batch, int64_t seq,
     cdef float *sp = <float *>_data_or_null(q_scale)
     cdef int32_t *zp = <int32_t *>_data_or_null(q_zero)
     with nogil:
-        st = bsk_attention_f32(<bsk_isa>isa, xp, batch, seq, heads, hidden // heads, mp,
-                               scale, yp, qp, sp, zp, num_threads)
+        if int8:
+            st = bsk_attention_q8(<bsk_isa>isa, xp, batch, seq, heads, hidden // heads, mp,
+                                  scale, yp, qp, sp, zp, trp, num_threads)
+        else:
+            st = bsk_attention_f32(<bsk_isa>isa, xp, batch, seq, heads, hidden // heads, mp,
+                                   scale, yp, qp, sp, zp, num_threads)
     if st != BSK_OK:
-        _raise(st, "bsk_attention_f32", isa)
+        _raise(st, "bsk_attention_q8" if int8 else "bsk_attention_f32", isa)
     return Y

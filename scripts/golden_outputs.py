@@ -256,6 +256,21 @@ def nn_kernel_cases():
             return tuple(out)
         yield f"nn/attention/{batch}x{seq}x{heads}x{d}", att
 
+        def att_q8(rng, batch=batch, seq=seq, heads=heads, d=d):
+            H = heads * d
+            qkv = rng.standard_normal((3 * H, batch * seq)).astype(np.float32)
+            mask = (rng.random((batch, seq)) < 0.7).astype(np.uint8)
+            mask[:, 0] = 1
+            dead = mask.copy()
+            dead[-1] = 0
+            out = []
+            for m in (None, mask, dead):
+                y, qa = _ops._attention(qkv, batch, seq, heads, m,
+                                        np.empty((H, batch * seq), np.float32), True, int8=True)
+                out += [y, qa.q, qa.scale, qa.zero]
+            return tuple(out)
+        yield f"nn/attention_int8/{batch}x{seq}x{heads}x{d}", att_q8
+
 
 def nn_layer_cases():
     for bs in ((4, 1), (1, 4)):

@@ -21,6 +21,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include "blocksparse/bsk.h"
+#include "blocksparse/bsk_nn.h"
 
 #ifdef _OPENMP
 #include <omp.h>
@@ -41,8 +42,35 @@ BSK_INLINE void *bsk_alloc(size_t bytes)
  * least `bytes` bytes, 64-byte aligned, owned by the calling thread until its
  * next call with the same slot; freed when the thread exits; NULL if out of
  * memory.  The contents are undefined. */
-enum { BSK_SCRATCH_PANEL = 0, BSK_SCRATCH_ACC = 1, BSK_SCRATCH_STAGE = 2, BSK_SCRATCH_SLOTS = 4 };
+enum {
+    BSK_SCRATCH_PANEL = 0,
+    BSK_SCRATCH_ACC = 1,
+    BSK_SCRATCH_STAGE = 2,
+    BSK_SCRATCH_ATTN_SHARED = 3, /* INT8 attention: the quantized Q, K, V (calling thread) */
+    BSK_SCRATCH_ATTN_TASK = 4,   /* INT8 attention: a thread's task scratch */
+    BSK_SCRATCH_SLOTS = 6
+};
 void *bsk_scratch(int slot, size_t bytes);
+
+/* ---- team sizes on a busy machine (team.c) ---------------------------------- */
+
+/* Every parallel region: `nt = bsk_team_begin(&clock, nt)` before it (1
+ * while a recent region was held up by the scheduler), BSK_TEAM_ENTER and
+ * BSK_TEAM_LEAVE around each thread's part, bsk_team_end(&clock) after it.
+ * Results never depend on the team size, only the time does. */
+#define BSK_TEAM_MAX 64
+typedef struct {
+    int team;
+    int64_t start;
+    int64_t enter[BSK_TEAM_MAX], leave[BSK_TEAM_MAX];
+} bsk_team_clock;
+int64_t bsk_now_ns(void);
+int bsk_team_begin(bsk_team_clock *c, int nt);
+void bsk_team_end(bsk_team_clock *c);
+#define BSK_TEAM_ENTER(c, t) \
+    do { if ((t) < (c)->team) (c)->enter[(t)] = bsk_now_ns(); } while (0)
+#define BSK_TEAM_LEAVE(c, t) \
+    do { if ((t) < (c)->team) (c)->leave[(t)] = bsk_now_ns(); } while (0)
 
 /* Deterministic static split of [0, n) into `parts` contiguous ranges. */
 BSK_INLINE void bsk_split(int64_t n, int parts, int part, int64_t *lo, int64_t *hi)
@@ -79,6 +107,18 @@ typedef struct {
     float *Y;
 } bsk_nn_attn_args;
 
+/* What both attention drivers (attention.c, attention_q8.c) check and do: the
+ * arguments of bsk_nn.h's attention functions; and, inside their OpenMP team
+ * after a barrier, thread t of T's share (whole 16-token blocks) of the
+ * per-token quantization of the output Y (F, N).  The latter returns 0, or 1
+ * when out of memory. */
+bsk_status bsk_nn_attn_check(int64_t batch, int64_t seq, int64_t heads, int64_t head_dim,
+                             float scale, const float *QKV, const float *Y, const uint8_t *Q,
+                             const float *q_scale, const int32_t *q_zero);
+struct bsk_kernels;
+int bsk_nn_attn_quantize_part(const struct bsk_kernels *k, float *Y, int64_t F, int64_t N,
+                              uint8_t *Q, float *q_scale, int32_t *q_zero, int T, int t);
+
 /* Widest query block of any variant's attention task (scratch sizing). */
 #define BSK_NN_MAX_QW 64
 
@@ -90,6 +130,51 @@ typedef struct {
     int64_t b, h, nk;
     int uniform, direct;
 } bsk_nn_attn_ws;
+
+/*
+ * INT8 multi-head self-attention (attention_q8_body.h, driver attention_q8.c).
+ * The drivers quantize Q, K and V once into these shared arrays (phase A),
+ * then run the (sequence, head, query block) tasks on them (phase B):
+ *   qv, kv   heads x G x Np x 4 bytes (G = ceil(D / 4), Np = N rounded up to
+ *            16): the VNNI layout, for each group of four features and each
+ *            token its four codes adjacent; features past D are zeros.  Q is
+ *            uint8 per (token, head) asymmetric, K int8 per (token, head)
+ *            symmetric in [-127, 127];
+ *   q_scale, q_zero, k_scale, k_sum   heads x Np: the per-(token, head)
+ *            parameters and the sums of the key codes;
+ *   vc       hidden x Np int8 (+ 4 bytes of tail), V per (feature, sequence)
+ *            symmetric over the sequence's attended keys, scale v_scale
+ *            (batch x hidden);
+ *   any      batch flags: the sequence attends to some key (else uniformly).
+ */
+typedef struct {
+    const float *QKV;
+    int64_t batch, seq, heads, head_dim, groups, ld; /* ld = Np */
+    const uint8_t *mask;
+    float scale_log2e;  /* the softmax scale times log2(e): scores in base 2 */
+    float *Y;
+    uint8_t *qv;
+    int8_t *kv, *vc;
+    float *q_scale, *k_scale, *v_scale;
+    int32_t *q_zero, *k_sum;
+    const uint8_t *any;
+    const bsk_attn_q8_trace *trace; /* tests: intermediate results, or NULL */
+} bsk_nn_aq_args;
+
+/* Tokens per chunk of phase A (its per-token state, 5 arrays, stays in L1). */
+#define BSK_AQ_CHUNK 256
+
+/* A thread's INT8 attention scratch; the key lists are those of sequence b. */
+typedef struct {
+    float *st;       /* seq x QW scores, then nothing */
+    uint8_t *pp;     /* (ceil(seq / 4) + 1) x 2 x QW x 4: per four keys the high then the
+                      * low bytes of the probability codes, VNNI layout */
+    float *yt;       /* head_dim x QW output tile */
+    int32_t *keys;   /* the attended keys of b, ascending */
+    int32_t *row;    /* position p in [lo, hi) -> its row of st, or -1 (masked) */
+    int64_t b, nk, lo, hi;
+    int uniform;
+} bsk_nn_aq_ws;
 
 /* ---- the kernel table: one per ISA variant ----------------------------------- */
 
@@ -132,7 +217,16 @@ typedef struct {
     int queries;                     /* <= BSK_NN_MAX_QW */
 } bsk_nn_attention_kernel;
 
+/* INT8 attention of one variant: phase A over tokens [n0, n1) (whole 16-token
+ * blocks) and over (sequence, V row) items [r0, r1); phase B one task. */
 typedef struct {
+    void (*quant_tokens)(const bsk_nn_aq_args *a, int64_t n0, int64_t n1, float *ws);
+    void (*quant_values)(const bsk_nn_aq_args *a, int64_t r0, int64_t r1);
+    void (*task)(const bsk_nn_aq_args *a, int64_t b, int64_t h, int64_t i0, bsk_nn_aq_ws *ws);
+    int queries;                     /* <= BSK_NN_MAX_QW */
+} bsk_nn_attention_q8_kernel;
+
+typedef struct bsk_kernels {
     /* float block-CSR x dense, any block shape */
     bsk_spmm_f32_fn spmm_f32;
     bsk_spmm_f64_fn spmm_f64;
@@ -148,6 +242,7 @@ typedef struct {
     /* encoder kernels, called by the drivers in src/nn/tokens.c, attention.c */
     const bsk_nn_token_kernels *nn_tokens;
     const bsk_nn_attention_kernel *nn_attention;
+    const bsk_nn_attention_q8_kernel *nn_attention_q8;  /* exact: same bits on every variant */
 } bsk_kernels;
 
 /* The table of `isa` if it is built and usable on this CPU, else NULL. */
@@ -180,27 +275,33 @@ const bsk_kernels *bsk_kernels_for(bsk_isa isa);
 #define BSK_DECLARE_NN(sfx)                                                    \
     extern const bsk_nn_token_kernels bsk_nn_tokens_##sfx;                    \
     extern const bsk_nn_attention_kernel bsk_nn_attention_##sfx;
+#define BSK_DECLARE_NN_Q8(sfx)                                                 \
+    extern const bsk_nn_attention_q8_kernel bsk_nn_attention_q8_##sfx;
 
 BSK_DECLARE_SPMM(scalar)
 BSK_DECLARE_QSPMM(scalar)
 BSK_DECLARE_QGEMM(scalar)
 BSK_DECLARE_QUANTIZE(scalar)
 BSK_DECLARE_NN(scalar)
+BSK_DECLARE_NN_Q8(scalar)
 
 BSK_DECLARE_SPMM(avx2)
 BSK_DECLARE_QSPMM(avx2)
 BSK_DECLARE_QGEMM(avx2)
 BSK_DECLARE_QUANTIZE(avx2)
 BSK_DECLARE_NN(avx2)
+BSK_DECLARE_NN_Q8(avx2)
 
 BSK_DECLARE_QSPMM(avx_vnni)      /* float and encoder kernels: the AVX2 ones */
 BSK_DECLARE_QGEMM(avx_vnni)
 BSK_DECLARE_QUANTIZE(avx_vnni)
+BSK_DECLARE_NN_Q8(avx_vnni)
 
 BSK_DECLARE_SPMM(avx512_vnni)
 BSK_DECLARE_QSPMM(avx512_vnni)
 BSK_DECLARE_QGEMM(avx512_vnni)
 BSK_DECLARE_QUANTIZE(avx512_vnni)
 BSK_DECLARE_NN(avx512_vnni)
+BSK_DECLARE_NN_Q8(avx512_vnni)
 
 #endif /* BLOCKSPARSE_BSK_INTERNAL_H */

@@ -41,6 +41,7 @@ static const bsk_kernels scalar_kernels = {
     .quantize_u8 = bsk_quantize_u8_scalar,
     .nn_tokens = &bsk_nn_tokens_scalar,
     .nn_attention = &bsk_nn_attention_scalar,
+    .nn_attention_q8 = &bsk_nn_attention_q8_scalar,
 };
 
 #ifdef BSK_HAVE_AVX2
@@ -55,11 +56,13 @@ static const bsk_kernels avx2_kernels = {
     .quantize_u8 = bsk_quantize_u8_avx2,
     .nn_tokens = &bsk_nn_tokens_avx2,
     .nn_attention = &bsk_nn_attention_avx2,
+    .nn_attention_q8 = &bsk_nn_attention_q8_avx2,
 };
 #endif
 
 #if defined(BSK_HAVE_AVX_VNNI) && defined(BSK_HAVE_AVX2)
-/* no float instructions beyond AVX2: the float and encoder kernels are AVX2's */
+/* no float instructions beyond AVX2: the float and encoder kernels are AVX2's
+ * (the INT8 attention is its own) */
 static const bsk_kernels avx_vnni_kernels = {
     .spmm_f32 = bsk_spmm_f32_avx2,
     .spmm_f64 = bsk_spmm_f64_avx2,
@@ -71,6 +74,7 @@ static const bsk_kernels avx_vnni_kernels = {
     .quantize_u8 = bsk_quantize_u8_avx_vnni,
     .nn_tokens = &bsk_nn_tokens_avx2,
     .nn_attention = &bsk_nn_attention_avx2,
+    .nn_attention_q8 = &bsk_nn_attention_q8_avx_vnni,
 };
 #endif
 
@@ -86,6 +90,7 @@ static const bsk_kernels avx512_vnni_kernels = {
     .quantize_u8 = bsk_quantize_u8_avx512_vnni,
     .nn_tokens = &bsk_nn_tokens_avx512_vnni,
     .nn_attention = &bsk_nn_attention_avx512_vnni,
+    .nn_attention_q8 = &bsk_nn_attention_q8_avx512_vnni,
 };
 #endif
 

@@ -6,7 +6,7 @@ layers, hidden 128, 2 heads, FFN 512; for smoke tests), BERT-Mini (4, 256, 4,
 blocksparse runs ``BertModel.from_config`` with every encoder Linear weight
 pruned to sparsity 0 / 0.8 / 0.9 in (4, 1) blocks (four consecutive output
 rows in one input column) and quantized to INT8 (activations per token,
-dynamically).  The peers (:mod:`.bert_peers`: PyTorch dynamic INT8, ONNX
+dynamically), with INT8 attention (``attention="int8"``).  The peers (:mod:`.bert_peers`: PyTorch dynamic INT8, ONNX
 Runtime dynamic and static QDQ INT8, OpenVINO on the static QDQ model; PyTorch
 float32 on request) run the **same pruned weights**, copied from the float
 model made from the same seed, so every contender computes the same function;
@@ -110,7 +110,7 @@ def layer_breakdown(threads, repeat, sparsity=0.9, seed=0):
     from blocksparse.nn import BertModel, _ops
     cfg = dict(bert_config("BERT-Base"), num_hidden_layers=2)
     model = BertModel.from_config(cfg, seed=seed, sparsity=sparsity, blocksize=BLOCKSIZE,
-                                  dtype="int8")
+                                  dtype="int8", attention="int8")
     layer, nxt = model.encoder.layers
     H, N, B = 768, SEQ, 1
     ids, _ = inputs(B, SEQ)
@@ -118,7 +118,8 @@ def layer_breakdown(threads, repeat, sparsity=0.9, seed=0):
     att = layer.attention
     qkv = att.qkv._forward(x, xq)
     ctx = np.empty((H, N), np.float32)
-    c, cq = _ops._attention(qkv, B, SEQ, att.num_heads, None, ctx, True)
+    int8 = att.precision == "int8"
+    c, cq = _ops._attention(qkv, B, SEQ, att.num_heads, None, ctx, True, int8)
     a = att.out._forward(c, cq)
     h1, h1q = layer.ln1._forward(a, x, layer.ffn1.input_spec, out=np.empty_like(a))
     inter = layer.ffn1._forward(h1, h1q, layer.activation)
@@ -127,7 +128,7 @@ def layer_breakdown(threads, repeat, sparsity=0.9, seed=0):
     scratch = np.empty_like(o)
     ops = {
         "spmm_qkv": lambda: att.qkv._forward(x, xq),
-        "attention": lambda: _ops._attention(qkv, B, SEQ, att.num_heads, None, ctx, True),
+        "attention": lambda: _ops._attention(qkv, B, SEQ, att.num_heads, None, ctx, True, int8),
         "spmm_attn_out": lambda: att.out._forward(c, cq),
         "add_layernorm_1": lambda: layer.ln1._forward(a, x, layer.ffn1.input_spec, out=scratch),
         "spmm_ffn1_gelu": lambda: layer.ffn1._forward(h1, h1q, layer.activation),
@@ -150,7 +151,8 @@ def layer_breakdown(threads, repeat, sparsity=0.9, seed=0):
         "quantize": times["quantize_ffn1_out"],
     }
     groups["python_overhead"] = total - sum(groups.values())
-    return {"threads": threads, "sparsity": sparsity, "layer_s": total,
+    return {"threads": threads, "sparsity": sparsity, "attention": att.precision,
+            "layer_s": total,
             "layer_median_s": whole["median"], "ops_s": times,
             "ops_median_s": {k: v["median"] for k, v in stats.items()}, "groups_s": groups,
             "groups_fraction": {k: v / total for k, v in groups.items()},
@@ -215,7 +217,7 @@ def run(args=None, progress=None):
             say(progress, f"{name} {sp:g}: building blocksparse's model")
             kw = dict(seed=0, sparsity=None if sp == 0 else sp, blocksize=BLOCKSIZE)
             t0 = time.perf_counter()
-            model = BertModel.from_config(cfg, dtype="int8", **kw)
+            model = BertModel.from_config(cfg, dtype="int8", attention="int8", **kw)
             build_s = time.perf_counter() - t0
             reference = BertModel.from_config(cfg, dtype="float32", **kw)
             peers = BertPeers(reference, s["peers"], seq=seq, note=lambda m: say(progress, m)) \

@@ -756,6 +756,8 @@ def check_own_meta(meta, cfg, head_linears=None):
     dict
         ``version``, ``dtype``, ``sparsity`` (float or None), ``blocksize``
         (tuple), ``balanced`` (bool), ``smoothing`` (float or None),
+        ``attention`` (the precision of the attention's products, or None:
+        the default for the dtype; absent before it existed),
         ``linears`` (name -> description), ``weights`` (file name) and
         ``architecture`` (str, or None for an encoder without a head).
 
@@ -796,6 +798,10 @@ def check_own_meta(meta, cfg, head_linears=None):
     if out["dtype"] not in ("float32", "int8"):
         raise ValueError(f"config 'blocksparse' key 'dtype' must be 'float32' or 'int8', got "
                          f"{out['dtype']!r}")
+    out["attention"] = meta.get("attention")
+    if out["attention"] not in (None, "float32", "int8"):
+        raise ValueError(f"config 'blocksparse' key 'attention' must be null, 'float32' or "
+                         f"'int8', got {out['attention']!r}")
     out["balanced"] = meta.get("balanced", False)
     if not isinstance(out["balanced"], bool):
         raise ValueError(f"config 'blocksparse' key 'balanced' must be true or false, got "
@@ -987,7 +993,7 @@ def save_model(model, directory):
                           "dtype": base.dtype,
                           "sparsity": base.sparsity, "blocksize": list(base.blocksize),
                           "balanced": base.balanced, "smoothing": base.smoothing,
-                          "linears": linears}
+                          "attention": base.attention, "linears": linears}
     if has_float:
         cfg["blocksparse"].update(float_features=base.float_features,
                                   float_weights=base.float_weights)
@@ -1035,8 +1041,13 @@ def own_linear(meta, get, name):
     return linear_from_tensors(name, linears[name], get)
 
 
-def build_own_base(cls, cfg, meta, get):
-    """The encoder model `cls` (BertModel or a family subclass) of an opened checkpoint."""
+def build_own_base(cls, cfg, meta, get, precision=None):
+    """The encoder model `cls` (BertModel or a family subclass) of an opened checkpoint.
+
+    `precision` is that of the attention's products (None: the saved one, else
+    the dtype's default).
+    """
+    from .bert import default_attention
     from .layers import BertEncoder, BertLayer, LayerNorm, MultiHeadSelfAttention, \
         PreNormBertLayer
     linears = meta["linears"]
@@ -1078,16 +1089,19 @@ def build_own_base(cls, cfg, meta, get):
     model.float_weights = meta["float_weights"]
     model.two_pass_max_tokens = meta["two_pass_max_tokens"]
     model.dtype = meta["dtype"]
+    model.attention = default_attention(meta["dtype"], meta["attention"] if precision is None
+                                        else precision)
     return model
 
 
-def load_own(cls, raw, directory, sparsity, dtype):
+def load_own(cls, raw, directory, sparsity, dtype, precision=None):
     """The encoder `cls` of an own-format checkpoint (``from_pretrained``).
 
     `raw` is the parsed config.json of `directory`, which has a "blocksparse"
     section; a task head saved with the encoder is checked, not built.
-    Raises :class:`CheckpointChanged` when a concurrent save replaced the
-    weights it names.
+    `precision` is that of the attention's products (see
+    :func:`build_own_base`).  Raises :class:`CheckpointChanged` when a
+    concurrent save replaced the weights it names.
     """
     cfg, meta, get = open_own(cls._normalize_config, raw, directory, sparsity, dtype)
-    return build_own_base(cls, cfg, meta, get)
+    return build_own_base(cls, cfg, meta, get, precision)

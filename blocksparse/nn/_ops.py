@@ -17,6 +17,8 @@ from .._packed import QuantizedActivations
 
 __all__ = ["gelu", "layer_norm", "attention", "quantize_rows"]
 
+PRECISIONS = ("float32", "int8")  # of attention's products
+
 
 def _float32_2d(x, name):
     x = np.asarray(x)
@@ -59,6 +61,25 @@ def _bias_act(y, bias, activation):
     return y
 
 
+#: Products up to this many multiply-adds skip BLAS (see :func:`_small_matmul`).
+_SMALL_PRODUCT = 1 << 21
+
+
+def _small_matmul(a, b):
+    """``a @ b`` (2-D); small products of two ndarrays without BLAS.
+
+    NumPy's BLAS (OpenBLAS) runs even a 768 x 768 matrix-vector product on
+    its own threads, which then spin beside the package's OpenMP threads:
+    on 2 cores one pooler call made the next encoder call 2.3x slower.
+    NumPy's einsum loop costs ~0.1 ms for such a product and starts no
+    thread.
+    """
+    if isinstance(a, np.ndarray) and isinstance(b, np.ndarray) and \
+            a.shape[0] * a.shape[1] * b.shape[1] <= _SMALL_PRODUCT:
+        return np.einsum("ik,kj->ij", a, b, order="C", optimize=False)
+    return a @ b
+
+
 def _quantize_tokens(x, q_mul=None):
     qa = QuantizedActivations.empty(*x.shape)
     _kernels.quantize_tokens(_config._active_isa(), x, q_mul, qa.q, qa.scale, qa.zero,
@@ -66,14 +87,37 @@ def _quantize_tokens(x, q_mul=None):
     return qa
 
 
-def _attention(qkv, batch, seq, heads, mask, out, quantize):
-    """out (H, N) from qkv (3H, N)."""
+def _attention(qkv, batch, seq, heads, mask, out, quantize, int8=False):
+    """out (H, N) from qkv (3H, N); int8: the INT8 kernel (bsk_attention_q8)."""
     qa = QuantizedActivations.empty(*out.shape) if quantize else None
     _kernels.attention(_config._active_isa(), qkv, batch, seq, heads, mask,
                        1.0 / math.sqrt(out.shape[0] // heads), out, qa.q if qa else None,
                        qa.scale if qa else None, qa.zero if qa else None,
-                       _config.get_num_threads())
+                       _config.get_num_threads(), int8)
     return out, qa
+
+
+def _attention_traced(qkv, batch, seq, heads, mask):
+    """The INT8 attention of (3H, N) qkv and its intermediate results (tests).
+
+    Returns (out (H, N), {name: array}) with the arrays of
+    ``bsk_attn_q8_trace`` (bsk_nn.h), ``scores`` and ``p`` zero where the
+    kernel writes nothing.
+    """
+    H = qkv.shape[0] // 3
+    trace = {name: np.zeros(n, dtype) for name, (dtype, n) in
+             _kernels.attention_trace_sizes(batch, seq, heads, H // heads).items()}
+    out = np.empty((H, batch * seq), np.float32)
+    _kernels.attention(_config._active_isa(), qkv, batch, seq, heads, mask,
+                       1.0 / math.sqrt(H // heads), out, None, None, None,
+                       _config.get_num_threads(), True, trace)
+    return out, trace
+
+
+def _check_precision(precision, name="precision"):
+    if precision not in PRECISIONS:
+        raise ValueError(f"{name} must be 'float32' or 'int8', got {precision!r}")
+    return precision
 
 
 # ---- public, validated ------------------------------------------------------
@@ -189,7 +233,7 @@ def layer_norm(x, gamma, beta, eps=1e-12, residual=None, out=None):
     return out
 
 
-def attention(qkv, num_heads, attention_mask=None, batch_size=1):
+def attention(qkv, num_heads, attention_mask=None, batch_size=1, precision="float32"):
     """Multi-head scaled dot-product self-attention in one C call.
 
     Per sequence and head: ``softmax(Q K^T / sqrt(d) + mask) V`` with the
@@ -198,6 +242,13 @@ def attention(qkv, num_heads, attention_mask=None, batch_size=1):
     ``finfo(float32).min`` gives.  No (seq x seq) array is made: each
     block of queries keeps its scores in a small scratch row.  Threads split
     the (sequence, head) pairs.
+
+    With ``precision="int8"`` both products run on INT8 codes (``vpdpbusd``
+    on VNNI CPUs): queries uint8 per token and head, keys int8 per token
+    and head, scores exact in int32 then scaled, softmax in float32, the
+    probabilities as 16-bit codes ``rint(65535 * p / max p)`` (two uint8
+    planes) and the values int8 per feature and sequence; the result has
+    the same bits on every ISA and thread count (``docs/kernels.rst``).
 
     Parameters
     ----------
@@ -211,6 +262,8 @@ def attention(qkv, num_heads, attention_mask=None, batch_size=1):
         (NaN, -1, 2) raise ValueError.
     batch_size : int, optional
         Sequences in `qkv`, which holds them one after the other.
+    precision : {"float32", "int8"}, optional
+        Of the two products (``Q K^T`` and ``P V``).
 
     Returns
     -------
@@ -227,8 +280,8 @@ def attention(qkv, num_heads, attention_mask=None, batch_size=1):
     ------
     ValueError
         If `num_heads` does not divide the hidden size, `batch_size` does
-        not divide the rows, or the mask has the wrong shape or values
-        other than 0 and 1.
+        not divide the rows, the mask has the wrong shape or values other
+        than 0 and 1, or `precision` is unknown.
 
     Examples
     --------
@@ -239,6 +292,7 @@ def attention(qkv, num_heads, attention_mask=None, batch_size=1):
     >>> attention(qkv, num_heads=1).tolist()      # equal scores: the mean value
     [[3.0, 4.0], [3.0, 4.0], [3.0, 4.0]]
     """
+    _check_precision(precision)
     qkv = _float32_2d(qkv, "qkv")
     rows, width = qkv.shape
     if width % 3:
@@ -253,7 +307,8 @@ def attention(qkv, num_heads, attention_mask=None, batch_size=1):
     seq = rows // batch_size
     mask = _mask_u8(attention_mask, (batch_size, seq))
     out = np.empty((hidden, rows), dtype=np.float32)
-    _attention(_features_major(qkv), int(batch_size), seq, int(num_heads), mask, out, False)
+    _attention(_features_major(qkv), int(batch_size), seq, int(num_heads), mask, out, False,
+               precision == "int8")
     return np.ascontiguousarray(out.T)
 
 

@@ -437,4 +437,6 @@ def sparsify(model, sparsity, *, method="obs", calibration=None, tokenizer=None,
     out = type(model)(cfg, model.embeddings, BertEncoder(layers), model.pooler)
     out.sparsity, out.blocksize, out.balanced = sparsity, blocksize, bool(balanced)
     out.smoothing = smoothing
+    from .bert import default_attention  # bert imports this module
+    out.attention = default_attention(dtype)
     return out

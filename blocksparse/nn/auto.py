@@ -13,7 +13,7 @@ from typing import NamedTuple
 import numpy as np
 
 from . import _checkpoint as ckpt
-from .bert import _RELOADS, BertModel
+from .bert import _RELOADS, BertModel, default_attention
 from .electra import ElectraModel
 from .heads import (PROBLEM_TYPES, Head, ModelForMaskedLM, ModelForPreTraining,
                     ModelForQuestionAnswering, ModelForSequenceClassification,
@@ -341,11 +341,12 @@ def _check_strict(name, tensors, strict):
 
 
 def _load_hf(name, raw, directory, sparsity, blocksize, dtype, balanced, smoothing,
-             calibration, strict, float_features, float_weights):
+             calibration, strict, float_features, float_weights, attention):
     arch = ARCHITECTURES[name]
     cfg = ckpt.normalize_config(dict(raw, model_type=arch.model_type), ckpt.FAMILIES)
     head_cfg = head_config(name, raw)
     dtype = "float32" if dtype is None else _check_dtype_name(dtype)
+    attention = default_attention(dtype, attention)
     tensors = ckpt.HFTensors(directory)
     weights = ckpt.load_hf_weights(directory, cfg, tensors)
     ckpt.check_encoder_extras(tensors, cfg)
@@ -359,7 +360,7 @@ def _load_hf(name, raw, directory, sparsity, blocksize, dtype, balanced, smoothi
     unused = _check_strict(name, tensors, strict)
     base = arch.encoder._build(cfg, weights, lambda i: weights, sparsity, blocksize, dtype,
                                balanced, smoothing, calibration, float_features, float_weights,
-                               ckpt.special_token_ids(directory))
+                               ckpt.special_token_ids(directory), attention)
     if spec is None:
         base.unused_tensors = unused
         return base
@@ -371,7 +372,7 @@ def _load_hf(name, raw, directory, sparsity, blocksize, dtype, balanced, smoothi
     return model
 
 
-def _load_own(raw, directory, sparsity, dtype, architecture):
+def _load_own(raw, directory, sparsity, dtype, architecture, attention):
     section = raw["blocksparse"]
     name = section.get("architecture") if isinstance(section, dict) else None
     model_type = raw.get("model_type", "bert")
@@ -391,7 +392,7 @@ def _load_own(raw, directory, sparsity, dtype, architecture):
                          f"{model_type!r}")
     cfg, meta, get = ckpt.open_own(arch.encoder._normalize_config, raw, directory, sparsity,
                                    dtype)
-    base = ckpt.build_own_base(arch.encoder, cfg, meta, get)
+    base = ckpt.build_own_base(arch.encoder, cfg, meta, get, attention)
     if arch.head is None:
         base.unused_tensors = []
         return base
@@ -402,7 +403,7 @@ def _load_own(raw, directory, sparsity, dtype, architecture):
 
 def from_pretrained(path, dtype=None, sparsity=None, blocksize=(4, 1), balanced=False,
                     smoothing=0.5, calibration=None, *, float_features=16, float_weights=0.02,
-                    architecture=None, strict=True):
+                    architecture=None, strict=True, attention=None):
     """Load the model a checkpoint directory holds, with its task head.
 
     ``config.json``'s ``architectures`` (for example
@@ -442,6 +443,11 @@ def from_pretrained(path, dtype=None, sparsity=None, blocksize=(4, 1), balanced=
         Tensors inside the encoder's own name space that the configuration
         has no place for (a layer more than ``num_hidden_layers``) are
         refused either way.
+    attention : {None, "float32", "int8"}, optional
+        Precision of the attention's products ``Q K^T`` and ``P V``
+        (:func:`blocksparse.nn.attention`).  None: the one saved with an
+        own-format checkpoint, else "float32" ("int8" is faster on long
+        sequences, see docs/nn.rst).
 
     Returns
     -------
@@ -478,7 +484,7 @@ def from_pretrained(path, dtype=None, sparsity=None, blocksize=(4, 1), balanced=
         if "blocksparse" not in raw:
             break
         try:
-            return _load_own(raw, directory, sparsity, dtype, architecture)
+            return _load_own(raw, directory, sparsity, dtype, architecture, attention)
         except ckpt.CheckpointChanged:  # a concurrent save_pretrained switched it
             continue
     else:
@@ -487,7 +493,7 @@ def from_pretrained(path, dtype=None, sparsity=None, blocksize=(4, 1), balanced=
         raise TypeError("path must be a checkpoint directory or its config.json")
     name = resolve_architecture(raw, architecture)
     return _load_hf(name, raw, directory, sparsity, blocksize, dtype, balanced, smoothing,
-                    calibration, strict, float_features, float_weights)
+                    calibration, strict, float_features, float_weights, attention)
 
 
 def random_task_model(cls, config, architecture, num_labels, seed, options):

@@ -93,6 +93,17 @@ class BertEmbeddings:
         return self.ln._forward(x.reshape(B * S, H), None, want, x_tokens=True)
 
 
+def default_attention(dtype, attention=None):
+    """`attention` checked, or the default: float32 for every dtype.  INT8 attention is
+    opt-in: on short texts it took all-MiniLM-L6-v2's INT8 embeddings below a cosine of
+    0.999 to float32 ('well done' 0.99888), and at 128 tokens or fewer it saves little
+    time (docs/nn.rst)."""
+    del dtype  # the same default for both; kept for the callers' symmetry
+    if attention is None:
+        return "float32"
+    return _ops._check_precision(attention, "attention")
+
+
 class BertModel:
     """A BERT-family encoder: embeddings, then a stack of encoder layers.
 
@@ -120,6 +131,9 @@ class BertModel:
     config, embeddings, encoder, pooler
     dtype : {"float32", "int8"}
         Of the encoder's Linear layers.
+    attention : {"float32", "int8"}
+        Precision of the attention's products in every layer (settable; see
+        :func:`blocksparse.nn.attention`).
     sparsity : float or None
     blocksize : tuple of int
     balanced : bool
@@ -183,7 +197,7 @@ class BertModel:
     @classmethod
     def from_pretrained(cls, path, sparsity=None, blocksize=(4, 1), dtype=None,
                         balanced=False, smoothing=0.5, calibration=None, float_features=16,
-                        float_weights=0.02):
+                        float_weights=0.02, attention=None):
         """Load a BERT, MiniLM or DistilBERT checkpoint directory.
 
         Parameters
@@ -226,6 +240,11 @@ class BertModel:
         float_weights : float in [0, 1), optional
             INT8 only: the fraction of each weight row's largest values that
             stays float32 (default 2 %); 0 turns it off.
+        attention : {None, "float32", "int8"}, optional
+            Precision of the attention's products ``Q K^T`` and ``P V``
+            (:func:`blocksparse.nn.attention`).  None: the one saved with
+            a model written by :meth:`save_pretrained`, else ``"float32"``
+            (``"int8"`` is faster on long sequences, see docs/nn.rst).
 
         Returns
         -------
@@ -253,7 +272,7 @@ class BertModel:
             if "blocksparse" not in raw:
                 break
             try:
-                return ckpt.load_own(cls, raw, directory, sparsity, dtype)
+                return ckpt.load_own(cls, raw, directory, sparsity, dtype, attention)
             except ckpt.CheckpointChanged:  # a concurrent save_pretrained switched it
                 continue
         else:
@@ -263,9 +282,10 @@ class BertModel:
         tensors = ckpt.HFTensors(directory)
         weights = ckpt.load_hf_weights(directory, config, tensors)
         ckpt.check_encoder_extras(tensors, config)
+        attention = default_attention(dtype, attention)
         return cls._build(config, weights, lambda i: weights, sparsity, blocksize, dtype,
                           balanced, smoothing, calibration, float_features, float_weights,
-                          ckpt.special_token_ids(directory))
+                          ckpt.special_token_ids(directory), attention)
 
     @staticmethod
     def _normalize_config(raw):
@@ -275,7 +295,7 @@ class BertModel:
     @classmethod
     def from_config(cls, config, seed=0, sparsity=None, blocksize=(4, 1), dtype="float32",
                     balanced=False, add_pooling_layer=False, smoothing=None,
-                    calibration=None, float_features=0, float_weights=0.0):
+                    calibration=None, float_features=0, float_weights=0.0, attention=None):
         """A model with random weights (for benchmarks and tests).
 
         Weights are drawn as N(0, 0.02^2), as BERT initializes them;
@@ -289,7 +309,8 @@ class BertModel:
             A configuration dict (BERT or DistilBERT key names), a
             ``config.json`` path or a directory holding one.
         seed : int, optional
-        sparsity, blocksize, dtype, balanced, smoothing, calibration, float_features, float_weights
+        sparsity, blocksize, dtype, balanced, smoothing, calibration, float_features,
+        float_weights, attention
             As in :meth:`from_pretrained` (but no smoothing and no float
             part by default: random weights have no outliers); blocksize
             (4, 1) is four consecutive output rows in one input column.
@@ -316,6 +337,7 @@ class BertModel:
         raw, _ = ckpt.read_config(config)
         cfg = cls._normalize_config(raw)
         dtype = _check_dtype_name(dtype)
+        attention = default_attention(dtype, attention)
         ckpt.check_model_memory(cfg, sparsity if isinstance(sparsity, float) else None, dtype,
                                 add_pooling_layer)
         rng = np.random.default_rng(seed)
@@ -353,7 +375,8 @@ class BertModel:
             return w
 
         return cls._build(cfg, weights, layer_weights, sparsity, blocksize, dtype, balanced,
-                          smoothing, calibration, float_features, float_weights)
+                          smoothing, calibration, float_features, float_weights,
+                          attention=attention)
 
     @staticmethod
     def _float_layer(cfg, w, i, sparsity, blocksize, balanced):
@@ -375,7 +398,7 @@ class BertModel:
     @classmethod
     def _build(cls, cfg, weights, layer_weights, sparsity, blocksize, dtype, balanced,
                smoothing=None, calibration=None, float_features=0, float_weights=0.0,
-               special=((), ())):
+               special=((), ()), attention=None):
         """The model, its layers made (pruned, quantized) one at a time.
 
         `special`: the (prefix, suffix) token ids the tokenizer puts around
@@ -426,6 +449,7 @@ class BertModel:
         final = LayerNorm(weights["final_ln.weight"], weights["final_ln.bias"],
                           cfg["layer_norm_eps"]) if "final_ln.weight" in weights else None
         model.encoder = BertEncoder(layers, final)
+        model.attention = default_attention(dtype, attention)
         model.sparsity = sparsity
         model.blocksize = blocksize
         model.balanced = bool(balanced)
@@ -525,13 +549,30 @@ class BertModel:
 
     _max_length_rule = "max_position_embeddings"
 
+    @property
+    def attention(self):
+        """Precision of the attention's products, "float32" or "int8".
+
+        Setting it changes every layer (:attr:`MultiHeadSelfAttention.precision
+        <blocksparse.nn.MultiHeadSelfAttention.precision>`); None if the layers
+        were set apart and differ, or if there are none.
+        """
+        found = {layer.attention.precision for layer in self.encoder}
+        return found.pop() if len(found) == 1 else None
+
+    @attention.setter
+    def attention(self, value):
+        _ops._check_precision(value, "attention")
+        for layer in self.encoder:
+            layer.attention.precision = value
+
     def __repr__(self):
         c = self.config
         sp = "dense" if self.sparsity is None else \
             f"sparsity {self.sparsity:g}, blocksize {self.blocksize}"
         return (f"<{type(self).__name__} {c['model_type']}: {c['num_hidden_layers']} layers, "
                 f"hidden {c['hidden_size']}, {c['num_attention_heads']} heads, {self.dtype}, "
-                f"{sp}>")
+                f"{sp}, {self.attention} attention>")
 
     def _check_inputs(self, input_ids, attention_mask, token_type_ids):
         ids = _int_ids(input_ids, "input_ids")

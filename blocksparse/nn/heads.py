@@ -109,7 +109,7 @@ class Head:
         """Logits (rows, out_features), tokens-major, from the hidden state x (H, B * S)."""
         h = np.ascontiguousarray(x[:, ::S]) if self.rows == "first" else x
         if self.dense is not None:
-            h = self.dense._forward(h, None, self._fused)
+            h = self.dense._forward(h, None, self._fused, few_columns=self.rows == "first")
             if not self._fused:
                 apply_activation(h, self.activation)
         if self.norm is not None:

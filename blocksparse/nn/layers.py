@@ -277,11 +277,13 @@ class Linear:
             y = self._forward(_ops._features_major(x2), None, activation).T
         return np.ascontiguousarray(y).reshape(lead + (self.out_features,))
 
-    def _forward(self, x, xq, activation=None, refine=None):
+    def _forward(self, x, xq, activation=None, refine=None, few_columns=False):
         """Unchecked: y (M, N) from x (K, N) float32 and its uint8 codes xq (or None).
 
         INT8: `refine`, an int array of token columns or None, gets a second
         pass over the rounding residual of those tokens' activations.
+        `few_columns`: a dense weight's small product skips BLAS (a head on
+        the [CLS] rows, see :func:`._ops._small_matmul`).
         """
         if self.kind == "int8":
             if xq is None:
@@ -310,7 +312,7 @@ class Linear:
             if late:
                 _ops._bias_act(y, self.bias, activation)
             return y
-        y = self.weight @ x
+        y = _ops._small_matmul(self.weight, x) if few_columns else self.weight @ x
         if (self.bias is not None or activation is not None) and y.size:
             _ops._bias_act(y, self.bias, activation)
         return y
@@ -702,9 +704,13 @@ class MultiHeadSelfAttention:
     out : Linear
         The output projection, hidden -> hidden.
     num_heads : int
+    precision : {"float32", "int8"}, optional
+        Of the attention's own products ``Q K^T`` and ``P V`` (see
+        :func:`blocksparse.nn.attention`), whatever the kind of the Linear
+        layers.  The attribute of that name may be changed later.
     """
 
-    def __init__(self, qkv, out, num_heads):
+    def __init__(self, qkv, out, num_heads, precision="float32"):
         if not isinstance(qkv, Linear) or not isinstance(out, Linear):
             raise TypeError("qkv and out must be Linear layers")
         H = out.in_features
@@ -717,10 +723,21 @@ class MultiHeadSelfAttention:
                              f"{num_heads!r}")
         self.qkv, self.out, self.num_heads = qkv, out, int(num_heads)
         self.hidden_size = H
+        self.precision = precision
+
+    @property
+    def precision(self):
+        """"float32" or "int8": the precision of the products ``Q K^T`` and ``P V``."""
+        # a layer pickled before the option existed has float32 attention
+        return getattr(self, "_precision", "float32")
+
+    @precision.setter
+    def precision(self, value):
+        self._precision = _ops._check_precision(value)
 
     @classmethod
     def from_weights(cls, q, k, v, o, num_heads, *, sparsity=None, blocksize=(4, 1),
-                     dtype="float32", balanced=False):
+                     dtype="float32", balanced=False, precision="float32"):
         """Build from separate (weight, bias) pairs of the four projections.
 
         Each weight (hidden, hidden) is pruned on its own (`sparsity`,
@@ -728,6 +745,7 @@ class MultiHeadSelfAttention:
         (4, 1) is four consecutive output rows in one input column), then
         Q, K and V are stacked into one Linear layer; `dtype` "int8"
         quantizes per output row, so stacking does not change the scales.
+        `precision` is that of the attention's products (see the class).
         """
         dtype = _check_dtype_name(dtype)
         ws = [_sparsify(_float_weight(w, n), sparsity, blocksize, balanced)
@@ -740,11 +758,11 @@ class MultiHeadSelfAttention:
         qkv = Linear(_finish(_stack_rows(ws), dtype, blocksize), bias)
         out = Linear.from_dense(o[0], o[1], sparsity=sparsity, blocksize=blocksize,
                                 dtype=dtype, balanced=balanced)
-        return cls(qkv, out, num_heads)
+        return cls(qkv, out, num_heads, precision)
 
     def __repr__(self):
         return f"<MultiHeadSelfAttention {self.hidden_size}, {self.num_heads} heads, " \
-               f"{self.qkv.kind}>"
+               f"{self.qkv.kind}, {self.precision} products>"
 
     def __call__(self, hidden_states, attention_mask=None):
         """Attention output (before the residual), shape (batch, seq, hidden)."""
@@ -771,7 +789,8 @@ class MultiHeadSelfAttention:
         # the kernel's fused quantization has no per-feature factors
         want = self.out.input_spec
         ctx, ctxq = _ops._attention(qkv, B, S, self.num_heads, mask, ctx,
-                                    want.quantized and want.scale is None)
+                                    want.quantized and want.scale is None,
+                                    self.precision == "int8")
         return self.out._forward(ctx, ctxq, refine=refine)
 
 
@@ -889,8 +908,8 @@ class BertLayer:
         out = att.out.to_int8(blocksize, out_absmax, **extra)
         ffn1 = self.ffn1.to_int8(blocksize, ffn1_absmax, smoothing, **extra)
         ffn2 = self.ffn2.to_int8(blocksize, ffn2_absmax, **extra)
-        return type(self)(MultiHeadSelfAttention(qkv, out, att.num_heads), self.ln1, ffn1, ffn2,
-                          self.ln2, self.activation)
+        return type(self)(MultiHeadSelfAttention(qkv, out, att.num_heads, att.precision),
+                          self.ln1, ffn1, ffn2, self.ln2, self.activation)
 
 
 class PreNormBertLayer(BertLayer):

@@ -22,6 +22,7 @@ from torch import nn
 
 from .._matrix import BlockSparseMatrix
 from .._prune import _from_keep
+from ..nn.bert import default_attention
 from ..nn.layers import (BertEncoder, BertLayer, LayerNorm, Linear, MultiHeadSelfAttention,
                          _stack_rows)
 
@@ -254,6 +255,7 @@ def to_blocksparse(student, source, blocksize, dtype="int8", smoothing=None,
         layers = _to_int8(source.embeddings, layers, smoothing, calibration, blocksize)
     out = type(source)(cfg, source.embeddings, BertEncoder(layers), source.pooler)
     out.blocksize, out.smoothing = tuple(blocksize), smoothing if dtype == "int8" else None
+    out.attention = default_attention(dtype)
     return out
 
 

@@ -93,6 +93,69 @@ bsk_status bsk_attention_f32(bsk_isa isa, const float *QKV, int64_t batch,
                              uint8_t *Q, float *q_scale, int32_t *q_zero,
                              int num_threads);
 
+/*
+ * Intermediate results of bsk_attention_q8, for tests: each pointer may be
+ * NULL.  With N = batch * seq, G = ceil(head_dim / 4), Np = N rounded up to
+ * a multiple of 16:
+ *   q       heads x G x Np x 4  query codes (uint8), VNNI layout: element
+ *           [h][g][n][i] is feature 4g + i of head h, token n (0 past head_dim)
+ *   k       heads x G x Np x 4  key codes (int8), same layout
+ *   q_scale, q_zero, k_scale, k_sum   heads x Np (k_sum: sum of the key codes)
+ *   v       hidden x Np         value codes (int8)
+ *   v_scale batch x hidden
+ *   scores  batch x heads x seq (queries) x seq (keys): the exact int32
+ *           sum_c (q - q_zero) k, written for the attended keys only
+ *   p       same shape: the 16-bit probability codes, written for the keys
+ *           from the first to the last attended one (0 for masked keys there)
+ *   pv_hi, pv_lo  hidden x N: the exact int32 sum_j v[j] (p[j] >> 8) and
+ *           sum_j v[j] (p[j] & 255)
+ *   p_sum   heads x N: sum_j p[j]
+ * Lanes past N of the Np-long rows are left undefined.
+ */
+typedef struct {
+    uint8_t *q;
+    int8_t *k, *v;
+    float *q_scale, *k_scale, *v_scale;
+    int32_t *q_zero, *k_sum;
+    int32_t *scores;
+    uint16_t *p;
+    int32_t *pv_hi, *pv_lo, *p_sum;
+} bsk_attn_q8_trace;
+
+/* The longest sequence of bsk_attention_q8 (the probability codes' sums
+ * stay in int32). */
+#define BSK_AQ_MAX_SEQ ((int64_t)32768)
+
+/*
+ * Multi-head self-attention with INT8 products, the arguments and result of
+ * bsk_attention_f32 (mask, uniform attention of a fully masked sequence,
+ * optional per-token quantization of Y), computed as:
+ *   Q uint8 per (token, head), asymmetric (the per-token quantization of
+ *     the activations); K int8 per (token, head), symmetric, [-127, 127];
+ *   scores = (float)(sum_c (q - q_zero) k) * (q_scale * (k_scale * scale)),
+ *     the integer part exact in int32 (the zero point removed with the sums
+ *     of the key codes), over the attended keys;
+ *   P 16-bit codes rint(65535 * exp(scores - max)) per query (65535 at its
+ *     maximum), computed as 2^x with a polynomial good to 0.012 of a code;
+ *   V int8 per (feature, sequence), symmetric over the attended keys;
+ *   P V as two exact int32 products with the high and the low bytes of P;
+ *   Y = (256 hi + lo) * (v_scale * (1 / sum_j p)): the integer weights
+ *     normalized by their own sum.
+ * 8-bit probability codes were tried and dropped: relative to the maximum
+ * (often an attention sink) the many small weights of long sequences kept
+ * too few levels (all-MiniLM-L6-v2 at 512 tokens: cosine 0.9977 to float32,
+ * 0.99997 with 16 bits).
+ * Every step uses only integer arithmetic and IEEE float + - * / in a fixed
+ * order, so Y (and Q) have the same bits on every ISA and thread count.
+ * head_dim must not exceed BSK_MAX_K_INT8, seq BSK_AQ_MAX_SEQ (else
+ * BSK_EOVERFLOW).  trace (tests) may be NULL.
+ */
+bsk_status bsk_attention_q8(bsk_isa isa, const float *QKV, int64_t batch,
+                            int64_t seq, int64_t heads, int64_t head_dim,
+                            const uint8_t *mask, float scale, float *Y,
+                            uint8_t *Q, float *q_scale, int32_t *q_zero,
+                            const bsk_attn_q8_trace *trace, int num_threads);
+
 #ifdef __cplusplus
 }
 #endif

@@ -90,6 +90,25 @@ BSK_INLINE bsk_v16f bsk_nn_exp16(bsk_v16f x)
     return y * (bsk_v16f)e;
 }
 
+/* The 256-bit halves of a 16-lane int32 vector, and back (for units whose
+ * instructions work on 8 lanes). */
+typedef int32_t bsk_v8i __attribute__((vector_size(32)));
+
+BSK_INLINE bsk_v8i bsk_v16i_lo(bsk_v16i v)
+{
+    return __builtin_shufflevector(v, v, 0, 1, 2, 3, 4, 5, 6, 7);
+}
+
+BSK_INLINE bsk_v8i bsk_v16i_hi(bsk_v16i v)
+{
+    return __builtin_shufflevector(v, v, 8, 9, 10, 11, 12, 13, 14, 15);
+}
+
+BSK_INLINE bsk_v16i bsk_v16i_join(bsk_v8i lo, bsk_v8i hi)
+{
+    return __builtin_shufflevector(lo, hi, 0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+}
+
 /* Loads and stores of the 16 tokens at p; `full` (a compile-time constant
  * at every call) selects plain 16-lane accesses, else `cnt` lanes. */
 BSK_INLINE bsk_v16f bsk_nn_ld(const float *p, const int full, int64_t cnt)

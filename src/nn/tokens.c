@@ -43,6 +43,8 @@ static bsk_status run_split(bsk_nn_range_fn first, bsk_nn_range_fn fn,
     if (nt > blocks)
         nt = blocks;
     int failed = 0;
+    bsk_team_clock clock;
+    nt = bsk_team_begin(&clock, (int)nt);
 #ifdef _OPENMP
 #pragma omp parallel num_threads((int)nt) if (nt > 1)
 #endif
@@ -52,6 +54,7 @@ static bsk_status run_split(bsk_nn_range_fn first, bsk_nn_range_fn fn,
 #else
         const int T = 1, t = 0;
 #endif
+        BSK_TEAM_ENTER(&clock, t);
         int64_t lo, hi;
         bsk_split(blocks, T, t, &lo, &hi);
         if (by_tokens) {
@@ -75,7 +78,9 @@ static bsk_status run_split(bsk_nn_range_fn first, bsk_nn_range_fn fn,
             fn(a, lo, hi, ws);
         }
         free(ws);
+        BSK_TEAM_LEAVE(&clock, t);
     }
+    bsk_team_end(&clock);
     return failed ? BSK_ENOMEM : BSK_OK;
 }
 
@@ -151,6 +156,8 @@ static bsk_status quantize_by_rows(const bsk_nn_token_kernels *k, const bsk_nn_t
                                    int nt)
 {
     const int64_t F = a->features, N = a->tokens, Nv = (N + 15) / 16 * 16;
+    bsk_team_clock clock;
+    nt = bsk_team_begin(&clock, nt);
     /* per thread: its rows' (lo, hi), then the merged (lo, hi) and s, z */
     float *ws = (float *)bsk_alloc((size_t)(6 * Nv * nt) * sizeof(float));
     if (!ws)
@@ -164,6 +171,7 @@ static bsk_status quantize_by_rows(const bsk_nn_token_kernels *k, const bsk_nn_t
 #else
         const int T = 1, t = 0;
 #endif
+        BSK_TEAM_ENTER(&clock, t);
         int64_t r0, r1;
         bsk_split(F, T, t, &r0, &r1);
         float *mine = ws + 6 * Nv * t, *merged = mine + 2 * Nv;
@@ -182,7 +190,9 @@ static bsk_status quantize_by_rows(const bsk_nn_token_kernels *k, const bsk_nn_t
         }
         if (r1 > r0 || t == 0)  /* thread 0 (r0 == 0) writes the parameters */
             k->codes_rows(a, r0, r1, merged);
+        BSK_TEAM_LEAVE(&clock, t);
     }
+    bsk_team_end(&clock);
     free(ws);
     return BSK_OK;
 }

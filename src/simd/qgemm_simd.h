@@ -32,6 +32,7 @@
  * the same order whatever the split: results do not depend on the threads.
  */
 #include "simd/epilogue.h"
+#include "simd/interleave.h"
 
 #define QG_LANES (QG_BYTES / 4)            /* tokens per vector */
 #define QG_MR BSK_QGEMM_MR                 /* rows per weight block */
@@ -50,16 +51,9 @@
 static inline void interleave16(const uint8_t *r0, const uint8_t *r1, const uint8_t *r2,
                                 const uint8_t *r3, uint8_t *dst)
 {
-    const __m128i x0 = _mm_loadu_si128((const __m128i *)r0);
-    const __m128i x1 = _mm_loadu_si128((const __m128i *)r1);
-    const __m128i x2 = _mm_loadu_si128((const __m128i *)r2);
-    const __m128i x3 = _mm_loadu_si128((const __m128i *)r3);
-    const __m128i a = _mm_unpacklo_epi8(x0, x1), b = _mm_unpackhi_epi8(x0, x1);
-    const __m128i c = _mm_unpacklo_epi8(x2, x3), d = _mm_unpackhi_epi8(x2, x3);
-    _mm_storeu_si128((__m128i *)dst, _mm_unpacklo_epi16(a, c));
-    _mm_storeu_si128((__m128i *)(dst + 16), _mm_unpackhi_epi16(a, c));
-    _mm_storeu_si128((__m128i *)(dst + 32), _mm_unpacklo_epi16(b, d));
-    _mm_storeu_si128((__m128i *)(dst + 48), _mm_unpackhi_epi16(b, d));
+    bsk_interleave4x16(_mm_loadu_si128((const __m128i *)r0), _mm_loadu_si128((const __m128i *)r1),
+                       _mm_loadu_si128((const __m128i *)r2), _mm_loadu_si128((const __m128i *)r3),
+                       dst);
 }
 
 /* Four tokens x four K-groups (16 bytes of each token's row) -> the four
@@ -304,7 +298,8 @@ bsk_status BSK_QGEMM_FN(const bsk_qdense *W, const uint8_t *X, int64_t ldx, int6
         return BSK_OK;
     const int64_t nrb = (M + QG_MR - 1) / QG_MR, nvec = (N + QG_LANES - 1) / QG_LANES;
     int status = BSK_OK;
-    (void)nt;
+    bsk_team_clock clock;
+    nt = bsk_team_begin(&clock, nt);
 
 #pragma omp parallel num_threads(nt)
     {
@@ -313,6 +308,7 @@ bsk_status BSK_QGEMM_FN(const bsk_qdense *W, const uint8_t *X, int64_t ldx, int6
         T = omp_get_num_threads();
         tid = omp_get_thread_num();
 #endif
+        BSK_TEAM_ENTER(&clock, tid);
         qg_grid(nrb, nvec, T, &Tm, &Tn);
         int64_t rb0, rb1, v0, v1;
         bsk_split(nrb, Tm, tid / Tn, &rb0, &rb1);
@@ -372,7 +368,9 @@ bsk_status BSK_QGEMM_FN(const bsk_qdense *W, const uint8_t *X, int64_t ldx, int6
         }
         free(P);
         free(acc);
+        BSK_TEAM_LEAVE(&clock, tid);
     }
+    bsk_team_end(&clock);
     return (bsk_status)status;
 }
 

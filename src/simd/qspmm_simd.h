@@ -489,7 +489,8 @@ bsk_status BSK_QFN(const bsk_qbcsr *Wq, const uint8_t *X, int64_t ldx,
     const int32_t *work = strip ? Wq->gptr : W->indptr;
     const int64_t panel = strip ? K * NT_STRIP : (K / 4) * NT_ROW * 4;
     int status = BSK_OK;
-    (void)nt;
+    bsk_team_clock clock;
+    nt = bsk_team_begin(&clock, nt);
 
 #pragma omp parallel num_threads(nt)
     {
@@ -498,6 +499,7 @@ bsk_status BSK_QFN(const bsk_qbcsr *Wq, const uint8_t *X, int64_t ldx,
 #else
         const int64_t id = 0, team = 1;
 #endif
+        BSK_TEAM_ENTER(&clock, id);
         /* (row part, tile) grid with parts * ntiles a multiple of the team.  A
          * (M, N) output is split by rows: threads writing interleaved column
          * ranges of the same rows measured two to three times slower than one
@@ -528,6 +530,8 @@ bsk_status BSK_QFN(const bsk_qbcsr *Wq, const uint8_t *X, int64_t ldx,
                 c += t1 - t0;
             }
         }
+        BSK_TEAM_LEAVE(&clock, id);
     }
+    bsk_team_end(&clock);
     return (bsk_status)status;
 }

@@ -11,6 +11,9 @@
 #include <math.h>
 
 #include "simd/vec16.h"
+#ifdef _OPENMP
+#include <omp.h>
+#endif
 
 /* Lanes that hold NaN or +-Inf (all bits set), from the exponent field: the
  * same on every ISA, whatever its compare instructions do with NaN. */
@@ -112,7 +115,17 @@ bsk_status BSK_QUANT_FN(const float *X, int64_t rows, int64_t cols,
     }
     if (mode != BSK_QUANT_PER_ROW && !(scale[0] > 0.0f && isfinite(scale[0])))
         return BSK_EINVAL;
-#pragma omp parallel for schedule(static) num_threads(num_threads) reduction(| : nonfinite)
+    bsk_team_clock clock;
+    num_threads = bsk_team_begin(&clock, num_threads);
+#pragma omp parallel num_threads(num_threads) reduction(| : nonfinite)
+    {
+#ifdef _OPENMP
+    const int t = omp_get_thread_num();
+#else
+    const int t = 0;
+#endif
+    BSK_TEAM_ENTER(&clock, t);
+#pragma omp for schedule(static) nowait
     for (int64_t r = 0; r < rows; r++) {
         float s = scale[0];
         int32_t z = zero[0];
@@ -127,5 +140,8 @@ bsk_status BSK_QUANT_FN(const float *X, int64_t rows, int64_t cols,
         }
         quantize_row(X + r * ldx, cols, s, z, Q + r * ldq);
     }
+    BSK_TEAM_LEAVE(&clock, t);
+    }
+    bsk_team_end(&clock);
     return nonfinite ? BSK_ENONFINITE : BSK_OK;
 }

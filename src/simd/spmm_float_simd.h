@@ -359,6 +359,8 @@ bsk_status BSK_FN(const bsk_bcsr *W, const BSK_T *X, int64_t ldx, int64_t N,
     const int stage = transposed && (ldy * BSK_TSIZE) % 4096 == 0;
     const int64_t ldst = mbr * R + BSK_LANES;
     int status = BSK_OK;
+    bsk_team_clock clock;
+    nt = bsk_team_begin(&clock, nt);
 
 #pragma omp parallel num_threads(nt)
     {
@@ -367,6 +369,7 @@ bsk_status BSK_FN(const bsk_bcsr *W, const BSK_T *X, int64_t ldx, int64_t N,
 #else
         const int p = 0, np = 1;
 #endif
+        BSK_TEAM_ENTER(&clock, p);
         /* pr row ranges x pt token-tile phases: whole tiles per thread when
          * they divide evenly (nothing packed twice), else row ranges */
         int pr, pt;
@@ -422,6 +425,8 @@ bsk_status BSK_FN(const bsk_bcsr *W, const BSK_T *X, int64_t ldx, int64_t N,
             free(cur);
             free(st);
         }
+        BSK_TEAM_LEAVE(&clock, p);
     }
+    bsk_team_end(&clock);
     return (bsk_status)status;
 }

@@ -1,0 +1,125 @@
+/*
+ * Team sizes that survive a busy machine (bsk_team_* in bsk_internal.h),
+ * compiled with baseline flags.
+ *
+ * An OpenMP region ends when its last thread ends.  When other processes
+ * share the cores, one of the team is often descheduled for a whole
+ * scheduler slice (milliseconds) while the others wait for it: on 2 cores
+ * with two busy processes beside it, a BERT forward of ~140 short regions
+ * ran 20-50x slower on 2 threads, where one thread would have run ~2x
+ * slower.  So every region records when each thread entered and left it;
+ * a region whose threads entered or left more than BSK_TEAM_SKEW_NS apart,
+ * and apart by more than half its length, was held up by the scheduler.
+ * Two such regions among the last BSK_TEAM_WINDOW make the following
+ * regions run on one thread for a back-off window (100 ms, doubled while
+ * it keeps happening, up to 1.6 s) before the full team is tried again.
+ */
+#include <stdatomic.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "bsk_internal.h"
+
+#define BSK_TEAM_SKEW_NS 1000000      /* a scheduler slice, not a late wake-up */
+#define BSK_TEAM_BACKOFF_NS 100000000 /* first window on one thread */
+#define BSK_TEAM_BACKOFF_MAX 4        /* doublings: 100 ms .. 1.6 s */
+#define BSK_TEAM_WINDOW 64            /* regions remembered */
+
+static _Atomic int64_t single_until; /* monotonic ns; run on one thread before it */
+static _Atomic uint64_t history;      /* bit i: the i-th last full-team region was held up */
+static _Atomic int clean_run;         /* full-team regions since the last held-up one */
+static _Atomic int backoff_level;
+static _Atomic int64_t detections;
+static _Atomic int adaptive = -1;     /* -1: not read from the environment yet */
+
+int64_t bsk_now_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
+}
+
+int bsk_team_adaptive(void)
+{
+    int a = atomic_load_explicit(&adaptive, memory_order_relaxed);
+    if (a < 0) {
+        const char *env = getenv("BLOCKSPARSE_ADAPTIVE_THREADS");
+        a = !(env && (strcmp(env, "0") == 0 || strcmp(env, "off") == 0 ||
+                      strcmp(env, "false") == 0));
+        atomic_store_explicit(&adaptive, a, memory_order_relaxed);
+    }
+    return a;
+}
+
+void bsk_team_set_adaptive(int on)
+{
+    atomic_store_explicit(&adaptive, on != 0, memory_order_relaxed);
+    if (!on)
+        atomic_store_explicit(&single_until, 0, memory_order_relaxed);
+}
+
+int bsk_team_begin(bsk_team_clock *c, int nt)
+{
+    c->team = 0;
+    if (nt <= 1)
+        return 1;
+    if (!bsk_team_adaptive())
+        return nt;
+    int64_t now = bsk_now_ns();
+    if (now < atomic_load_explicit(&single_until, memory_order_relaxed))
+        return 1;
+    c->team = nt < BSK_TEAM_MAX ? nt : BSK_TEAM_MAX;
+    c->start = now;
+    for (int i = 0; i < c->team; i++)
+        c->enter[i] = c->leave[i] = 0;
+    return nt;
+}
+
+void bsk_team_end(bsk_team_clock *c)
+{
+    if (c->team <= 1)
+        return;
+    int64_t in_lo = INT64_MAX, in_hi = 0, out_lo = INT64_MAX, out_hi = 0;
+    for (int i = 0; i < c->team; i++) {
+        if (!c->enter[i])
+            return; /* a thread of the team did not report: OpenMP gave fewer */
+        in_lo = c->enter[i] < in_lo ? c->enter[i] : in_lo;
+        in_hi = c->enter[i] > in_hi ? c->enter[i] : in_hi;
+        out_lo = c->leave[i] < out_lo ? c->leave[i] : out_lo;
+        out_hi = c->leave[i] > out_hi ? c->leave[i] : out_hi;
+    }
+    const int64_t span = out_hi - c->start, skew_in = in_hi - in_lo, skew_out = out_hi - out_lo;
+    const int64_t skew = skew_in > skew_out ? skew_in : skew_out;
+    const int held = skew > BSK_TEAM_SKEW_NS && 2 * skew > span;
+    /* one held-up region can be the hypervisor taking a vCPU for a moment
+     * (seen in ~1 % of long regions on a quiet shared VM); two of the last
+     * BSK_TEAM_WINDOW are other processes wanting the cores */
+    uint64_t h = atomic_load_explicit(&history, memory_order_relaxed);
+    h = (h << 1) | (uint64_t)held; /* BSK_TEAM_WINDOW = 64 bits */
+    if (held)
+        atomic_fetch_add_explicit(&detections, 1, memory_order_relaxed);
+    if (held && __builtin_popcountll(h) >= 2) {
+        h = 1; /* remembered: one more held-up probe after the window falls back again */
+        int level = atomic_load_explicit(&backoff_level, memory_order_relaxed);
+        atomic_store_explicit(&single_until, out_hi + ((int64_t)BSK_TEAM_BACKOFF_NS << level),
+                              memory_order_relaxed);
+        if (level < BSK_TEAM_BACKOFF_MAX)
+            atomic_store_explicit(&backoff_level, level + 1, memory_order_relaxed);
+    }
+    /* a window without a held-up region ends the back-off doubling */
+    int run = held ? 0 : atomic_load_explicit(&clean_run, memory_order_relaxed) + 1;
+    run = run < BSK_TEAM_WINDOW ? run : BSK_TEAM_WINDOW;
+    atomic_store_explicit(&clean_run, run, memory_order_relaxed);
+    if (run >= BSK_TEAM_WINDOW)
+        atomic_store_explicit(&backoff_level, 0, memory_order_relaxed);
+    atomic_store_explicit(&history, h, memory_order_relaxed);
+}
+
+void bsk_team_state(int *on, int64_t *single_for_ns, int64_t *count)
+{
+    int64_t left = atomic_load_explicit(&single_until, memory_order_relaxed) - bsk_now_ns();
+    *on = bsk_team_adaptive();
+    *single_for_ns = left > 0 ? left : 0;
+    *count = atomic_load_explicit(&detections, memory_order_relaxed);
+}

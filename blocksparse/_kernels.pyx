@@ -367,7 +367,7 @@ cdef class Epilogue:
             raise ValueError("float_columns and float_dense go together")
         if (float_x is None) != (float_columns is None and float_weight is None):
             raise ValueError("float_x goes with float_columns/float_dense or float_weight")
-        cdef int64_t K
+        cdef int64_t K = -1
         if float_x is not None:
             if not isinstance(float_x, cnp.ndarray):
                 raise TypeError(f"float_x must be a NumPy array, got {type(float_x).__name__}")

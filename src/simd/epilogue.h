@@ -64,6 +64,18 @@ BSK_INLINE void bsk_epi_float_dense(const bsk_epilogue *e, bsk_v16f y[][BSK_EPI_
     }
 }
 
+/* Sparse entry j's term on one row's nv token vectors from x (the
+ * activations at token n). */
+BSK_INLINE void bsk_epi_float_entry(const bsk_epilogue *e, bsk_v16f *y, int32_t j,
+                                    const float *x, const int nv, int tail, const int full)
+{
+    const bsk_v16f w = (bsk_v16f){0} + e->f_data[j];
+    const float *xk = x + (int64_t)e->f_indices[j] * e->ld_fx;
+#pragma GCC unroll 4
+    for (int v = 0; v < nv; v++)
+        y[v] = bsk_fma16(w, bsk_epi_xload(xk + 16 * v, v, nv, tail, full), y[v]);
+}
+
 /* The sparse entries' terms of rows m .. m+R-1 over nv token vectors from n:
  * the rows' chains side by side while every row has entries left, then each
  * row's rest. */
@@ -80,25 +92,13 @@ BSK_INLINE void bsk_epi_float_sparse(const bsk_epilogue *e, bsk_v16f y[][BSK_EPI
         left[r] = e->f_indptr[m + r + 1] - j[r];
         common = left[r] < common ? left[r] : common;
     }
-    for (int32_t i = 0; i < common; i++) {
+    for (int32_t i = 0; i < common; i++)
 #pragma GCC unroll 4
-        for (int r = 0; r < R; r++) {
-            const bsk_v16f w = (bsk_v16f){0} + e->f_data[j[r] + i];
-            const float *xk = x + (int64_t)e->f_indices[j[r] + i] * e->ld_fx;
-#pragma GCC unroll 4
-            for (int v = 0; v < nv; v++)
-                y[r][v] = bsk_fma16(w, bsk_epi_xload(xk + 16 * v, v, nv, tail, full), y[r][v]);
-        }
-    }
-    for (int r = 0; r < R; r++) {
-        for (int32_t i = common; i < left[r]; i++) {
-            const bsk_v16f w = (bsk_v16f){0} + e->f_data[j[r] + i];
-            const float *xk = x + (int64_t)e->f_indices[j[r] + i] * e->ld_fx;
-#pragma GCC unroll 4
-            for (int v = 0; v < nv; v++)
-                y[r][v] = bsk_fma16(w, bsk_epi_xload(xk + 16 * v, v, nv, tail, full), y[r][v]);
-        }
-    }
+        for (int r = 0; r < R; r++)
+            bsk_epi_float_entry(e, y[r], j[r] + i, x, nv, tail, full);
+    for (int r = 0; r < R; r++)
+        for (int32_t i = common; i < left[r]; i++)
+            bsk_epi_float_entry(e, y[r], j[r] + i, x, nv, tail, full);
 }
 
 /* The whole float term of rows m .. m+R-1 (R <= 4) over nv token vectors
@@ -117,16 +117,18 @@ BSK_INLINE void bsk_epi_float_group(const bsk_epilogue *e, bsk_v16f y[][BSK_EPI_
     }
 }
 
-/* Rows m .. m+3, one vector of tokens n .. n+count-1 (the (4, 1) strips). */
-BSK_INLINE void bsk_epi_float_rows4(const bsk_epilogue *e, bsk_v16f y4[4], int64_t m,
-                                    int64_t n, int count)
+/* The float term of one vector: row m, tokens n .. n+count-1.  Out of line
+ * here and below: the kernels specialise their epilogue for every output
+ * kind, activation and layout, and the float term inlined into each made the
+ * INT8 units several times larger and slower to compile (minutes under the
+ * sanitizers). */
+static __attribute__((noinline, unused)) bsk_v16f
+bsk_epi_float_one(const bsk_epilogue *e, bsk_v16f y, int64_t m, int64_t n, int count)
 {
-    bsk_v16f y[4][BSK_EPI_FV];
-    for (int r = 0; r < 4; r++)
-        y[r][0] = y4[r];
-    bsk_epi_float_group(e, y, 4, 1, m, n, count);
-    for (int r = 0; r < 4; r++)
-        y4[r] = y[r][0];
+    bsk_v16f a[1][BSK_EPI_FV];
+    a[0][0] = y;
+    bsk_epi_float_group(e, a, 1, 1, m, n, count);
+    return a[0][0];
 }
 
 /* The epilogue's steps, for callers that add the float term in between:
@@ -170,12 +172,8 @@ BSK_INLINE bsk_v16i bsk_epi_apply(const bsk_epilogue *e, bsk_v16i acc, int64_t m
         return e->rowsum ? (bsk_v16i)((bsk_v16u)acc - (bsk_v16u)zx * (uint32_t)e->rowsum[m])
                          : acc;
     bsk_v16f y = bsk_epi_scaled(e, acc, m, zx, sx);
-    if (e->f_x) {
-        bsk_v16f yy[1][BSK_EPI_FV];
-        yy[0][0] = y;
-        bsk_epi_float_group(e, yy, 1, 1, m, n, count);
-        y = yy[0][0];
-    }
+    if (e->f_x)
+        y = bsk_epi_float_one(e, y, m, n, count);
     return bsk_epi_finish(e, y, m, kind, act);
 }
 
@@ -312,8 +310,8 @@ BSK_INLINE void bsk_epilogue16(const bsk_epilogue *e, bsk_v16i acc, int64_t m,
 /* The whole epilogue, float term included, of rows m .. m+R-1 (row r's
  * accumulators at acc + r * ld_acc) over nv vectors of tokens n .. (the last
  * holding `tail`), stored in the (M, N) layout; R and nv are constants where
- * inlined. */
-BSK_INLINE void bsk_epi_float_tile(const bsk_epilogue *e, const int32_t *acc, int64_t ld_acc,
+ * inlined, so that the accumulators stay in registers. */
+BSK_INLINE void bsk_epi_float_tile_k(const bsk_epilogue *e, const int32_t *acc, int64_t ld_acc,
                                    int64_t m, int64_t n, const int R, const int nv, int tail,
                                    void *out, int64_t ldo, const int kind, const int act)
 {
@@ -334,8 +332,55 @@ BSK_INLINE void bsk_epi_float_tile(const bsk_epilogue *e, const int32_t *acc, in
                           v == nv - 1 ? tail : 16, out, ldo, kind, 0);
 }
 
-/* bsk_epi_float_tile for R rows from r and the chunk's nv, as constants. */
-#define BSK_EPI_FLOAT_TILE(R)                                                      switch (nv) {                                                                  case 1: bsk_epi_float_tile(e, acc + r * ld_acc + t, ld_acc, m0 + r, n0 + t, R, 1,                                tail, out, ldo, kind, act); break;                  case 2: bsk_epi_float_tile(e, acc + r * ld_acc + t, ld_acc, m0 + r, n0 + t, R, 2,                                tail, out, ldo, kind, act); break;                  case 3: bsk_epi_float_tile(e, acc + r * ld_acc + t, ld_acc, m0 + r, n0 + t, R, 3,                                tail, out, ldo, kind, act); break;                  default: bsk_epi_float_tile(e, acc + r * ld_acc + t, ld_acc, m0 + r, n0 + t, R, 4,                                 tail, out, ldo, kind, act); break;                 }
+#define BSK_EPI_FLOAT_TILE_FN(name, R, NV)                                     \
+    static __attribute__((noinline, unused)) void name(                        \
+        const bsk_epilogue *e, const int32_t *acc, int64_t ld_acc, int64_t m,  \
+        int64_t n, int tail, void *out, int64_t ldo)                           \
+    {                                                                          \
+        bsk_epi_float_tile_k(e, acc, ld_acc, m, n, R, NV, tail, out, ldo,      \
+                             e->kind, e->act);                                 \
+    }
+BSK_EPI_FLOAT_TILE_FN(bsk_epi_float_tile_1_1, 1, 1)
+BSK_EPI_FLOAT_TILE_FN(bsk_epi_float_tile_1_2, 1, 2)
+BSK_EPI_FLOAT_TILE_FN(bsk_epi_float_tile_1_3, 1, 3)
+BSK_EPI_FLOAT_TILE_FN(bsk_epi_float_tile_1_4, 1, 4)
+BSK_EPI_FLOAT_TILE_FN(bsk_epi_float_tile_g_1, BSK_EPI_FR, 1)
+BSK_EPI_FLOAT_TILE_FN(bsk_epi_float_tile_g_2, BSK_EPI_FR, 2)
+BSK_EPI_FLOAT_TILE_FN(bsk_epi_float_tile_g_3, BSK_EPI_FR, 3)
+BSK_EPI_FLOAT_TILE_FN(bsk_epi_float_tile_g_4, BSK_EPI_FR, 4)
+
+/* bsk_epi_float_tile_k for R = 1 or BSK_EPI_FR rows and nv in 1 .. 4. */
+BSK_INLINE void bsk_epi_float_tile(const bsk_epilogue *e, const int32_t *acc, int64_t ld_acc,
+                                   int64_t m, int64_t n, int R, int nv, int tail, void *out,
+                                   int64_t ldo)
+{
+    switch (nv + (R == 1 ? 0 : 4)) {
+    case 1: bsk_epi_float_tile_1_1(e, acc, ld_acc, m, n, tail, out, ldo); break;
+    case 2: bsk_epi_float_tile_1_2(e, acc, ld_acc, m, n, tail, out, ldo); break;
+    case 3: bsk_epi_float_tile_1_3(e, acc, ld_acc, m, n, tail, out, ldo); break;
+    case 4: bsk_epi_float_tile_1_4(e, acc, ld_acc, m, n, tail, out, ldo); break;
+    case 5: bsk_epi_float_tile_g_1(e, acc, ld_acc, m, n, tail, out, ldo); break;
+    case 6: bsk_epi_float_tile_g_2(e, acc, ld_acc, m, n, tail, out, ldo); break;
+    case 7: bsk_epi_float_tile_g_3(e, acc, ld_acc, m, n, tail, out, ldo); break;
+    default: bsk_epi_float_tile_g_4(e, acc, ld_acc, m, n, tail, out, ldo); break;
+    }
+}
+
+/* The (4, 1) strips' epilogue of four rows m .. m+3 x one vector of tokens n
+ * .. n+count-1 with the float term (q: the accumulators in, the results out;
+ * zx, sx: the tokens' zero points and scales): bsk_epi_apply's steps, the
+ * four rows' float chains side by side. */
+static __attribute__((noinline, unused)) void
+bsk_epi_float_strip(const bsk_epilogue *e, bsk_v16i q[4], bsk_v16i zx, bsk_v16f sx, int64_t m,
+                    int64_t n, int count)
+{
+    bsk_v16f y[4][BSK_EPI_FV];
+    for (int r = 0; r < 4; r++)
+        y[r][0] = bsk_epi_scaled(e, q[r], m + r, zx, sx);
+    bsk_epi_float_group(e, y, 4, 1, m, n, count);
+    for (int r = 0; r < 4; r++)
+        q[r] = bsk_epi_finish(e, y[r][0], m + r, e->kind, e->act);
+}
 
 /*
  * Epilogue for `rows` rows of accumulators (row r at acc + r * ld_acc, for
@@ -365,11 +410,12 @@ BSK_INLINE void bsk_epilogue_rows_k(const bsk_epilogue *e, const int32_t *acc,
             const int64_t left = cnt_all - t;
             const int nv = left >= 16 * BSK_EPI_FV ? BSK_EPI_FV : (int)((left + 15) / 16);
             const int tail = (int)(left - 16 * (nv - 1) < 16 ? left - 16 * (nv - 1) : 16);
-            int r = 0;
-            for (; r + BSK_EPI_FR <= rows; r += BSK_EPI_FR)
-                BSK_EPI_FLOAT_TILE(BSK_EPI_FR)
-            for (; r < rows; r++)
-                BSK_EPI_FLOAT_TILE(1)
+            for (int r = 0; r < rows;) {
+                const int R = r + BSK_EPI_FR <= rows ? BSK_EPI_FR : 1;
+                bsk_epi_float_tile(e, acc + r * ld_acc + t, ld_acc, m0 + r, n0 + t, R, nv,
+                                   tail, out, ldo);
+                r += R;
+            }
         }
         return;
     }

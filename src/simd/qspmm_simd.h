@@ -265,22 +265,15 @@ strip_out(const bsk_epilogue *e, bsk_v16i v0, bsk_v16i v1, bsk_v16i v2, bsk_v16i
     if (cnt <= 0)
         return;
     bsk_v16i q[4] = {v0, v1, v2, v3};
-    if (!raw && kind != BSK_OUT_I32 && e->f_x) {
-        /* the four rows' float terms side by side */
-        bsk_v16i zx;
-        bsk_v16f sx, y[4];
-        bsk_epi_tokens(e, n, cnt, kind, &zx, &sx);
-        for (int r = 0; r < 4; r++)
-            y[r] = bsk_epi_scaled(e, q[r], m + r, zx, sx);
-        bsk_epi_float_rows4(e, y, m, n, cnt);
-        for (int r = 0; r < 4; r++)
-            q[r] = bsk_epi_finish(e, y[r], m + r, kind, act);
-    } else if (!raw && (kind != BSK_OUT_I32 || e->rowsum)) {
+    if (!raw && (kind != BSK_OUT_I32 || e->rowsum)) {
         bsk_v16i zx;
         bsk_v16f sx;
         bsk_epi_tokens(e, n, cnt, kind, &zx, &sx);
-        for (int r = 0; r < 4; r++)
-            q[r] = bsk_epi_apply(e, q[r], m + r, n, cnt, zx, sx, kind, act);
+        if (kind != BSK_OUT_I32 && e->f_x)
+            bsk_epi_float_strip(e, q, zx, sx, m, n, cnt);
+        else
+            for (int r = 0; r < 4; r++)
+                q[r] = bsk_epi_apply(e, q[r], m + r, n, cnt, zx, sx, kind, act);
     }
     if (yt) {
         bsk_store4_transposed(q, cnt, out, ldo, m_out, n, raw ? BSK_OUT_I32 : kind);

@@ -45,6 +45,14 @@ cdef extern from "blocksparse/bsk.h" nogil:
         const float *bias
         float out_scale
         int32_t out_zero
+        const float *f_x
+        int64_t ld_fx
+        int64_t f_ncols
+        const int32_t *f_cols
+        const float *f_dense
+        const int32_t *f_indptr
+        const int32_t *f_indices
+        const float *f_data
 
     int BSK_OUT_I32, BSK_OUT_F32, BSK_OUT_U8
     int BSK_ACT_NONE, BSK_ACT_RELU, BSK_ACT_GELU

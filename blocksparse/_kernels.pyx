@@ -339,8 +339,12 @@ cdef class Epilogue:
 
     The base of ``blocksparse._packed.Epilogue`` (see there).  The output
     kind follows the output array's dtype; these are the rest: activation
-    (None, "relu" or "gelu"), bias (float32 (M,) or None) and, for uint8
-    outputs, the requantization scale and zero point.
+    (None, "relu" or "gelu"), bias (float32 (M,) or None), for uint8
+    outputs the requantization scale and zero point, and a float part added
+    before the bias: float_x (float32 (K, N)) times dense columns
+    (float_columns, int32 (nc,), with values float_dense, float32 (M, nc))
+    and sparse entries (float_weight, a float32 KernelWeight of blocksize
+    (1, 1)).
     """
 
     cdef int act
@@ -348,12 +352,50 @@ cdef class Epilogue:
     cdef readonly object bias
     cdef readonly float out_scale
     cdef readonly int out_zero
+    cdef readonly object float_x
+    cdef readonly object float_columns
+    cdef readonly object float_dense
+    cdef readonly KernelWeight float_weight
 
-    def __init__(self, activation=None, bias=None, out_scale=1.0, out_zero=0):
+    def __init__(self, activation=None, bias=None, out_scale=1.0, out_zero=0, *,
+                 float_x=None, float_columns=None, float_dense=None, float_weight=None):
         if activation not in ACTIVATIONS:
             raise ValueError(f"activation must be one of None, 'relu', 'gelu', got {activation!r}")
         if bias is not None:
             _ptr_or_null(bias, "bias", cnp.NPY_FLOAT32, len(bias))
+        if (float_columns is None) != (float_dense is None):
+            raise ValueError("float_columns and float_dense go together")
+        if (float_x is None) != (float_columns is None and float_weight is None):
+            raise ValueError("float_x goes with float_columns/float_dense or float_weight")
+        cdef int64_t K = -1
+        if float_x is not None:
+            if not isinstance(float_x, cnp.ndarray):
+                raise TypeError(f"float_x must be a NumPy array, got {type(float_x).__name__}")
+            K = float_x.shape[0] if float_x.ndim == 2 else -1
+            _check_dense(float_x, "float_x", cnp.NPY_FLOAT32, K, float_x.shape[1], False)
+            if float_columns is not None:
+                _ptr_or_null(float_columns, "float_columns", cnp.NPY_INT32,
+                             len(float_columns))
+                if _out_of_range(<const int32_t *>cnp.PyArray_DATA(float_columns),
+                                 len(float_columns), K):
+                    raise ValueError(f"float_columns must lie in [0, {K})")
+                if not isinstance(float_dense, cnp.ndarray):
+                    raise TypeError(f"float_dense must be a NumPy array, got "
+                                    f"{type(float_dense).__name__}")
+                _check_dense(float_dense, "float_dense", cnp.NPY_FLOAT32,
+                             float_dense.shape[0] if float_dense.ndim == 2 else -1,
+                             len(float_columns), False)
+        if float_weight is not None:
+            if not isinstance(float_weight, KernelWeight):
+                raise TypeError(f"float_weight must be a packed weight, got "
+                                f"{type(float_weight).__name__}")
+            if (<KernelWeight>float_weight).kind != _F32 or \
+                    float_weight.blocksize != (1, 1):
+                raise ValueError(f"float_weight must hold float32 values in (1, 1) blocks, "
+                                 f"got {float_weight.dtype} in {float_weight.blocksize}")
+            if float_weight.shape[1] != K:
+                raise ValueError(f"float_weight must have {K} columns (the rows of float_x), "
+                                 f"got {float_weight.shape[1]}")
         cdef float scale32 = out_scale
         if not (scale32 > 0 and isfinite(scale32)):
             raise ValueError(f"out_scale must be finite and positive in float32, got {out_scale!r}")
@@ -362,6 +404,10 @@ cdef class Epilogue:
         self.act = ACTIVATIONS[activation]
         self.activation = activation
         self.bias = bias
+        self.float_x = float_x
+        self.float_columns = float_columns
+        self.float_dense = float_dense
+        self.float_weight = float_weight
         self.out_scale = out_scale
         self.out_zero = out_zero
 
@@ -425,6 +471,7 @@ def matmul(int isa, KernelWeight w not None, x, cnp.ndarray out not None, bint t
     e.bias = <const float *>_ptr_or_null(epilogue.bias, "bias", cnp.NPY_FLOAT32, M)
     e.out_scale = epilogue.out_scale
     e.out_zero = epilogue.out_zero
+    _float_term(&e, epilogue, w, N, tokens, out)
     cdef const uint8_t *xp = <const uint8_t *>cnp.PyArray_DATA(q)
     cdef void *yp = cnp.PyArray_DATA(out)
     cdef int64_t ldx = q.shape[1], ldy = out.shape[1]
@@ -439,6 +486,47 @@ def matmul(int isa, KernelWeight w not None, x, cnp.ndarray out not None, bint t
     if st != BSK_OK:
         _raise(st, w.kernel_name(isa), isa)
     return out
+
+
+cdef int _float_term(bsk_epilogue *e, Epilogue epilogue, KernelWeight w, int64_t N,
+                     bint tokens, cnp.ndarray out) except -1:
+    """Set the epilogue's float term (bsk.h) from the Epilogue's float part, checked."""
+    e.f_x = e.f_dense = e.f_data = NULL
+    e.f_cols = e.f_indptr = e.f_indices = NULL
+    e.ld_fx = e.f_ncols = 0
+    if epilogue.float_x is None:
+        return 0
+    if tokens:
+        raise ValueError("an epilogue's float part needs the 'features' layout")
+    if e.kind == BSK_OUT_I32:
+        raise ValueError("an int32 output takes no float part")
+    cdef int64_t M = w.q.w.M
+    cdef cnp.ndarray fx = epilogue.float_x
+    _check_dense(fx, "float_x", cnp.NPY_FLOAT32, w.q.w.K, N, False)
+    cdef char *a0 = <char *>cnp.PyArray_DATA(fx)
+    cdef char *b0 = <char *>cnp.PyArray_DATA(out)
+    if a0 < b0 + cnp.PyArray_NBYTES(out) and b0 < a0 + cnp.PyArray_NBYTES(fx):
+        raise ValueError("out must not overlap float_x")
+    cdef cnp.ndarray dense
+    if epilogue.float_columns is not None:
+        dense = epilogue.float_dense
+        if dense.shape[0] != M:
+            raise ValueError(f"float_dense must have the weight's {M} rows, got "
+                             f"{dense.shape[0]}")
+        e.f_ncols = len(epilogue.float_columns)
+        e.f_cols = <const int32_t *>cnp.PyArray_DATA(epilogue.float_columns)
+        e.f_dense = <const float *>cnp.PyArray_DATA(dense)
+    cdef KernelWeight f = epilogue.float_weight
+    if f is not None:
+        if f.shape != w.shape:
+            raise ValueError(f"float_weight must have the weight's shape {w.shape}, got "
+                             f"{f.shape}")
+        e.f_indptr = f.q.w.indptr
+        e.f_indices = f.q.w.indices
+        e.f_data = <const float *>f.q.w.data
+    e.f_x = <const float *>a0
+    e.ld_fx = fx.shape[1]
+    return 0
 
 
 cdef object _spmm(int isa, KernelWeight w, cnp.ndarray X, cnp.ndarray Y, bint tokens,

@@ -175,6 +175,23 @@ class Epilogue(_kernels.Epilogue):
         uint8 output: the requantization scale, finite and positive.
     out_zero : int, optional
         uint8 output: the zero point, in [0, 255].
+    float_x : ndarray of shape (K, N), dtype float32, optional
+        A float part added before the bias, ``t * scale[m] * x_scale[n] +
+        (F @ float_x)[m, n] + bias[m]``: `float_x` (C-contiguous, not
+        overlapping ``out``) holds the float activations (the INT8
+        product's x before quantization), F the float weights, given as
+        dense columns and sparse entries (one of them or both).  Each term
+        is one fused multiply-add, the dense columns first in their order,
+        then the sparse entries in the order F stores the row, so the bits
+        are the same on every ISA.  float32 and uint8 outputs in the
+        ``"features"`` layout only.  ``blocksparse.nn`` keeps the outliers
+        of an INT8 weight there.
+    float_columns : ndarray of shape (nc,), dtype int32, optional
+        The dense columns' indices in [0, K); with `float_dense`.
+    float_dense : ndarray of shape (M, nc), dtype float32, optional
+        C-contiguous: their values, column c of F at ``float_columns[c]``.
+    float_weight : PackedWeight, optional
+        The sparse entries: float32 of shape (M, K) in (1, 1) blocks.
     """
 
     __slots__ = ()

@@ -110,10 +110,20 @@ def hybrid(float_model, int8_model, keep):
 
 
 def timing(models, rounds):
-    """Minimum seconds of one forward pass per model, on one thread, interleaved rounds."""
+    """Minimum seconds of one forward pass per model, on one thread, interleaved rounds.
+
+    NumPy's BLAS (the float32 model's products) is held to one thread too when
+    threadpoolctl is installed (the ``models`` extra).
+    """
     rng = np.random.default_rng(0)
     saved = blocksparse.get_num_threads()
     blocksparse.set_num_threads(1)
+    try:
+        from threadpoolctl import threadpool_limits
+        limits = threadpool_limits(1)
+    except ImportError:
+        print("threadpoolctl is not installed: the float32 model's BLAS uses every core")
+        limits = None
     try:
         for shape in ((1, 128), (32, 24), (64, 4)):
             ids = rng.integers(1000, 30000, size=shape)
@@ -128,6 +138,8 @@ def timing(models, rounds):
                 f"{name} {t * 1e3:.2f} ms ({t / base:.2f}x)" for name, t in best.items()))
     finally:
         blocksparse.set_num_threads(saved)
+        if limits is not None:
+            limits.restore_original_limits()
 
 
 def main(argv=None):

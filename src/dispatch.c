@@ -344,6 +344,26 @@ const char *bsk_qspmm_kernel_name(bsk_isa isa, const bsk_qbcsr *W)
     return name;
 }
 
+/* The epilogue's float term is for float outputs in the (M, N) layout
+ * (bsk_epi_apply; the kernels' token-major epilogue has none). */
+static int float_term_ok(const bsk_epilogue *epi, int y_transposed)
+{
+    return !epi || !epi->f_x ||
+           (!y_transposed && epi->kind != BSK_OUT_I32 && epi->f_ncols >= 0 &&
+            (!epi->f_ncols || (epi->f_cols && epi->f_dense)) &&
+            (!epi->f_indptr || (epi->f_indices && epi->f_data)));
+}
+
+/* The epilogue float term's work for threads_for, in INT8 MACs: a float32
+ * multiply-add per stored float weight and token, four lanes' worth of an
+ * INT8 dot-product lane. */
+static int64_t float_term_work(const bsk_epilogue *epi, int64_t M)
+{
+    if (!epi || !epi->f_x)
+        return 0;
+    return 4 * (M * epi->f_ncols + (epi->f_indptr ? (int64_t)epi->f_indptr[M] : 0));
+}
+
 bsk_status bsk_qspmm(bsk_isa isa, const bsk_qbcsr *W, const uint8_t *X,
                      int64_t ldx, int64_t N, int x_transposed, void *Y,
                      int64_t ldy, int y_transposed, const bsk_epilogue *epi,
@@ -354,8 +374,11 @@ bsk_status bsk_qspmm(bsk_isa isa, const bsk_qbcsr *W, const uint8_t *X,
         return BSK_EUNSUPPORTED;
     if (W->w.K > BSK_MAX_K_INT8)
         return BSK_EOVERFLOW;
+    if (!float_term_ok(epi, y_transposed))
+        return BSK_EINVAL;
     /* the packing and the epilogue are work too: count one MAC per output */
-    num_threads = threads_for(num_threads, W->w.nnzb * W->w.R * W->w.C + W->w.M, N);
+    num_threads = threads_for(num_threads, W->w.nnzb * W->w.R * W->w.C + W->w.M +
+                                               float_term_work(epi, W->w.M), N);
     const char *name;
     const bsk_qspmm_fn fn = choose_qspmm(k, W, &name);
     return fn(W, X, ldx, N, x_transposed, Y, ldy, y_transposed, epi, num_threads);
@@ -376,7 +399,9 @@ bsk_status bsk_qgemm(bsk_isa isa, const bsk_qdense *W, const uint8_t *X,
         return BSK_EUNSUPPORTED;
     if (W->K > BSK_MAX_K_INT8)
         return BSK_EOVERFLOW;
-    num_threads = threads_for(num_threads, W->M * W->K + W->M, N);
+    if (!float_term_ok(epi, y_transposed))
+        return BSK_EINVAL;
+    num_threads = threads_for(num_threads, W->M * W->K + W->M + float_term_work(epi, W->M), N);
     return k->qgemm(W, X, ldx, N, x_transposed, Y, ldy, y_transposed, epi, num_threads);
 }
 

@@ -177,3 +177,143 @@ def test_call_errors(rng):
         Epilogue(None, None, 1.0, 256)
     with pytest.raises(ValueError, match="bias must be a contiguous 1-D float32"):
         Epilogue(None, np.ones(8))
+
+
+# ---- the epilogue's float part ------------------------------------------------------------
+
+def float_part_case(rng, M=24, K=40, N=37):
+    """Float weights (dense columns 7 and 30, sparse entries, rows without any), their
+    activations and the activations' codes."""
+    F = np.where(rng.random((M, K)) < 0.15, rng.standard_normal((M, K)) * 4, 0)
+    F[[2, 9, 10]] = 0                         # rows without sparse entries
+    cols = np.array([30, 7], np.int32)        # the dense columns, in the order given
+    D = rng.standard_normal((M, 2)).astype(np.float32)
+    F[:, cols] = 0
+    Fm = BlockSparseMatrix(F.astype(np.float32), blocksize=(1, 1))
+    x = (rng.standard_normal((K, N)) * 3).astype(np.float32)
+    codes, scale, zero = blocksparse.quantize_activations(np.ascontiguousarray(x.T))
+    xq = QuantizedActivations(np.ascontiguousarray(codes.T), scale, zero)
+    dense = np.zeros((M, K))
+    dense[:, cols] = D
+    return Fm, cols, D, dense + Fm.toarray(), x, xq
+
+
+@pytest.mark.parametrize("kind", ["strip (4, 1)", "row (1, 4)", "dense"])
+@pytest.mark.parametrize("act", [None, "gelu"])
+@pytest.mark.parametrize("parts", ["dense and sparse", "dense", "sparse"])
+@pytest.mark.parametrize("N", [37, 128])
+def test_float_part_in_the_epilogue(rng, num_threads, kind, act, parts, N):
+    """y = act(int8 part + F @ x + bias): against float64, and the same bits on every ISA."""
+    M, K = 24, 40
+    Wf = rng.standard_normal((M, K)).astype(np.float32)
+    if kind == "dense":
+        Q = blocksparse.quantize(Wf, dense=True)
+    else:
+        bs = (4, 1) if kind.startswith("strip") else (1, 4)
+        Q = blocksparse.quantize(blocksparse.prune(Wf, 0.5, blocksize=bs), dense=False)
+    Fm, cols, D, F, x, xq = float_part_case(rng, M, K, N)
+    part = {"float_x": x}
+    if parts != "sparse":
+        part.update(float_columns=cols, float_dense=D)
+    if parts != "dense":
+        part["float_weight"] = Fm._packed_as(np.dtype(np.float32))
+    if parts == "dense":
+        F = F - Fm.toarray()
+    elif parts == "sparse":
+        F = Fm.toarray()
+    bias = rng.standard_normal(M).astype(np.float32)
+    core = matmul(Q.packed, xq, np.empty((M, N), np.float32), layout="features")
+    want = core.astype(np.float64) + F.astype(np.float64) @ x + bias[:, None]
+    if act == "gelu":
+        from blocksparse.nn import gelu
+        want = gelu(want.astype(np.float32)).astype(np.float64)
+    results = {}
+    for isa in blocksparse.available_isas():
+        with blocksparse.isa_context(isa):
+            results[isa] = matmul(Q.packed, xq, np.empty((M, N), np.float32),
+                                  layout="features", epilogue=Epilogue(act, bias, **part))
+            # uint8 output: the float32 result, requantized
+            u8 = matmul(Q.packed, xq, np.empty((M, N), np.uint8), layout="features",
+                        epilogue=Epilogue(act, bias, 0.05, 100, **part))
+            np.testing.assert_array_equal(
+                u8, np.clip(np.rint(results[isa] / np.float32(0.05)) + 100, 0, 255), strict=False)
+    np.testing.assert_allclose(results["scalar"], want, rtol=1e-5, atol=1e-4)
+    for isa, y in results.items():
+        np.testing.assert_array_equal(y, results["scalar"], strict=True, err_msg=isa)
+    # a row without float weights is the plain epilogue's
+    plain = matmul(Q.packed, xq, np.empty((M, N), np.float32), layout="features",
+                   epilogue=Epilogue(act, bias))
+    empty = np.flatnonzero(~F.any(axis=1))
+    np.testing.assert_array_equal(results["scalar"][empty], plain[empty])
+    assert not np.array_equal(results["scalar"][0], plain[0])
+
+
+def test_float_part_order_of_terms(rng):
+    """Dense columns first, in their order, then the sparse entries: one fused
+    multiply-add each (the scalar variant's fmaf chain, rebuilt here in float64 with
+    a rounding to float32 after every step, which equals a fused multiply-add)."""
+    Q = blocksparse.quantize(rng.standard_normal((24, 40)).astype(np.float32))
+    Fm, cols, D, F, x, xq = float_part_case(rng, N=16)
+    with blocksparse.isa_context("scalar"):
+        got = matmul(Q.packed, xq, np.empty((24, 16), np.float32), layout="features",
+                     epilogue=Epilogue(float_x=x, float_columns=cols, float_dense=D,
+                                       float_weight=Fm._packed_as(np.dtype(np.float32))))
+    y = matmul(Q.packed, xq, np.empty((24, 16), np.float32), layout="features")
+    csr = Fm.tocsr()
+    for m in range(24):
+        terms = [(D[m, c], x[k]) for c, k in enumerate(cols)]
+        terms += [(csr.data[j], x[csr.indices[j]]) for j in range(csr.indptr[m], csr.indptr[m + 1])]
+        acc = y[m].astype(np.float64)
+        for w, xk in terms:  # w * x is exact in float64, so this is fma(w, x, acc)
+            acc = (np.float64(w) * xk.astype(np.float64) + acc).astype(np.float32)
+            acc = acc.astype(np.float64)
+        np.testing.assert_array_equal(got[m], acc.astype(np.float32))
+
+
+def test_float_part_errors(rng):
+    Q = blocksparse.quantize(rng.standard_normal((24, 40)).astype(np.float32))
+    Fm, cols, D, F, x, xq = float_part_case(rng)
+    FP = Fm._packed_as(np.dtype(np.float32))
+    out = np.empty((24, 37), np.float32)
+    with pytest.raises(ValueError, match="float_x goes with float_columns"):
+        Epilogue(None, None, float_weight=FP)
+    with pytest.raises(ValueError, match="float_x goes with float_columns"):
+        Epilogue(None, None, float_x=x)
+    with pytest.raises(ValueError, match="float_columns and float_dense go together"):
+        Epilogue(None, None, float_x=x, float_columns=cols)
+    with pytest.raises(ValueError, match=r"float_columns must lie in \[0, 40\)"):
+        Epilogue(None, None, float_x=x, float_columns=np.array([40], np.int32),
+                 float_dense=D[:, :1].copy())
+    with pytest.raises(ValueError, match="float_columns must be a contiguous 1-D int32"):
+        Epilogue(None, None, float_x=x, float_columns=cols.astype(np.int64), float_dense=D)
+    with pytest.raises(ValueError, match=r"float_dense must have shape \(24, 2\)"):
+        Epilogue(None, None, float_x=x, float_columns=cols, float_dense=D[:, :1].copy())
+    with pytest.raises(TypeError, match="float_weight must be a packed weight"):
+        Epilogue(None, None, float_weight=Fm, float_x=x)
+    wide = BlockSparseMatrix(Fm.toarray(), blocksize=(2, 2))._packed_as(np.dtype(np.float32))
+    with pytest.raises(ValueError, match=r"float32 values in \(1, 1\) blocks"):
+        Epilogue(None, None, float_weight=wide, float_x=x)
+    with pytest.raises(TypeError, match="float_x must have dtype float32"):
+        Epilogue(None, None, float_weight=FP, float_x=x.astype(np.float64))
+    with pytest.raises(ValueError, match=r"float_weight must have 30 columns \(the rows of float_x\)"):
+        Epilogue(None, None, float_weight=FP, float_x=x[:30].copy())
+    with pytest.raises(ValueError, match=r"float_x must have shape \(40, 37\)"):
+        matmul(Q.packed, xq, out, layout="features",
+               epilogue=Epilogue(None, None, float_weight=FP, float_x=x[:, :36].copy()))
+    small = BlockSparseMatrix(Fm.toarray()[:20], blocksize=(1, 1))._packed_as(np.float32)
+    with pytest.raises(ValueError, match=r"float_weight must have the weight's shape"):
+        matmul(Q.packed, xq, out, layout="features",
+               epilogue=Epilogue(None, None, float_weight=small, float_x=x))
+    with pytest.raises(ValueError, match="float_dense must have the weight's 24 rows"):
+        matmul(Q.packed, xq, out, layout="features",
+               epilogue=Epilogue(float_x=x, float_columns=cols, float_dense=D[:20].copy()))
+    epi = Epilogue(None, None, float_weight=FP, float_x=x)
+    with pytest.raises(ValueError, match="an int32 output takes no float part"):
+        matmul(Q.packed, xq, np.empty((24, 37), np.int32), layout="features", epilogue=epi)
+    toks = QuantizedActivations(np.ascontiguousarray(xq.q.T), xq.scale, xq.zero)
+    with pytest.raises(ValueError, match="float part needs the 'features' layout"):
+        matmul(Q.packed, toks, np.empty((37, 24), np.float32), layout="tokens", epilogue=epi)
+    both = np.empty((64, 37), np.float32)
+    shared = Epilogue(None, None, float_weight=FP, float_x=both[:40])
+    with pytest.raises(ValueError, match="out must not overlap float_x"):
+        matmul(Q.packed, xq, both[30:54], layout="features", epilogue=shared)

@@ -150,7 +150,9 @@ class Linear:
         INT8 only: a float part added in float32, ``y = act(W_q x_q +
         float_weight @ x + b)``: the outlier features' columns and the
         largest weights of each row (see :meth:`to_int8`), which then no
-        longer set the INT8 scales.  Stored with blocksize (1, 1).
+        longer set the INT8 scales.  Stored with blocksize (1, 1); the INT8
+        product adds it in its epilogue, a fused multiply-add per stored
+        weight (:class:`blocksparse._packed.Epilogue`).
     float_features : array_like of int, optional
         INT8 only: input features that `float_weight` carries alone; their
         quantized activations are 0, so they do not widen the per-token
@@ -200,17 +202,7 @@ class Linear:
         self.input_scale = input_scale
         self.float_weight, self.float_features = _float_part(self, float_weight, float_features)
         self._q_mul = self._quantization_factors()
-        self._float_rows = self._float_sub = None
-        if self.float_weight is not None:
-            # only the rows that hold float weights are computed and added
-            csr = self.float_weight.tocsr()
-            rows = np.flatnonzero(np.diff(csr.indptr))
-            part = self.float_weight
-            if 2 * len(rows) < self.out_features:
-                self._float_rows = rows
-                part = BlockSparseMatrix(csr[rows], blocksize=(1, 1))
-            part._packed_as(np.float32)  # packed now, not by the first of concurrent calls
-            self._float_sub = part
+        self._float_epilogue = _float_epilogue(self.float_weight, self.float_features)
 
     @classmethod
     def from_dense(cls, weight, bias=None, *, sparsity=None, blocksize=(4, 1),
@@ -300,18 +292,14 @@ class Linear:
             y = np.empty((self.out_features, N), dtype=np.float32)
             if not N:
                 return y
-            # the float part and the second pass join before the activation
-            late = activation is not None and (self.float_weight is not None or
-                                               refine is not None)
-            matmul(self.weight.packed, xq, y, layout="features",
-                   epilogue=Epilogue(None, None) if late else Epilogue(activation, self.bias))
-            if self.float_weight is not None:
-                part = np.empty((self._float_sub.shape[0], N), dtype=np.float32)
-                matmul(self._float_sub._packed_as(np.float32), x, part, layout="features")
-                if self._float_rows is None:
-                    y += part
-                else:
-                    y[self._float_rows] += part
+            # the float part joins in the epilogue, before bias and activation;
+            # the second pass is added after the product, so with it bias and
+            # activation run as a pass of their own
+            late = activation is not None and refine is not None
+            part = {} if self._float_epilogue is None else dict(self._float_epilogue, float_x=x)
+            epilogue = Epilogue(None, None, **part) if late else \
+                Epilogue(activation, self.bias, **part)
+            matmul(self.weight.packed, xq, y, layout="features", epilogue=epilogue)
             if refine is not None:
                 if 4 * len(refine) < N:    # a few tokens: gathered
                     y[:, refine] += self._residual_product(x, xq, refine)
@@ -492,6 +480,30 @@ def _split_float(w, s, feats, per_row):
     data = np.where(take[rows, cols], 0, w.data).astype(np.float32)
     return BlockSparseMatrix((data, w.indices, w.indptr), shape=w.shape,
                              blocksize=w.blocksize), float_weight
+
+
+def _float_epilogue(float_weight, float_features):
+    """The float part as the INT8 epilogue takes it (Epilogue keywords), or None.
+
+    The float features' columns go dense (their activations are read once
+    for several rows), the other weights as (1, 1) entries; packed now, not
+    by the first of concurrent calls.
+    """
+    if float_weight is None:
+        return None
+    csr = float_weight.tocsr()
+    part = {}
+    if float_features is not None:
+        part["float_columns"] = np.ascontiguousarray(float_features, dtype=np.int32)
+        part["float_dense"] = np.ascontiguousarray(csr[:, float_features].toarray(),
+                                                   dtype=np.float32)
+        rest = csr.tolil()
+        rest[:, float_features] = 0
+        csr = rest.tocsr()
+        csr.eliminate_zeros()
+    if csr.nnz:
+        part["float_weight"] = BlockSparseMatrix(csr, blocksize=(1, 1))._packed_as(np.float32)
+    return part or None
 
 
 def _float_part(lin, float_weight, float_features):

@@ -73,10 +73,21 @@ enum { BSK_ACT_NONE = 0, BSK_ACT_RELU = 1, BSK_ACT_GELU = 2 };
  * Epilogue applied to every int32 accumulator acc[m, n]:
  *   t = acc - x_zero[n] * rowsum[m]                         (exact int32)
  *   I32: out = t
- *   F32: y = (float)t * (w_scale[m] * x_scale[n]) + bias[m], then act
+ *   F32: y = (float)t * (w_scale[m] * x_scale[n]) [+ float term] + bias[m],
+ *        then act
  *   U8 : q = clip(rint(y / out_scale) + out_zero, 0, 255)
  * rowsum may be NULL when every x_zero is 0; bias may be NULL.
  * x_scale and x_zero have one entry per token (N).
+ *
+ * Float term (f_x not NULL; F32 and U8 outputs in the (M, N) layout only,
+ * else the product returns BSK_EINVAL): float32 weights F (M, K) times
+ * float32 activations f_x (K, N), row stride ld_fx, added before the bias one
+ * fused multiply-add at a time, y = fma(F[m, k], f_x[k * ld_fx + n], y): first
+ * the f_ncols dense columns k = f_cols[c] (values f_dense[m * f_ncols + c]),
+ * in that order, then, if f_indptr is not NULL, the CSR entries k =
+ * f_indices[j] (values f_data[j]) for j from f_indptr[m] up.  The order is
+ * the same on every ISA, and so are the bits.  F carries the weights an INT8
+ * row keeps in float32 (blocksparse.nn's outlier features and weights).
  */
 typedef struct {
     int kind;
@@ -88,6 +99,14 @@ typedef struct {
     const float *bias;
     float out_scale;
     int32_t out_zero;
+    const float *f_x;
+    int64_t ld_fx;
+    int64_t f_ncols;
+    const int32_t *f_cols;
+    const float *f_dense;
+    const int32_t *f_indptr;
+    const int32_t *f_indices;
+    const float *f_data;
 } bsk_epilogue;
 
 /* ---- CPU features and threads ------------------------------------------ */

@@ -12,22 +12,139 @@
 
 #include "simd/vec16.h"
 
-/* The epilogue's arithmetic for 16 accumulators of row m, given the tokens'
- * zero points zx (used only when e->rowsum is set) and scales sx (unused for
- * I32), loaded once by callers that apply it to several rows: the int32
- * (I32), float32 (F32) or uint8-valued (U8, still in 32-bit lanes) result.
- * kind and act are passed apart from e so that callers can make them
- * compile-time constants. */
-BSK_INLINE bsk_v16i bsk_epi_apply(const bsk_epilogue *e, bsk_v16i acc, int64_t m,
-                                  bsk_v16i zx, bsk_v16f sx, const int kind, const int act)
+/*
+ * The float term (see bsk.h): for each output, one fused multiply-add per
+ * float weight of its row, the dense columns first (in their order), then the
+ * row's sparse entries in storage order, so every ISA (the scalar one through
+ * fmaf) gives the same bits.  The activations' rows are read in place, 16
+ * tokens at a time.  Each output's sum is one dependent chain of FMAs, so the
+ * callers hand over several outputs at once and these loops run their chains
+ * side by side (rows x vectors of tokens); a dense column's activations are
+ * loaded once for all the rows.  The order of each output's terms is the same
+ * whatever the grouping.
+ */
+#define BSK_EPI_FV 4 /* token vectors per group, at most */
+#if defined(__AVX512F__)
+#define BSK_EPI_FR 4 /* rows per group: 4 x 4 accumulators fit the 32 registers */
+#else
+#define BSK_EPI_FR 2
+#endif
+
+/* Activations of vector v of nv at p; the last holds `tail` tokens unless
+ * `full` (a constant: the whole-vector loops make no library calls). */
+BSK_INLINE bsk_v16f bsk_epi_xload(const float *p, int v, const int nv, int tail,
+                                  const int full)
+{
+    if (full || v < nv - 1)
+        return *(const bsk_v16f_u *)p;
+    return bsk_load16f(p, tail);
+}
+
+/* The dense columns' terms of rows m .. m+R-1 over nv token vectors from n
+ * (R, nv and full constants where inlined, so that y stays in registers). */
+BSK_INLINE void bsk_epi_float_dense(const bsk_epilogue *e, bsk_v16f y[][BSK_EPI_FV],
+                                    const int R, const int nv, int64_t m, int64_t n, int tail,
+                                    const int full)
+{
+    const int64_t nc = e->f_ncols;
+    const float *x = e->f_x + n, *wd = e->f_dense + m * nc;
+    for (int64_t c = 0; c < nc; c++) {
+        const float *xk = x + (int64_t)e->f_cols[c] * e->ld_fx;
+        bsk_v16f xv[BSK_EPI_FV];
+#pragma GCC unroll 4
+        for (int v = 0; v < nv; v++)
+            xv[v] = bsk_epi_xload(xk + 16 * v, v, nv, tail, full);
+#pragma GCC unroll 4
+        for (int r = 0; r < R; r++) {
+            const bsk_v16f w = (bsk_v16f){0} + wd[r * nc + c];
+#pragma GCC unroll 4
+            for (int v = 0; v < nv; v++)
+                y[r][v] = bsk_fma16(w, xv[v], y[r][v]);
+        }
+    }
+}
+
+/* Sparse entry j's term on one row's nv token vectors from x (the
+ * activations at token n). */
+BSK_INLINE void bsk_epi_float_entry(const bsk_epilogue *e, bsk_v16f *y, int32_t j,
+                                    const float *x, const int nv, int tail, const int full)
+{
+    const bsk_v16f w = (bsk_v16f){0} + e->f_data[j];
+    const float *xk = x + (int64_t)e->f_indices[j] * e->ld_fx;
+#pragma GCC unroll 4
+    for (int v = 0; v < nv; v++)
+        y[v] = bsk_fma16(w, bsk_epi_xload(xk + 16 * v, v, nv, tail, full), y[v]);
+}
+
+/* The sparse entries' terms of rows m .. m+R-1 over nv token vectors from n:
+ * the rows' chains side by side while every row has entries left, then each
+ * row's rest. */
+BSK_INLINE void bsk_epi_float_sparse(const bsk_epilogue *e, bsk_v16f y[][BSK_EPI_FV],
+                                     const int R, const int nv, int64_t m, int64_t n, int tail,
+                                     const int full)
+{
+    if (!e->f_indptr)
+        return;
+    const float *x = e->f_x + n;
+    int32_t j[4], left[4], common = INT32_MAX;
+    for (int r = 0; r < R; r++) {
+        j[r] = e->f_indptr[m + r];
+        left[r] = e->f_indptr[m + r + 1] - j[r];
+        common = left[r] < common ? left[r] : common;
+    }
+    for (int32_t i = 0; i < common; i++)
+#pragma GCC unroll 4
+        for (int r = 0; r < R; r++)
+            bsk_epi_float_entry(e, y[r], j[r] + i, x, nv, tail, full);
+    for (int r = 0; r < R; r++)
+        for (int32_t i = common; i < left[r]; i++)
+            bsk_epi_float_entry(e, y[r], j[r] + i, x, nv, tail, full);
+}
+
+/* The whole float term of rows m .. m+R-1 (R <= 4) over nv token vectors
+ * from n, the last holding `tail` tokens; R and nv are constants where
+ * inlined, so that y stays in registers. */
+BSK_INLINE void bsk_epi_float_group(const bsk_epilogue *e, bsk_v16f y[][BSK_EPI_FV],
+                                    const int R, const int nv, int64_t m, int64_t n,
+                                    int tail)
+{
+    if (tail == 16) {
+        bsk_epi_float_dense(e, y, R, nv, m, n, 16, 1);
+        bsk_epi_float_sparse(e, y, R, nv, m, n, 16, 1);
+    } else {
+        bsk_epi_float_dense(e, y, R, nv, m, n, tail, 0);
+        bsk_epi_float_sparse(e, y, R, nv, m, n, tail, 0);
+    }
+}
+
+/* The float term of one vector: row m, tokens n .. n+count-1.  Out of line
+ * here and below: the kernels specialise their epilogue for every output
+ * kind, activation and layout, and the float term inlined into each made the
+ * INT8 units several times larger and slower to compile (minutes under the
+ * sanitizers). */
+static __attribute__((noinline, unused)) bsk_v16f
+bsk_epi_float_one(const bsk_epilogue *e, bsk_v16f y, int64_t m, int64_t n, int count)
+{
+    bsk_v16f a[1][BSK_EPI_FV];
+    a[0][0] = y;
+    bsk_epi_float_group(e, a, 1, 1, m, n, count);
+    return a[0][0];
+}
+
+/* The epilogue's steps, for callers that add the float term in between:
+ * the scaled float value of 16 accumulators of row m (F32 and U8 outputs),
+ * then bias, activation and the output's lanes. */
+BSK_INLINE bsk_v16f bsk_epi_scaled(const bsk_epilogue *e, bsk_v16i acc, int64_t m,
+                                   bsk_v16i zx, bsk_v16f sx)
 {
     if (e->rowsum)
         acc = (bsk_v16i)((bsk_v16u)acc - (bsk_v16u)zx * (uint32_t)e->rowsum[m]);
-    if (kind == BSK_OUT_I32)
-        return acc;
+    return __builtin_convertvector(acc, bsk_v16f) * (e->w_scale[m] * sx);
+}
 
-    bsk_v16f y = __builtin_convertvector(acc, bsk_v16f);
-    y = y * (e->w_scale[m] * sx);
+BSK_INLINE bsk_v16i bsk_epi_finish(const bsk_epilogue *e, bsk_v16f y, int64_t m,
+                                   const int kind, const int act)
+{
     if (e->bias)
         y = y + e->bias[m];
     if (act == BSK_ACT_RELU)
@@ -39,6 +156,25 @@ BSK_INLINE bsk_v16i bsk_epi_apply(const bsk_epilogue *e, bsk_v16i acc, int64_t m
     /* uint8 requantization */
     const bsk_v16f q = bsk_u8_code16(y / e->out_scale, (bsk_v16f){0} + (float)e->out_zero);
     return __builtin_convertvector(q, bsk_v16i);
+}
+
+/* The epilogue's arithmetic for 16 accumulators of row m, tokens n ..
+ * n+count-1, given the tokens' zero points zx (used only when e->rowsum is
+ * set) and scales sx (unused for I32), loaded once by callers that apply it
+ * to several rows: the int32 (I32), float32 (F32) or uint8-valued (U8, still
+ * in 32-bit lanes) result.  kind and act are passed apart from e so that
+ * callers can make them compile-time constants. */
+BSK_INLINE bsk_v16i bsk_epi_apply(const bsk_epilogue *e, bsk_v16i acc, int64_t m,
+                                  int64_t n, int count, bsk_v16i zx, bsk_v16f sx,
+                                  const int kind, const int act)
+{
+    if (kind == BSK_OUT_I32)
+        return e->rowsum ? (bsk_v16i)((bsk_v16u)acc - (bsk_v16u)zx * (uint32_t)e->rowsum[m])
+                         : acc;
+    bsk_v16f y = bsk_epi_scaled(e, acc, m, zx, sx);
+    if (e->f_x)
+        y = bsk_epi_float_one(e, y, m, n, count);
+    return bsk_epi_finish(e, y, m, kind, act);
 }
 
 /* The tokens' zero points and scales for tokens n .. n+count-1, as
@@ -83,7 +219,7 @@ BSK_INLINE bsk_v16i bsk_epi_values(const bsk_epilogue *e, bsk_v16i acc, int64_t 
     bsk_v16i zx;
     bsk_v16f sx;
     bsk_epi_tokens(e, n, count, kind, &zx, &sx);
-    return bsk_epi_apply(e, acc, m, zx, sx, kind, act);
+    return bsk_epi_apply(e, acc, m, n, count, zx, sx, kind, act);
 }
 
 /* Store the first `count` of 16 epilogue results of row m, tokens n ..:
@@ -171,6 +307,81 @@ BSK_INLINE void bsk_epilogue16(const bsk_epilogue *e, bsk_v16i acc, int64_t m,
     bsk_epilogue16_k(e, acc, m, n, count, out, ldo, e->kind, e->act, y_transposed);
 }
 
+/* The whole epilogue, float term included, of rows m .. m+R-1 (row r's
+ * accumulators at acc + r * ld_acc) over nv vectors of tokens n .. (the last
+ * holding `tail`), stored in the (M, N) layout; R and nv are constants where
+ * inlined, so that the accumulators stay in registers. */
+BSK_INLINE void bsk_epi_float_tile_k(const bsk_epilogue *e, const int32_t *acc, int64_t ld_acc,
+                                   int64_t m, int64_t n, const int R, const int nv, int tail,
+                                   void *out, int64_t ldo, const int kind, const int act)
+{
+    bsk_v16f y[4][BSK_EPI_FV];
+    for (int v = 0; v < nv; v++) {
+        const int cnt = v == nv - 1 ? tail : 16;
+        bsk_v16i zx;
+        bsk_v16f sx;
+        bsk_epi_tokens(e, n + 16 * v, cnt, kind, &zx, &sx);
+        for (int r = 0; r < R; r++)
+            y[r][v] = bsk_epi_scaled(e, bsk_load16i(acc + r * ld_acc + 16 * v, cnt), m + r,
+                                     zx, sx);
+    }
+    bsk_epi_float_group(e, y, R, nv, m, n, tail);
+    for (int r = 0; r < R; r++)
+        for (int v = 0; v < nv; v++)
+            bsk_epi_store(bsk_epi_finish(e, y[r][v], m + r, kind, act), m + r, n + 16 * v,
+                          v == nv - 1 ? tail : 16, out, ldo, kind, 0);
+}
+
+#define BSK_EPI_FLOAT_TILE_FN(name, R, NV)                                     \
+    static __attribute__((noinline, unused)) void name(                        \
+        const bsk_epilogue *e, const int32_t *acc, int64_t ld_acc, int64_t m,  \
+        int64_t n, int tail, void *out, int64_t ldo)                           \
+    {                                                                          \
+        bsk_epi_float_tile_k(e, acc, ld_acc, m, n, R, NV, tail, out, ldo,      \
+                             e->kind, e->act);                                 \
+    }
+BSK_EPI_FLOAT_TILE_FN(bsk_epi_float_tile_1_1, 1, 1)
+BSK_EPI_FLOAT_TILE_FN(bsk_epi_float_tile_1_2, 1, 2)
+BSK_EPI_FLOAT_TILE_FN(bsk_epi_float_tile_1_3, 1, 3)
+BSK_EPI_FLOAT_TILE_FN(bsk_epi_float_tile_1_4, 1, 4)
+BSK_EPI_FLOAT_TILE_FN(bsk_epi_float_tile_g_1, BSK_EPI_FR, 1)
+BSK_EPI_FLOAT_TILE_FN(bsk_epi_float_tile_g_2, BSK_EPI_FR, 2)
+BSK_EPI_FLOAT_TILE_FN(bsk_epi_float_tile_g_3, BSK_EPI_FR, 3)
+BSK_EPI_FLOAT_TILE_FN(bsk_epi_float_tile_g_4, BSK_EPI_FR, 4)
+
+/* bsk_epi_float_tile_k for R = 1 or BSK_EPI_FR rows and nv in 1 .. 4. */
+BSK_INLINE void bsk_epi_float_tile(const bsk_epilogue *e, const int32_t *acc, int64_t ld_acc,
+                                   int64_t m, int64_t n, int R, int nv, int tail, void *out,
+                                   int64_t ldo)
+{
+    switch (nv + (R == 1 ? 0 : 4)) {
+    case 1: bsk_epi_float_tile_1_1(e, acc, ld_acc, m, n, tail, out, ldo); break;
+    case 2: bsk_epi_float_tile_1_2(e, acc, ld_acc, m, n, tail, out, ldo); break;
+    case 3: bsk_epi_float_tile_1_3(e, acc, ld_acc, m, n, tail, out, ldo); break;
+    case 4: bsk_epi_float_tile_1_4(e, acc, ld_acc, m, n, tail, out, ldo); break;
+    case 5: bsk_epi_float_tile_g_1(e, acc, ld_acc, m, n, tail, out, ldo); break;
+    case 6: bsk_epi_float_tile_g_2(e, acc, ld_acc, m, n, tail, out, ldo); break;
+    case 7: bsk_epi_float_tile_g_3(e, acc, ld_acc, m, n, tail, out, ldo); break;
+    default: bsk_epi_float_tile_g_4(e, acc, ld_acc, m, n, tail, out, ldo); break;
+    }
+}
+
+/* The (4, 1) strips' epilogue of four rows m .. m+3 x one vector of tokens n
+ * .. n+count-1 with the float term (q: the accumulators in, the results out;
+ * zx, sx: the tokens' zero points and scales): bsk_epi_apply's steps, the
+ * four rows' float chains side by side. */
+static __attribute__((noinline, unused)) void
+bsk_epi_float_strip(const bsk_epilogue *e, bsk_v16i q[4], bsk_v16i zx, bsk_v16f sx, int64_t m,
+                    int64_t n, int count)
+{
+    bsk_v16f y[4][BSK_EPI_FV];
+    for (int r = 0; r < 4; r++)
+        y[r][0] = bsk_epi_scaled(e, q[r], m + r, zx, sx);
+    bsk_epi_float_group(e, y, 4, 1, m, n, count);
+    for (int r = 0; r < 4; r++)
+        q[r] = bsk_epi_finish(e, y[r][0], m + r, e->kind, e->act);
+}
+
 /*
  * Epilogue for `rows` rows of accumulators (row r at acc + r * ld_acc, for
  * output row m0 + r * row_step), tokens n0 .. n0 + min(nt, N - n0).
@@ -190,6 +401,21 @@ BSK_INLINE void bsk_epilogue_rows_k(const bsk_epilogue *e, const int32_t *acc,
                 v[r] = bsk_epi_values(e, *(const bsk_v16i_u *)(acc + r * ld_acc + t),
                                       m0 + r, n0 + t, cnt, kind, act);
             bsk_store4_transposed(v, cnt, out, ldo, m0, n0 + t, kind);
+        }
+        return;
+    }
+    if (kind != BSK_OUT_I32 && e->f_x && !yt) {
+        /* the float term over groups of BSK_EPI_FR rows x BSK_EPI_FV token vectors */
+        for (int64_t t = 0; t < cnt_all; t += 16 * BSK_EPI_FV) {
+            const int64_t left = cnt_all - t;
+            const int nv = left >= 16 * BSK_EPI_FV ? BSK_EPI_FV : (int)((left + 15) / 16);
+            const int tail = (int)(left - 16 * (nv - 1) < 16 ? left - 16 * (nv - 1) : 16);
+            for (int r = 0; r < rows;) {
+                const int R = r + BSK_EPI_FR <= rows ? BSK_EPI_FR : 1;
+                bsk_epi_float_tile(e, acc + r * ld_acc + t, ld_acc, m0 + r, n0 + t, R, nv,
+                                   tail, out, ldo);
+                r += R;
+            }
         }
         return;
     }

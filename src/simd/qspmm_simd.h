@@ -269,8 +269,11 @@ strip_out(const bsk_epilogue *e, bsk_v16i v0, bsk_v16i v1, bsk_v16i v2, bsk_v16i
         bsk_v16i zx;
         bsk_v16f sx;
         bsk_epi_tokens(e, n, cnt, kind, &zx, &sx);
-        for (int r = 0; r < 4; r++)
-            q[r] = bsk_epi_apply(e, q[r], m + r, zx, sx, kind, act);
+        if (kind != BSK_OUT_I32 && e->f_x)
+            bsk_epi_float_strip(e, q, zx, sx, m, n, cnt);
+        else
+            for (int r = 0; r < 4; r++)
+                q[r] = bsk_epi_apply(e, q[r], m + r, n, cnt, zx, sx, kind, act);
     }
     if (yt) {
         bsk_store4_transposed(q, cnt, out, ldo, m_out, n, raw ? BSK_OUT_I32 : kind);

@@ -41,19 +41,12 @@ BSK_INLINE void bsk_nn_store(float *p, bsk_v16f v)
 /* Load `count` (< 16 allowed) floats, zero-filling the rest. */
 BSK_INLINE bsk_v16f bsk_nn_load_part(const float *p, int64_t count)
 {
-    if (count >= 16)
-        return bsk_nn_load(p);
-    bsk_v16f v = (bsk_v16f){0};
-    memcpy(&v, p, (size_t)count * sizeof(float));
-    return v;
+    return bsk_load16f(p, count < 16 ? (int)count : 16);
 }
 
 BSK_INLINE void bsk_nn_store_part(float *p, bsk_v16f v, int64_t count)
 {
-    if (count >= 16)
-        bsk_nn_store(p, v);
-    else
-        memcpy(p, &v, (size_t)count * sizeof(float));
+    bsk_store16f(p, v, count < 16 ? (int)count : 16);
 }
 
 BSK_INLINE bsk_v16f bsk_nn_max(bsk_v16f a, bsk_v16f b)
@@ -129,7 +122,7 @@ BSK_INLINE void bsk_nn_st_bytes(uint8_t *p, bsk_v16b v, const int full, int64_t 
     if (full)
         *(bsk_v16b_u *)p = v;
     else
-        memcpy(p, &v, (size_t)cnt);
+        bsk_store16b(p, v, cnt < 16 ? (int)cnt : 16);
 }
 
 /*

@@ -56,7 +56,7 @@ BSK_INLINE void bsk_epi_float_dense(const bsk_epilogue *e, bsk_v16f y[][BSK_EPI_
             xv[v] = bsk_epi_xload(xk + 16 * v, v, nv, tail, full);
 #pragma GCC unroll 4
         for (int r = 0; r < R; r++) {
-            const bsk_v16f w = (bsk_v16f){0} + wd[r * nc + c];
+            const bsk_v16f w = bsk_splat16f(wd[r * nc + c]);
 #pragma GCC unroll 4
             for (int v = 0; v < nv; v++)
                 y[r][v] = bsk_fma16(w, xv[v], y[r][v]);
@@ -69,7 +69,7 @@ BSK_INLINE void bsk_epi_float_dense(const bsk_epilogue *e, bsk_v16f y[][BSK_EPI_
 BSK_INLINE void bsk_epi_float_entry(const bsk_epilogue *e, bsk_v16f *y, int32_t j,
                                     const float *x, const int nv, int tail, const int full)
 {
-    const bsk_v16f w = (bsk_v16f){0} + e->f_data[j];
+    const bsk_v16f w = bsk_splat16f(e->f_data[j]);
     const float *xk = x + (int64_t)e->f_indices[j] * e->ld_fx;
 #pragma GCC unroll 4
     for (int v = 0; v < nv; v++)

@@ -92,9 +92,10 @@ static void pack_tile(const uint8_t *X, int64_t ldx, int xt, int64_t K, int64_t 
                     interleave16(r, r + ldx, r + 2 * ldx, r + 3 * ldx, P + g * ldp + 4 * n);
                     continue;
                 }
-                memset(tmp, 0, sizeof(tmp));
-                for (int j = 0; j < 4 && 4 * g + j < K && n < cnt; j++)
-                    memcpy(tmp[j], r + j * ldx, (size_t)(cnt - n < 16 ? cnt - n : 16));
+                const int have = (int)(cnt - n < 16 ? cnt - n : 16);
+                for (int j = 0; j < 4; j++)
+                    *(bsk_v16b_u *)tmp[j] = 4 * g + j < K ? bsk_load16b(r + j * ldx, have)
+                                                          : (bsk_v16b){0};
                 interleave16(tmp[0], tmp[1], tmp[2], tmp[3], P + g * ldp + 4 * n);
             }
         return;
@@ -108,9 +109,8 @@ static void pack_tile(const uint8_t *X, int64_t ldx, int xt, int64_t K, int64_t 
                 transpose4x4_groups(r, ldx, P + g * ldp + 4 * n, ldp);
                 continue;
             }
-            memset(tmp, 0, sizeof(tmp));
-            for (int i = 0; i < 4 && n + i < cnt && 4 * g < K; i++)
-                memcpy(tmp[i], r + i * ldx, (size_t)(K - 4 * g < 16 ? K - 4 * g : 16));
+            for (int i = 0; i < 4; i++)
+                bsk_copy_part(tmp[i], r + i * ldx, n + i < cnt ? K - 4 * g : 0, 16);
             transpose4x4_groups(tmp[0], 16, P + g * ldp + 4 * n, ldp);
         }
 }

@@ -120,11 +120,8 @@ static void pack_row(const uint8_t *X, int64_t ldx, int64_t K, int64_t N, int xt
                 interleave4(QV_LOAD(src), QV_LOAD(src + ldx), QV_LOAD(src + 2 * ldx),
                             QV_LOAD(src + 3 * ldx), x);
             } else {
-                const int64_t have = N - c0 > 0 ? N - c0 : 0;
-                memset(rows, 0, sizeof(rows));
                 for (int b = 0; b < 4; b++)
-                    if (have)
-                        memcpy(rows[b], src + b * ldx, (size_t)have);
+                    bsk_copy_part(rows[b], src + b * ldx, N - c0, CHUNK);
                 interleave4(QV_LOAD(rows[0]), QV_LOAD(rows[1]), QV_LOAD(rows[2]),
                             QV_LOAD(rows[3]), x);
             }
@@ -205,8 +202,7 @@ static void pack_strip(const uint8_t *X, int64_t ldx, int64_t K, int64_t N, int 
         for (int64_t k = 0; k < K; k++) {
             const uint8_t *src = X + k * ldx + n0;
             if (cnt < NT_STRIP) {
-                memset(row, 0, sizeof(row));
-                memcpy(row, src, (size_t)cnt);
+                bsk_copy_part(row, src, cnt, NT_STRIP);
                 src = row;
             }
             QV_STORE(pt + k * NT_STRIP, panel_order(QV_LOAD(src)));

@@ -92,7 +92,7 @@ BSK_INLINE void quantize_row(const float *x, int64_t n, float s, int32_t z, uint
         *(bsk_v16b_u *)(q + k) = bsk_bytes16(bsk_u8_code16(*(const bsk_v16f_u *)(x + k) / s, zf));
     if (k < n) {
         const bsk_v16b b = bsk_bytes16(bsk_u8_code16(bsk_load16f(x + k, (int)(n - k)) / s, zf));
-        memcpy(q + k, &b, (size_t)(n - k));
+        bsk_store16b(q + k, b, (int)(n - k));
     }
 }
 

@@ -13,6 +13,8 @@
 #define BLOCKSPARSE_VEC16_H
 
 #include <math.h>
+#include <stdint.h>
+#include <string.h>
 #if defined(__AVX512F__) || defined(__FMA__)
 #include <immintrin.h>
 #endif
@@ -27,31 +29,170 @@ typedef float bsk_v16f_u __attribute__((vector_size(64), aligned(4)));
 typedef int32_t bsk_v16i_u __attribute__((vector_size(64), aligned(4)));
 typedef uint8_t bsk_v16b_u __attribute__((vector_size(16), aligned(1)));
 
+/* v with every lane s (a broadcast; s + 0 would turn -0 into +0). */
+BSK_INLINE bsk_v16f bsk_splat16f(float s)
+{
+    return (bsk_v16f){s, s, s, s, s, s, s, s, s, s, s, s, s, s, s, s};
+}
+
 BSK_INLINE bsk_v16f bsk_select(bsk_v16i mask, bsk_v16f a, bsk_v16f b)
 {
     return (bsk_v16f)(((bsk_v16i)a & mask) | ((bsk_v16i)b & ~mask));
 }
 
-/* Load `count` (<= 16) 32-bit values, zero-filling the rest; a full load
- * when count == 16 (the common case, kept free of library calls). */
+/* ---- partial loads and stores ---------------------------------------------------
+ *
+ * The last vector of a row of tokens is often short (a sequence of 8-40
+ * tokens has a short vector on every feature row), so these are on hot paths:
+ * masked moves where the ISA has them (AVX-512: any width; AVX2: 32-bit
+ * lanes), else fixed-size pieces, never a library call.  Masked-off lanes are
+ * not read (no fault past the end) and loads zero them; the values moved are
+ * the same on every ISA. */
+
+#if defined(__AVX2__) && !defined(__AVX512F__)
+/* The lanes below `count` of 8, as an AVX2 mask (all ones = load/store). */
+BSK_INLINE __m256i bsk_lanes8(int count)
+{
+    return _mm256_cmpgt_epi32(_mm256_set1_epi32(count), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+}
+#endif
+
+#if defined(__AVX512F__)
+/* The lanes below `count` (0 .. 16) of 16. */
+BSK_INLINE __mmask16 bsk_lanes16(int count)
+{
+    return (__mmask16)((1u << (count < 0 ? 0 : count)) - 1u);
+}
+#endif
+
+/* Load `count` (<= 16) 32-bit values, zero-filling the rest. */
 BSK_INLINE bsk_v16i bsk_load16i(const int32_t *p, int count)
 {
-    if (count == 16)
+    if (count >= 16)
         return *(const bsk_v16i_u *)p;
+#if defined(__AVX512F__)
+    return (bsk_v16i)_mm512_maskz_loadu_epi32(bsk_lanes16(count), p);
+#elif defined(__AVX2__)
+    typedef int32_t v8i __attribute__((vector_size(32)));
+    const v8i lo = (v8i)_mm256_maskload_epi32((const int *)p, bsk_lanes8(count));
+    const v8i hi = (v8i)_mm256_maskload_epi32((const int *)p + 8, bsk_lanes8(count - 8));
+    return __builtin_shufflevector(lo, hi, 0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+#else
     bsk_v16i v = (bsk_v16i){0};
     for (int t = 0; t < count; t++)
         v[t] = p[t];
     return v;
+#endif
 }
 
 BSK_INLINE bsk_v16f bsk_load16f(const float *p, int count)
 {
-    if (count == 16)
-        return *(const bsk_v16f_u *)p;
-    bsk_v16f v = (bsk_v16f){0};
+    return (bsk_v16f)bsk_load16i((const int32_t *)p, count);
+}
+
+/* Store the first `count` (<= 16) 32-bit lanes of v. */
+BSK_INLINE void bsk_store16i(int32_t *p, bsk_v16i v, int count)
+{
+    if (count >= 16) {
+        *(bsk_v16i_u *)p = v;
+        return;
+    }
+#if defined(__AVX512F__)
+    _mm512_mask_storeu_epi32(p, bsk_lanes16(count), (__m512i)v);
+#elif defined(__AVX2__)
+    typedef int32_t v8i __attribute__((vector_size(32)));
+    const v8i lo = __builtin_shufflevector(v, v, 0, 1, 2, 3, 4, 5, 6, 7);
+    const v8i hi = __builtin_shufflevector(v, v, 8, 9, 10, 11, 12, 13, 14, 15);
+    _mm256_maskstore_epi32((int *)p, bsk_lanes8(count), (__m256i)lo);
+    _mm256_maskstore_epi32((int *)p + 8, bsk_lanes8(count - 8), (__m256i)hi);
+#else
     for (int t = 0; t < count; t++)
-        v[t] = p[t];
+        p[t] = v[t];
+#endif
+}
+
+BSK_INLINE void bsk_store16f(float *p, bsk_v16f v, int count)
+{
+    bsk_store16i((int32_t *)p, (bsk_v16i)v, count);
+}
+
+/* Load `count` (<= 16) bytes, zero-filling the rest. */
+BSK_INLINE bsk_v16b bsk_load16b(const uint8_t *p, int count)
+{
+    if (count >= 16)
+        return *(const bsk_v16b_u *)p;
+    if (count <= 0)
+        return (bsk_v16b){0};
+#if defined(__AVX512BW__) && defined(__AVX512VL__)
+    return (bsk_v16b)_mm_maskz_loadu_epi8(bsk_lanes16(count), p);
+#else
+    uint8_t w[16] = {0};
+    int at = 0;
+    if (count & 8) {
+        memcpy(w, p, 8);
+        at = 8;
+    }
+    if (count & 4) {
+        memcpy(w + at, p + at, 4);
+        at += 4;
+    }
+    if (count & 2) {
+        memcpy(w + at, p + at, 2);
+        at += 2;
+    }
+    if (count & 1)
+        w[at] = p[at];
+    bsk_v16b v;
+    memcpy(&v, w, 16);
     return v;
+#endif
+}
+
+/* Store the first `count` (<= 16) bytes of v. */
+BSK_INLINE void bsk_store16b(uint8_t *p, bsk_v16b v, int count)
+{
+    if (count >= 16) {
+        *(bsk_v16b_u *)p = v;
+        return;
+    }
+    if (count <= 0)
+        return;
+#if defined(__AVX512BW__) && defined(__AVX512VL__)
+    _mm_mask_storeu_epi8(p, bsk_lanes16(count), (__m128i)v);
+#else
+    uint64_t w[2];
+    memcpy(w, &v, 16);
+    int at = 0;
+    if (count & 8) {
+        memcpy(p, &w[0], 8);
+        at = 8;
+    }
+    uint64_t piece = w[at / 8];
+    if (count & 4) {
+        const uint32_t u = (uint32_t)piece;
+        memcpy(p + at, &u, 4);
+        piece >>= 32;
+        at += 4;
+    }
+    if (count & 2) {
+        const uint16_t u = (uint16_t)piece;
+        memcpy(p + at, &u, 2);
+        piece >>= 16;
+        at += 2;
+    }
+    if (count & 1)
+        p[at] = (uint8_t)piece;
+#endif
+}
+
+/* dst[0 .. width) = the first `count` bytes of src, zeros after (width a
+ * multiple of 16; count may be <= 0 or >= width). */
+BSK_INLINE void bsk_copy_part(uint8_t *dst, const uint8_t *src, int64_t count, const int width)
+{
+    for (int o = 0; o < width; o += 16) {
+        const int64_t left = count - o;
+        *(bsk_v16b_u *)(dst + o) = bsk_load16b(src + o, left > 16 ? 16 : (int)left);
+    }
 }
 
 /* ---- rounding and uint8 quantization ------------------------------------------ */

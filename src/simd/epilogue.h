@@ -40,81 +40,91 @@ BSK_INLINE bsk_v16f bsk_epi_xload(const float *p, int v, const int nv, int tail,
     return bsk_load16f(p, tail);
 }
 
-/* The dense columns' terms of rows m .. m+R-1 over nv token vectors from n
- * (R, nv and full constants where inlined, so that y stays in registers). */
-BSK_INLINE void bsk_epi_float_dense(const bsk_epilogue *e, bsk_v16f y[][BSK_EPI_FV],
+/* The R x nv accumulators (R, nv <= 4) as variables of their own: a local
+ * array of vectors stays in memory (a store after every FMA) even where each
+ * index is a constant once the loops are unrolled.  BSK_EPI_EACH(X) applies
+ * X(r, v) to every pair; the pairs past R or nv are dead code where R and nv
+ * are constants. */
+#define BSK_EPI_EACH_V(X, r) X(r, 0) X(r, 1) X(r, 2) X(r, 3)
+#define BSK_EPI_EACH(X) \
+    BSK_EPI_EACH_V(X, 0) BSK_EPI_EACH_V(X, 1) BSK_EPI_EACH_V(X, 2) BSK_EPI_EACH_V(X, 3)
+#define BSK_EPI_ACC_IN(r, v) bsk_v16f a##r##v = r < R && v < nv ? y[r][v] : (bsk_v16f){0};
+#define BSK_EPI_ACC_OUT(r, v) if (r < R && v < nv) y[r][v] = a##r##v;
+/* row r's term w * x (x: the activations of the term's input feature) */
+#define BSK_EPI_TERM_V(r, v) \
+    if (r < R && v < nv) \
+        a##r##v = bsk_fma16(w, bsk_epi_xload(xk + 16 * v, v, nv, tail, full), a##r##v);
+#define BSK_EPI_TERM(r) BSK_EPI_TERM_V(r, 0) BSK_EPI_TERM_V(r, 1) BSK_EPI_TERM_V(r, 2) \
+    BSK_EPI_TERM_V(r, 3)
+/* row r's sparse entry jj */
+#define BSK_EPI_ENTRY(r, jj)                                                   \
+    do {                                                                       \
+        const int32_t j_ = (jj);                                               \
+        const bsk_v16f w = bsk_splat16f(e->f_data[j_]);                        \
+        const float *xk = x + (int64_t)e->f_indices[j_] * e->ld_fx;            \
+        BSK_EPI_TERM(r)                                                        \
+    } while (0)
+/* row r's entries past those the rows have in common */
+#define BSK_EPI_ENTRIES_LEFT(r)                                                \
+    if (r < R)                                                                 \
+        for (int32_t i = common; i < left[r]; i++)                             \
+            BSK_EPI_ENTRY(r, j[r] + i);
+
+/* The float term of rows m .. m+R-1 (R <= 4) over nv token vectors from n,
+ * the last holding `tail` tokens (`full`: all 16, a constant): the dense
+ * columns' terms in column order, then the sparse entries' in storage order,
+ * one FMA chain per output; the rows' chains side by side (a dense column's
+ * activations loaded once for all rows), while every row has sparse entries
+ * left, then each row's rest. */
+BSK_INLINE void bsk_epi_float_terms(const bsk_epilogue *e, bsk_v16f y[][BSK_EPI_FV],
                                     const int R, const int nv, int64_t m, int64_t n, int tail,
                                     const int full)
 {
+    BSK_EPI_EACH(BSK_EPI_ACC_IN)
+    const float *x = e->f_x + n;
     const int64_t nc = e->f_ncols;
-    const float *x = e->f_x + n, *wd = e->f_dense + m * nc;
+    const float *wd = e->f_dense + m * nc;
     for (int64_t c = 0; c < nc; c++) {
         const float *xk = x + (int64_t)e->f_cols[c] * e->ld_fx;
         bsk_v16f xv[BSK_EPI_FV];
 #pragma GCC unroll 4
         for (int v = 0; v < nv; v++)
             xv[v] = bsk_epi_xload(xk + 16 * v, v, nv, tail, full);
-#pragma GCC unroll 4
+#define BSK_EPI_DENSE(r, v) \
+        if (r < R && v < nv) a##r##v = bsk_fma16(bsk_splat16f(wd[r * nc + c]), xv[v], a##r##v);
+        BSK_EPI_EACH(BSK_EPI_DENSE)
+#undef BSK_EPI_DENSE
+    }
+    if (e->f_indptr) {
+        int32_t j[4] = {0, 0, 0, 0}, left[4] = {0, 0, 0, 0}, common = INT32_MAX;
         for (int r = 0; r < R; r++) {
-            const bsk_v16f w = bsk_splat16f(wd[r * nc + c]);
-#pragma GCC unroll 4
-            for (int v = 0; v < nv; v++)
-                y[r][v] = bsk_fma16(w, xv[v], y[r][v]);
+            j[r] = e->f_indptr[m + r];
+            left[r] = e->f_indptr[m + r + 1] - j[r];
+            common = left[r] < common ? left[r] : common;
         }
+        for (int32_t i = 0; i < common; i++) {
+            if (0 < R) BSK_EPI_ENTRY(0, j[0] + i);
+            if (1 < R) BSK_EPI_ENTRY(1, j[1] + i);
+            if (2 < R) BSK_EPI_ENTRY(2, j[2] + i);
+            if (3 < R) BSK_EPI_ENTRY(3, j[3] + i);
+        }
+        BSK_EPI_ENTRIES_LEFT(0)
+        BSK_EPI_ENTRIES_LEFT(1)
+        BSK_EPI_ENTRIES_LEFT(2)
+        BSK_EPI_ENTRIES_LEFT(3)
     }
+    BSK_EPI_EACH(BSK_EPI_ACC_OUT)
 }
 
-/* Sparse entry j's term on one row's nv token vectors from x (the
- * activations at token n). */
-BSK_INLINE void bsk_epi_float_entry(const bsk_epilogue *e, bsk_v16f *y, int32_t j,
-                                    const float *x, const int nv, int tail, const int full)
-{
-    const bsk_v16f w = bsk_splat16f(e->f_data[j]);
-    const float *xk = x + (int64_t)e->f_indices[j] * e->ld_fx;
-#pragma GCC unroll 4
-    for (int v = 0; v < nv; v++)
-        y[v] = bsk_fma16(w, bsk_epi_xload(xk + 16 * v, v, nv, tail, full), y[v]);
-}
-
-/* The sparse entries' terms of rows m .. m+R-1 over nv token vectors from n:
- * the rows' chains side by side while every row has entries left, then each
- * row's rest. */
-BSK_INLINE void bsk_epi_float_sparse(const bsk_epilogue *e, bsk_v16f y[][BSK_EPI_FV],
-                                     const int R, const int nv, int64_t m, int64_t n, int tail,
-                                     const int full)
-{
-    if (!e->f_indptr)
-        return;
-    const float *x = e->f_x + n;
-    int32_t j[4], left[4], common = INT32_MAX;
-    for (int r = 0; r < R; r++) {
-        j[r] = e->f_indptr[m + r];
-        left[r] = e->f_indptr[m + r + 1] - j[r];
-        common = left[r] < common ? left[r] : common;
-    }
-    for (int32_t i = 0; i < common; i++)
-#pragma GCC unroll 4
-        for (int r = 0; r < R; r++)
-            bsk_epi_float_entry(e, y[r], j[r] + i, x, nv, tail, full);
-    for (int r = 0; r < R; r++)
-        for (int32_t i = common; i < left[r]; i++)
-            bsk_epi_float_entry(e, y[r], j[r] + i, x, nv, tail, full);
-}
-
-/* The whole float term of rows m .. m+R-1 (R <= 4) over nv token vectors
- * from n, the last holding `tail` tokens; R and nv are constants where
- * inlined, so that y stays in registers. */
+/* bsk_epi_float_terms with `full` a constant for each case. */
 BSK_INLINE void bsk_epi_float_group(const bsk_epilogue *e, bsk_v16f y[][BSK_EPI_FV],
                                     const int R, const int nv, int64_t m, int64_t n,
                                     int tail)
 {
-    if (tail == 16) {
-        bsk_epi_float_dense(e, y, R, nv, m, n, 16, 1);
-        bsk_epi_float_sparse(e, y, R, nv, m, n, 16, 1);
-    } else {
-        bsk_epi_float_dense(e, y, R, nv, m, n, tail, 0);
-        bsk_epi_float_sparse(e, y, R, nv, m, n, tail, 0);
-    }
+    if (tail == 16)
+        bsk_epi_float_terms(e, y, R, nv, m, n, 16, 1);
+    else
+        bsk_epi_float_terms(e, y, R, nv, m, n, tail, 0);
 }
 
 /* The float term of one vector: row m, tokens n .. n+count-1.  Out of line

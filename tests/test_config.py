@@ -170,3 +170,31 @@ def test_bad_environment_variables(env, match):
     assert err in r.stderr and match in r.stderr
     r = run_python("import blocksparse", **env)
     assert r.returncode == 0, r.stderr
+
+
+def test_pinned_dispatch_holds_the_entry_settings_and_unpins():
+    """A model call looks the ISA and threads up once: inside, they answer the entry values
+    (settings changed meanwhile apply from the next call); after it, even after an error,
+    and for nested pins, the live settings answer again."""
+    with blocksparse.isa_context("scalar"):
+        with _config._pinned_dispatch():
+            with blocksparse.isa_context(blocksparse.available_isas()[-1]):
+                assert blocksparse.get_isa() == "scalar"
+                with _config._pinned_dispatch():
+                    assert blocksparse.get_isa() == "scalar"
+        assert _config._PINNED.value is None
+        with pytest.raises(KeyError):
+            with _config._pinned_dispatch():
+                raise KeyError("boom")
+        assert _config._PINNED.value is None
+        with blocksparse.isa_context(blocksparse.available_isas()[-1]):
+            assert blocksparse.get_isa() == blocksparse.available_isas()[-1]
+    setting = _config._State.num_threads
+    old = blocksparse.get_num_threads()
+    try:
+        with _config._pinned_dispatch():
+            blocksparse.set_num_threads(old + 1)
+            assert blocksparse.get_num_threads() == old
+        assert blocksparse.get_num_threads() == old + 1
+    finally:
+        blocksparse.set_num_threads(setting)

@@ -4,6 +4,7 @@ import os
 
 import numpy as np
 
+from .. import _config
 from . import _checkpoint as ckpt
 from . import _ops
 from .layers import (FLOAT_INPUT, BertEncoder, BertLayer, LayerNorm, Linear,
@@ -655,9 +656,10 @@ class BertModel:
         B, S = ids.shape
         if B * S == 0:
             return np.zeros((self.hidden_size, 0), dtype=np.float32), B, S
-        x, xq = self.embeddings._forward(ids, tt, self.encoder.input_spec)
-        refine = self._two_pass_columns(mask, B, S)
-        return self.encoder._forward(x, xq, mask, B, S, refine), B, S
+        with _config._pinned_dispatch():
+            x, xq = self.embeddings._forward(ids, tt, self.encoder.input_spec)
+            refine = self._two_pass_columns(mask, B, S)
+            return self.encoder._forward(x, xq, mask, B, S, refine), B, S
 
     def _two_pass_columns(self, mask, B, S):
         """Columns of the real tokens of sequences short enough for the second pass, or None."""

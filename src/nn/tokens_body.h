@@ -91,7 +91,7 @@ static void BSK_NN_FN(layernorm_range)(const bsk_nn_tok_args *a, int64_t n0, int
                 if (mul)
                     t = t * mf;
                 if (!full_)   /* lanes past the range hold junk: keep them at 0 */
-                    t = bsk_nn_load_part((const float *)&t, cnt_);
+                    t = bsk_keep16f(t, (int)cnt_);
                 bsk_nn_store(lo + n_, bsk_nn_min(bsk_nn_load(lo + n_), t));
                 bsk_nn_store(hi + n_, bsk_nn_max(bsk_nn_load(hi + n_), t));
             }

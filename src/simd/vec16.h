@@ -65,6 +65,13 @@ BSK_INLINE __mmask16 bsk_lanes16(int count)
 }
 #endif
 
+/* v with the lanes from `count` on set to 0 (in registers). */
+BSK_INLINE bsk_v16f bsk_keep16f(bsk_v16f v, int count)
+{
+    const bsk_v16i lane = {0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15};
+    return (bsk_v16f)((bsk_v16i)v & (lane < count));
+}
+
 /* Load `count` (<= 16) 32-bit values, zero-filling the rest. */
 BSK_INLINE bsk_v16i bsk_load16i(const int32_t *p, int count)
 {

@@ -21,14 +21,23 @@ Models:
   as a dense ONNX Runtime INT8 model (ONNX Runtime has no block-sparse
   INT8 path, so zeros cost it as much as any weight).
 
-Both servers use the same batching code, settings and threads
+Peers (``--peers``): ``int8``, the ONNX Runtime INT8 model above, and
+``fp32``, the same export without quantization.  Beside the speed, each
+server's fidelity is recorded: the cosine of its embeddings of the load
+test's texts (and short ones: a word, punctuation) to the float32
+embeddings of the same weights (:class:`blocksparse.pipelines.EmbeddingPipeline`
+in float32, equal to transformers within 1e-6), min and mean.  ONNX
+Runtime's dynamic INT8 loses much more than the package's INT8, so its
+FP32 server is the peer of comparable output.
+
+All servers use the same batching code, settings and threads
 (``--threads``, default all cores; one inference worker), so the engines
 are what differs.  The load generator shares the cores with the server
 under test, as clients on one machine do; compare only numbers from one
 run, taken on a quiet machine.
 
     python benchmarks/bench_serve.py [--models minilm,bert-base-90] [--quick]
-        [--concurrency 1,2,4,8,16,32] [--duration 10] [--budget 10,50]
+        [--concurrency 1,2,4,8,16,32] [--duration 10] [--budget 10,50] [--peers int8,fp32]
         [--json bench-results/serve.json] [--plot bench-results/serve.png]
 
 Needs the ``serve`` extra and, for the peer, torch (``pip install
@@ -54,6 +63,9 @@ if HERE not in sys.path:
 from _common import machine_description  # noqa: E402
 
 MODELS = ("minilm", "bert-base-90")
+PEERS = {"int8": "onnxruntime", "fp32": "onnxruntime-fp32"}   # --peers choice -> label
+# besides the load test's texts, the short inputs where INT8 loses most
+FIDELITY_EXTRA = ["Thanks!", "?!", "ok", "What?", "well done", ":)", "Are you sure?", ";"]
 BERT_BASE = dict(num_hidden_layers=12, hidden_size=768, num_attention_heads=12,
                  intermediate_size=3072, vocab_size=30522, max_position_embeddings=512,
                  type_vocab_size=2)
@@ -141,15 +153,40 @@ class ServerProcess:
 
 
 def _commands(model, model_dir, args):
+    """(our server's command, {peer label: its command})."""
     common = ["--threads", str(args.threads), "--max-wait-ms", str(args.max_wait_ms),
               "--max-batch-tokens", str(args.max_batch_tokens), "--port", "0"]
     ours = [sys.executable, "-m", "blocksparse", "serve", "--model", model_dir, "--int8",
             "--name", model, *common]
     if model == "bert-base-90":
         ours += ["--sparsity", "0.9", "--blocksize", "4,1"]
-    peer = [sys.executable, os.path.join(HERE, "serve_peer_ort.py"), "--model", model_dir,
-            "--name", model, *common]
-    return ours, peer
+    peers = {}
+    for choice in args.peers:
+        peers[PEERS[choice]] = [sys.executable, os.path.join(HERE, "serve_peer_ort.py"),
+                                "--model", model_dir, "--name", model, *common] + \
+            (["--fp32"] if choice == "fp32" else [])
+    return ours, peers
+
+
+def fidelity(urls, model_dir, model, texts):
+    """{label: {"min", "mean", "texts"}}: cosine of each server's embeddings to float32's."""
+    import httpx
+    import numpy as np
+    from blocksparse.pipelines import EmbeddingPipeline
+    ref = EmbeddingPipeline(model_dir).embed(texts)
+    out = {}
+    for label, url in urls.items():
+        got = []
+        for i in range(0, len(texts), 32):
+            r = httpx.post(url + "/v1/embeddings", json={"input": texts[i:i + 32],
+                                                          "model": model}, timeout=120)
+            r.raise_for_status()
+            got += [d["embedding"] for d in sorted(r.json()["data"], key=lambda d: d["index"])]
+        e = np.asarray(got, dtype=np.float64)
+        cos = np.sum(e * ref, axis=1) / (np.linalg.norm(e, axis=1) * np.linalg.norm(ref, axis=1))
+        out[label] = {"min": float(cos.min()), "mean": float(cos.mean()), "texts": len(texts),
+                      "worst": texts[int(np.argmin(cos))]}
+    return out
 
 
 def run_model(model, args, tmp, say):
@@ -159,51 +196,56 @@ def run_model(model, args, tmp, say):
     else:
         say("making the pruned BERT-Base directory")
         model_dir = make_bert_base_90(os.path.join(tmp, "bert-base-90"))
-    ours_cmd, peer_cmd = _commands(model, model_dir, args)
+    ours_cmd, peer_cmds = _commands(model, model_dir, args)
     say(f"{model}: starting blocksparse serve")
-    ours = ServerProcess(ours_cmd, "blocksparse serve")
+    servers = {"blocksparse": ServerProcess(ours_cmd, "blocksparse serve")}
     try:
-        say(f"{model}: starting the ONNX Runtime peer (exports and quantizes first)")
-        peer = ServerProcess(peer_cmd, "onnxruntime peer")
-        try:
-            texts = loadtest.make_texts(1000, tuple(args.words))
-            last = [0.0]
+        for label, cmd in peer_cmds.items():
+            say(f"{model}: starting the {label} peer (exports first)")
+            servers[label] = ServerProcess(cmd, f"{label} peer")
+        texts = loadtest.make_texts(1000, tuple(args.words))
+        last = [0.0]
 
-            def progress(done, total, desc):
-                now = time.monotonic()
-                if now - last[0] > 2 or done == total:
-                    last[0] = now
-                    say(f"  [{done}/{total}] {desc}")
+        def progress(done, total, desc):
+            now = time.monotonic()
+            if now - last[0] > 2 or done == total:
+                last[0] = now
+                say(f"  [{done}/{total}] {desc}")
 
-            result = asyncio.run(loadtest.run_sweep(
-                {"blocksparse": ours.url, "onnxruntime": peer.url},
-                concurrency=args.concurrency, duration=args.duration, warmup=args.warmup,
-                max_requests=args.max_requests, texts=texts, progress=progress))
-        finally:
-            peer.stop()
+        urls = {label: srv.url for label, srv in servers.items()}
+        result = asyncio.run(loadtest.run_sweep(
+            urls, concurrency=args.concurrency, duration=args.duration, warmup=args.warmup,
+            max_requests=args.max_requests, texts=texts, progress=progress))
+        say(f"{model}: fidelity of each server's embeddings")
+        result["fidelity"] = fidelity(urls, model_dir, model, texts[:200] + FIDELITY_EXTRA)
     finally:
-        ours.stop()
+        for srv in servers.values():
+            srv.stop()
     loadtest.summarize(result, args.budget)
-    result["servers"] = {"blocksparse": {"command": ours_cmd, "banner": ours.banner},
-                         "onnxruntime": {"command": peer_cmd, "banner": peer.banner}}
+    result["servers"] = {label: {"command": srv.cmd, "banner": srv.banner}
+                         for label, srv in servers.items()}
     return result
 
 
 def _print_summary(results):
     for model, result in results.items():
         print(f"\n{model}")
-        print(f"{'server':<12} {'c':>3} {'req/s':>8} {'p50 ms':>8} {'p90 ms':>8} {'p99 ms':>8}"
+        w = max(12, *(len(label) for label in result["targets"]))
+        print(f"{'server':<{w}} {'c':>3} {'req/s':>8} {'p50 ms':>8} {'p90 ms':>8} {'p99 ms':>8}"
               f" {'errors':>6}")
         for label, entry in result["targets"].items():
             for lv in entry["levels"]:
                 f = (lambda v: "-" if v is None else f"{v:.1f}")  # noqa: E731
-                print(f"{label:<12} {lv['concurrency']:>3} {lv['rps']:>8.1f} "
+                print(f"{label:<{w}} {lv['concurrency']:>3} {lv['rps']:>8.1f} "
                       f"{f(lv['p50_ms']):>8} {f(lv['p90_ms']):>8} {f(lv['p99_ms']):>8} "
                       f"{lv['errors']:>6}")
         for label, row in result["summary"].items():
             cells = ", ".join(f"{k}: " + ("none" if v is None else f"{v['rps']:.1f} req/s "
                                           f"(c={v['concurrency']})") for k, v in row.items())
             print(f"  {label}: {cells}")
+        for label, fid in result.get("fidelity", {}).items():
+            print(f"  {label}: cosine to float32 min {fid['min']:.5f} mean {fid['mean']:.5f} "
+                  f"({fid['texts']} texts; worst {fid['worst']!r})")
 
 
 def plot(results, path):
@@ -237,6 +279,8 @@ def main(argv=None):
     p.add_argument("--budget", type=lambda t: [float(x) for x in t.split(",")],
                    default=[10.0, 50.0], help="p90 budgets in ms")
     p.add_argument("--words", type=_ints, default=[8, 32], help="MIN,MAX words per text")
+    p.add_argument("--peers", type=lambda t: [x.strip() for x in t.split(",") if x.strip()],
+                   default=["int8", "fp32"], help="ONNX Runtime peers, from int8, fp32")
     p.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     p.add_argument("--max-wait-ms", type=float, default=0.0)
     p.add_argument("--max-batch-tokens", type=int, default=8192)
@@ -247,6 +291,9 @@ def main(argv=None):
     if args.quick:
         models = ["minilm"] if args.models == ",".join(MODELS) else models
         args.concurrency, args.duration, args.warmup = [1, 2], 1.0, 0.5
+    for peer in args.peers:
+        if peer not in PEERS:
+            p.error(f"unknown peer {peer!r}; choose from {', '.join(PEERS)}")
     for m in models:
         if m not in MODELS:
             p.error(f"unknown model {m!r}; choose from {', '.join(MODELS)}")

@@ -6,7 +6,8 @@ Reads every ``*.json`` in ``docs/results/serve/`` (what
 ``benchmarks/bench_serve.py`` writes) and writes
 ``docs/_generated/serve_results.rst``: per file, the machine, and per model
 the highest throughput within each p90 latency budget for blocksparse and
-its peer, plus the p50 latency at concurrency 1.  The plot with the same
+its peers, the p50 latency at concurrency 1 and, where recorded, the
+fidelity (cosine of the server's embeddings to float32's, min / mean).  The plot with the same
 stem (``.png``) is copied next to it and embedded.  With no results it
 writes a note saying how to record them, so the docs always build.
 ``docs/conf.py`` calls :func:`render` on every build.
@@ -37,13 +38,20 @@ def _best(cell):
 def _model_rows(result):
     rows = []
     budgets = result.get("budgets_ms", [])
+    fidelity = result.get("fidelity")
     for label, entry in result["targets"].items():
         summary = result.get("summary", {}).get(label, {})
         first = entry["levels"][0] if entry["levels"] else {}
         p50 = first.get("p50_ms")
-        rows.append([label] + [_best(summary.get(f"p90<={b:g}ms")) for b in budgets]
-                    + ["-" if p50 is None else f"{p50:.1f} ms"])
+        row = [label] + [_best(summary.get(f"p90<={b:g}ms")) for b in budgets] \
+            + ["-" if p50 is None else f"{p50:.1f} ms"]
+        if fidelity is not None:
+            f = fidelity.get(label)
+            row.append("-" if f is None else f"{f['min']:.4f} / {f['mean']:.4f}")
+        rows.append(row)
     header = ["server"] + [f"p90 <= {b:g} ms" for b in budgets] + ["p50 at c=1"]
+    if fidelity is not None:
+        header.append("cosine to float32, min / mean")
     return header, rows
 
 

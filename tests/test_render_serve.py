@@ -56,3 +56,22 @@ def test_tables_and_plot(tmp_path):
     assert "400 req/s (c=4, p90 16.0 ms)" in text  # within 50 ms
     assert "broken.json" in text and "_generated/box-2026.png" in text
     assert (out.parent / "box-2026.png").is_file()
+
+
+def test_fidelity_column_when_recorded(tmp_path):
+    rs = _module()
+    res = tmp_path / "serve"
+    res.mkdir()
+    result = _result(100.0)
+    result["fidelity"] = {"blocksparse": {"min": 0.99907, "mean": 0.99983, "texts": 208,
+                                          "worst": "What?"}}
+    payload = {"machine": {"cpu": "Test CPU", "cores": 2}, "settings": {},
+               "models": {"minilm": result}}
+    (res / "box.json").write_text(json.dumps(payload))
+    out = tmp_path / "gen" / "serve.rst"
+    assert rs.render(res, out) == 1
+    text = out.read_text()
+    assert "cosine to float32, min / mean" in text
+    assert "0.9991 / 0.9998" in text
+    # a server without a fidelity entry gets a dash, not another server's figure
+    assert text.count("0.9991 / 0.9998") == 1

@@ -169,9 +169,10 @@ def _commands(model, model_dir, args):
 
 
 def fidelity(urls, model_dir, model, texts):
-    """{label: {"min", "mean", "texts"}}: cosine of each server's embeddings to float32's."""
+    """{label: {"min", "mean", "recall_at_10", "texts"}}: each server's embeddings against
+    float32's (:func:`blocksparse.nn.embedding_fidelity`)."""
     import httpx
-    import numpy as np
+    from blocksparse.nn import embedding_fidelity
     from blocksparse.pipelines import EmbeddingPipeline
     ref = EmbeddingPipeline(model_dir).embed(texts)
     out = {}
@@ -182,10 +183,9 @@ def fidelity(urls, model_dir, model, texts):
                                                           "model": model}, timeout=120)
             r.raise_for_status()
             got += [d["embedding"] for d in sorted(r.json()["data"], key=lambda d: d["index"])]
-        e = np.asarray(got, dtype=np.float64)
-        cos = np.sum(e * ref, axis=1) / (np.linalg.norm(e, axis=1) * np.linalg.norm(ref, axis=1))
-        out[label] = {"min": float(cos.min()), "mean": float(cos.mean()), "texts": len(texts),
-                      "worst": texts[int(np.argmin(cos))]}
+        f = embedding_fidelity(got, ref)
+        out[label] = {"min": f["min_cosine"], "mean": f["mean_cosine"],
+                      "recall_at_10": f["recall_at_10"], "texts": f["texts"]}
     return out
 
 
@@ -244,8 +244,9 @@ def _print_summary(results):
                                           f"(c={v['concurrency']})") for k, v in row.items())
             print(f"  {label}: {cells}")
         for label, fid in result.get("fidelity", {}).items():
-            print(f"  {label}: cosine to float32 min {fid['min']:.5f} mean {fid['mean']:.5f} "
-                  f"({fid['texts']} texts; worst {fid['worst']!r})")
+            print(f"  {label}: cosine to float32 min {fid['min']:.5f} mean {fid['mean']:.5f}"
+                  f", recall@10 {fid['recall_at_10']:.3f} ({fid['texts']} "
+                  f"texts)")
 
 
 def plot(results, path):

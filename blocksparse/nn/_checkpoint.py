@@ -95,7 +95,9 @@ ROBERTA_FAMILIES = ("roberta", "xlm-roberta", "roberta-prelayernorm", "xlm-rober
 PRE_NORM_FAMILIES = ("roberta-prelayernorm", "xlm-roberta-xl")
 #: Families whose embeddings are summed without a LayerNorm (the first layer's makes up).
 NO_EMBEDDING_NORM = ("xlm-roberta-xl",)
-TWO_PASS_DEFAULT = 0  # BertModel.two_pass_max_tokens of a new model (written only if not)
+# BertModel.two_pass_max_tokens of a new model (saved only when set otherwise): opt-in,
+# the second pass doubles the product work on those tokens
+TWO_PASS_DEFAULT = 0
 
 
 def _safetensors():
@@ -1089,8 +1091,7 @@ def build_own_base(cls, cfg, meta, get, precision=None):
     model.float_weights = meta["float_weights"]
     model.two_pass_max_tokens = meta["two_pass_max_tokens"]
     model.dtype = meta["dtype"]
-    model.attention = default_attention(meta["dtype"], meta["attention"] if precision is None
-                                        else precision)
+    model.attention = default_attention(meta["attention"] if precision is None else precision)
     return model
 
 

@@ -438,5 +438,5 @@ def sparsify(model, sparsity, *, method="obs", calibration=None, tokenizer=None,
     out.sparsity, out.blocksize, out.balanced = sparsity, blocksize, bool(balanced)
     out.smoothing = smoothing
     from .bert import default_attention  # bert imports this module
-    out.attention = default_attention(dtype)
+    out.attention = default_attention()
     return out

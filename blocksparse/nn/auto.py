@@ -346,7 +346,7 @@ def _load_hf(name, raw, directory, sparsity, blocksize, dtype, balanced, smoothi
     cfg = ckpt.normalize_config(dict(raw, model_type=arch.model_type), ckpt.FAMILIES)
     head_cfg = head_config(name, raw)
     dtype = "float32" if dtype is None else _check_dtype_name(dtype)
-    attention = default_attention(dtype, attention)
+    attention = default_attention(attention)
     tensors = ckpt.HFTensors(directory)
     weights = ckpt.load_hf_weights(directory, cfg, tensors)
     ckpt.check_encoder_extras(tensors, cfg)

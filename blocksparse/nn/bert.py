@@ -8,25 +8,21 @@ from .. import _config
 from . import _checkpoint as ckpt
 from . import _ops
 from .layers import (FLOAT_INPUT, BertEncoder, BertLayer, LayerNorm, Linear,
-                     MultiHeadSelfAttention, PreNormBertLayer, _check_dtype_name)
+                     MultiHeadSelfAttention, PreNormBertLayer, _check_dtype_name, _count_arg)
 
 __all__ = ["BertEmbeddings", "BertModel"]
 
 _RELOADS = 5  # from_pretrained re-reads a checkpoint replaced while it was being read
 # the default calibration pass: sequences of these lengths (special tokens included)
 _CALIBRATION_LENGTHS = (64, 64, 40, 20, 10, 6, 4, 3)
-TWO_PASS_MAX_TOKENS = 0  # opt-in: the second pass doubles the product work on those tokens
 
 
 def _float_part_args(float_features, float_weights, hidden):
-    if isinstance(float_features, bool) or not isinstance(float_features, numbers.Integral) \
-            or not 0 <= float_features <= hidden:
-        raise ValueError(f"float_features must be an integer in [0, {hidden}], got "
-                         f"{float_features!r}")
+    n_feat = _count_arg(float_features, hidden, "float_features")
     if isinstance(float_weights, bool) or not isinstance(float_weights, numbers.Real) or \
             not 0.0 <= float(float_weights) < 1.0:
         raise ValueError(f"float_weights must be a number in [0, 1), got {float_weights!r}")
-    return int(float_features), float(float_weights)
+    return n_feat, float(float_weights)
 
 
 def _int_ids(a, name, shape=None):
@@ -94,12 +90,11 @@ class BertEmbeddings:
         return self.ln._forward(x.reshape(B * S, H), None, want, x_tokens=True)
 
 
-def default_attention(dtype, attention=None):
+def default_attention(attention=None):
     """`attention` checked, or the default: float32 for every dtype.  INT8 attention is
     opt-in: on short texts it took all-MiniLM-L6-v2's INT8 embeddings below a cosine of
     0.999 to float32 ('well done' 0.99888), and at 128 tokens or fewer it saves little
     time (docs/nn.rst)."""
-    del dtype  # the same default for both; kept for the callers' symmetry
     if attention is None:
         return "float32"
     return _ops._check_precision(attention, "attention")
@@ -188,7 +183,7 @@ class BertModel:
         self.smoothing = None
         self.float_features = 0
         self.float_weights = 0.0
-        self.two_pass_max_tokens = TWO_PASS_MAX_TOKENS
+        self.two_pass_max_tokens = ckpt.TWO_PASS_DEFAULT
         self.unused_tensors = []  # checkpoint tensors left out (from_pretrained strict=False)
         kinds = {lin.kind for layer in encoder for lin in layer.linears}
         self.dtype = "int8" if "int8" in kinds else "float32"
@@ -288,7 +283,7 @@ class BertModel:
         tensors = ckpt.HFTensors(directory)
         weights = ckpt.load_hf_weights(directory, config, tensors)
         ckpt.check_encoder_extras(tensors, config)
-        attention = default_attention(dtype, attention)
+        attention = default_attention(attention)
         return cls._build(config, weights, lambda i: weights, sparsity, blocksize, dtype,
                           balanced, smoothing, calibration, float_features, float_weights,
                           ckpt.special_token_ids(directory), attention)
@@ -343,7 +338,7 @@ class BertModel:
         raw, _ = ckpt.read_config(config)
         cfg = cls._normalize_config(raw)
         dtype = _check_dtype_name(dtype)
-        attention = default_attention(dtype, attention)
+        attention = default_attention(attention)
         ckpt.check_model_memory(cfg, sparsity if isinstance(sparsity, float) else None, dtype,
                                 add_pooling_layer)
         rng = np.random.default_rng(seed)
@@ -460,7 +455,7 @@ class BertModel:
         final = LayerNorm(weights["final_ln.weight"], weights["final_ln.bias"],
                           cfg["layer_norm_eps"]) if "final_ln.weight" in weights else None
         model.encoder = BertEncoder(layers, final)
-        model.attention = default_attention(dtype, attention)
+        model.attention = default_attention(attention)
         model.sparsity = sparsity
         model.blocksize = blocksize
         model.balanced = bool(balanced)

@@ -514,19 +514,14 @@ def _float_part(lin, float_weight, float_features):
         return None, None
     if lin.kind != "int8":
         raise ValueError("float_weight is only for INT8 (QuantizedMatrix) weights")
-    if not isinstance(float_weight, BlockSparseMatrix):
-        dense = not (hasattr(float_weight, "tocsr") and hasattr(float_weight, "nnz"))
-        f = np.asarray(float_weight) if dense else float_weight
-        if f.dtype.kind != "f":
-            raise TypeError(f"float_weight must hold floats, got dtype {f.dtype}")
-        if f.shape != lin.weight.shape:
-            raise ValueError(f"float_weight must have shape {lin.weight.shape}, got {f.shape}")
-        float_weight = BlockSparseMatrix(f, blocksize=(1, 1))
-    if float_weight.dtype.kind != "f":
-        raise TypeError(f"float_weight must hold floats, got dtype {float_weight.dtype}")
-    if float_weight.shape != lin.weight.shape:
-        raise ValueError(f"float_weight must have shape {lin.weight.shape}, got "
-                         f"{float_weight.shape}")
+    f = float_weight
+    if not isinstance(f, BlockSparseMatrix) and not (hasattr(f, "tocsr") and hasattr(f, "nnz")):
+        f = np.asarray(f)  # SciPy sparse and BlockSparseMatrix have dtype and shape already
+    if f.dtype.kind != "f":
+        raise TypeError(f"float_weight must hold floats, got dtype {f.dtype}")
+    if f.shape != lin.weight.shape:
+        raise ValueError(f"float_weight must have shape {lin.weight.shape}, got {f.shape}")
+    float_weight = f if isinstance(f, BlockSparseMatrix) else BlockSparseMatrix(f, blocksize=(1, 1))
     if float_weight.dtype != np.float32:
         float_weight = float_weight.astype(np.float32)
     if not np.all(np.isfinite(float_weight.data)):

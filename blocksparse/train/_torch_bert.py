@@ -255,7 +255,7 @@ def to_blocksparse(student, source, blocksize, dtype="int8", smoothing=None,
         layers = _to_int8(source.embeddings, layers, smoothing, calibration, blocksize)
     out = type(source)(cfg, source.embeddings, BertEncoder(layers), source.pooler)
     out.blocksize, out.smoothing = tuple(blocksize), smoothing if dtype == "int8" else None
-    out.attention = default_attention(dtype)
+    out.attention = default_attention()
     return out
 
 

@@ -144,12 +144,18 @@ bsk_epi_float_one(const bsk_epilogue *e, bsk_v16f y, int64_t m, int64_t n, int c
 /* The epilogue's steps, for callers that add the float term in between:
  * the scaled float value of 16 accumulators of row m (F32 and U8 outputs),
  * then bias, activation and the output's lanes. */
+/* acc - x_zero[n] * rowsum[m], exact (the I32 output) */
+BSK_INLINE bsk_v16i bsk_epi_corrected(const bsk_epilogue *e, bsk_v16i acc, int64_t m,
+                                      bsk_v16i zx)
+{
+    return e->rowsum ? (bsk_v16i)((bsk_v16u)acc - (bsk_v16u)zx * (uint32_t)e->rowsum[m]) : acc;
+}
+
 BSK_INLINE bsk_v16f bsk_epi_scaled(const bsk_epilogue *e, bsk_v16i acc, int64_t m,
                                    bsk_v16i zx, bsk_v16f sx)
 {
-    if (e->rowsum)
-        acc = (bsk_v16i)((bsk_v16u)acc - (bsk_v16u)zx * (uint32_t)e->rowsum[m]);
-    return __builtin_convertvector(acc, bsk_v16f) * (e->w_scale[m] * sx);
+    return __builtin_convertvector(bsk_epi_corrected(e, acc, m, zx), bsk_v16f) *
+           (e->w_scale[m] * sx);
 }
 
 BSK_INLINE bsk_v16i bsk_epi_finish(const bsk_epilogue *e, bsk_v16f y, int64_t m,
@@ -179,8 +185,7 @@ BSK_INLINE bsk_v16i bsk_epi_apply(const bsk_epilogue *e, bsk_v16i acc, int64_t m
                                   const int kind, const int act)
 {
     if (kind == BSK_OUT_I32)
-        return e->rowsum ? (bsk_v16i)((bsk_v16u)acc - (bsk_v16u)zx * (uint32_t)e->rowsum[m])
-                         : acc;
+        return bsk_epi_corrected(e, acc, m, zx);
     bsk_v16f y = bsk_epi_scaled(e, acc, m, zx, sx);
     if (e->f_x)
         y = bsk_epi_float_one(e, y, m, n, count);

@@ -92,10 +92,8 @@ static void pack_tile(const uint8_t *X, int64_t ldx, int xt, int64_t K, int64_t 
                     interleave16(r, r + ldx, r + 2 * ldx, r + 3 * ldx, P + g * ldp + 4 * n);
                     continue;
                 }
-                const int have = (int)(cnt - n < 16 ? cnt - n : 16);
                 for (int j = 0; j < 4; j++)
-                    *(bsk_v16b_u *)tmp[j] = 4 * g + j < K ? bsk_load16b(r + j * ldx, have)
-                                                          : (bsk_v16b){0};
+                    bsk_copy_part(tmp[j], r + j * ldx, 4 * g + j < K ? cnt - n : 0, 16);
                 interleave16(tmp[0], tmp[1], tmp[2], tmp[3], P + g * ldp + 4 * n);
             }
         return;

@@ -167,28 +167,23 @@ BSK_INLINE void bsk_store16b(uint8_t *p, bsk_v16b v, int count)
 #if defined(__AVX512BW__) && defined(__AVX512VL__)
     _mm_mask_storeu_epi8(p, bsk_lanes16(count), (__m128i)v);
 #else
-    uint64_t w[2];
+    uint8_t w[16];
     memcpy(w, &v, 16);
     int at = 0;
     if (count & 8) {
-        memcpy(p, &w[0], 8);
+        memcpy(p, w, 8);
         at = 8;
     }
-    uint64_t piece = w[at / 8];
     if (count & 4) {
-        const uint32_t u = (uint32_t)piece;
-        memcpy(p + at, &u, 4);
-        piece >>= 32;
+        memcpy(p + at, w + at, 4);
         at += 4;
     }
     if (count & 2) {
-        const uint16_t u = (uint16_t)piece;
-        memcpy(p + at, &u, 2);
-        piece >>= 16;
+        memcpy(p + at, w + at, 2);
         at += 2;
     }
     if (count & 1)
-        p[at] = (uint8_t)piece;
+        p[at] = w[at];
 #endif
 }
 

@@ -123,6 +123,27 @@ BSK_INLINE void bsk_store16f(float *p, bsk_v16f v, int count)
     bsk_store16i((int32_t *)p, (bsk_v16i)v, count);
 }
 
+/* dst[0 .. count) = src[0 .. count) for count < 16, in fixed-size pieces (no
+ * library call): the byte fallback of the partial loads and stores below. */
+BSK_INLINE void bsk_copy_small(uint8_t *dst, const uint8_t *src, int count)
+{
+    int at = 0;
+    if (count & 8) {
+        memcpy(dst, src, 8);
+        at = 8;
+    }
+    if (count & 4) {
+        memcpy(dst + at, src + at, 4);
+        at += 4;
+    }
+    if (count & 2) {
+        memcpy(dst + at, src + at, 2);
+        at += 2;
+    }
+    if (count & 1)
+        dst[at] = src[at];
+}
+
 /* Load `count` (<= 16) bytes, zero-filling the rest. */
 BSK_INLINE bsk_v16b bsk_load16b(const uint8_t *p, int count)
 {
@@ -134,21 +155,7 @@ BSK_INLINE bsk_v16b bsk_load16b(const uint8_t *p, int count)
     return (bsk_v16b)_mm_maskz_loadu_epi8(bsk_lanes16(count), p);
 #else
     uint8_t w[16] = {0};
-    int at = 0;
-    if (count & 8) {
-        memcpy(w, p, 8);
-        at = 8;
-    }
-    if (count & 4) {
-        memcpy(w + at, p + at, 4);
-        at += 4;
-    }
-    if (count & 2) {
-        memcpy(w + at, p + at, 2);
-        at += 2;
-    }
-    if (count & 1)
-        w[at] = p[at];
+    bsk_copy_small(w, p, count);
     bsk_v16b v;
     memcpy(&v, w, 16);
     return v;
@@ -169,21 +176,7 @@ BSK_INLINE void bsk_store16b(uint8_t *p, bsk_v16b v, int count)
 #else
     uint8_t w[16];
     memcpy(w, &v, 16);
-    int at = 0;
-    if (count & 8) {
-        memcpy(p, w, 8);
-        at = 8;
-    }
-    if (count & 4) {
-        memcpy(p + at, w + at, 4);
-        at += 4;
-    }
-    if (count & 2) {
-        memcpy(p + at, w + at, 2);
-        at += 2;
-    }
-    if (count & 1)
-        p[at] = w[at];
+    bsk_copy_small(p, w, count);
 #endif
 }
 

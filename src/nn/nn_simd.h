@@ -51,12 +51,12 @@ BSK_INLINE void bsk_nn_store_part(float *p, bsk_v16f v, int64_t count)
 
 BSK_INLINE bsk_v16f bsk_nn_max(bsk_v16f a, bsk_v16f b)
 {
-    return bsk_select(a > b, a, b);
+    return bsk_max16f(a, b);
 }
 
 BSK_INLINE bsk_v16f bsk_nn_min(bsk_v16f a, bsk_v16f b)
 {
-    return bsk_select(a < b, a, b);
+    return bsk_min16f(a, b);
 }
 
 /*
@@ -153,23 +153,117 @@ BSK_INLINE void bsk_nn_st_bytes(uint8_t *p, bsk_v16b v, const int full, int64_t 
         }                                                                      \
     } while (0)
 
-/* lo[t], hi[t] = min/max(0, Y[f, t] * mul[f]) over the rows, t < T */
-BSK_INLINE void bsk_nn_range_rows(const float *Y, int64_t F, int64_t N, int64_t T,
-                                  const float *mul, float *lo, float *hi)
+/*
+ * Sweeps: a pass keeps the per-token state of up to BSK_NN_SWEEP vectors of 16
+ * tokens in registers while it walks down the rows (AVX-512 has 32 vector
+ * registers, room for five states of four vectors; a 16-lane vector takes two
+ * of AVX2's sixteen).  Vector v of a sweep of nv is full unless it is the last
+ * and `tail` < 16; nv and tail are constants in the full sweeps.
+ */
+#if defined(__AVX512F__)
+#define BSK_NN_SWEEP 4
+#else
+#define BSK_NN_SWEEP 2
+#endif
+
+BSK_INLINE bsk_v16f bsk_nn_sweep_ld(const float *p, int v, int nv, int64_t tail)
 {
-    for (int64_t n = 0; n < T; n++)
-        lo[n] = hi[n] = 0.0f;
+    return v < nv - 1 || tail >= 16 ? bsk_nn_load(p + 16 * v)
+                                    : bsk_nn_load_part(p + 16 * v, tail);
+}
+
+BSK_INLINE void bsk_nn_sweep_st(float *p, bsk_v16f x, int v, int nv, int64_t tail)
+{
+    if (v < nv - 1 || tail >= 16)
+        bsk_nn_store(p + 16 * v, x);
+    else
+        bsk_nn_store_part(p + 16 * v, x, tail);
+}
+
+BSK_INLINE void bsk_nn_sweep_st_bytes(uint8_t *p, bsk_v16b x, int v, int nv, int64_t tail)
+{
+    if (v < nv - 1 || tail >= 16)
+        *(bsk_v16b_u *)p = x;
+    else
+        bsk_store16b(p, x, (int)tail);
+}
+
+/* 1 / sqrt(m2 * inv_f + eps) per lane (LayerNorm's reciprocal deviation) */
+BSK_INLINE bsk_v16f bsk_nn_rstd16(bsk_v16f m2, float inv_f, float eps)
+{
+    bsk_v16f r;
+    for (int i = 0; i < 16; i++)
+        r[i] = 1.0f / sqrtf(m2[i] * inv_f + eps);
+    return r;
+}
+
+/* The first `count` lanes of a scale and zero point vector to q_scale, q_zero. */
+BSK_INLINE void bsk_nn_params_out(bsk_v16f s, bsk_v16f z, float *q_scale, int32_t *q_zero,
+                                  int64_t count)
+{
+    const bsk_v16i zi = __builtin_convertvector(z, bsk_v16i);
+    for (int t = 0; t < count; t++) {
+        q_scale[t] = s[t];
+        q_zero[t] = zi[t];
+    }
+}
+
+/* Sweep bodies: X(v) once per vector of the sweep (named variables, see
+ * BSK_EPI_EACH in simd/epilogue.h); the vectors past nv are dead code in the
+ * full sweeps. */
+#define BSK_NN_EACH_V(X) X(0) X(1) X(2) X(3)
+
+#define BSK_NN_RANGE_STATE(v) bsk_v16f lo##v = {0}, hi##v = {0};
+#define BSK_NN_RANGE_ROW(v)                                                    \
+    if (v < nv) {                                                              \
+        bsk_v16f t = bsk_nn_sweep_ld(y, v, nv, tail);                          \
+        if (mul)                                                               \
+            t = t * m;                                                         \
+        lo##v = bsk_nn_min(lo##v, t);                                          \
+        hi##v = bsk_nn_max(hi##v, t);                                          \
+    }
+#define BSK_NN_RANGE_OUT(v)                                                    \
+    if (v < nv) {                                                              \
+        bsk_nn_store(lo + 16 * v, lo##v);                                      \
+        bsk_nn_store(hi + 16 * v, hi##v);                                      \
+    }
+
+/* the range sweep of the nv vectors at Y (lo, hi: their 16 * nv floats) */
+BSK_INLINE void bsk_nn_range_sweep(const float *Y, int64_t F, int64_t N, const float *mul,
+                                   float *lo, float *hi, int nv, int64_t tail)
+{
+    BSK_NN_EACH_V(BSK_NN_RANGE_STATE)
     for (int64_t f = 0; f < F; f++) {
         const float *y = Y + f * N;
         const float m = mul ? mul[f] : 1.0f;
-        BSK_NN_FOR_TOKENS(T, {
-            bsk_v16f v = bsk_nn_ld(y + n_, full_, cnt_);
-            if (mul)
-                v = v * m;
-            bsk_nn_store(lo + n_, bsk_nn_min(bsk_nn_load(lo + n_), v));
-            bsk_nn_store(hi + n_, bsk_nn_max(bsk_nn_load(hi + n_), v));
-        });
+        BSK_NN_EACH_V(BSK_NN_RANGE_ROW)
     }
+    BSK_NN_EACH_V(BSK_NN_RANGE_OUT)
+}
+
+/* Run sweep(first token, nv, tail, ...) over T tokens: full sweeps of
+ * BSK_NN_SWEEP vectors, then one of the rest. */
+#define BSK_NN_SWEEPS(T, sweep, ...)                                           \
+    do {                                                                       \
+        const int64_t w_ = 16 * BSK_NN_SWEEP;                                  \
+        int64_t n_ = 0;                                                        \
+        for (; n_ + w_ <= (T); n_ += w_)                                       \
+            sweep(n_, BSK_NN_SWEEP, 16, __VA_ARGS__);                          \
+        if (n_ < (T)) {                                                        \
+            const int64_t r_ = (T) - n_;                                       \
+            sweep(n_, (int)((r_ + 15) / 16), r_ - (r_ - 1) / 16 * 16, __VA_ARGS__); \
+        }                                                                      \
+    } while (0)
+
+#define BSK_NN_RANGE_AT(n, nv, tail, Y, F, N, mul, lo, hi) \
+    bsk_nn_range_sweep((Y) + (n), F, N, mul, (lo) + (n), (hi) + (n), nv, tail)
+
+/* lo[t], hi[t] = min/max(0, Y[f, t] * mul[f]) over the rows, t < T; the
+ * vectors of lo and hi past T hold junk lanes (zeros or ranges of zeros) */
+BSK_INLINE void bsk_nn_range_rows(const float *Y, int64_t F, int64_t N, int64_t T,
+                                  const float *mul, float *lo, float *hi)
+{
+    BSK_NN_SWEEPS(T, BSK_NN_RANGE_AT, Y, F, N, mul, lo, hi);
 }
 
 /* q_scale, q_zero of T tokens from their ranges (bsk_u8_params16); s, z keep
@@ -190,22 +284,49 @@ BSK_INLINE void bsk_nn_params_rows(int64_t T, const float *lo, const float *hi, 
     });
 }
 
-/* Q[f, t] = codes of Y[f, t] * mul[f] with per-token s, z, t < T */
-BSK_INLINE void bsk_nn_codes_rows(const float *Y, int64_t F, int64_t N, int64_t T,
-                                  const float *mul, const float *s, const float *z, uint8_t *Q)
+#define BSK_NN_CODES_STATE(v)                                                  \
+    const bsk_v16f s##v = v < nv ? bsk_nn_load(s + 16 * v) : (bsk_v16f){0} + 1.0f; \
+    const bsk_v16f z##v = v < nv ? bsk_nn_load(z + 16 * v) : (bsk_v16f){0};
+#define BSK_NN_CODES_ROW(v)                                                    \
+    bsk_v16f c##v = {0};                                                       \
+    if (v < nv) {                                                              \
+        bsk_v16f t = bsk_nn_sweep_ld(y, v, nv, tail);                          \
+        if (mul)                                                               \
+            t = t * m;                                                         \
+        c##v = bsk_u8_code16(t / s##v, z##v);                                  \
+    }
+#define BSK_NN_CODES_OUT(v)                                                    \
+    if (v < nv)                                                                \
+        bsk_nn_sweep_st_bytes(q + 16 * v, bsk_bytes16(c##v), v, nv, tail);
+
+/* the codes of the nv vectors at Y into Q, with their scales s and zero
+ * points z (16 * nv floats each) */
+BSK_INLINE void bsk_nn_codes_sweep(const float *Y, int64_t F, int64_t N, const float *mul,
+                                   const float *s, const float *z, uint8_t *Q, int nv,
+                                   int64_t tail)
 {
+    BSK_NN_EACH_V(BSK_NN_CODES_STATE)
     for (int64_t f = 0; f < F; f++) {
         const float *y = Y + f * N;
         uint8_t *q = Q + f * N;
         const float m = mul ? mul[f] : 1.0f;
-        BSK_NN_FOR_TOKENS(T, {
-            bsk_v16f v = bsk_nn_ld(y + n_, full_, cnt_);
-            if (mul)
-                v = v * m;
-            const bsk_v16f code = bsk_u8_code16(v / bsk_nn_load(s + n_), bsk_nn_load(z + n_));
-            bsk_nn_st_bytes(q + n_, bsk_bytes16(code), full_, cnt_);
-        });
+        BSK_NN_EACH_V(BSK_NN_CODES_ROW)
+        if (nv == 4 && tail >= 16)
+            bsk_store_bytes64(q, c0, c1, c2, c3);
+        else {
+            BSK_NN_EACH_V(BSK_NN_CODES_OUT)
+        }
     }
+}
+
+#define BSK_NN_CODES_AT(n, nv, tail, Y, F, N, mul, s, z, Q) \
+    bsk_nn_codes_sweep((Y) + (n), F, N, mul, (s) + (n), (z) + (n), (Q) + (n), nv, tail)
+
+/* Q[f, t] = codes of Y[f, t] * mul[f] with per-token s, z, t < T */
+BSK_INLINE void bsk_nn_codes_rows(const float *Y, int64_t F, int64_t N, int64_t T,
+                                  const float *mul, const float *s, const float *z, uint8_t *Q)
+{
+    BSK_NN_SWEEPS(T, BSK_NN_CODES_AT, Y, F, N, mul, s, z, Q);
 }
 
 /*

@@ -121,9 +121,8 @@ bsk_status bsk_add_layernorm_f32(bsk_isa isa, const float *X, int x_tokens,
     const bsk_kernels *k = bsk_kernels_for(isa);
     if (!k)
         return BSK_EUNSUPPORTED;
-    /* scratch: pivot, mean, rstd, then lo, hi, s, z of the quantization */
     return run_split(x_tokens ? k->nn_tokens->transpose : NULL, k->nn_tokens->layernorm, &a,
-                     N, 1, 7, num_threads);
+                     N, 1, 0, num_threads);
 }
 
 bsk_status bsk_bias_act_f32(bsk_isa isa, float *Y, int64_t M, int64_t N,

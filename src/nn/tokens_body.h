@@ -27,81 +27,129 @@ static void BSK_NN_FN(transpose_range)(const bsk_nn_tok_args *a, int64_t n0, int
 }
 
 /*
- * Y = LayerNorm(X + Res) (+ uint8 codes) for the tokens [n0, n1), in three
- * streaming passes: (1) t = x + res into y, with the mean and the sum of
- * squared deviations by Welford's update (one pass, numerically like the
- * two-pass formula), taken about the token's first feature so that a large
- * common offset does not eat the float32 mantissa; (2) normalize, scale and
- * shift y in place, tracking the quantization range; (3) the uint8 codes.
+ * LayerNorm of the nv (<= BSK_NN_SWEEP) vectors of 16 tokens at n0, the last
+ * one holding `tail` tokens, in three streaming passes over the rows:
+ * (1) t = x + res into y, with the mean and the sum of squared deviations by
+ * Welford's update (one pass, numerically like the two-pass formula), taken
+ * about the token's first feature so that a large common offset does not eat
+ * the float32 mantissa; (2) normalize, scale and shift y in place, tracking
+ * the quantization range; (3) the uint8 codes.  The per-token state stays in
+ * registers (one named variable per vector: see BSK_EPI_EACH in
+ * simd/epilogue.h): kept in memory, its stores and reloads bounded the passes.
  */
-static void BSK_NN_FN(layernorm_range)(const bsk_nn_tok_args *a, int64_t n0, int64_t n1,
-                                       float *ws)
+#define BSK_NN_LN_STATE(v) bsk_v16f piv##v = {0}, mean##v = {0}, m2##v = {0}, \
+    lo##v = {0}, hi##v = {0};
+#define BSK_NN_LN_FIRST(v)                                                     \
+    if (v < nv) {                                                              \
+        bsk_v16f t = bsk_nn_sweep_ld(X, v, nv, tail);                          \
+        if (R)                                                                 \
+            t = t + bsk_nn_sweep_ld(R, v, nv, tail);                           \
+        bsk_nn_sweep_st(Y, t, v, nv, tail);                                    \
+        piv##v = t;                                                            \
+    }
+#define BSK_NN_LN_ROW1(v)                                                      \
+    if (v < nv) {                                                              \
+        bsk_v16f t = bsk_nn_sweep_ld(x, v, nv, tail);                          \
+        if (r)                                                                 \
+            t = t + bsk_nn_sweep_ld(r, v, nv, tail);                           \
+        bsk_nn_sweep_st(y, t, v, nv, tail);                                    \
+        const bsk_v16f u = t - piv##v;                                         \
+        const bsk_v16f d = u - mean##v;                                        \
+        mean##v = mean##v + d * inv_k;                                         \
+        m2##v = m2##v + d * (u - mean##v);                                     \
+    }
+#define BSK_NN_LN_RSTD(v)                                                      \
+    if (v < nv)                                                                \
+        m2##v = bsk_nn_rstd16(m2##v, inv_f, a->eps);   /* now 1 / std */
+#define BSK_NN_LN_ROW2(v)                                                      \
+    if (v < nv) {                                                              \
+        bsk_v16f t = ((bsk_nn_sweep_ld(y, v, nv, tail) - piv##v) - mean##v) * m2##v; \
+        t = t * g + b;                                                         \
+        bsk_nn_sweep_st(y, t, v, nv, tail);                                    \
+        if (a->Q) {                                                            \
+            if (mul)                                                           \
+                t = t * mf;                                                    \
+            if (v == nv - 1 && tail < 16)   /* lanes past the range: keep 0 */ \
+                t = bsk_keep16f(t, (int)tail);                                 \
+            lo##v = bsk_nn_min(lo##v, t);                                      \
+            hi##v = bsk_nn_max(hi##v, t);                                      \
+        }                                                                      \
+    }
+/* pass 3: lo, hi become the scale and the zero point */
+#define BSK_NN_LN_PARAMS(v)                                                    \
+    if (v < nv) {                                                              \
+        bsk_v16f s_, z_;                                                       \
+        bsk_u8_params16(lo##v, hi##v, &s_, &z_);                               \
+        bsk_nn_params_out(s_, z_, a->q_scale + n0 + 16 * v, a->q_zero + n0 + 16 * v, \
+                          v == nv - 1 ? tail : 16);                            \
+        lo##v = s_;                                                            \
+        hi##v = z_;                                                            \
+    }
+#define BSK_NN_LN_CODE(v)                                                      \
+    bsk_v16f c##v = {0};                                                       \
+    if (v < nv) {                                                              \
+        bsk_v16f t = bsk_nn_sweep_ld(y, v, nv, tail);                          \
+        if (mul)                                                               \
+            t = t * mf;                                                        \
+        c##v = bsk_u8_code16(t / lo##v, hi##v);                                \
+    }
+#define BSK_NN_LN_STORE_CODE(v)                                                \
+    if (v < nv)                                                                \
+        bsk_nn_sweep_st_bytes(q + 16 * v, bsk_bytes16(c##v), v, nv, tail);
+
+BSK_INLINE void BSK_NN_FN(layernorm_sweep)(const bsk_nn_tok_args *a, int64_t n0, int nv,
+                                            int64_t tail)
 {
-    const int64_t F = a->features, N = a->tokens, T = n1 - n0;
-    const int64_t Tv = (T + 15) / 16 * 16;
-    float *pivot = ws, *mean = ws + Tv, *m2 = ws + 2 * Tv, *lo = ws + 3 * Tv,
-          *hi = ws + 4 * Tv, *s = ws + 5 * Tv, *z = ws + 6 * Tv;
+    const int64_t F = a->features, N = a->tokens;
     const float *X = a->X + n0, *R = a->Res ? a->Res + n0 : NULL;
     float *Y = a->Y + n0;
+    const float *mul = a->Q ? a->q_mul : NULL;
+    BSK_NN_EACH_V(BSK_NN_LN_STATE)
 
     /* pass 1 */
-    BSK_NN_FOR_TOKENS(T, {
-        bsk_v16f t = bsk_nn_ld(X + n_, full_, cnt_);
-        if (R)
-            t = t + bsk_nn_ld(R + n_, full_, cnt_);
-        bsk_nn_st(Y + n_, t, full_, cnt_);
-        bsk_nn_store(pivot + n_, t);
-        bsk_nn_store(mean + n_, (bsk_v16f){0});
-        bsk_nn_store(m2 + n_, (bsk_v16f){0});
-    });
+    BSK_NN_EACH_V(BSK_NN_LN_FIRST)
     for (int64_t f = 1; f < F; f++) {
         const float *x = X + f * N, *r = R ? R + f * N : NULL;
         float *y = Y + f * N;
         const float inv_k = 1.0f / (float)(f + 1);
-        BSK_NN_FOR_TOKENS(T, {
-            bsk_v16f t = bsk_nn_ld(x + n_, full_, cnt_);
-            if (r)
-                t = t + bsk_nn_ld(r + n_, full_, cnt_);
-            bsk_nn_st(y + n_, t, full_, cnt_);
-            const bsk_v16f u = t - bsk_nn_load(pivot + n_);
-            bsk_v16f m = bsk_nn_load(mean + n_);
-            const bsk_v16f d = u - m;
-            m = m + d * inv_k;
-            bsk_nn_store(mean + n_, m);
-            bsk_nn_store(m2 + n_, bsk_nn_load(m2 + n_) + d * (u - m));
-        });
+        BSK_NN_EACH_V(BSK_NN_LN_ROW1)
     }
     const float inv_f = 1.0f / (float)F;
-    for (int64_t n = 0; n < Tv; n++)
-        m2[n] = 1.0f / sqrtf(m2[n] * inv_f + a->eps);   /* now 1 / std */
+    BSK_NN_EACH_V(BSK_NN_LN_RSTD)
     /* pass 2 */
-    const float *mul = a->Q ? a->q_mul : NULL;
-    if (a->Q)
-        for (int64_t n = 0; n < Tv; n++)
-            lo[n] = hi[n] = 0.0f;
     for (int64_t f = 0; f < F; f++) {
         float *y = Y + f * N;
         const float g = a->gamma[f], b = a->beta[f], mf = mul ? mul[f] : 1.0f;
-        BSK_NN_FOR_TOKENS(T, {
-            bsk_v16f t = ((bsk_nn_ld(y + n_, full_, cnt_) - bsk_nn_load(pivot + n_))
-                          - bsk_nn_load(mean + n_)) * bsk_nn_load(m2 + n_);
-            t = t * g + b;
-            bsk_nn_st(y + n_, t, full_, cnt_);
-            if (a->Q) {
-                if (mul)
-                    t = t * mf;
-                if (!full_)   /* lanes past the range hold junk: keep them at 0 */
-                    t = bsk_keep16f(t, (int)cnt_);
-                bsk_nn_store(lo + n_, bsk_nn_min(bsk_nn_load(lo + n_), t));
-                bsk_nn_store(hi + n_, bsk_nn_max(bsk_nn_load(hi + n_), t));
-            }
-        });
+        BSK_NN_EACH_V(BSK_NN_LN_ROW2)
     }
     /* pass 3 */
-    if (a->Q) {
-        bsk_nn_params_rows(T, lo, hi, s, z, a->q_scale + n0, a->q_zero + n0);
-        bsk_nn_codes_rows(Y, F, N, T, mul, s, z, a->Q + n0);
+    if (!a->Q)
+        return;
+    BSK_NN_EACH_V(BSK_NN_LN_PARAMS)
+    for (int64_t f = 0; f < F; f++) {
+        const float *y = Y + f * N;
+        uint8_t *q = a->Q + n0 + f * N;
+        const float mf = mul ? mul[f] : 1.0f;
+        BSK_NN_EACH_V(BSK_NN_LN_CODE)
+        if (nv == 4 && tail >= 16)
+            bsk_store_bytes64(q, c0, c1, c2, c3);
+        else {
+            BSK_NN_EACH_V(BSK_NN_LN_STORE_CODE)
+        }
     }
+}
+
+/*
+ * Y = LayerNorm(X + Res) (+ uint8 codes) for the tokens [n0, n1), in sweeps of
+ * up to BSK_NN_SWEEP vectors of 16 tokens (see layernorm_sweep).
+ */
+#define BSK_NN_LN_AT(n, nv, tail, a) BSK_NN_FN(layernorm_sweep)(a, n0 + (n), nv, tail)
+
+static void BSK_NN_FN(layernorm_range)(const bsk_nn_tok_args *a, int64_t n0, int64_t n1,
+                                       float *ws)
+{
+    (void)ws;
+    BSK_NN_SWEEPS(n1 - n0, BSK_NN_LN_AT, a);
 }
 
 static void BSK_NN_FN(quantize_range)(const bsk_nn_tok_args *a, int64_t n0, int64_t n1,

@@ -49,8 +49,8 @@ _Static_assert(AQ_QW <= BSK_NN_MAX_QW, "the drivers' scratch holds BSK_NN_MAX_QW
 BSK_INLINE bsk_v16i bsk_aq_s8_code16(bsk_v16f v)
 {
     v = bsk_rint16(v);
-    v = bsk_select(v > -127.0f, v, (bsk_v16f){0} - 127.0f);
-    v = bsk_select(v < 127.0f, v, (bsk_v16f){0} + 127.0f);
+    v = bsk_max16f(v, (bsk_v16f){0} - 127.0f);
+    v = bsk_min16f(v, (bsk_v16f){0} + 127.0f);
     return __builtin_convertvector(v, bsk_v16i);
 }
 
@@ -72,7 +72,7 @@ BSK_INLINE bsk_v16f bsk_aq_s8_scale16(bsk_v16f amax)
  */
 BSK_INLINE bsk_v16i bsk_aq_p_code16(bsk_v16f x)
 {
-    x = bsk_select(x > -24.0f, x, (bsk_v16f){0} - 24.0f);
+    x = bsk_max16f(x, (bsk_v16f){0} - 24.0f);
     const bsk_v16f n = bsk_rint16(x), f = x - n;
     bsk_v16f p = (bsk_v16f){0} + 87.00701141357422f;
     p = p * f + 634.08544921875f;

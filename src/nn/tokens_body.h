@@ -188,7 +188,7 @@ static void BSK_NN_FN(bias_act_rows)(const bsk_nn_tok_args *a, int64_t r0, int64
         for (int64_t n = 0; n < N; n += 16) {
             bsk_v16f t = bsk_nn_load_part(y + n, N - n) + b;
             if (a->act == BSK_ACT_RELU)
-                t = bsk_select(t > 0.0f, t, (bsk_v16f){0});
+                t = bsk_max16f(t, (bsk_v16f){0});
             else if (a->act == BSK_ACT_GELU)
                 t = bsk_gelu16(t);
             bsk_nn_store_part(y + n, t, N - n);

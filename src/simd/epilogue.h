@@ -164,7 +164,7 @@ BSK_INLINE bsk_v16i bsk_epi_finish(const bsk_epilogue *e, bsk_v16f y, int64_t m,
     if (e->bias)
         y = y + e->bias[m];
     if (act == BSK_ACT_RELU)
-        y = bsk_select(y > 0.0f, y, (bsk_v16f){0});
+        y = bsk_max16f(y, (bsk_v16f){0});
     else if (act == BSK_ACT_GELU)
         y = bsk_gelu16(y);
     if (kind == BSK_OUT_F32)
@@ -217,7 +217,7 @@ BSK_INLINE bsk_v16i bsk_epi_apply_token(const bsk_epilogue *e, bsk_v16i acc, int
     if (e->bias)
         y = y + bsk_load16f(e->bias + m, count);
     if (act == BSK_ACT_RELU)
-        y = bsk_select(y > 0.0f, y, (bsk_v16f){0});
+        y = bsk_max16f(y, (bsk_v16f){0});
     else if (act == BSK_ACT_GELU)
         y = bsk_gelu16(y);
     if (kind == BSK_OUT_F32)

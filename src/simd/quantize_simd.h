@@ -30,8 +30,8 @@ static int range_of(const float *x, int64_t n, float *lo, float *hi)
     int64_t k = 0;
     for (; k + 16 <= n; k += 16) {
         const bsk_v16f v = *(const bsk_v16f_u *)(x + k);
-        vlo = bsk_select(v < vlo, v, vlo);
-        vhi = bsk_select(v > vhi, v, vhi);
+        vlo = bsk_min16f(v, vlo);
+        vhi = bsk_max16f(v, vhi);
         bad |= nonfinite16(v);
     }
     float l = 0.0f, h = 0.0f;
@@ -87,9 +87,15 @@ static int any_nonfinite(const float *x, int64_t n)
 BSK_INLINE void quantize_row(const float *x, int64_t n, float s, int32_t z, uint8_t *q)
 {
     const bsk_v16f zf = (bsk_v16f){0} + (float)z;
+    const bsk_v16f sv = (bsk_v16f){0} + s;
+#define BSK_QUANT_CODE(i) bsk_u8_code16(*(const bsk_v16f_u *)(x + k + 16 * (i)) / sv, zf)
     int64_t k = 0;
+    for (; k + 64 <= n; k += 64)
+        bsk_store_bytes64(q + k, BSK_QUANT_CODE(0), BSK_QUANT_CODE(1), BSK_QUANT_CODE(2),
+                          BSK_QUANT_CODE(3));
     for (; k + 16 <= n; k += 16)
-        *(bsk_v16b_u *)(q + k) = bsk_bytes16(bsk_u8_code16(*(const bsk_v16f_u *)(x + k) / s, zf));
+        *(bsk_v16b_u *)(q + k) = bsk_bytes16(BSK_QUANT_CODE(0));
+#undef BSK_QUANT_CODE
     if (k < n) {
         const bsk_v16b b = bsk_bytes16(bsk_u8_code16(bsk_load16f(x + k, (int)(n - k)) / s, zf));
         bsk_store16b(q + k, b, (int)(n - k));

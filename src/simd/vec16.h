@@ -351,9 +351,9 @@ BSK_INLINE bsk_v16f bsk_abs16(bsk_v16f x)
 BSK_INLINE bsk_v16f bsk_gelu16(bsk_v16f y)
 {
     bsk_v16f a = bsk_abs16(y);
-    const bsk_v16f a32 = bsk_select(a < 32.0f, a, (bsk_v16f){0} + 32.0f);
+    const bsk_v16f a32 = bsk_min16f(a, (bsk_v16f){0} + 32.0f);
     const bsk_v16f h = (0.5f * a32) / bsk_erfc_poly16(a * 0.70710678118654752f);
-    return bsk_select(y > 0.0f, y, (bsk_v16f){0}) - h;
+    return bsk_max16f(y, (bsk_v16f){0}) - h;
 }
 
 #endif /* BLOCKSPARSE_VEC16_H */

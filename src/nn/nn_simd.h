@@ -197,17 +197,6 @@ BSK_INLINE bsk_v16f bsk_nn_rstd16(bsk_v16f m2, float inv_f, float eps)
     return r;
 }
 
-/* The first `count` lanes of a scale and zero point vector to q_scale, q_zero. */
-BSK_INLINE void bsk_nn_params_out(bsk_v16f s, bsk_v16f z, float *q_scale, int32_t *q_zero,
-                                  int64_t count)
-{
-    const bsk_v16i zi = __builtin_convertvector(z, bsk_v16i);
-    for (int t = 0; t < count; t++) {
-        q_scale[t] = s[t];
-        q_zero[t] = zi[t];
-    }
-}
-
 /* Sweep bodies: X(v) once per vector of the sweep (named variables, see
  * BSK_EPI_EACH in simd/epilogue.h); the vectors past nv are dead code in the
  * full sweeps. */

@@ -39,20 +39,20 @@ static void BSK_NN_FN(transpose_range)(const bsk_nn_tok_args *a, int64_t n0, int
  */
 #define BSK_NN_LN_STATE(v) bsk_v16f piv##v = {0}, mean##v = {0}, m2##v = {0}, \
     lo##v = {0}, hi##v = {0};
+/* t = x + res of vector v, also stored into y */
+#define BSK_NN_LN_SUM(x, r, y, v)                                              \
+    bsk_v16f t = bsk_nn_sweep_ld(x, v, nv, tail);                              \
+    if (r)                                                                     \
+        t = t + bsk_nn_sweep_ld(r, v, nv, tail);                               \
+    bsk_nn_sweep_st(y, t, v, nv, tail);
 #define BSK_NN_LN_FIRST(v)                                                     \
     if (v < nv) {                                                              \
-        bsk_v16f t = bsk_nn_sweep_ld(X, v, nv, tail);                          \
-        if (R)                                                                 \
-            t = t + bsk_nn_sweep_ld(R, v, nv, tail);                           \
-        bsk_nn_sweep_st(Y, t, v, nv, tail);                                    \
+        BSK_NN_LN_SUM(X, R, Y, v)                                              \
         piv##v = t;                                                            \
     }
 #define BSK_NN_LN_ROW1(v)                                                      \
     if (v < nv) {                                                              \
-        bsk_v16f t = bsk_nn_sweep_ld(x, v, nv, tail);                          \
-        if (r)                                                                 \
-            t = t + bsk_nn_sweep_ld(r, v, nv, tail);                           \
-        bsk_nn_sweep_st(y, t, v, nv, tail);                                    \
+        BSK_NN_LN_SUM(x, r, y, v)                                              \
         const bsk_v16f u = t - piv##v;                                         \
         const bsk_v16f d = u - mean##v;                                        \
         mean##v = mean##v + d * inv_k;                                         \
@@ -75,27 +75,11 @@ static void BSK_NN_FN(transpose_range)(const bsk_nn_tok_args *a, int64_t n0, int
             hi##v = bsk_nn_max(hi##v, t);                                      \
         }                                                                      \
     }
-/* pass 3: lo, hi become the scale and the zero point */
-#define BSK_NN_LN_PARAMS(v)                                                    \
+#define BSK_NN_LN_RANGE_OUT(v)                                                 \
     if (v < nv) {                                                              \
-        bsk_v16f s_, z_;                                                       \
-        bsk_u8_params16(lo##v, hi##v, &s_, &z_);                               \
-        bsk_nn_params_out(s_, z_, a->q_scale + n0 + 16 * v, a->q_zero + n0 + 16 * v, \
-                          v == nv - 1 ? tail : 16);                            \
-        lo##v = s_;                                                            \
-        hi##v = z_;                                                            \
+        bsk_nn_store(lo + 16 * v, lo##v);                                      \
+        bsk_nn_store(hi + 16 * v, hi##v);                                      \
     }
-#define BSK_NN_LN_CODE(v)                                                      \
-    bsk_v16f c##v = {0};                                                       \
-    if (v < nv) {                                                              \
-        bsk_v16f t = bsk_nn_sweep_ld(y, v, nv, tail);                          \
-        if (mul)                                                               \
-            t = t * mf;                                                        \
-        c##v = bsk_u8_code16(t / lo##v, hi##v);                                \
-    }
-#define BSK_NN_LN_STORE_CODE(v)                                                \
-    if (v < nv)                                                                \
-        bsk_nn_sweep_st_bytes(q + 16 * v, bsk_bytes16(c##v), v, nv, tail);
 
 BSK_INLINE void BSK_NN_FN(layernorm_sweep)(const bsk_nn_tok_args *a, int64_t n0, int nv,
                                             int64_t tail)
@@ -122,21 +106,15 @@ BSK_INLINE void BSK_NN_FN(layernorm_sweep)(const bsk_nn_tok_args *a, int64_t n0,
         const float g = a->gamma[f], b = a->beta[f], mf = mul ? mul[f] : 1.0f;
         BSK_NN_EACH_V(BSK_NN_LN_ROW2)
     }
-    /* pass 3 */
+    /* pass 3: the per-token parameters and codes of the quantization */
     if (!a->Q)
         return;
-    BSK_NN_EACH_V(BSK_NN_LN_PARAMS)
-    for (int64_t f = 0; f < F; f++) {
-        const float *y = Y + f * N;
-        uint8_t *q = a->Q + n0 + f * N;
-        const float mf = mul ? mul[f] : 1.0f;
-        BSK_NN_EACH_V(BSK_NN_LN_CODE)
-        if (nv == 4 && tail >= 16)
-            bsk_store_bytes64(q, c0, c1, c2, c3);
-        else {
-            BSK_NN_EACH_V(BSK_NN_LN_STORE_CODE)
-        }
-    }
+    /* four vectors each, as many as BSK_NN_EACH_V names */
+    float lo[64] __attribute__((aligned(64))), hi[64] __attribute__((aligned(64))),
+          s[64] __attribute__((aligned(64))), z[64] __attribute__((aligned(64)));
+    BSK_NN_EACH_V(BSK_NN_LN_RANGE_OUT)
+    bsk_nn_params_rows(16 * (nv - 1) + tail, lo, hi, s, z, a->q_scale + n0, a->q_zero + n0);
+    bsk_nn_codes_sweep(Y, F, N, mul, s, z, a->Q + n0, nv, tail);
 }
 
 /*

@@ -46,18 +46,27 @@ BSK_INLINE bsk_v16f bsk_select(bsk_v16i mask, bsk_v16f a, bsk_v16f b)
  * either sign), so they give the compare-and-select's lanes in one instruction
  * instead of three.
  */
+#if defined(__AVX2__) && !defined(__AVX512F__)
+/* op (an AVX 8-lane float instruction) on each 256-bit half of a and b */
+#define BSK_V16F_HALVES(op, a, b)                                              \
+    __extension__({                                                            \
+        typedef float v8f_ __attribute__((vector_size(32)));                   \
+        const v8f_ lo_ = (v8f_)op((__m256)__builtin_shufflevector(a, a, 0, 1, 2, 3, 4, 5, 6, 7), \
+                                  (__m256)__builtin_shufflevector(b, b, 0, 1, 2, 3, 4, 5, 6, 7)); \
+        const v8f_ hi_ = (v8f_)op(                                             \
+            (__m256)__builtin_shufflevector(a, a, 8, 9, 10, 11, 12, 13, 14, 15),  \
+            (__m256)__builtin_shufflevector(b, b, 8, 9, 10, 11, 12, 13, 14, 15)); \
+        (bsk_v16f)__builtin_shufflevector(lo_, hi_, 0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, \
+                                          12, 13, 14, 15);                    \
+    })
+#endif
+
 BSK_INLINE bsk_v16f bsk_max16f(bsk_v16f a, bsk_v16f b)
 {
 #if defined(__AVX512F__)
     return (bsk_v16f)_mm512_max_ps((__m512)a, (__m512)b);
 #elif defined(__AVX2__)
-    typedef float v8f __attribute__((vector_size(32)));
-    const v8f lo = (v8f)_mm256_max_ps((__m256)__builtin_shufflevector(a, a, 0, 1, 2, 3, 4, 5, 6, 7),
-                                      (__m256)__builtin_shufflevector(b, b, 0, 1, 2, 3, 4, 5, 6, 7));
-    const v8f hi = (v8f)_mm256_max_ps(
-        (__m256)__builtin_shufflevector(a, a, 8, 9, 10, 11, 12, 13, 14, 15),
-        (__m256)__builtin_shufflevector(b, b, 8, 9, 10, 11, 12, 13, 14, 15));
-    return __builtin_shufflevector(lo, hi, 0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+    return BSK_V16F_HALVES(_mm256_max_ps, a, b);
 #else
     return bsk_select(a > b, a, b);
 #endif
@@ -68,13 +77,7 @@ BSK_INLINE bsk_v16f bsk_min16f(bsk_v16f a, bsk_v16f b)
 #if defined(__AVX512F__)
     return (bsk_v16f)_mm512_min_ps((__m512)a, (__m512)b);
 #elif defined(__AVX2__)
-    typedef float v8f __attribute__((vector_size(32)));
-    const v8f lo = (v8f)_mm256_min_ps((__m256)__builtin_shufflevector(a, a, 0, 1, 2, 3, 4, 5, 6, 7),
-                                      (__m256)__builtin_shufflevector(b, b, 0, 1, 2, 3, 4, 5, 6, 7));
-    const v8f hi = (v8f)_mm256_min_ps(
-        (__m256)__builtin_shufflevector(a, a, 8, 9, 10, 11, 12, 13, 14, 15),
-        (__m256)__builtin_shufflevector(b, b, 8, 9, 10, 11, 12, 13, 14, 15));
-    return __builtin_shufflevector(lo, hi, 0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+    return BSK_V16F_HALVES(_mm256_min_ps, a, b);
 #else
     return bsk_select(a < b, a, b);
 #endif

@@ -309,6 +309,30 @@ def test_model_batch_of_unequal_lengths(rng):
         np.testing.assert_allclose(batch[b, :n], alone[0], rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("two_pass", [0, 8])
+def test_model_chunks_change_no_bit(rng, monkeypatch, two_pass):
+    """An INT8 batch runs the encoder in chunks of whole sequences; the chunking
+    (here 1, 2, 3 and 7 sequences per chunk, and the whole batch) changes no bit
+    of the last hidden state nor of a task head's input."""
+    from blocksparse.nn import bert
+    model = BertModel.from_config(CFG, seed=3, sparsity=0.8, dtype="int8", attention="int8")
+    model.two_pass_max_tokens = two_pass
+    B, S = 7, 13
+    ids = rng.integers(1, 300, size=(B, S))
+    mask = (np.arange(S)[None, :] < rng.integers(1, S + 1, size=B)[:, None]).astype(np.int64)
+    tt = rng.integers(0, 2, size=(B, S))
+    widest = 4 * CFG["intermediate_size"] * S    # bytes of one sequence's FFN1 output
+    outs = {}
+    for per in (1, 2, 3, 7, 100):
+        monkeypatch.setattr(bert, "_CHUNK_BYTES", per * widest)
+        assert len(model._sequence_chunks(B, S)) == -(-B // per)
+        outs[per] = (model(ids, mask, tt), model._encode(ids, mask, tt)[0])
+    for per, (hidden, columns) in outs.items():
+        np.testing.assert_array_equal(hidden, outs[100][0], err_msg=f"{per} per chunk")
+        np.testing.assert_array_equal(columns, outs[100][1], err_msg=f"{per} per chunk")
+        np.testing.assert_array_equal(columns.T.reshape(B, S, -1), hidden)
+
+
 def test_model_input_validation():
     model = BertModel.from_config(CFG, seed=0)
     assert model(np.array([1, 2, 3])).shape == (1, 3, 64)

@@ -1012,13 +1012,27 @@ class BertEncoder:
         return _from_internal(self._forward(_to_internal(h), None, mask, B, S), B, S)
 
     def _forward(self, x, xq, mask, B, S, refine=None):
+        return self._forward_chunks([(x, xq, mask, B, refine)], S)[0]
+
+    def _forward_chunks(self, chunks, S):
+        """Last hidden state (hidden, tokens) of each chunk of whole sequences.
+
+        `chunks`: ``(x, xq, mask, B, refine)`` per chunk.  Layer by layer,
+        each over every chunk in turn: a chunk's intermediate activations
+        stay in the cores' caches, where those of a whole large batch went
+        out to memory and back, and a layer's weights are read once per
+        chunk from cache.  Every piece is per token or per sequence, so the
+        bits do not depend on the chunking.
+        """
         # each layer makes what the next one asks for; the last, float only
         wants = [layer.input_spec for layer in self.layers[1:]] + [FLOAT_INPUT]
+        xs = [(x, xq) for x, xq, *_ in chunks]
         for layer, want in zip(self.layers, wants):
-            x, xq = layer._forward(x, xq, mask, B, S, want, refine)
+            for i, (_, _, mask, B, refine) in enumerate(chunks):
+                xs[i] = layer._forward(*xs[i], mask, B, S, want, refine)
         if self.final_ln is not None:
-            x = self.final_ln._forward(x, None)[0]
-        return x
+            return [self.final_ln._forward(x, None)[0] for x, _ in xs]
+        return [x for x, _ in xs]
 
 
 def mean_pooling(hidden, attention_mask=None):

@@ -135,7 +135,7 @@ def _adaptive_line(state):
         return "off (BLOCKSPARSE_ADAPTIVE_THREADS=0 or set_adaptive_threads(False))"
     now = f"; one thread for {state['single_thread_for_s']:.2f} s more" \
         if state["single_thread_for_s"] > 0 else ""
-    return (f"one thread for 0.1-1.6 s after kernels' threads were held up by other "
+    return (f"one thread for 0.01-1.28 s after kernels' threads were held up by other "
             f"processes ({state['held_up_regions']} seen{now})")
 
 

@@ -160,7 +160,7 @@ def set_adaptive_threads(on):
     for it.  A parallel region whose threads started or ended more than a
     millisecond apart (and apart by more than half its length) was held
     up; two among the last 64 make the following kernel calls run on one
-    thread for 100 ms, doubled while it keeps happening up to 1.6 s, before
+    thread for 10 ms, doubled while it keeps happening up to 1.28 s, before
     :func:`get_num_threads` threads are tried again.  Results are bit-identical for every thread count, so
     this changes only the time.  On by default; the environment variable
     ``BLOCKSPARSE_ADAPTIVE_THREADS=0`` turns it off at import.

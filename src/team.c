@@ -11,8 +11,14 @@
  * a region whose threads entered or left more than BSK_TEAM_SKEW_NS apart,
  * and apart by more than half its length, was held up by the scheduler.
  * Two such regions among the last BSK_TEAM_WINDOW make the following
- * regions run on one thread for a back-off window (100 ms, doubled while
- * it keeps happening, up to 1.6 s) before the full team is tried again.
+ * regions run on one thread for a back-off window (10 ms, doubled while
+ * it keeps happening, up to 1.28 s) before the full team is tried again.
+ * The first window is short because most bursts are: another library's
+ * threads still spinning after its call, or the hypervisor, hold up a few
+ * regions in a row and are gone within milliseconds; a first window of
+ * 100 ms kept a BERT-Base call (11 ms) on one thread for whole rounds of a
+ * benchmark interleaved with ONNX Runtime and OpenVINO in one process.
+ * Other processes that keep the cores busy keep it doubling.
  */
 #include <stdatomic.h>
 #include <stdlib.h>
@@ -22,8 +28,8 @@
 #include "bsk_internal.h"
 
 #define BSK_TEAM_SKEW_NS 1000000      /* a scheduler slice, not a late wake-up */
-#define BSK_TEAM_BACKOFF_NS 100000000 /* first window on one thread */
-#define BSK_TEAM_BACKOFF_MAX 4        /* doublings: 100 ms .. 1.6 s */
+#define BSK_TEAM_BACKOFF_NS 10000000  /* first window on one thread */
+#define BSK_TEAM_BACKOFF_MAX 7        /* doublings: 10 ms .. 1.28 s */
 #define BSK_TEAM_WINDOW 64            /* regions remembered */
 
 static _Atomic int64_t single_until; /* monotonic ns; run on one thread before it */

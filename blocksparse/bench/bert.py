@@ -15,7 +15,9 @@ last hidden states to blocksparse's float32 model on the same input.
 
 Cases: batch 1 x seq 128 latency and batch 8 x seq 128 throughput, at each
 thread count.  Per (model, sparsity, case) every contender at every thread
-count is timed in interleaved rounds (:func:`._common.interleave`);
+count is timed in interleaved rounds (:func:`._common.interleave`, with a pause of
+0.1 s before each contender, so that the previous library's threads have stopped
+spinning);
 ``speedup`` is the median over rounds of (best INT8 peer / ours).  With
 ``contention`` levels (e.g. ``[0, 1, 2]``) the same rounds are repeated with
 that many busy-looping processes beside them (:mod:`._contention`) and each
@@ -64,6 +66,9 @@ SEQ = 128
 BATCHES = {"latency": 1, "throughput": 8}
 BLOCKSIZE = (4, 1)
 OURS = "blocksparse"
+# pause before each contender's turn: ONNX Runtime's threads spin for some 50 ms after
+# a call, and a library starting while they do ran on one core's worth of time
+SETTLE_S = 0.1
 
 
 def bert_config(name):
@@ -291,7 +296,8 @@ def _time_case(name, cfg, sp, case, batch, s, model, reference, peers, ceiling, 
         say(progress, f"{name} {sp:g} {case}: {len(contenders)} contenders, {level} busy "
                       f"process(es)")
         with busy_processes(level):
-            timed_at[level] = interleave(contenders, rounds, calls, threads=threads_of)
+            timed_at[level] = interleave(contenders, rounds, calls, threads=threads_of,
+                                         settle=SETTLE_S)
     timed = timed_at[0]
     macs = linear_macs(model, batch * seq)
     macs_dense = linear_macs(model, batch * seq, stored=False)

@@ -146,7 +146,7 @@ int64_t bsk_set_min_work_per_thread(int64_t work);
 /* Adaptive team size (src/team.c): two parallel regions among the last 64
  * held up by the scheduler (threads entering or leaving more than a
  * millisecond apart: other processes on the cores) make the next regions
- * run on one thread for 100 ms to 1.6 s.  Results never depend on it.  On unless the
+ * run on one thread for 10 ms to 1.28 s.  Results never depend on it.  On unless the
  * environment has BLOCKSPARSE_ADAPTIVE_THREADS=0 or this turns it off. */
 void bsk_team_set_adaptive(int on);
 int bsk_team_adaptive(void);

@@ -96,6 +96,8 @@ cdef extern from "blocksparse/bsk.h" nogil:
     const char *bsk_qgemm_kernel_name(bsk_isa isa)
 
 cdef extern from "blocksparse/bsk_nn.h" nogil:
+    bsk_status bsk_transpose_f32(bsk_isa isa, const float *X, int64_t rows, int64_t cols,
+                                 float *Y, int num_threads)
     bsk_status bsk_add_layernorm_f32(bsk_isa isa, const float *X, int x_tokens,
                                      const float *Res, int64_t F, int64_t N,
                                      const float *gamma, const float *beta,

@@ -80,6 +80,23 @@ def add_layernorm(int isa, cnp.ndarray X not None, bint x_tokens, object Res,
     return Y
 
 
+def transpose(int isa, cnp.ndarray X not None, cnp.ndarray Y not None, int num_threads):
+    """Y (cols, rows) = X.T for float32 X (rows, cols); see bsk_nn.h."""
+    cdef int64_t R = _dim(X, 0), C = _dim(X, 1)
+    cdef bsk_status st
+    _check_dense(X, "x", cnp.NPY_FLOAT32, R, C, False)
+    _check_dense(Y, "out", cnp.NPY_FLOAT32, C, R, True)
+    if np.shares_memory(X, Y):
+        raise ValueError("out must not overlap x")
+    cdef const float *xp = <const float *>cnp.PyArray_DATA(X)
+    cdef float *yp = <float *>cnp.PyArray_DATA(Y)
+    with nogil:
+        st = bsk_transpose_f32(<bsk_isa>isa, xp, R, C, yp, num_threads)
+    if st != BSK_OK:
+        _raise(st, "bsk_transpose_f32", isa)
+    return Y
+
+
 def bias_act(int isa, cnp.ndarray Y not None, object bias, object activation,
              int num_threads):
     """Y (M, N) = act(Y + bias[:, None]) in place, activation None, "relu" or "gelu"."""

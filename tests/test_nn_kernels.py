@@ -293,6 +293,34 @@ def test_layer_norm_bad_arguments(rng):
         layer_norm(np.ones((3, 0)), np.ones(0), np.ones(0))
 
 
+@pytest.mark.parametrize("rows, cols", [(1, 1), (7, 9), (8, 8), (16, 24), (33, 17),
+                                        (128, 256), (5, 0), (0, 3)])
+def test_transpose_exact(isa, num_threads, rng, rows, cols):
+    """The model's output transpose: 8 x 8 shuffled blocks and the scalar tails
+    move every value unchanged (NaN payloads, -0.0 and infinities included)."""
+    from blocksparse.nn import _ops
+    x = rng.standard_normal((rows, cols)).astype(np.float32)
+    special = np.array([np.nan, -0.0, np.inf, -np.inf, F32_MIN], np.float32)
+    x.reshape(-1)[:special.size] = special[:x.size]
+    out = np.full((cols, rows), 7.0, np.float32)
+    assert _ops._transpose(x, out) is out
+    np.testing.assert_array_equal(out.view(np.uint32), np.ascontiguousarray(x.T).view(np.uint32))
+
+
+def test_transpose_bad_arguments(rng):
+    isa = _config._active_isa()
+    x = rng.standard_normal((4, 6)).astype(np.float32)
+    with pytest.raises(ValueError, match=r"out must have shape \(6, 4\)"):
+        _kernels.transpose(isa, x, np.empty((4, 6), np.float32), 1)
+    with pytest.raises(TypeError, match="x must have dtype float32"):
+        _kernels.transpose(isa, x.astype(np.float64), np.empty((6, 4), np.float32), 1)
+    with pytest.raises(ValueError, match="x must be C-contiguous"):
+        _kernels.transpose(isa, x[:, ::2], np.empty((3, 4), np.float32), 1)
+    sq = np.zeros((4, 4), np.float32)
+    with pytest.raises(ValueError, match="out must not overlap x"):
+        _kernels.transpose(isa, sq, sq, 1)
+
+
 # ---- bias + activation, quantization -------------------------------------------------------
 
 def test_gelu_matches_erf_form(isa, num_threads):

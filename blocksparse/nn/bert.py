@@ -643,8 +643,9 @@ class BertModel:
         """
         chunks, B, S = self._encode_chunks(input_ids, attention_mask, token_type_ids)
         out = np.empty((B, S, self.hidden_size), dtype=np.float32)
+        rows = out.reshape(B * S, self.hidden_size)
         for b0, b1, x in chunks:
-            out[b0:b1] = x.T.reshape(b1 - b0, S, self.hidden_size)
+            _ops._transpose(x, rows[b0 * S:b1 * S])
         return out
 
     def _encode(self, input_ids, attention_mask, token_type_ids):

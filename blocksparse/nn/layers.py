@@ -679,7 +679,8 @@ def _to_internal(h):
 
 def _from_internal(x, B, S):
     """float32 (hidden, batch * seq) -> (batch, seq, hidden)."""
-    return np.ascontiguousarray(x.T).reshape(B, S, x.shape[0])
+    out = np.empty((B * S, x.shape[0]), dtype=np.float32)
+    return _ops._transpose(x, out).reshape(B, S, x.shape[0])
 
 
 class MultiHeadSelfAttention:

@@ -48,6 +48,13 @@ bsk_status bsk_add_layernorm_f32(bsk_isa isa, const float *X, int x_tokens,
                                  const float *q_mul, int num_threads);
 
 /*
+ * Y (cols, rows) = the transpose of X (rows, cols), both C-contiguous and
+ * not overlapping (a model's features-major output to tokens-major).
+ */
+bsk_status bsk_transpose_f32(bsk_isa isa, const float *X, int64_t rows, int64_t cols,
+                             float *Y, int num_threads);
+
+/*
  * Y = act(Y + bias) in place, Y (M, N), bias of length M (one per feature
  * row, may be NULL), act one of BSK_ACT_NONE, BSK_ACT_RELU, BSK_ACT_GELU
  * (erf form, the same GELU as the INT8 epilogue).

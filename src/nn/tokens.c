@@ -125,6 +125,25 @@ bsk_status bsk_add_layernorm_f32(bsk_isa isa, const float *X, int x_tokens,
                      N, 1, 0, num_threads);
 }
 
+bsk_status bsk_transpose_f32(bsk_isa isa, const float *X, int64_t rows, int64_t cols,
+                             float *Y, int num_threads)
+{
+    if (rows < 0 || cols < 0 || (rows && cols && (!X || !Y || X == Y)))
+        return BSK_EINVAL;
+    if (!rows || !cols)
+        return BSK_OK;
+    /* the LayerNorm's tokens-major input pass: X as (tokens, features) */
+    bsk_nn_tok_args a = {0};
+    a.Xt = X;
+    a.Y = Y;
+    a.features = cols;
+    a.tokens = rows;
+    const bsk_kernels *k = bsk_kernels_for(isa);
+    if (!k)
+        return BSK_EUNSUPPORTED;
+    return run_split(NULL, k->nn_tokens->transpose, &a, rows, 1, 0, num_threads);
+}
+
 bsk_status bsk_bias_act_f32(bsk_isa isa, float *Y, int64_t M, int64_t N,
                             const float *bias, int act, int num_threads)
 {

@@ -15,15 +15,31 @@ static void BSK_NN_FN(transpose_range)(const bsk_nn_tok_args *a, int64_t n0, int
 {
     (void)ws;
     const int64_t F = a->features, N = a->tokens;
-    for (int64_t nb = n0; nb < n1; nb += 16) {
-        const int64_t tn = n1 - nb < 16 ? n1 - nb : 16;
-        for (int64_t fb = 0; fb < F; fb += 16) {
-            const int64_t tf = F - fb < 16 ? F - fb : 16;
-            for (int64_t f = 0; f < tf; f++)
-                for (int64_t t = 0; t < tn; t++)
-                    a->Y[(fb + f) * N + nb + t] = a->Xt[(nb + t) * F + fb + f];
+    const float *X = a->Xt;
+    float *Y = a->Y;
+    int64_t n = n0;
+    /* 16 tokens per block row: each output row gets a whole 64-byte line */
+    for (; n + 16 <= n1; n += 16) {
+        int64_t f = 0;
+        for (; f + 8 <= F; f += 8) {
+            bsk_transpose8x8(X + n * F + f, F, Y + f * N + n, N);
+            bsk_transpose8x8(X + (n + 8) * F + f, F, Y + f * N + n + 8, N);
         }
+        for (; f < F; f++)
+            for (int64_t t = n; t < n + 16; t++)
+                Y[f * N + t] = X[t * F + f];
     }
+    for (; n + 8 <= n1; n += 8) {
+        int64_t f = 0;
+        for (; f + 8 <= F; f += 8)
+            bsk_transpose8x8(X + n * F + f, F, Y + f * N + n, N);
+        for (; f < F; f++)
+            for (int64_t t = n; t < n + 8; t++)
+                Y[f * N + t] = X[t * F + f];
+    }
+    for (; n < n1; n++)
+        for (int64_t f = 0; f < F; f++)
+            Y[f * N + n] = X[n * F + f];
 }
 
 /*

@@ -30,6 +30,34 @@ typedef int32_t bsk_v16i_u __attribute__((vector_size(64), aligned(4)));
 typedef uint8_t bsk_v16b_u __attribute__((vector_size(16), aligned(1)));
 
 /* v with every lane s (a broadcast; s + 0 would turn -0 into +0). */
+/* dst[j * ldd + i] = src[i * lds + j] for an 8 x 8 block of floats: three
+ * rounds of two-input shuffles (pairs, then pairs of pairs, then halves). */
+BSK_INLINE void bsk_transpose8x8(const float *src, int64_t lds, float *dst, int64_t ldd)
+{
+    typedef float v8f __attribute__((vector_size(32)));
+    typedef float v8f_u __attribute__((vector_size(32), aligned(4)));
+    v8f r[8], t[8], u[8];
+    for (int i = 0; i < 8; i++)
+        r[i] = *(const v8f_u *)(src + i * lds);
+    for (int i = 0; i < 8; i += 2) {
+        t[i] = __builtin_shufflevector(r[i], r[i + 1], 0, 8, 1, 9, 4, 12, 5, 13);
+        t[i + 1] = __builtin_shufflevector(r[i], r[i + 1], 2, 10, 3, 11, 6, 14, 7, 15);
+    }
+    for (int i = 0; i < 8; i += 4)
+        for (int j = 0; j < 2; j++) {
+            u[i + 2 * j] = __builtin_shufflevector(t[i + j], t[i + j + 2],
+                                                   0, 1, 8, 9, 4, 5, 12, 13);
+            u[i + 2 * j + 1] = __builtin_shufflevector(t[i + j], t[i + j + 2],
+                                                       2, 3, 10, 11, 6, 7, 14, 15);
+        }
+    for (int j = 0; j < 4; j++) {
+        *(v8f_u *)(dst + j * ldd) = __builtin_shufflevector(u[j], u[j + 4],
+                                                           0, 1, 2, 3, 8, 9, 10, 11);
+        *(v8f_u *)(dst + (j + 4) * ldd) = __builtin_shufflevector(u[j], u[j + 4],
+                                                                 4, 5, 6, 7, 12, 13, 14, 15);
+    }
+}
+
 BSK_INLINE bsk_v16f bsk_splat16f(float s)
 {
     return (bsk_v16f){s, s, s, s, s, s, s, s, s, s, s, s, s, s, s, s};

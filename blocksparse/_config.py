@@ -159,7 +159,7 @@ def set_adaptive_threads(on):
     often descheduled for a whole scheduler slice while the others wait
     for it.  A parallel region whose threads started or ended more than a
     millisecond apart (and apart by more than half its length) was held
-    up; two among the last 64 make the following kernel calls run on one
+    up; four among the last 64 make the following kernel calls run on one
     thread for 10 ms, doubled while it keeps happening up to 1.28 s, before
     :func:`get_num_threads` threads are tried again.  Results are bit-identical for every thread count, so
     this changes only the time.  On by default; the environment variable

@@ -10,7 +10,7 @@
  * slower.  So every region records when each thread entered and left it;
  * a region whose threads entered or left more than BSK_TEAM_SKEW_NS apart,
  * and apart by more than half its length, was held up by the scheduler.
- * Two such regions among the last BSK_TEAM_WINDOW make the following
+ * BSK_TEAM_HELD (4) such regions among the last BSK_TEAM_WINDOW make the following
  * regions run on one thread for a back-off window (10 ms, doubled while
  * it keeps happening, up to 1.28 s) before the full team is tried again.
  * The first window is short because most bursts are: another library's
@@ -31,6 +31,7 @@
 #define BSK_TEAM_BACKOFF_NS 10000000  /* first window on one thread */
 #define BSK_TEAM_BACKOFF_MAX 7        /* doublings: 10 ms .. 1.28 s */
 #define BSK_TEAM_WINDOW 64            /* regions remembered */
+#define BSK_TEAM_HELD 4               /* held-up regions among them that fall back */
 
 static _Atomic int64_t single_until; /* monotonic ns; run on one thread before it */
 static _Atomic uint64_t history;      /* bit i: the i-th last full-team region was held up */
@@ -99,14 +100,15 @@ void bsk_team_end(bsk_team_clock *c)
     const int64_t skew = skew_in > skew_out ? skew_in : skew_out;
     const int held = skew > BSK_TEAM_SKEW_NS && 2 * skew > span;
     /* one held-up region can be the hypervisor taking a vCPU for a moment
-     * (seen in ~1 % of long regions on a quiet shared VM); two of the last
+     * (seen in ~1 % of long regions on a quiet shared VM, and in bursts on a
+     * noisy one: two of 64 kept BERT-Mini on one thread for whole rounds); four of the last
      * BSK_TEAM_WINDOW are other processes wanting the cores */
     uint64_t h = atomic_load_explicit(&history, memory_order_relaxed);
     h = (h << 1) | (uint64_t)held; /* BSK_TEAM_WINDOW = 64 bits */
     if (held)
         atomic_fetch_add_explicit(&detections, 1, memory_order_relaxed);
-    if (held && __builtin_popcountll(h) >= 2) {
-        h = 1; /* remembered: one more held-up probe after the window falls back again */
+    if (held && __builtin_popcountll(h) >= BSK_TEAM_HELD) {
+        h = 0; /* after the window, BSK_TEAM_HELD new ones are needed again */
         int level = atomic_load_explicit(&backoff_level, memory_order_relaxed);
         atomic_store_explicit(&single_until, out_hi + ((int64_t)BSK_TEAM_BACKOFF_NS << level),
                               memory_order_relaxed);

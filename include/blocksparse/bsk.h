@@ -143,7 +143,7 @@ const char *bsk_isa_flags(bsk_isa isa);
  * fewer threads; 0 always uses the requested count (for tests).  Returns
  * the previous value. */
 int64_t bsk_set_min_work_per_thread(int64_t work);
-/* Adaptive team size (src/team.c): two parallel regions among the last 64
+/* Adaptive team size (src/team.c): four parallel regions among the last 64
  * held up by the scheduler (threads entering or leaving more than a
  * millisecond apart: other processes on the cores) make the next regions
  * run on one thread for 10 ms to 1.28 s.  Results never depend on it.  On unless the

@@ -708,7 +708,7 @@ class BertModel:
         BERT-Base, 7 MB a layer, ran 1.28x slower in chunks; 80 % sparse,
         1.4 MB, 1.07x faster).
         """
-        if self.dtype != "int8" or self._layer_weight_bytes() > _CHUNK_WEIGHT_BYTES:
+        if B == 1 or self.dtype != "int8" or self._layer_weight_bytes() > _CHUNK_WEIGHT_BYTES:
             return [(0, B)]
         widest = max([layer.ffn1.out_features for layer in self.encoder.layers],
                      default=self.hidden_size)

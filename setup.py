@@ -66,7 +66,8 @@ VARIANTS = {
 }
 # The portable units: dispatch, the drivers of the encoder kernels, the scalar variant.
 SCALAR_SOURCES = ["src/dispatch.c", "src/nn/tokens.c", "src/nn/attention.c",
-                  "src/nn/attention_q8.c", "src/ref/spmm_scalar.c", "src/ref/quantize_scalar.c",
+                  "src/nn/attention_q8.c", "src/nn/layer_q8.c", "src/ref/spmm_scalar.c",
+                  "src/ref/quantize_scalar.c",
                   "src/ref/nn_scalar.c", "src/ref/qgemm_scalar.c", "src/ref/attn_q8_scalar.c"]
 
 

@@ -136,3 +136,35 @@ cdef extern from "blocksparse/bsk_nn.h" nogil:
                                 const uint8_t *mask, float scale, float *Y,
                                 uint8_t *Q, float *q_scale, int32_t *q_zero,
                                 const bsk_attn_q8_trace *trace, int num_threads)
+
+    ctypedef struct bsk_layer_weight:
+        const bsk_qbcsr *sparse
+        const bsk_qdense *dense
+        const int32_t *rowsum
+        const float *w_scale
+        const float *bias
+    ctypedef struct bsk_encoder_layer_q8:
+        int64_t batch, seq, heads, hidden, inter
+        const uint8_t *mask
+        float scale
+        bsk_layer_weight qkv, out, ffn1, ffn2
+        int act
+        const float *ln1_gamma
+        const float *ln1_beta
+        const float *ln2_gamma
+        const float *ln2_beta
+        float ln1_eps, ln2_eps
+        const float *out_mul
+        const float *ffn1_mul
+        const float *ffn2_mul
+        const float *next_mul
+        const float *X
+        const uint8_t *XQ
+        const float *x_scale
+        const int32_t *x_zero
+        float *Y
+        uint8_t *YQ
+        float *y_scale
+        int32_t *y_zero
+    bsk_status bsk_encoder_layer_q8_run(bsk_isa isa, const bsk_encoder_layer_q8 *L,
+                                        int num_threads)

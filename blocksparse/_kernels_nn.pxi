@@ -227,3 +227,93 @@ def attention(int isa, cnp.ndarray QKV not None, int64_t batch, int64_t seq,
     if st != BSK_OK:
         _raise(st, "bsk_attention_q8" if int8 else "bsk_attention_f32", isa)
     return Y
+
+
+cdef int _layer_weight(bsk_layer_weight *lw, object w, object bias, str name, int64_t M,
+                       int64_t K) except -1:
+    """lw from an int8 KernelWeight of shape (M, K) with scales, and its bias."""
+    if not isinstance(w, KernelWeight):
+        raise TypeError(f"{name} must be a packed weight, got {type(w).__name__}")
+    cdef KernelWeight kw = w
+    if kw.kind != _I8 or kw.scale is None:
+        raise ValueError(f"{name} must be an int8 weight with scales")
+    if kw.shape != (M, K):
+        raise ValueError(f"{name} must have shape {(M, K)}, got {kw.shape}")
+    lw.sparse = NULL
+    lw.dense = NULL
+    if kw.panel is not None:
+        lw.dense = &kw.d
+    else:
+        lw.sparse = &kw.q
+    lw.rowsum = <const int32_t *>cnp.PyArray_DATA(kw.rowsum)
+    lw.w_scale = <const float *>cnp.PyArray_DATA(kw.scale)
+    lw.bias = <const float *>_ptr_or_null(bias, f"{name} bias", cnp.NPY_FLOAT32, M)
+    return 0
+
+
+def encoder_layer_q8(int isa, tuple weights, tuple biases, object activation, tuple ln1,
+                     tuple ln2, tuple muls, cnp.ndarray X not None, object xq,
+                     object mask, int64_t batch, int64_t seq, int64_t heads, float scale,
+                     cnp.ndarray Y not None, object yq, int num_threads):
+    """One post-LayerNorm INT8 encoder layer in one C call (bsk_encoder_layer_q8_run).
+
+    weights, biases: (qkv, out, ffn1, ffn2) int8 KernelWeights and float32
+    biases (or None); ln1, ln2: (gamma, beta, eps); muls: the per-feature
+    factors before quantizing the inputs of out, ffn1, ffn2 and of the next
+    layer (each float32 or None); X (H, N) float32 and xq its codes
+    (QuantizedActivations); Y (H, N) float32 and yq its codes or None.
+    """
+    cdef bsk_encoder_layer_q8 L
+    cdef int64_t H = _dim(X, 0), N = batch * seq, I
+    cdef bsk_status st
+    if len(weights) != 4 or len(biases) != 4 or len(muls) != 4:
+        raise ValueError("weights, biases and muls hold the four products' entries")
+    if batch < 0 or seq < 0 or heads <= 0 or H <= 0 or H % heads:
+        raise ValueError("heads must be positive and divide the hidden size")
+    I = weights[2].shape[0]
+    _check_dense(X, "x", cnp.NPY_FLOAT32, H, N, False)
+    _check_dense(Y, "out", cnp.NPY_FLOAT32, H, N, True)
+    if np.shares_memory(X, Y):
+        raise ValueError("out must not overlap x")
+    _check_dense(xq.q, "xq.q", cnp.NPY_UINT8, H, N, False)
+    L.x_scale = <const float *>_ptr_or_null(xq.scale, "xq.scale", cnp.NPY_FLOAT32, N)
+    L.x_zero = <const int32_t *>_ptr_or_null(xq.zero, "xq.zero", cnp.NPY_INT32, N)
+    if L.x_scale == NULL or L.x_zero == NULL:
+        raise ValueError("xq needs its scales and zero points")
+    L.YQ = NULL
+    L.y_scale = NULL
+    L.y_zero = NULL
+    if yq is not None:
+        _check_quant_out(yq.q, yq.scale, yq.zero, H, N)
+        L.YQ = <uint8_t *>cnp.PyArray_DATA(yq.q)
+        L.y_scale = <float *>cnp.PyArray_DATA(yq.scale)
+        L.y_zero = <int32_t *>cnp.PyArray_DATA(yq.zero)
+    L.mask = NULL
+    if mask is not None:
+        _check_dense(mask, "mask", cnp.NPY_UINT8, batch, seq, False)
+        L.mask = <const uint8_t *>cnp.PyArray_DATA(mask)
+    _layer_weight(&L.qkv, weights[0], biases[0], "qkv", 3 * H, H)
+    _layer_weight(&L.out, weights[1], biases[1], "out", H, H)
+    _layer_weight(&L.ffn1, weights[2], biases[2], "ffn1", I, H)
+    _layer_weight(&L.ffn2, weights[3], biases[3], "ffn2", H, I)
+    L.ln1_gamma = <const float *>_ptr_or_null(ln1[0], "ln1 gamma", cnp.NPY_FLOAT32, H)
+    L.ln1_beta = <const float *>_ptr_or_null(ln1[1], "ln1 beta", cnp.NPY_FLOAT32, H)
+    L.ln2_gamma = <const float *>_ptr_or_null(ln2[0], "ln2 gamma", cnp.NPY_FLOAT32, H)
+    L.ln2_beta = <const float *>_ptr_or_null(ln2[1], "ln2 beta", cnp.NPY_FLOAT32, H)
+    L.ln1_eps = ln1[2]
+    L.ln2_eps = ln2[2]
+    L.out_mul = <const float *>_ptr_or_null(muls[0], "out factors", cnp.NPY_FLOAT32, H)
+    L.ffn1_mul = <const float *>_ptr_or_null(muls[1], "ffn1 factors", cnp.NPY_FLOAT32, H)
+    L.ffn2_mul = <const float *>_ptr_or_null(muls[2], "ffn2 factors", cnp.NPY_FLOAT32, I)
+    L.next_mul = <const float *>_ptr_or_null(muls[3], "next factors", cnp.NPY_FLOAT32, H)
+    L.batch, L.seq, L.heads, L.hidden, L.inter = batch, seq, heads, H, I
+    L.scale = scale
+    L.act = ACTIVATIONS[activation]
+    L.X = <const float *>cnp.PyArray_DATA(X)
+    L.XQ = <const uint8_t *>cnp.PyArray_DATA(xq.q)
+    L.Y = <float *>cnp.PyArray_DATA(Y)
+    with nogil:
+        st = bsk_encoder_layer_q8_run(<bsk_isa>isa, &L, num_threads)
+    if st != BSK_OK:
+        _raise(st, "bsk_encoder_layer_q8_run", isa)
+    return Y

@@ -48,7 +48,7 @@ SANITIZERS = "address,undefined"
 DEFAULT_TESTS = ["tests/test_int8.py", "tests/test_quant.py", "tests/test_products_float.py",
                  "tests/test_matrix.py", "tests/test_io.py", "tests/test_prune.py",
                  "tests/test_outputs_written.py", "tests/test_dense.py",
-                 "tests/test_nn_attention_int8.py"]
+                 "tests/test_nn_attention_int8.py", "tests/test_nn_layer_call.py"]
 FUZZ_TESTS = ["tests/test_fuzz.py"]
 SKIP = 77
 

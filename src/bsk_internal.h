@@ -48,6 +48,7 @@ enum {
     BSK_SCRATCH_STAGE = 2,
     BSK_SCRATCH_ATTN_SHARED = 3, /* INT8 attention: the quantized Q, K, V (calling thread) */
     BSK_SCRATCH_ATTN_TASK = 4,   /* INT8 attention: a thread's task scratch */
+    BSK_SCRATCH_LAYER = 5,       /* INT8 encoder layer: its activations (calling thread) */
     BSK_SCRATCH_SLOTS = 6
 };
 void *bsk_scratch(int slot, size_t bytes);
@@ -59,10 +60,13 @@ void *bsk_scratch(int slot, size_t bytes);
  * BSK_TEAM_LEAVE around each thread's part, bsk_team_end(&clock) after it.
  * Results never depend on the team size, only the time does. */
 #define BSK_TEAM_MAX 64
+#define BSK_TEAM_BARRIERS 4
 typedef struct {
     int team;
+    int barriers;   /* timed barriers passed (bsk_team_barrier) */
     int64_t start;
     int64_t enter[BSK_TEAM_MAX], leave[BSK_TEAM_MAX];
+    int64_t arrive[BSK_TEAM_BARRIERS][BSK_TEAM_MAX];
 } bsk_team_clock;
 int64_t bsk_now_ns(void);
 int bsk_team_begin(bsk_team_clock *c, int nt);
@@ -71,6 +75,21 @@ void bsk_team_end(bsk_team_clock *c);
     do { if ((t) < (c)->team) (c)->enter[(t)] = bsk_now_ns(); } while (0)
 #define BSK_TEAM_LEAVE(c, t) \
     do { if ((t) < (c)->team) (c)->leave[(t)] = bsk_now_ns(); } while (0)
+
+/* A barrier of a region with several phases (the i-th, i < BSK_TEAM_BARRIERS,
+ * counted from 0 by the caller): each thread's arrival is kept, and
+ * bsk_team_end judges every phase as it judges a whole region, so a thread
+ * held up in the middle is seen although the team leaves together. */
+BSK_INLINE void bsk_team_barrier(bsk_team_clock *c, int t, int i)
+{
+    if (t < c->team && i < BSK_TEAM_BARRIERS)
+        c->arrive[i][t] = bsk_now_ns();
+#ifdef _OPENMP
+#pragma omp barrier
+#endif
+    if (t == 0 && i < BSK_TEAM_BARRIERS && i + 1 > c->barriers)
+        c->barriers = i + 1;
+}
 
 /* Deterministic static split of [0, n) into `parts` contiguous ranges. */
 BSK_INLINE void bsk_split(int64_t n, int parts, int part, int64_t *lo, int64_t *hi)
@@ -89,6 +108,7 @@ typedef struct {
     const float *Res;     /* (features, tokens) */
     float *Y;             /* (features, tokens) */
     int64_t features, tokens;
+    int64_t ld_res, ld_y; /* layernorm: row strides of Res and of Y and Q, 0 = tokens */
     const float *gamma, *beta, *bias;
     float eps;
     int act;
@@ -148,21 +168,33 @@ typedef struct {
  *   any      batch flags: the sequence attends to some key (else uniformly).
  */
 typedef struct {
-    const float *QKV;
+    const float *QKV;   /* token n of row r at QKV[r * ldx + n - x0] */
+    int64_t ldx, x0;
     int64_t batch, seq, heads, head_dim, groups, ld; /* ld = Np */
     const uint8_t *mask;
     float scale_log2e;  /* the softmax scale times log2(e): scores in base 2 */
-    float *Y;
+    float *Y;           /* token n of row r at Y[r * ldy + n - y0] */
+    int64_t ldy, y0;
     uint8_t *qv;
     int8_t *kv, *vc;
     float *q_scale, *k_scale, *v_scale;
     int32_t *q_zero, *k_sum;
     const uint8_t *any;
+    int keys_only;      /* quant_tokens makes the K codes only */
     const bsk_attn_q8_trace *trace; /* tests: intermediate results, or NULL */
 } bsk_nn_aq_args;
 
 /* Tokens per chunk of phase A (its per-token state, 5 arrays, stays in L1). */
 #define BSK_AQ_CHUNK 256
+
+/* The INT8 attention's shared arrays (in the calling thread's scratch) and
+ * arguments a, for a driver that runs phases A and B in its own team
+ * (attention_q8.c); *task_bytes: each thread's scratch for phase A and its
+ * tasks (bsk_nn_aq_task_ws).  BSK_EOVERFLOW past the kernel's limits. */
+bsk_status bsk_nn_aq_prepare(const float *QKV, int64_t batch, int64_t seq, int64_t heads,
+                             int64_t head_dim, const uint8_t *mask, float scale, float *Y,
+                             const bsk_attn_q8_trace *trace, bsk_nn_aq_args *a,
+                             size_t *task_bytes);
 
 /* A thread's INT8 attention scratch; the key lists are those of sequence b. */
 typedef struct {
@@ -175,6 +207,9 @@ typedef struct {
     int64_t b, nk, lo, hi;
     int uniform;
 } bsk_nn_aq_ws;
+
+/* Carve a thread's scratch `mine` (task_bytes of bsk_nn_aq_prepare) into ws. */
+void bsk_nn_aq_task_ws(const bsk_nn_aq_args *a, uint8_t *mine, bsk_nn_aq_ws *ws);
 
 /* ---- the kernel table: one per ISA variant ----------------------------------- */
 
@@ -222,6 +257,12 @@ typedef struct {
 typedef struct {
     void (*quant_tokens)(const bsk_nn_aq_args *a, int64_t n0, int64_t n1, float *ws);
     void (*quant_values)(const bsk_nn_aq_args *a, int64_t r0, int64_t r1);
+    /* quant_values of V row f of sequence b in two steps over a part [p0, p1) of
+     * its positions: the part's max |v| over attended keys, then, given the
+     * maximum over all parts, the part's codes (and v_scale, from the part at 0) */
+    float (*values_amax)(const bsk_nn_aq_args *a, int64_t b, int64_t f, int64_t p0, int64_t p1);
+    void (*values_codes)(const bsk_nn_aq_args *a, int64_t b, int64_t f, int64_t p0, int64_t p1,
+                         float amax);
     void (*task)(const bsk_nn_aq_args *a, int64_t b, int64_t h, int64_t i0, bsk_nn_aq_ws *ws);
     int queries;                     /* <= BSK_NN_MAX_QW */
 } bsk_nn_attention_q8_kernel;
@@ -247,6 +288,9 @@ typedef struct bsk_kernels {
 
 /* The table of `isa` if it is built and usable on this CPU, else NULL. */
 const bsk_kernels *bsk_kernels_for(bsk_isa isa);
+
+/* The INT8 sparse kernel bsk_qspmm runs for W with table k (dispatch.c). */
+bsk_qspmm_fn bsk_qspmm_pick(const bsk_kernels *k, const bsk_qbcsr *W);
 
 /* ---- per-variant entry points (defined in src/<isa>/, listed in dispatch.c) ---- */
 

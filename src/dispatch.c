@@ -335,6 +335,12 @@ static bsk_qspmm_fn choose_qspmm(const bsk_kernels *k, const bsk_qbcsr *W, const
     return bsk_qspmm_u8s8s32_scalar;
 }
 
+bsk_qspmm_fn bsk_qspmm_pick(const bsk_kernels *k, const bsk_qbcsr *W)
+{
+    const char *name;
+    return choose_qspmm(k, W, &name);
+}
+
 const char *bsk_qspmm_kernel_name(bsk_isa isa, const bsk_qbcsr *W)
 {
     const char *name;

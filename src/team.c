@@ -69,6 +69,7 @@ void bsk_team_set_adaptive(int on)
 int bsk_team_begin(bsk_team_clock *c, int nt)
 {
     c->team = 0;
+    c->barriers = 0;
     if (nt <= 1)
         return 1;
     if (!bsk_team_adaptive())
@@ -96,9 +97,26 @@ void bsk_team_end(bsk_team_clock *c)
         out_lo = c->leave[i] < out_lo ? c->leave[i] : out_lo;
         out_hi = c->leave[i] > out_hi ? c->leave[i] : out_hi;
     }
-    const int64_t span = out_hi - c->start, skew_in = in_hi - in_lo, skew_out = out_hi - out_lo;
-    const int64_t skew = skew_in > skew_out ? skew_in : skew_out;
-    const int held = skew > BSK_TEAM_SKEW_NS && 2 * skew > span;
+    /* each phase (up to a timed barrier, and from the last one to the end)
+     * is judged as a region: its threads finished more than a slice apart,
+     * and apart by more than half its length; the first also by the entries */
+    int held = 0;
+    int64_t from = c->start, skew = in_hi - in_lo;
+    for (int b = 0; b <= c->barriers; b++) {
+        int64_t lo = out_lo, hi = out_hi;
+        if (b < c->barriers) {
+            lo = INT64_MAX;
+            hi = 0;
+            for (int i = 0; i < c->team; i++) {
+                lo = c->arrive[b][i] < lo ? c->arrive[b][i] : lo;
+                hi = c->arrive[b][i] > hi ? c->arrive[b][i] : hi;
+            }
+        }
+        skew = hi - lo > skew ? hi - lo : skew;
+        held |= skew > BSK_TEAM_SKEW_NS && 2 * skew > hi - from;
+        from = hi;
+        skew = 0;
+    }
     /* one held-up region can be the hypervisor taking a vCPU for a moment
      * (seen in ~1 % of long regions on a quiet shared VM, and in bursts on a
      * noisy one: two of 64 kept BERT-Mini on one thread for whole rounds); four of the last

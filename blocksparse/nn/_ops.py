@@ -105,6 +105,17 @@ def _attention(qkv, batch, seq, heads, mask, out, quantize, int8=False):
     return out, qa
 
 
+def _encoder_layer_q8(weights, biases, activation, ln1, ln2, muls, x, xq, mask, batch,
+                      seq, heads, out, outq):
+    """out (H, N) (and its codes outq) of one post-LayerNorm INT8 encoder layer in one C
+    call (bsk_encoder_layer_q8_run); see BertLayer._forward_one_call."""
+    _kernels.encoder_layer_q8(_config._active_isa(), weights, biases, activation, ln1, ln2,
+                              muls, x, xq, mask, batch, seq, heads,
+                              1.0 / math.sqrt(x.shape[0] // heads), out, outq,
+                              _config.get_num_threads())
+    return out, outq
+
+
 def _attention_traced(qkv, batch, seq, heads, mask):
     """The INT8 attention of (3H, N) qkv and its intermediate results (tests).
 

@@ -31,7 +31,7 @@ from typing import NamedTuple
 import numpy as np
 
 from .. import BlockSparseMatrix, QuantizedMatrix, linear, prune, quantize
-from .._packed import Epilogue, matmul
+from .._packed import Epilogue, QuantizedActivations, matmul
 from . import _ops
 from .activations import FFN_ACTIVATIONS, apply_activation, epilogue_activation
 
@@ -861,6 +861,9 @@ class BertLayer:
 
     def _forward(self, x, xq, mask, B, S, want=FLOAT_INPUT, refine=None):
         """(output, its uint8 codes if the InputSpec `want` asks for them, else None)."""
+        linears = self._one_call_linears() if refine is None and xq is not None else None
+        if linears is not None:
+            return self._forward_one_call(linears, x, xq, mask, B, S, want)
         a = self.attention._forward(x, xq, mask, B, S, refine)
         h1, h1q = self.ln1._forward(a, x, self.ffn1.input_spec, out=a)
         inter = self._ffn1(h1, h1q, refine)
@@ -868,6 +871,34 @@ class BertLayer:
         interq = _ops._quantize_tokens(inter, ffn2_in.scale) if ffn2_in.quantized else None
         o = self.ffn2._forward(inter, interq, refine=refine)
         return self.ln2._forward(o, h1, want, out=o)
+
+    def _one_call_linears(self):
+        """(qkv, out, ffn1, ffn2) if the layer runs as one C call, else None.
+
+        That call (``bsk_encoder_layer_q8_run``) takes INT8 weights without a
+        float part, the INT8 attention and a fused FFN activation; it gives
+        the bits of the piece-by-piece path below.
+        """
+        att = self.attention
+        linears = (att.qkv, att.out, self.ffn1, self.ffn2)
+        if self._fused is None or att.precision != "int8" or any(
+                lin.kind != "int8" or lin._float_epilogue is not None for lin in linears):
+            return None
+        return linears
+
+    def _forward_one_call(self, linears, x, xq, mask, B, S, want):
+        """The layer in one C call: one team of threads, each on its share of the tokens."""
+        H, N = x.shape
+        y = np.empty((H, N), np.float32)
+        yq = QuantizedActivations.empty(H, N) if want.quantized else None
+        att = self.attention
+        _ops._encoder_layer_q8(
+            tuple(lin.weight.packed for lin in linears), tuple(lin.bias for lin in linears),
+            self._fused, (self.ln1.weight, self.ln1.bias, self.ln1.eps),
+            (self.ln2.weight, self.ln2.bias, self.ln2.eps),
+            (att.out._q_mul, self.ffn1._q_mul, self.ffn2._q_mul, want.scale),
+            x, xq, mask, B, S, att.num_heads, y, yq)
+        return y, yq
 
     def _ffn1(self, h1, h1q, refine=None):
         """act(FFN1(h1)): fused into the product, or a float pass after it."""

@@ -163,6 +163,65 @@ bsk_status bsk_attention_q8(bsk_isa isa, const float *QKV, int64_t batch,
                             uint8_t *Q, float *q_scale, int32_t *q_zero,
                             const bsk_attn_q8_trace *trace, int num_threads);
 
+/* One INT8 Linear weight of an encoder layer: sparse (block-CSR, blocksize
+ * (4, 1) grouped or any other) or dense (bsk_qgemm's panel), exactly one of
+ * the two; with the per-row arrays of its epilogue (bsk_epilogue). */
+typedef struct {
+    const bsk_qbcsr *sparse;
+    const bsk_qdense *dense;
+    const int32_t *rowsum;      /* M: the row sums of the int8 weights */
+    const float *w_scale;       /* M */
+    const float *bias;          /* M, or NULL */
+} bsk_layer_weight;
+
+/*
+ * One post-LayerNorm (BERT) encoder layer with INT8 weights and INT8
+ * attention, on N = batch * seq tokens, activations (features, tokens):
+ *   qkv   = W_qkv @ X + b                                  (3H, N)
+ *   ctx   = bsk_attention_q8(qkv, mask, scale)             (H, N), per-token codes
+ *   h1    = LayerNorm1(W_out @ ctx + b + X)                (H, N), per-token codes
+ *   inter = act(W_ffn1 @ h1 + b)                           (I, N), per-token codes
+ *   Y     = LayerNorm2(W_ffn2 @ inter + b + h1)            (H, N), codes if YQ
+ * Each product reads the uint8 codes of its input (XQ, x_scale, x_zero for
+ * the first, given), quantized per token after multiplying by the
+ * per-feature factors out_mul, ffn1_mul, ffn2_mul, next_mul (NULL: none);
+ * LayerNorm as bsk_add_layernorm_f32.  The result has the bits of the
+ * separate calls (bsk_qspmm / bsk_qgemm, bsk_attention_q8,
+ * bsk_quantize_tokens_u8, bsk_add_layernorm_f32) on any ISA and thread count.
+ */
+typedef struct {
+    int64_t batch, seq, heads, hidden, inter;
+    const uint8_t *mask;        /* (batch, seq) bytes, non-zero = attend; or NULL */
+    float scale;                /* of the attention scores, 1 / sqrt(head_dim) */
+    bsk_layer_weight qkv, out, ffn1, ffn2;
+    int act;                    /* FFN1's: BSK_ACT_NONE, BSK_ACT_RELU or BSK_ACT_GELU */
+    const float *ln1_gamma, *ln1_beta, *ln2_gamma, *ln2_beta;
+    float ln1_eps, ln2_eps;
+    const float *out_mul, *ffn1_mul, *ffn2_mul, *next_mul;
+    const float *X;             /* (H, N) float32 input, the first residual */
+    const uint8_t *XQ;          /* (H, N) its codes */
+    const float *x_scale;       /* N */
+    const int32_t *x_zero;      /* N */
+    float *Y;                   /* (H, N) output, not overlapping X */
+    uint8_t *YQ;                /* (H, N) its codes, or NULL (then y_* too) */
+    float *y_scale;
+    int32_t *y_zero;
+} bsk_encoder_layer_q8;
+
+/*
+ * Run the layer in one team of threads: each thread takes an equal share of
+ * the tokens (whole 16-token blocks) for everything that works per token
+ * (the four products, the quantizations, both LayerNorms), so a token's
+ * activations stay in the cache of the core that made them; the attention
+ * meets the other threads' keys and values after two barriers, and its
+ * (sequence, query block, head) tasks are split evenly, then a third
+ * barrier.  The intermediate activations live in the calling thread's
+ * scratch.  BSK_EINVAL for inconsistent shapes or pointers, BSK_EOVERFLOW
+ * past the INT8 kernels' limits.
+ */
+bsk_status bsk_encoder_layer_q8_run(bsk_isa isa, const bsk_encoder_layer_q8 *L,
+                                    int num_threads);
+
 #ifdef __cplusplus
 }
 #endif

@@ -70,6 +70,82 @@ static void aq_copy_trace(const bsk_nn_aq_args *a, const bsk_attn_q8_trace *tr)
         memcpy(tr->v_scale, a->v_scale, (size_t)a->batch * hidden * sizeof(float));
 }
 
+bsk_status bsk_nn_aq_prepare(const float *QKV, int64_t batch, int64_t seq, int64_t heads,
+                             int64_t head_dim, const uint8_t *mask, float scale, float *Y,
+                             const bsk_attn_q8_trace *trace, bsk_nn_aq_args *a,
+                             size_t *task_bytes)
+{
+    /* int32 holds head_dim x 255 x 127 (scores), seq x 255 x 127 (each byte plane
+     * of P V) and seq x 65535 (the probability codes' sum) */
+    if (head_dim > BSK_MAX_K_INT8 || seq > BSK_AQ_MAX_SEQ)
+        return BSK_EOVERFLOW;
+    const int64_t N = batch * seq;
+    const int64_t D = head_dim, G = (D + 3) / 4, Np = (N + 15) / 16 * 16, H = heads * D;
+    const aq_layout l = aq_plan(batch, heads, D, G, Np);
+    uint8_t *buf = (uint8_t *)bsk_scratch(BSK_SCRATCH_ATTN_SHARED, l.total);
+    if (!buf)
+        return BSK_ENOMEM;
+    a->QKV = QKV;
+    a->ldx = N;
+    a->x0 = 0;
+    a->batch = batch;
+    a->seq = seq;
+    a->heads = heads;
+    a->head_dim = D;
+    a->groups = G;
+    a->ld = Np;
+    a->mask = mask;
+    a->scale_log2e = scale * 1.44269504088896341f;
+    a->Y = Y;
+    a->ldy = N;
+    a->y0 = 0;
+    a->qv = buf + l.qv;
+    a->kv = (int8_t *)(buf + l.kv);
+    a->vc = (int8_t *)(buf + l.vc);
+    a->q_scale = (float *)(buf + l.q_scale);
+    a->q_zero = (int32_t *)(buf + l.q_zero);
+    a->k_scale = (float *)(buf + l.k_scale);
+    a->k_sum = (int32_t *)(buf + l.k_sum);
+    a->v_scale = (float *)(buf + l.v_scale);
+    a->trace = trace;
+    a->keys_only = 0;
+    /* the bytes the tasks read past the arrays' ends (their lanes are discarded) */
+    memset(a->qv + heads * G * Np * 4, 0, BSK_NN_MAX_QW * 4);
+    memset(a->vc + H * Np, 0, 4);
+    uint8_t *any = buf + l.any;
+    for (int64_t b = 0; b < batch; b++) {
+        any[b] = 1;
+        if (mask) {
+            any[b] = 0;
+            for (int64_t j = 0; j < seq && !any[b]; j++)
+                any[b] = mask[b * seq + j] != 0;
+        }
+    }
+    a->any = any;
+    /* a thread's scratch: phase A's per-token state, or phase B's st, pp, yt,
+     * keys, row (bsk_nn_aq_task_ws) */
+    const size_t bytes_a = 5 * BSK_AQ_CHUNK * sizeof(float);
+    const size_t bytes_b = (size_t)(seq * BSK_NN_MAX_QW) * sizeof(float) +
+                           (size_t)((seq + 3) / 4 + 1) * 2 * BSK_NN_MAX_QW * 4 +
+                           (size_t)(D * BSK_NN_MAX_QW) * sizeof(float) +
+                           2 * (size_t)seq * sizeof(int32_t) + 4 * 64;
+    *task_bytes = bytes_a > bytes_b ? bytes_a : bytes_b;
+    return BSK_OK;
+}
+
+void bsk_nn_aq_task_ws(const bsk_nn_aq_args *a, uint8_t *mine, bsk_nn_aq_ws *ws)
+{
+    const int64_t seq = a->seq;
+    size_t at = 0;
+    ws->st = (float *)(mine + aq_take(&at, (size_t)(seq * BSK_NN_MAX_QW) * sizeof(float)));
+    ws->pp = mine + aq_take(&at, (size_t)((seq + 3) / 4 + 1) * 2 * BSK_NN_MAX_QW * 4);
+    ws->yt = (float *)(mine + aq_take(&at, (size_t)(a->head_dim * BSK_NN_MAX_QW) *
+                                               sizeof(float)));
+    ws->keys = (int32_t *)(mine + aq_take(&at, (size_t)seq * sizeof(int32_t)));
+    ws->row = (int32_t *)(mine + aq_take(&at, (size_t)seq * sizeof(int32_t)));
+    ws->b = -1;
+}
+
 bsk_status bsk_attention_q8(bsk_isa isa, const float *QKV, int64_t batch,
                             int64_t seq, int64_t heads, int64_t head_dim,
                             const uint8_t *mask, float scale, float *Y,
@@ -81,8 +157,6 @@ bsk_status bsk_attention_q8(bsk_isa isa, const float *QKV, int64_t batch,
     if (bad != BSK_OK)
         return bad;
     const int64_t N = batch * seq;
-    /* int32 holds head_dim x 255 x 127 (scores), seq x 255 x 127 (each byte plane
-     * of P V) and seq x 65535 (the probability codes' sum) */
     if (head_dim > BSK_MAX_K_INT8 || seq > BSK_AQ_MAX_SEQ)
         return BSK_EOVERFLOW;
     const bsk_kernels *k = bsk_kernels_for(isa);
@@ -91,55 +165,15 @@ bsk_status bsk_attention_q8(bsk_isa isa, const float *QKV, int64_t batch,
     if (N == 0)
         return BSK_OK;
     const bsk_nn_attention_q8_kernel *att = k->nn_attention_q8;
-    const int64_t D = head_dim, G = (D + 3) / 4, Np = (N + 15) / 16 * 16, H = heads * D;
-    const int64_t qw = att->queries;
-
-    const aq_layout l = aq_plan(batch, heads, D, G, Np);
-    uint8_t *buf = (uint8_t *)bsk_scratch(BSK_SCRATCH_ATTN_SHARED, l.total);
-    if (!buf)
-        return BSK_ENOMEM;
+    const int64_t H = heads * head_dim, Np = (N + 15) / 16 * 16, qw = att->queries;
     bsk_nn_aq_args a;
-    a.QKV = QKV;
-    a.batch = batch;
-    a.seq = seq;
-    a.heads = heads;
-    a.head_dim = D;
-    a.groups = G;
-    a.ld = Np;
-    a.mask = mask;
-    a.scale_log2e = scale * 1.44269504088896341f;
-    a.Y = Y;
-    a.qv = buf + l.qv;
-    a.kv = (int8_t *)(buf + l.kv);
-    a.vc = (int8_t *)(buf + l.vc);
-    a.q_scale = (float *)(buf + l.q_scale);
-    a.q_zero = (int32_t *)(buf + l.q_zero);
-    a.k_scale = (float *)(buf + l.k_scale);
-    a.k_sum = (int32_t *)(buf + l.k_sum);
-    a.v_scale = (float *)(buf + l.v_scale);
-    a.trace = trace;
-    /* the bytes the tasks read past the arrays' ends (their lanes are discarded) */
-    memset(a.qv + heads * G * Np * 4, 0, BSK_NN_MAX_QW * 4);
-    memset(a.vc + H * Np, 0, 4);
-    uint8_t *any = buf + l.any;
-    for (int64_t b = 0; b < batch; b++) {
-        any[b] = 1;
-        if (mask) {
-            any[b] = 0;
-            for (int64_t j = 0; j < seq && !any[b]; j++)
-                any[b] = mask[b * seq + j] != 0;
-        }
-    }
-    a.any = any;
+    size_t task_bytes;
+    const bsk_status st = bsk_nn_aq_prepare(QKV, batch, seq, heads, head_dim, mask, scale, Y,
+                                            trace, &a, &task_bytes);
+    if (st != BSK_OK)
+        return st;
 
     const int64_t blocks = (seq + qw - 1) / qw, tasks = batch * heads * blocks;
-    /* a thread's scratch: phase A's per-token state, or phase B's st, pp, yt,
-     * keys, row */
-    const size_t bytes_a = 5 * BSK_AQ_CHUNK * sizeof(float);
-    const size_t bytes_b = (size_t)(seq * BSK_NN_MAX_QW) * sizeof(float) +
-                           (size_t)((seq + 3) / 4 + 1) * 2 * BSK_NN_MAX_QW * 4 +
-                           (size_t)(D * BSK_NN_MAX_QW) * sizeof(float) +
-                           2 * (size_t)seq * sizeof(int32_t) + 4 * 64;
     int64_t nt = num_threads < 1 ? 1 : num_threads;
     if (nt > tasks)
         nt = tasks;
@@ -156,8 +190,7 @@ bsk_status bsk_attention_q8(bsk_isa isa, const float *QKV, int64_t batch,
         const int T = 1, t = 0;
 #endif
         BSK_TEAM_ENTER(&clock, t);
-        uint8_t *mine = (uint8_t *)bsk_scratch(BSK_SCRATCH_ATTN_TASK,
-                                               bytes_a > bytes_b ? bytes_a : bytes_b);
+        uint8_t *mine = (uint8_t *)bsk_scratch(BSK_SCRATCH_ATTN_TASK, task_bytes);
         if (!mine) {
 #ifdef _OPENMP
 #pragma omp atomic write
@@ -179,13 +212,7 @@ bsk_status bsk_attention_q8(bsk_isa isa, const float *QKV, int64_t batch,
             aq_copy_trace(&a, trace);
         if (mine) {
             bsk_nn_aq_ws ws;
-            size_t at = 0;
-            ws.st = (float *)(mine + aq_take(&at, (size_t)(seq * BSK_NN_MAX_QW) * sizeof(float)));
-            ws.pp = mine + aq_take(&at, (size_t)((seq + 3) / 4 + 1) * 2 * BSK_NN_MAX_QW * 4);
-            ws.yt = (float *)(mine + aq_take(&at, (size_t)(D * BSK_NN_MAX_QW) * sizeof(float)));
-            ws.keys = (int32_t *)(mine + aq_take(&at, (size_t)seq * sizeof(int32_t)));
-            ws.row = (int32_t *)(mine + aq_take(&at, (size_t)seq * sizeof(int32_t)));
-            ws.b = -1;
+            bsk_nn_aq_task_ws(&a, mine, &ws);
             bsk_split(tasks, T, t, &lo, &hi);
             for (int64_t j = lo; j < hi; j++) {
                 const int64_t bh = j / blocks;

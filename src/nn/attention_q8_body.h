@@ -156,12 +156,12 @@ BSK_INLINE void AQ_FN(codes_group)(const float *X, int64_t N, int64_t D, int64_t
  * over the rows for the per-token ranges (bsk_nn_range_rows), then one per
  * group of four rows for the codes.  Q's parameters and codes are those of
  * the per-token activation quantization (bsk_nn_params_rows,
- * bsk_u8_code16).  ws: 5 * BSK_AQ_CHUNK floats.
+ * bsk_u8_code16).  With a->keys_only, K's only.  ws: 5 * BSK_AQ_CHUNK floats.
  */
 static void AQ_FN(quant_tokens)(const bsk_nn_aq_args *a, int64_t n0, int64_t n1, float *ws)
 {
     const int64_t D = a->head_dim, G = a->groups, Np = a->ld, N = a->batch * a->seq;
-    const int64_t H = a->heads * D;
+    const int64_t H = a->heads * D, ldx = a->ldx;
     float *lo = ws, *hi = ws + BSK_AQ_CHUNK, *s = ws + 2 * BSK_AQ_CHUNK,
           *z = ws + 3 * BSK_AQ_CHUNK;
     int32_t *ksum = (int32_t *)(ws + 4 * BSK_AQ_CHUNK);
@@ -170,20 +170,23 @@ static void AQ_FN(quant_tokens)(const bsk_nn_aq_args *a, int64_t n0, int64_t n1,
         const int64_t Tv = c1 - c0, T = (c1 < N ? c1 : N) - c0;
         for (int64_t h = 0; h < a->heads; h++) {
             const int64_t p = h * Np + c0;
-            /* queries: uint8, asymmetric per token */
-            const float *X = a->QKV + h * D * N + c0;
-            bsk_nn_range_rows(X, D, N, T, NULL, lo, hi);
-            for (int64_t t = T; t < Tv; t++)
-                lo[t] = hi[t] = 0.0f;
-            bsk_nn_params_rows(T, lo, hi, s, z, a->q_scale + p, a->q_zero + p);
-            for (int64_t t = 0; t < Tv; t += 16)
-                bsk_nn_store(s + t, 1.0f / bsk_nn_load(s + t));
-            for (int64_t g = 0; g < G; g++)
-                AQ_FN(codes_group)(X, N, D, g, T, Tv, s, z, NULL,
-                                   a->qv + ((h * G + g) * Np + c0) * 4, 0);
+            const float *X;
+            if (!a->keys_only) {
+                /* queries: uint8, asymmetric per token */
+                X = a->QKV + h * D * ldx + (c0 - a->x0);
+                bsk_nn_range_rows(X, D, ldx, T, NULL, lo, hi);
+                for (int64_t t = T; t < Tv; t++)
+                    lo[t] = hi[t] = 0.0f;
+                bsk_nn_params_rows(T, lo, hi, s, z, a->q_scale + p, a->q_zero + p);
+                for (int64_t t = 0; t < Tv; t += 16)
+                    bsk_nn_store(s + t, 1.0f / bsk_nn_load(s + t));
+                for (int64_t g = 0; g < G; g++)
+                    AQ_FN(codes_group)(X, ldx, D, g, T, Tv, s, z, NULL,
+                                       a->qv + ((h * G + g) * Np + c0) * 4, 0);
+            }
             /* keys: int8, symmetric per token */
-            X = a->QKV + (H + h * D) * N + c0;
-            bsk_nn_range_rows(X, D, N, T, NULL, lo, hi);
+            X = a->QKV + (H + h * D) * ldx + (c0 - a->x0);
+            bsk_nn_range_rows(X, D, ldx, T, NULL, lo, hi);
             for (int64_t t = T; t < Tv; t++)
                 lo[t] = hi[t] = 0.0f;
             for (int64_t t = 0; t < Tv; t += 16) {
@@ -194,7 +197,7 @@ static void AQ_FN(quant_tokens)(const bsk_nn_aq_args *a, int64_t n0, int64_t n1,
                 *(bsk_v16i_u *)(ksum + t) = (bsk_v16i){0};
             }
             for (int64_t g = 0; g < G; g++)
-                AQ_FN(codes_group)(X, N, D, g, T, Tv, s, NULL, ksum,
+                AQ_FN(codes_group)(X, ldx, D, g, T, Tv, s, NULL, ksum,
                                    (uint8_t *)a->kv + ((h * G + g) * Np + c0) * 4, 1);
             memcpy(a->k_scale + p, z, (size_t)T * sizeof(float));
             memcpy(a->k_sum + p, ksum, (size_t)T * sizeof(int32_t));
@@ -203,47 +206,74 @@ static void AQ_FN(quant_tokens)(const bsk_nn_aq_args *a, int64_t n0, int64_t n1,
 }
 
 /*
- * V, int8 symmetric per (feature, sequence), for the items [r0, r1), item
- * r = b * hidden + f: the scale from the sequence's attended keys (all keys
- * of a sequence that attends to none), the codes of all its tokens.
+ * V, int8 symmetric per (feature, sequence): the scale from the sequence's
+ * attended keys (all keys of a sequence that attends to none), the codes of
+ * all its tokens.  The pieces work on the positions [p0, p1) of sequence b,
+ * so that a driver can split one sequence's keys over threads: maxima merge
+ * exactly in any order.
  */
-static void AQ_FN(quant_values)(const bsk_nn_aq_args *a, int64_t r0, int64_t r1)
+
+/* V row f's feature of the positions [p0, p1) of sequence b. */
+BSK_INLINE const float *AQ_FN(v_row)(const bsk_nn_aq_args *a, int64_t b, int64_t f, int64_t p0)
+{
+    const int64_t H = a->heads * a->head_dim;
+    return a->QKV + (2 * H + f) * a->ldx + (b * a->seq + p0 - a->x0);
+}
+
+/* max |v| over the attended positions [p0, p1) of sequence b, V row f. */
+static float AQ_FN(values_amax)(const bsk_nn_aq_args *a, int64_t b, int64_t f, int64_t p0,
+                                int64_t p1)
+{
+    const float *v = AQ_FN(v_row)(a, b, f, p0);
+    const uint8_t *m = a->mask && a->any[b] ? a->mask + b * a->seq + p0 : NULL;
+    bsk_v16f amax = (bsk_v16f){0};
+    BSK_NN_FOR_TOKENS(p1 - p0, {
+        bsk_v16f x = bsk_nn_ld(v + n_, full_, cnt_);
+        x = (bsk_v16f)((bsk_v16i)x & 0x7fffffff);
+        if (m) {
+            bsk_v16b mb = (bsk_v16b){0};
+            memcpy(&mb, m + n_, (size_t)cnt_);
+            x = bsk_select(__builtin_convertvector(mb, bsk_v16i) != 0, x, (bsk_v16f){0});
+        }
+        amax = bsk_nn_max(amax, x);
+    });
+    amax = bsk_nn_max(amax, __builtin_shufflevector(amax, amax, 8, 9, 10, 11, 12, 13, 14, 15,
+                                                    0, 1, 2, 3, 4, 5, 6, 7));
+    amax = bsk_nn_max(amax, __builtin_shufflevector(amax, amax, 4, 5, 6, 7, 0, 1, 2, 3, 12,
+                                                    13, 14, 15, 8, 9, 10, 11));
+    amax = bsk_nn_max(amax, __builtin_shufflevector(amax, amax, 2, 3, 0, 1, 6, 7, 4, 5, 10,
+                                                    11, 8, 9, 14, 15, 12, 13));
+    amax = bsk_nn_max(amax, __builtin_shufflevector(amax, amax, 1, 0, 3, 2, 5, 4, 7, 6, 9, 8,
+                                                    11, 10, 13, 12, 15, 14));
+    return amax[0]; /* every lane holds the maximum */
+}
+
+/* The scale of V row f of sequence b from its maximum (stored), and the codes
+ * of the positions [p0, p1); the last sequence's owner of the row's end also
+ * clears the row's padding, which P V may read (times 0). */
+static void AQ_FN(values_codes)(const bsk_nn_aq_args *a, int64_t b, int64_t f, int64_t p0,
+                                int64_t p1, float amax)
 {
     const int64_t S = a->seq, H = a->heads * a->head_dim, N = a->batch * S;
-    for (int64_t r = r0; r < r1; r++) {
-        const int64_t b = r / H, f = r % H;
-        const float *v = a->QKV + (2 * H + f) * N + b * S;
-        const uint8_t *m = a->mask && a->any[b] ? a->mask + b * S : NULL;
-        bsk_v16f amax = (bsk_v16f){0};
-        BSK_NN_FOR_TOKENS(S, {
-            bsk_v16f x = bsk_nn_ld(v + n_, full_, cnt_);
-            x = (bsk_v16f)((bsk_v16i)x & 0x7fffffff);
-            if (m) {
-                bsk_v16b mb = (bsk_v16b){0};
-                memcpy(&mb, m + n_, (size_t)cnt_);
-                x = bsk_select(__builtin_convertvector(mb, bsk_v16i) != 0, x, (bsk_v16f){0});
-            }
-            amax = bsk_nn_max(amax, x);
-        });
-        amax = bsk_nn_max(amax, __builtin_shufflevector(amax, amax, 8, 9, 10, 11, 12, 13, 14, 15,
-                                                        0, 1, 2, 3, 4, 5, 6, 7));
-        amax = bsk_nn_max(amax, __builtin_shufflevector(amax, amax, 4, 5, 6, 7, 0, 1, 2, 3, 12,
-                                                        13, 14, 15, 8, 9, 10, 11));
-        amax = bsk_nn_max(amax, __builtin_shufflevector(amax, amax, 2, 3, 0, 1, 6, 7, 4, 5, 10,
-                                                        11, 8, 9, 14, 15, 12, 13));
-        amax = bsk_nn_max(amax, __builtin_shufflevector(amax, amax, 1, 0, 3, 2, 5, 4, 7, 6, 9, 8,
-                                                        11, 10, 13, 12, 15, 14));
-        /* every lane holds the maximum now */
-        const bsk_v16f sv = bsk_aq_s8_scale16(amax), rv = 1.0f / sv;
+    const bsk_v16f sv = bsk_aq_s8_scale16((bsk_v16f){0} + amax), rv = 1.0f / sv;
+    if (p0 == 0)
         a->v_scale[b * H + f] = sv[0];
-        int8_t *dst = a->vc + f * a->ld + b * S;
-        BSK_NN_FOR_TOKENS(S, {
-            const bsk_v16b code = bsk_aq_bytes16(bsk_aq_s8_code16(bsk_nn_ld(v + n_, full_, cnt_) * rv));
-            bsk_nn_st_bytes((uint8_t *)dst + n_, code, full_, cnt_);
-        });
-        if (b == a->batch - 1) /* the row's padding, which P V may read (times 0) */
-            memset(dst + S, 0, (size_t)(a->ld - N));
-    }
+    const float *v = AQ_FN(v_row)(a, b, f, p0);
+    int8_t *dst = a->vc + f * a->ld + b * S + p0;
+    BSK_NN_FOR_TOKENS(p1 - p0, {
+        const bsk_v16b code = bsk_aq_bytes16(bsk_aq_s8_code16(bsk_nn_ld(v + n_, full_, cnt_) * rv));
+        bsk_nn_st_bytes((uint8_t *)dst + n_, code, full_, cnt_);
+    });
+    if (b == a->batch - 1 && p1 == S)
+        memset(a->vc + f * a->ld + N, 0, (size_t)(a->ld - N));
+}
+
+/* V codes of the items [r0, r1), item r = b * hidden + f, whole sequences. */
+static void AQ_FN(quant_values)(const bsk_nn_aq_args *a, int64_t r0, int64_t r1)
+{
+    const int64_t S = a->seq, H = a->heads * a->head_dim;
+    for (int64_t r = r0; r < r1; r++)
+        AQ_FN(values_codes)(a, r / H, r % H, 0, S, AQ_FN(values_amax)(a, r / H, r % H, 0, S));
 }
 
 /* ---- phase B ------------------------------------------------------------------- */
@@ -468,9 +498,9 @@ static void AQ_FN(task)(const bsk_nn_aq_args *a, int64_t b, int64_t h, int64_t i
     for (; c0 < D; c0++)
         AQ_FN(pv)(ws->pp, gp, vb + c0 * Np, Np, 1, vs + c0, rinv, ws->yt + c0 * AQ_QW,
                   th ? th + c0 * N : NULL, tl ? tl + c0 * N : NULL, N, cnt);
-    float *y = a->Y + h * D * N + n0;
+    float *y = a->Y + h * D * a->ldy + (n0 - a->y0);
     for (int64_t c = 0; c < D; c++)
-        memcpy(y + c * N, ws->yt + c * AQ_QW, (size_t)cnt * sizeof(float));
+        memcpy(y + c * a->ldy, ws->yt + c * AQ_QW, (size_t)cnt * sizeof(float));
     if (tr && tr->p_sum)
         for (int v = 0; v < BSK_AQ_IV; v++)
             for (int q = 0; q < bsk_aq_lanes(cnt, v); q++)
@@ -478,7 +508,8 @@ static void AQ_FN(task)(const bsk_nn_aq_args *a, int64_t b, int64_t h, int64_t i
 }
 
 const bsk_nn_attention_q8_kernel BSK_NN_CAT(bsk_nn_attention_q8, BSK_AQ_SFX) = {
-    AQ_FN(quant_tokens), AQ_FN(quant_values), AQ_FN(task), AQ_QW};
+    AQ_FN(quant_tokens), AQ_FN(quant_values), AQ_FN(values_amax), AQ_FN(values_codes),
+    AQ_FN(task), AQ_QW};
 
 #undef AQ_QW
 #undef AQ_FN

@@ -101,6 +101,7 @@ BSK_INLINE void BSK_NN_FN(layernorm_sweep)(const bsk_nn_tok_args *a, int64_t n0,
                                             int64_t tail)
 {
     const int64_t F = a->features, N = a->tokens;
+    const int64_t NR = a->ld_res ? a->ld_res : N, NY = a->ld_y ? a->ld_y : N;
     const float *X = a->X + n0, *R = a->Res ? a->Res + n0 : NULL;
     float *Y = a->Y + n0;
     const float *mul = a->Q ? a->q_mul : NULL;
@@ -109,8 +110,8 @@ BSK_INLINE void BSK_NN_FN(layernorm_sweep)(const bsk_nn_tok_args *a, int64_t n0,
     /* pass 1 */
     BSK_NN_EACH_V(BSK_NN_LN_FIRST)
     for (int64_t f = 1; f < F; f++) {
-        const float *x = X + f * N, *r = R ? R + f * N : NULL;
-        float *y = Y + f * N;
+        const float *x = X + f * N, *r = R ? R + f * NR : NULL;
+        float *y = Y + f * NY;
         const float inv_k = 1.0f / (float)(f + 1);
         BSK_NN_EACH_V(BSK_NN_LN_ROW1)
     }
@@ -118,7 +119,7 @@ BSK_INLINE void BSK_NN_FN(layernorm_sweep)(const bsk_nn_tok_args *a, int64_t n0,
     BSK_NN_EACH_V(BSK_NN_LN_RSTD)
     /* pass 2 */
     for (int64_t f = 0; f < F; f++) {
-        float *y = Y + f * N;
+        float *y = Y + f * NY;
         const float g = a->gamma[f], b = a->beta[f], mf = mul ? mul[f] : 1.0f;
         BSK_NN_EACH_V(BSK_NN_LN_ROW2)
     }
@@ -130,7 +131,7 @@ BSK_INLINE void BSK_NN_FN(layernorm_sweep)(const bsk_nn_tok_args *a, int64_t n0,
           s[64] __attribute__((aligned(64))), z[64] __attribute__((aligned(64)));
     BSK_NN_EACH_V(BSK_NN_LN_RANGE_OUT)
     bsk_nn_params_rows(16 * (nv - 1) + tail, lo, hi, s, z, a->q_scale + n0, a->q_zero + n0);
-    bsk_nn_codes_sweep(Y, F, N, mul, s, z, a->Q + n0, nv, tail);
+    bsk_nn_codes_sweep(Y, F, NY, mul, s, z, a->Q + n0, nv, tail);
 }
 
 /*

@@ -670,8 +670,9 @@ class BertModel:
         B, S = ids.shape
         if B * S == 0:
             return [(0, B, np.zeros((self.hidden_size, 0), dtype=np.float32))], B, S
-        bounds = self._sequence_chunks(B, S)
         refine = self._two_pass_columns(mask, B, S)
+        bounds = self._sequence_chunks(B, S) if refine is not None or not all(
+            layer._one_call_linears() for layer in self.encoder.layers) else [(0, B)]
         with _config._pinned_dispatch():
             chunks = []
             for b0, b1 in bounds:

@@ -959,6 +959,10 @@ class PreNormBertLayer(BertLayer):
     def __repr__(self):
         return "<PreNorm" + super().__repr__()[1:]
 
+    def _one_call_linears(self):
+        """None: the one C call is of the post-LayerNorm layer only."""
+        return None
+
     @property
     def input_spec(self):
         """Float: the layer reads the residual stream; its LayerNorm makes the codes."""

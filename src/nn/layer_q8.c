@@ -258,12 +258,20 @@ static uint8_t *thread_scratch(size_t task_bytes, int64_t W)
     return (uint8_t *)bsk_scratch(BSK_SCRATCH_ATTN_TASK, task_bytes > codes ? task_bytes : codes);
 }
 
-/* Several sequences: each thread runs the layer on its own, whole sequences. */
+/* Several sequences: the threads take units of whole sequences in turn (an
+ * atomic counter, so a thread the scheduler holds up takes fewer) and run
+ * the layer on each unit alone, with no barrier.  A unit is one sequence, or
+ * as many short ones as fill about 128 tokens (the products' token tiles are
+ * 64 wide), but never so many that some thread would get none. */
 static bsk_status run_batch(const bsk_kernels *k, const bsk_encoder_layer_q8 *L, int nt)
 {
     const int64_t B = L->batch, S = L->seq, heads = L->heads, D = L->hidden / heads;
     const bsk_nn_attention_q8_kernel *att = k->nn_attention_q8;
     const int64_t qw = att->queries, nblk = (S + qw - 1) / qw;
+    int64_t per = 128 / S < B / nt ? 128 / S : B / nt;
+    per = per < 1 ? 1 : per;
+    const int64_t units = (B + per - 1) / per;
+    int64_t next = 0;
     int status = BSK_OK;
     bsk_team_clock clock;
     nt = bsk_team_begin(&clock, nt);
@@ -272,31 +280,31 @@ static bsk_status run_batch(const bsk_kernels *k, const bsk_encoder_layer_q8 *L,
 #endif
     {
 #ifdef _OPENMP
-        const int T = omp_get_num_threads(), t = omp_get_thread_num();
+        const int t = omp_get_thread_num();
 #else
-        const int T = 1, t = 0;
+        const int t = 0;
 #endif
         BSK_TEAM_ENTER(&clock, t);
-        int64_t b0, b1;
-        bsk_split(B, T, t, &b0, &b1);
-        layer_part p;
-        bsk_nn_aq_args a;
-        size_t task_bytes;
         bsk_status s = BSK_OK;
-        if (b1 > b0) {
+        while (s == BSK_OK) {
+            const int64_t u = __atomic_fetch_add(&next, 1, __ATOMIC_RELAXED);
+            if (u >= units)
+                break;
+            const int64_t b0 = u * per, b1 = b0 + per < B ? b0 + per : B, nb = b1 - b0;
+            layer_part p;
+            bsk_nn_aq_args a;
+            size_t task_bytes;
+            uint8_t *mine = NULL;
             s = part_init(&p, k, L, b0 * S, b1 * S) ? BSK_OK : BSK_ENOMEM;
             if (s == BSK_OK)
-                s = bsk_nn_aq_prepare(p.big, b1 - b0, S, heads, D,
-                                      L->mask ? L->mask + b0 * S : NULL, L->scale, p.ctx, NULL,
-                                      &a, &task_bytes);
-            uint8_t *mine = s == BSK_OK ? thread_scratch(task_bytes, p.W) : NULL;
-            if (s == BSK_OK && !mine)
+                s = bsk_nn_aq_prepare(p.big, nb, S, heads, D, L->mask ? L->mask + b0 * S : NULL,
+                                      L->scale, p.ctx, NULL, &a, &task_bytes);
+            if (s == BSK_OK && !(mine = thread_scratch(task_bytes, p.W)))
                 s = BSK_ENOMEM;
             if (s == BSK_OK)
                 s = part_qkv(&p);
             if (s == BSK_OK) {
                 p.ws = (float *)mine;
-                const int64_t nb = b1 - b0;
                 att->quant_tokens(&a, 0, (p.W + 15) / 16 * 16, p.ws);
                 att->quant_values(&a, 0, nb * L->hidden);
                 bsk_nn_aq_ws ws;
@@ -307,9 +315,9 @@ static bsk_status run_batch(const bsk_kernels *k, const bsk_encoder_layer_q8 *L,
                 }
                 s = part_rest(&p);
             }
-            if (s != BSK_OK)
-                LAYER_FAIL(status, s);
         }
+        if (s != BSK_OK)
+            LAYER_FAIL(status, s);
         BSK_TEAM_LEAVE(&clock, t);
     }
     bsk_team_end(&clock);

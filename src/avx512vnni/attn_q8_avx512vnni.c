@@ -12,7 +12,16 @@
 #define AQ_ACC __m512i
 #define AQ_ACC_ZERO() _mm512_setzero_si512()
 #define AQ_ACC_GET(acc) ((bsk_v16i)(acc))
-#define AQ_DOT(acc, x, w) _mm512_dpbusd_epi32((acc), (x), (w))
+/* vpdpbusd in inline assembly: with the intrinsic, GCC 12 copied the
+ * accumulators between registers around the dots and kept one of P V's
+ * sixteen on the stack; "+v" keeps each in its register (attention of
+ * BERT-Mini, one thread: 1.5 % faster) */
+static inline __m512i aq_dot_avx512(__m512i acc, __m512i x, __m512i w)
+{
+    __asm__("vpdpbusd %2, %1, %0" : "+v"(acc) : "v"(x), "v"(w));
+    return acc;
+}
+#define AQ_DOT(acc, x, w) aq_dot_avx512((acc), (x), (w))
 
 #define BSK_AQ_SFX avx512_vnni
 #define BSK_AQ_IV 4

@@ -113,15 +113,22 @@ bsk_status bsk_nn_aq_prepare(const float *QKV, int64_t batch, int64_t seq, int64
     memset(a->qv + heads * G * Np * 4, 0, BSK_NN_MAX_QW * 4);
     memset(a->vc + H * Np, 0, 4);
     uint8_t *any = buf + l.any;
+    int64_t attended = 0;
     for (int64_t b = 0; b < batch; b++) {
         any[b] = 1;
         if (mask) {
-            any[b] = 0;
-            for (int64_t j = 0; j < seq && !any[b]; j++)
-                any[b] = mask[b * seq + j] != 0;
+            int64_t n = 0;
+            for (int64_t j = 0; j < seq; j++)
+                n += mask[b * seq + j] != 0;
+            any[b] = n > 0;
+            attended += n;
         }
     }
     a->any = any;
+    /* a mask that attends everywhere is no mask: the same keys, and the
+     * pieces skip reading it */
+    if (attended == batch * seq)
+        a->mask = NULL;
     /* a thread's scratch: phase A's per-token state, or phase B's st, pp, yt,
      * keys, row (bsk_nn_aq_task_ws) */
     const size_t bytes_a = 5 * BSK_AQ_CHUNK * sizeof(float);

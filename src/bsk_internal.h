@@ -48,7 +48,7 @@ enum {
     BSK_SCRATCH_STAGE = 2,
     BSK_SCRATCH_ATTN_SHARED = 3, /* INT8 attention: the quantized Q, K, V (calling thread) */
     BSK_SCRATCH_ATTN_TASK = 4,   /* INT8 attention: a thread's task scratch */
-    BSK_SCRATCH_LAYER = 5,       /* INT8 encoder layer: its activations (calling thread) */
+    BSK_SCRATCH_LAYER = 5,       /* INT8 encoder layer: a thread's own activations */
     BSK_SCRATCH_SLOTS = 6
 };
 void *bsk_scratch(int slot, size_t bytes);

@@ -169,8 +169,21 @@ typedef struct {
     int32_t *ctx_z, *h1_z, *inter_z;
 } layer_part;
 
-static int part_init(layer_part *p, const bsk_kernels *k, const bsk_encoder_layer_q8 *L,
-                     int64_t n0, int64_t n1)
+/* The scratch of a thread: the attention's, or the codes' per-token state. */
+static uint8_t *thread_scratch(size_t task_bytes, int64_t W)
+{
+    const size_t codes = (size_t)(4 * ((W + 15) / 16 * 16)) * sizeof(float);
+    return (uint8_t *)bsk_scratch(BSK_SCRATCH_ATTN_TASK, task_bytes > codes ? task_bytes : codes);
+}
+
+/*
+ * A thread's part: the tokens n0 .. n1 of the sequences b0 .. b0 + nb (n0,
+ * n1 counted over the whole batch), its arrays in the thread's scratch, the
+ * attention's arguments `a` for those sequences (the thread's own code arrays)
+ * pointed at its qkv and context arrays, and its Q/K/V product.
+ */
+static bsk_status part_start(layer_part *p, const bsk_kernels *k, const bsk_encoder_layer_q8 *L,
+                             int64_t b0, int64_t nb, int64_t n0, int64_t n1, bsk_nn_aq_args *a)
 {
     p->k = k;
     p->L = L;
@@ -179,7 +192,7 @@ static int part_init(layer_part *p, const bsk_kernels *k, const bsk_encoder_laye
     const layer_layout l = plan(L->hidden, L->inter, p->W);
     uint8_t *buf = (uint8_t *)bsk_scratch(BSK_SCRATCH_LAYER, l.total);
     if (!buf)
-        return 0;
+        return BSK_ENOMEM;
     p->big = (float *)(buf + l.big);
     p->ctx = (float *)(buf + l.ctx);
     p->h1 = (float *)(buf + l.h1);
@@ -192,16 +205,21 @@ static int part_init(layer_part *p, const bsk_kernels *k, const bsk_encoder_laye
     p->ctx_z = (int32_t *)(buf + l.ctx_z);
     p->h1_z = (int32_t *)(buf + l.h1_z);
     p->inter_z = (int32_t *)(buf + l.inter_z);
-    return 1;
-}
-
-/* The Q/K/V product of the part's tokens into its `big`. */
-static bsk_status part_qkv(const layer_part *p)
-{
-    const bsk_encoder_layer_q8 *L = p->L;
-    const int64_t N = L->batch * L->seq;
-    return product(p->k, &L->qkv, BSK_ACT_NONE, L->XQ + p->n0, N, L->x_scale + p->n0,
-                   L->x_zero + p->n0, p->W, p->big, p->W);
+    const int64_t S = L->seq, N = L->batch * S;
+    size_t task_bytes;
+    bsk_status s = bsk_nn_aq_prepare(p->big, nb, S, L->heads, L->hidden / L->heads,
+                                     L->mask ? L->mask + b0 * S : NULL, L->scale, p->ctx, NULL,
+                                     a, &task_bytes);
+    if (s != BSK_OK)
+        return s;
+    /* the attention counts tokens from its first sequence's */
+    a->ldx = a->ldy = p->W;
+    a->x0 = a->y0 = n0 - b0 * S;
+    p->ws = (float *)thread_scratch(task_bytes, p->W);
+    if (!p->ws)
+        return BSK_ENOMEM;
+    return product(k, &L->qkv, BSK_ACT_NONE, L->XQ + n0, N, L->x_scale + n0, L->x_zero + n0,
+                   p->W, p->big, p->W);
 }
 
 /* Everything after the attention (its output in the part's ctx): the
@@ -239,17 +257,6 @@ static bsk_status part_rest(const layer_part *p)
     return BSK_OK;
 }
 
-/* The attention's arguments for a part: its qkv and context arrays. */
-static void part_attention(const layer_part *p, bsk_nn_aq_args *a)
-{
-    a->QKV = p->big;
-    a->ldx = p->W;
-    a->x0 = p->n0;
-    a->Y = p->ctx;
-    a->ldy = p->W;
-    a->y0 = p->n0;
-}
-
 #ifdef _OPENMP
 #define LAYER_FAIL(status, st)                                                 \
     do {                                                                       \
@@ -259,13 +266,6 @@ static void part_attention(const layer_part *p, bsk_nn_aq_args *a)
 #define LAYER_FAIL(status, st) ((status) = (int)(st))
 #endif
 
-/* The scratch of a thread: the attention's, or the codes' per-token state. */
-static uint8_t *thread_scratch(size_t task_bytes, int64_t W)
-{
-    const size_t codes = (size_t)(4 * ((W + 15) / 16 * 16)) * sizeof(float);
-    return (uint8_t *)bsk_scratch(BSK_SCRATCH_ATTN_TASK, task_bytes > codes ? task_bytes : codes);
-}
-
 /* Several sequences: the threads take units of whole sequences in turn (an
  * atomic counter, so a thread the scheduler holds up takes fewer) and run
  * the layer on each unit alone, with no barrier.  A unit is one sequence, or
@@ -273,7 +273,7 @@ static uint8_t *thread_scratch(size_t task_bytes, int64_t W)
  * 64 wide), but never so many that some thread would get none. */
 static bsk_status run_batch(const bsk_kernels *k, const bsk_encoder_layer_q8 *L, int nt)
 {
-    const int64_t B = L->batch, S = L->seq, heads = L->heads, D = L->hidden / heads;
+    const int64_t B = L->batch, S = L->seq, heads = L->heads;
     const bsk_nn_attention_q8_kernel *att = k->nn_attention_q8;
     const int64_t qw = att->queries, nblk = (S + qw - 1) / qw;
     int64_t per = 128 / S < B / nt ? 128 / S : B / nt;
@@ -301,22 +301,12 @@ static bsk_status run_batch(const bsk_kernels *k, const bsk_encoder_layer_q8 *L,
             const int64_t b0 = u * per, b1 = b0 + per < B ? b0 + per : B, nb = b1 - b0;
             layer_part p;
             bsk_nn_aq_args a;
-            size_t task_bytes;
-            uint8_t *mine = NULL;
-            s = part_init(&p, k, L, b0 * S, b1 * S) ? BSK_OK : BSK_ENOMEM;
-            if (s == BSK_OK)
-                s = bsk_nn_aq_prepare(p.big, nb, S, heads, D, L->mask ? L->mask + b0 * S : NULL,
-                                      L->scale, p.ctx, NULL, &a, &task_bytes);
-            if (s == BSK_OK && !(mine = thread_scratch(task_bytes, p.W)))
-                s = BSK_ENOMEM;
-            if (s == BSK_OK)
-                s = part_qkv(&p);
+            s = part_start(&p, k, L, b0, nb, b0 * S, b1 * S, &a);
             if (s == BSK_OK) {
-                p.ws = (float *)mine;
                 att->quant_tokens(&a, 0, (p.W + 15) / 16 * 16, p.ws);
                 att->quant_values(&a, 0, nb * L->hidden);
                 bsk_nn_aq_ws ws;
-                bsk_nn_aq_task_ws(&a, mine, &ws);
+                bsk_nn_aq_task_ws(&a, (uint8_t *)p.ws, &ws);
                 for (int64_t j = 0; j < nb * nblk * heads; j++) {
                     const int64_t bh = j / nblk;
                     att->task(&a, bh / heads, bh % heads, (j % nblk) * qw, &ws);
@@ -332,6 +322,15 @@ static bsk_status run_batch(const bsk_kernels *k, const bsk_encoder_layer_q8 *L,
     return (bsk_status)status;
 }
 
+/* Tokens n0 .. n1 of thread t of T: its whole query blocks of qw tokens. */
+static void block_tokens(int64_t S, int64_t qw, int T, int t, int64_t *n0, int64_t *n1)
+{
+    int64_t j0, j1;
+    bsk_split((S + qw - 1) / qw, T, t, &j0, &j1);
+    *n0 = j0 * qw;
+    *n1 = j1 * qw < S ? j1 * qw : S;
+}
+
 /* One sequence: each thread takes whole query blocks.  Every query needs
  * every key, so after a barrier each thread quantizes all of K and V into
  * code arrays of its own, reading the other threads' qkv arrays (a second
@@ -341,11 +340,13 @@ static bsk_status run_batch(const bsk_kernels *k, const bsk_encoder_layer_q8 *L,
  * writing them all. */
 static bsk_status run_tokens(const bsk_kernels *k, const bsk_encoder_layer_q8 *L, int nt)
 {
-    const int64_t S = L->seq, H = L->hidden, heads = L->heads, D = H / heads;
+    const int64_t S = L->seq, H = L->hidden, heads = L->heads;
     const bsk_nn_attention_q8_kernel *att = k->nn_attention_q8;
     const int64_t qw = att->queries, nblk = (S + qw - 1) / qw;
     if (nt > nblk)
         nt = (int)nblk;
+    if (nt > BSK_TEAM_MAX)
+        nt = BSK_TEAM_MAX; /* the per-thread arguments below live on the stack */
     /* per thread: its qkv array and each V row's max |v| over its tokens */
     float *amax = (float *)bsk_alloc((size_t)(nt * H) * sizeof(float));
     float **bigs = (float **)bsk_alloc((size_t)nt * sizeof(float *));
@@ -367,25 +368,13 @@ static bsk_status run_tokens(const bsk_kernels *k, const bsk_encoder_layer_q8 *L
         const int T = 1, t = 0;
 #endif
         BSK_TEAM_ENTER(&clock, t);
-        int64_t j0, j1;
-        bsk_split(nblk, T, t, &j0, &j1);
-        const int64_t n0 = j0 * qw, n1 = j1 * qw < S ? j1 * qw : S;
-        layer_part p;
+        int64_t n0, n1;
+        block_tokens(S, qw, T, t, &n0, &n1);
+        layer_part p = {0};
         bsk_nn_aq_args a;
-        size_t task_bytes;
-        uint8_t *mine = NULL;
-        bsk_status s = part_init(&p, k, L, n0, n1) ? BSK_OK : BSK_ENOMEM;
-        if (s == BSK_OK)
-            s = bsk_nn_aq_prepare(p.big, 1, S, heads, D, L->mask, L->scale, p.ctx, NULL, &a,
-                                  &task_bytes);
-        if (s == BSK_OK && !(mine = thread_scratch(task_bytes, p.W)))
-            s = BSK_ENOMEM;
-        if (s == BSK_OK)
-            s = part_qkv(&p);
+        bsk_status s = part_start(&p, k, L, 0, 1, n0, n1, &a);
         bigs[t] = p.big;
         if (s == BSK_OK) {
-            p.ws = (float *)mine;
-            part_attention(&p, &a);
             att->quant_tokens(&a, n0, n0 + (p.W + 15) / 16 * 16, p.ws);
             for (int64_t f = 0; f < H; f++)
                 amax[t * H + f] = att->values_amax(&a, 0, f, n0, n1);
@@ -396,33 +385,34 @@ static bsk_status run_tokens(const bsk_kernels *k, const bsk_encoder_layer_q8 *L
         if (s == BSK_OK && status == BSK_OK) {
             /* the K codes of the other threads' tokens and the V codes of all,
              * each read from its thread's qkv array */
-            bsk_nn_aq_args o = a;
-            o.keys_only = 1;
+            bsk_nn_aq_args o[BSK_TEAM_MAX];
+            int64_t m0[BSK_TEAM_MAX], m1[BSK_TEAM_MAX];
             for (int u = 0; u < T; u++) {
-                int64_t i0, i1;
-                bsk_split(nblk, T, u, &i0, &i1);
-                const int64_t m0 = i0 * qw, m1 = i1 * qw < S ? i1 * qw : S;
-                o.QKV = bigs[u];
-                o.ldx = m1 - m0;
-                o.x0 = m0;
+                block_tokens(S, qw, T, u, &m0[u], &m1[u]);
+                o[u] = a;
+                o[u].keys_only = 1;
+                o[u].QKV = bigs[u];
+                o[u].ldx = m1[u] - m0[u];
+                o[u].x0 = m0[u];
                 if (u != t)
-                    att->quant_tokens(&o, m0, m0 + (m1 - m0 + 15) / 16 * 16, p.ws);
-                for (int64_t f = 0; f < H; f++) {
-                    float m = amax[f];
-                    for (int v = 1; v < T; v++)
-                        m = amax[v * H + f] > m ? amax[v * H + f] : m;
-                    att->values_codes(&o, 0, f, m0, m1, m);
-                }
+                    att->quant_tokens(&o[u], m0[u], m0[u] + (o[u].ldx + 15) / 16 * 16, p.ws);
+            }
+            for (int64_t f = 0; f < H; f++) {
+                float m = amax[f];
+                for (int u = 1; u < T; u++)
+                    m = amax[u * H + f] > m ? amax[u * H + f] : m;
+                for (int u = 0; u < T; u++)
+                    att->values_codes(&o[u], 0, f, m0[u], m1[u], m);
             }
         }
         /* FFN1 overwrites the qkv array the others have just read */
         bsk_team_barrier(&clock, t, 1);
         if (s == BSK_OK && status == BSK_OK) {
             bsk_nn_aq_ws ws;
-            bsk_nn_aq_task_ws(&a, mine, &ws);
-            for (int64_t j = j0; j < j1; j++)
+            bsk_nn_aq_task_ws(&a, (uint8_t *)p.ws, &ws);
+            for (int64_t i = n0; i < n1; i += qw)
                 for (int64_t h = 0; h < heads; h++)
-                    att->task(&a, 0, h, j * qw, &ws);
+                    att->task(&a, 0, h, i, &ws);
             s = part_rest(&p);
             if (s != BSK_OK)
                 LAYER_FAIL(status, s);

@@ -29,7 +29,6 @@ typedef float bsk_v16f_u __attribute__((vector_size(64), aligned(4)));
 typedef int32_t bsk_v16i_u __attribute__((vector_size(64), aligned(4)));
 typedef uint8_t bsk_v16b_u __attribute__((vector_size(16), aligned(1)));
 
-/* v with every lane s (a broadcast; s + 0 would turn -0 into +0). */
 /* dst[j * ldd + i] = src[i * lds + j] for an 8 x 8 block of floats: three
  * rounds of two-input shuffles (pairs, then pairs of pairs, then halves). */
 BSK_INLINE void bsk_transpose8x8(const float *src, int64_t lds, float *dst, int64_t ldd)
@@ -58,6 +57,7 @@ BSK_INLINE void bsk_transpose8x8(const float *src, int64_t lds, float *dst, int6
     }
 }
 
+/* v with every lane s (a broadcast; s + 0 would turn -0 into +0). */
 BSK_INLINE bsk_v16f bsk_splat16f(float s)
 {
     return (bsk_v16f){s, s, s, s, s, s, s, s, s, s, s, s, s, s, s, s};

@@ -14,7 +14,7 @@ sparsity and thread count, in interleaved rounds:
 
 Reported: min and median per contender, and the paired speed ratio
 core / fused per round (>= 0.9 is the issue's target), plus the core's
-fraction of the VNNI ceiling measured in the same run.  (4, 1) blocks.
+fraction of the INT8 ceiling measured in the same run.  (4, 1) blocks.
 
     python benchmarks/bench_fused.py [--threads 1 2] [--sparsity 0.7 0.8 0.9]
         [--tokens 128 384] [--rounds 15] [--json PATH] [--quick]
@@ -74,7 +74,7 @@ def run(args):
                 for t in args.threads:
                     timed = interleave(calls, args.rounds, 3, threads={k: t for k in calls})
                     stats = {k: contender_stats(v) for k, v in timed.items()}
-                    ceil = _ceiling.vnni_ceiling(ceiling, t)
+                    ceil = _ceiling.int8_ceiling(ceiling, t)
                     rec = {"shape": [M, K], "N": N, "sparsity": sp, "threads": t,
                            "stats": stats,
                            "core_ceiling_fraction": macs / stats["core"]["min_s"] / ceil if ceil else None,

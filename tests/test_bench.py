@@ -69,17 +69,21 @@ def test_quick_spmm_suites_from_an_installed_package(tmp_path):
     data = json.loads((out_dir / "bench.json").read_text())
     _check_schema(data, ["int8", "float"])
     int8, flt = data["suites"]
-    # int8: two block sizes, the NumPy peer only (asked for), the VNNI ceiling
+    # int8: two block sizes, the NumPy peer only (asked for), the INT8 ceiling (VNNI, else AVX2)
     assert [r["blocksize"] for r in int8["records"]] == [[4, 1], [1, 4]]
     for r in int8["records"]:
         assert set(r["contenders"]) == {"blocksparse", "numpy_f32"}
         assert r["contenders"]["numpy_f32"]["kind"] == "float"
         assert r["dtype"] == "u8s8s32" and r["M"] == r["K"] == 32
-        if "avx512_vnni" in blocksparse.available_isas():
+        if "avx2" in blocksparse.available_isas():
             assert r["ceiling_fraction"] > 0
     if "avx512_vnni" in blocksparse.available_isas():
         assert int8["ceiling"]["vnni_macs_per_core"] > 1e9
         assert {"dpbusd_zmm", "dpbusd_ymm_evex"} <= set(int8["ceiling"]["probes"])
+        assert int8["ceiling"]["int8_probe"] in ceiling.VNNI_PROBES
+    elif "avx2" in blocksparse.available_isas():
+        assert int8["ceiling"]["int8_probe"] in ceiling.AVX2_INT8_PROBES
+        assert int8["ceiling"]["int8_macs_per_core"] > 1e9
     # float: both forms, both peers, paired ratios against each
     assert {r["form"] for r in flt["records"]} == {"W@X", "x@W.T"}
     for r in flt["records"]:
@@ -246,13 +250,20 @@ def test_ceiling_measure_and_merge():
         assert p["per_core"] >= p["by_threads"][1] > 0
     if c["vnni_macs_per_core"]:
         assert c["vnni_probe"] in ceiling.VNNI_PROBES
-        assert ceiling.vnni_ceiling(c, 2) == 2 * c["vnni_macs_per_core"]
+        assert c["int8_macs_per_core"] == c["vnni_macs_per_core"]
+    if "avx2" in blocksparse.available_isas():
+        assert set(ceiling.AVX2_INT8_PROBES) <= set(c["probes"])
+        assert ceiling.int8_ceiling(c, 2) == 2 * c["int8_macs_per_core"] > 0
+    # measurements written before the AVX2 probes carry only the VNNI rate
+    assert ceiling.int8_ceiling({"vnni_macs_per_core": 5.0}, 2) == 10.0
+    assert ceiling.int8_ceiling({}, 2) is None
     low = json.loads(json.dumps(c))
     low["probes"] = {k: dict(v, per_core=1.0, by_threads={1: 1.0})
                      for k, v in c["probes"].items()}
     low["read_bytes_per_s"] = {1: 1.0}
     merged = ceiling.merge(low, c)
     assert merged["vnni_macs_per_core"] == c["vnni_macs_per_core"]
+    assert merged["int8_macs_per_core"] == c["int8_macs_per_core"]
     assert all(merged["probes"][k]["per_core"] == c["probes"][k]["per_core"] for k in c["probes"])
     assert "ceilings" not in ceiling.describe(c)  # one line per probe, no error text
     assert ceiling.scaling_note({"probes": {"x": {"per_core": 10.0,

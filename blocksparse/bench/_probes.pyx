@@ -15,7 +15,7 @@ cdef extern from "blocksparse/bsk_probe.h" nogil:
 
 # Probe names in the order of bsk_probe_kind.
 KINDS = ("dpbusd_zmm", "dpbusd_ymm_evex", "dpbusd_ymm_vex", "fma_zmm", "fma_ymm",
-         "fma_load_zmm", "fma_load_ymm", "read")
+         "fma_load_zmm", "fma_load_ymm", "read", "maddubs_ymm", "maddwd_ymm")
 
 
 def _kind(str name):

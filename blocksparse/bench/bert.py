@@ -247,7 +247,7 @@ def run(args=None, progress=None):
     say(progress, "measuring the ceilings again")
     ceiling = _ceiling.merge(ceiling, _ceiling.measure(threads_list, quick=s["quick"]))
     for r in records:
-        ceil = _ceiling.vnni_ceiling(ceiling, r["threads"])
+        ceil = _ceiling.int8_ceiling(ceiling, r["threads"])
         for cname, c in r["contenders"].items():
             work = r["linear_macs"] if cname == OURS else r["linear_macs_dense"]
             c["ceiling_fraction"] = work / c["median_s"] / ceil \
@@ -259,7 +259,7 @@ def run(args=None, progress=None):
               "peer_errors": peer_errors, "peer_info": peer_info,
               "settings": dict(s, blocksize=list(BLOCKSIZE),
                                speedup_basis="median over rounds of best INT8 peer / ours",
-                               ceiling_basis="encoder Linear MACs / (vnni_macs_per_core x "
+                               ceiling_basis="encoder Linear MACs / (int8_macs_per_core x "
                                              "threads)")}
     result["table"] = make_table(result)
     return result

@@ -9,6 +9,11 @@ and works from an installed wheel:
   512-bit and 256-bit EVEX registers (AVX-512 VNNI, with VL for ymm);
 * ``dpbusd_ymm_vex``: 14 chains of the VEX form (AVX-VNNI; VEX reaches only
   16 registers);
+* ``maddubs_ymm``, ``maddwd_ymm``: the INT8 rate of AVX2 without VNNI, 12
+  chains of 32 u8 x s8 multiply-adds per step, as ``vpmaddubsw`` +
+  ``vpmaddwd`` + ``vpaddd`` (saturating pair sums: what INT8 libraries use
+  there) and as the exact form of the AVX2 kernels (two ``vpmaddwd`` of
+  widened bytes + two ``vpaddd``);
 * ``fma_zmm``, ``fma_ymm``: float FMA chains from registers, and
   ``fma_load_*`` with one L1 vector load per FMA;
 * ``read``: the read bandwidth of a buffer far larger than the last-level
@@ -24,8 +29,9 @@ probe at once from Python threads (the GIL is released); the rate at
 ``t`` threads is the total work over the span from the first start to the
 last end.
 
-The INT8 fractions in the tables use ``vnni_macs_per_core`` (the best
-``vpdpbusd`` variant) times the row's thread count; the rate measured with
+The INT8 fractions in the tables use ``int8_macs_per_core`` (the best
+``vpdpbusd`` variant where the CPU has VNNI, else the best AVX2 INT8 probe)
+times the row's thread count; the rate measured with
 that many threads is recorded next to it (``by_threads``) as a check: it
 falls short when cores are shared, busy or slow down under load.
 
@@ -49,8 +55,12 @@ PROBES = {
     "fma_ymm": ("avx2", "256-bit float FMA, 12 chains", "flop"),
     "fma_load_zmm": ("avx512_vnni", "512-bit FMA with one L1 load each", "flop"),
     "fma_load_ymm": ("avx2", "256-bit FMA with one L1 load each", "flop"),
+    "maddubs_ymm": ("avx2", "256-bit vpmaddubsw + vpmaddwd + vpaddd, 12 chains", "MAC"),
+    "maddwd_ymm": ("avx2", "256-bit 2 x (vpmaddwd + vpaddd) on widened bytes, 12 chains",
+                   "MAC"),
 }
 VNNI_PROBES = ("dpbusd_zmm", "dpbusd_ymm_evex", "dpbusd_ymm_vex")
+AVX2_INT8_PROBES = ("maddubs_ymm", "maddwd_ymm")
 
 
 def _probes():
@@ -145,7 +155,9 @@ def measure(threads=(1,), quick=False):
     dict
         ``probes``: ``{name: {"what", "unit", "per_core", "by_threads": {t: rate}}}``;
         ``vnni_macs_per_core``: the best vpdpbusd rate of one core (None without
-        VNNI); ``vnni_probe``: which variant; ``fma_flops_per_core`` and
+        VNNI); ``vnni_probe``: which variant; ``int8_macs_per_core`` and
+        ``int8_probe``: the same where the CPU has VNNI, else the best AVX2 INT8
+        probe (the basis of the INT8 fractions); ``fma_flops_per_core`` and
         ``fma_l1_load_flops_per_core`` for the ISA in use; ``read_bytes_per_s``
         ``{t: rate}`` and ``copy_bytes_per_s``; ``built`` (False when the
         probe extension is missing).
@@ -153,7 +165,8 @@ def measure(threads=(1,), quick=False):
     counts = sorted({1, *(int(t) for t in threads)})
     seconds, repeats = (0.01, 3) if quick else (0.03, 5)
     out = {"built": _probes() is not None, "probes": {}, "vnni_macs_per_core": None,
-           "vnni_probe": None, "fma_flops_per_core": None, "fma_l1_load_flops_per_core": None,
+           "vnni_probe": None, "int8_macs_per_core": None, "int8_probe": None,
+           "fma_flops_per_core": None, "fma_l1_load_flops_per_core": None,
            "read_bytes_per_s": {}, "copy_bytes_per_s": None, "threads": counts}
     names = available()
     l1 = [_aligned(16 * 1024) for _ in range(max(counts))]
@@ -170,6 +183,11 @@ def measure(threads=(1,), quick=False):
     if vnni:
         out["vnni_probe"] = max(vnni, key=vnni.get)
         out["vnni_macs_per_core"] = vnni[out["vnni_probe"]]
+    int8 = vnni or {n: out["probes"][n]["per_core"] for n in AVX2_INT8_PROBES
+                    if n in out["probes"]}
+    if int8:
+        out["int8_probe"] = max(int8, key=int8.get)
+        out["int8_macs_per_core"] = int8[out["int8_probe"]]
     wide = blocksparse.get_isa() == "avx512_vnni"
     for key, probe in (("fma_flops_per_core", "fma_zmm" if wide else "fma_ymm"),
                        ("fma_l1_load_flops_per_core",
@@ -202,7 +220,7 @@ def merge(first, second):
         mine["per_core"] = max(mine["per_core"], p["per_core"])
         mine["by_threads"] = {t: max(v, p["by_threads"].get(t, 0))
                               for t, v in mine["by_threads"].items()}
-    for key in ("vnni_macs_per_core", "fma_flops_per_core", "fma_l1_load_flops_per_core",
+    for key in ("vnni_macs_per_core", "int8_macs_per_core", "fma_flops_per_core", "fma_l1_load_flops_per_core",
                 "copy_bytes_per_s"):
         vals = [v for v in (first.get(key), second.get(key)) if v]
         out[key] = max(vals) if vals else None
@@ -211,9 +229,14 @@ def merge(first, second):
     return out
 
 
-def vnni_ceiling(ceiling, threads):
-    """INT8 multiply-adds per second at `threads` threads: per core times threads."""
-    per_core = (ceiling or {}).get("vnni_macs_per_core")
+def int8_ceiling(ceiling, threads):
+    """INT8 multiply-adds per second at `threads` threads: per core times threads.
+
+    The VNNI rate where the CPU has VNNI, else AVX2's (measurements written
+    before the AVX2 probes existed carry only ``vnni_macs_per_core``).
+    """
+    ceiling = ceiling or {}
+    per_core = ceiling.get("int8_macs_per_core") or ceiling.get("vnni_macs_per_core")
     return per_core * threads if per_core else None
 
 
@@ -244,8 +267,10 @@ def describe(ceiling):
                      f"(read + written)")
     if not ceiling.get("built"):
         lines.append("  (this build has no probe extension: no ceilings)")
+    elif not ceiling.get("int8_macs_per_core"):
+        lines.append("  (no INT8 probe for this CPU: INT8 fractions are not given)")
     elif not ceiling.get("vnni_macs_per_core"):
-        lines.append("  (no VNNI on this CPU: INT8 fractions are not given)")
+        lines.append(f"  (no VNNI on this CPU: INT8 fractions use {ceiling['int8_probe']})")
     note = scaling_note(ceiling)
     if note:
         lines.append("  " + note)

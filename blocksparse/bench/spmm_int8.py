@@ -114,7 +114,7 @@ def run(args=None, progress=None):
                       f"contenders")
         timed = interleave(contenders, rounds, calls, threads=threads_of, progress=progress)
         for t in threads_list:
-            ceil = _ceiling.vnni_ceiling(ceiling, t)
+            ceil = _ceiling.int8_ceiling(ceiling, t)
             peer_stats = {n: dict(contender_stats(timed[f"{n} t{t}"], M * K * N, ceil), **info)
                           for n, info in peers_at[t].items()}
             peer_timed = {n: timed[f"{n} t{t}"] for n in peers_at[t]}
@@ -147,7 +147,7 @@ def run(args=None, progress=None):
               "ceiling": ceiling, "records": records, "summary": summary,
               "peer_errors": peer_errors, "peer_info": peer_info,
               "settings": {"rounds": rounds, "calls": calls, "quick": quick,
-                           "ceiling_basis": "vnni_macs_per_core x threads",
+                           "ceiling_basis": "int8_macs_per_core x threads",
                            "speedup_basis": "median over rounds of best peer / ours"}}
     result["table"] = make_table(result)
     return result
@@ -156,7 +156,7 @@ def run(args=None, progress=None):
 def _refresh_fractions(records, ceiling):
     """Recompute every ceiling fraction with the merged (higher) ceiling."""
     for r in records:
-        ceil = _ceiling.vnni_ceiling(ceiling, r["threads"])
+        ceil = _ceiling.int8_ceiling(ceiling, r["threads"])
         for name, c in r["contenders"].items():
             if not ceil or c.get("kind") == "float":  # a float product is not INT8 work
                 c.pop("ceiling_fraction", None)

@@ -3,6 +3,7 @@
  *
  * Each probe is a tight loop bound by one resource: the vpdpbusd issue rate
  * (512-bit EVEX, 256-bit EVEX with AVX-512 VL, 256-bit VEX AVX-VNNI), the
+ * INT8 rate of AVX2 without VNNI (vpmaddubsw and vpmaddwd), the
  * float FMA issue rate (from registers, and with one L1 vector load per FMA)
  * and the read bandwidth of a caller-supplied buffer.  They are compiled into
  * the package with the ISA's flags (per-ISA static libraries, like the
@@ -31,7 +32,9 @@ typedef enum {
     BSK_PROBE_FMA_LOAD_ZMM = 5,    /* one 512-bit L1 load per FMA */
     BSK_PROBE_FMA_LOAD_YMM = 6,    /* one 256-bit L1 load per FMA */
     BSK_PROBE_READ = 7,            /* read bandwidth of the buffer (portable C) */
-    BSK_PROBE_COUNT = 8
+    BSK_PROBE_MADDUBS_YMM = 8,     /* AVX2 INT8 without VNNI: vpmaddubsw + vpmaddwd + vpaddd, 12 chains */
+    BSK_PROBE_MADDWD_YMM = 9,      /* AVX2 INT8, exact form: vpmaddwd + vpaddd on widened bytes, 12 chains */
+    BSK_PROBE_COUNT = 10
 } bsk_probe_kind;
 
 /* 1 if probe `kind` is compiled into this build. */
@@ -42,7 +45,7 @@ int bsk_probe_built(int kind);
  * the L1 buffer of the FMA_LOAD probes (at least 1 KiB, 64-byte aligned) or
  * the buffer READ sums (a multiple of 64 bytes); ignored by the others.
  * On success *work holds the operations done (int8 multiply-adds for
- * vpdpbusd, float operations (2 per FMA lane) for FMA, bytes for READ),
+ * vpdpbusd and the AVX2 INT8 probes, float operations (2 per FMA lane) for FMA, bytes for READ),
  * *seconds the elapsed time (CLOCK_MONOTONIC) and *sink a value derived
  * from the results, so the work cannot be optimized away.
  */
@@ -57,12 +60,15 @@ int64_t bsk_probe_fma_load_avx512_vnni(const float *buf, int64_t nvec, int64_t r
 int64_t bsk_probe_dpbusd_ymm_avx_vnni(int64_t iters, int32_t seed);
 int64_t bsk_probe_fma_avx2(int64_t iters, float seed);
 int64_t bsk_probe_fma_load_avx2(const float *buf, int64_t nvec, int64_t reps);
+int64_t bsk_probe_maddubs_avx2(int64_t iters, int32_t seed);
+int64_t bsk_probe_maddwd_avx2(int64_t iters, int32_t seed);
 
 /* Independent chains per probe loop iteration (the work per iteration). */
 #define BSK_PROBE_DPBUSD_EVEX_CHAINS 24
 #define BSK_PROBE_DPBUSD_VEX_CHAINS 14
 #define BSK_PROBE_FMA_CHAINS_ZMM 16
 #define BSK_PROBE_FMA_CHAINS_YMM 12
+#define BSK_PROBE_MADD_CHAINS 12
 
 #ifdef __cplusplus
 }

@@ -32,6 +32,8 @@ int bsk_probe_built(int kind)
 #ifdef BSK_HAVE_AVX2
     case BSK_PROBE_FMA_YMM:
     case BSK_PROBE_FMA_LOAD_YMM:
+    case BSK_PROBE_MADDUBS_YMM:
+    case BSK_PROBE_MADDWD_YMM:
         return 1;
 #endif
     case BSK_PROBE_READ:
@@ -105,6 +107,14 @@ bsk_status bsk_probe_run(int kind, int64_t reps, const void *buf, int64_t nbytes
     case BSK_PROBE_FMA_LOAD_YMM:
         s = bsk_probe_fma_load_avx2((const float *)buf, nbytes / 32, reps);
         w = r * (double)(nbytes / 32 / BSK_PROBE_FMA_CHAINS_YMM * BSK_PROBE_FMA_CHAINS_YMM) * 8 * 2;
+        break;
+    case BSK_PROBE_MADDUBS_YMM:
+        s = bsk_probe_maddubs_avx2(reps, 0);
+        w = r * BSK_PROBE_MADD_CHAINS * 32;
+        break;
+    case BSK_PROBE_MADDWD_YMM:
+        s = bsk_probe_maddwd_avx2(reps, 0);
+        w = r * BSK_PROBE_MADD_CHAINS * 32;
         break;
 #endif
     case BSK_PROBE_READ:

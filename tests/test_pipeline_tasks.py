@@ -175,6 +175,12 @@ def test_question_answering_windows(name):
         assert a["answer"] == CONTEXT[s:e]
 
 
+def assert_same_answers(got, want):
+    assert [{k: v for k, v in g.items() if k != "score"} for g in got] == \
+        [{k: v for k, v in w.items() if k != "score"} for w in want]
+    assert [g["score"] for g in got] == pytest.approx([w["score"] for w in want], rel=1e-5)
+
+
 def test_question_answering_options():
     pipe = QuestionAnsweringPipeline(path("bert-qa"), max_length=32)
     one = pipe("Who worked in Paris?", CONTEXT)
@@ -182,8 +188,12 @@ def test_question_answering_options():
     text = CONTEXT[one["start"]:one["end"]]
     assert one["answer"] == text and text == text.strip()           # whole words
     many = pipe(["Who worked in Paris?", "Where?"], [CONTEXT, "In Paris."])
-    assert many[0] == one and len(many) == 2
-    assert pipe([{"question": "Where?", "context": "In Paris."}]) == many[1:]
+    assert len(many) == 2
+    # the same spans; scores to float rounding only: a float model's dense
+    # products go through BLAS, whose sums may change with the batch's padded
+    # length (OpenBLAS's Haswell kernels on 13 vs 32 columns)
+    assert_same_answers([many[0]], [one])
+    assert_same_answers(pipe([{"question": "Where?", "context": "In Paris."}]), many[1:])
     every = pipe("Who?", CONTEXT, handle_impossible_answer=True, top_k=10 ** 6)
     feats = pipe.features("Who?", CONTEXT)
     nulls = []

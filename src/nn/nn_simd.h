@@ -63,25 +63,41 @@ BSK_INLINE bsk_v16f bsk_nn_min(bsk_v16f a, bsk_v16f b)
  * exp(x) for x <= 0 (softmax arguments), Cephes-style: x = n ln2 + r with
  * |r| <= ln2/2, a degree-6 polynomial for exp(r) (about 1 ulp), and 2^n put
  * into the exponent bits.  x below -87 gives about 1.6e-38, never 0.
+ * Defined for a float vector type VF (int VI of as many lanes) and its
+ * MAXPS / MINPS-like max and min (x > c ? x : c), so that units with other
+ * vector widths (nn_avx2.c's 8 lanes) compute the same lanes.
  */
-BSK_INLINE bsk_v16f bsk_nn_exp16(bsk_v16f x)
+#define BSK_NN_EXP_DEFINE(name, VF, VI, MAXF, MINF)                            \
+    BSK_INLINE VF name(VF x)                                                   \
+    {                                                                          \
+        x = MAXF(x, (VF){0} - 87.0f);                                          \
+        x = MINF(x, (VF){0} + 88.0f);                                          \
+        VF n = x * 1.44269504088896341f;                                       \
+        n = (n + BSK_RINT_MAGIC) - BSK_RINT_MAGIC; /* to the nearest integer */ \
+        VF r = x - n * 0.693359375f;                                           \
+        r = r - n * -2.12194440e-4f;                                           \
+        VF p = (VF){0} + 1.9875691500e-4f;                                     \
+        p = p * r + 1.3981999507e-3f;                                          \
+        p = p * r + 8.3334519073e-3f;                                          \
+        p = p * r + 4.1665795894e-2f;                                          \
+        p = p * r + 1.6666665459e-1f;                                          \
+        p = p * r + 5.0000001201e-1f;                                          \
+        VF y = p * (r * r) + r + 1.0f;                                         \
+        VI e = (__builtin_convertvector(n, VI) + 127) << 23;                   \
+        return y * (VF)e;                                                      \
+    }
+
+BSK_INLINE bsk_v16f bsk_nn_exp_max16(bsk_v16f x, bsk_v16f c)
 {
-    x = bsk_select(x > -87.0f, x, (bsk_v16f){0} - 87.0f);
-    x = bsk_select(x < 88.0f, x, (bsk_v16f){0} + 88.0f);
-    bsk_v16f n = x * 1.44269504088896341f;
-    n = bsk_rint16(n); /* round to nearest integer */
-    bsk_v16f r = x - n * 0.693359375f;
-    r = r - n * -2.12194440e-4f;
-    bsk_v16f p = (bsk_v16f){0} + 1.9875691500e-4f;
-    p = p * r + 1.3981999507e-3f;
-    p = p * r + 8.3334519073e-3f;
-    p = p * r + 4.1665795894e-2f;
-    p = p * r + 1.6666665459e-1f;
-    p = p * r + 5.0000001201e-1f;
-    bsk_v16f y = p * (r * r) + r + 1.0f;
-    bsk_v16i e = (__builtin_convertvector(n, bsk_v16i) + 127) << 23;
-    return y * (bsk_v16f)e;
+    return bsk_select(x > c, x, c);
 }
+
+BSK_INLINE bsk_v16f bsk_nn_exp_min16(bsk_v16f x, bsk_v16f c)
+{
+    return bsk_select(x < c, x, c);
+}
+
+BSK_NN_EXP_DEFINE(bsk_nn_exp16, bsk_v16f, bsk_v16i, bsk_nn_exp_max16, bsk_nn_exp_min16)
 
 /* The 256-bit halves of a 16-lane int32 vector, and back (for units whose
  * instructions work on 8 lanes). */

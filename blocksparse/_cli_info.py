@@ -135,8 +135,11 @@ def _adaptive_line(state):
         return "off (BLOCKSPARSE_ADAPTIVE_THREADS=0 or set_adaptive_threads(False))"
     now = f"; one thread for {state['single_thread_for_s']:.2f} s more" \
         if state["single_thread_for_s"] > 0 else ""
+    if state.get("team_for_s", 0) > 0:
+        now += f"; full team for {state['team_for_s']:.2f} s more"
     return (f"one thread for 0.01-1.28 s after kernels' threads were held up by other "
-            f"processes ({state['held_up_regions']} seen{now})")
+            f"processes, unless it too waits for a CPU ({state['held_up_regions']} held up, "
+            f"{state.get('shared_core_ends', 0)} windows ended on shared cores{now})")
 
 
 def _lines(info):

@@ -161,8 +161,14 @@ def set_adaptive_threads(on):
     millisecond apart (and apart by more than half its length) was held
     up; four among the last 64 make the following kernel calls run on one
     thread for 10 ms, doubled while it keeps happening up to 1.28 s, before
-    :func:`get_num_threads` threads are tried again.  Results are bit-identical for every thread count, so
-    this changes only the time.  On by default; the environment variable
+    :func:`get_num_threads` threads are tried again.  One thread wins only
+    with a core to itself: while on one thread, the calling thread reads its
+    own scheduler statistics (Linux's ``/proc/thread-self/schedstat``), and
+    when it waited for a CPU more than a fifth of the time in two 4 ms spans
+    in a row (every core shared), the full team is back and held-up regions
+    are ignored for 10 ms, doubled while it keeps happening up to 1.28 s.
+    Results are bit-identical for every thread count, so this changes only
+    the time.  On by default; the environment variable
     ``BLOCKSPARSE_ADAPTIVE_THREADS=0`` turns it off at import.
 
     Parameters
@@ -180,14 +186,21 @@ def set_adaptive_threads(on):
 
 
 def adaptive_threads_state():
-    """The busy-machine fallback now: ``{"on", "single_thread_for_s", "held_up_regions"}``.
+    """The busy-machine fallback now.
 
-    ``single_thread_for_s`` is how much longer kernels stay on one thread
-    (0.0 when they use :func:`get_num_threads`); ``held_up_regions`` counts
-    the parallel regions found held up since the process started.
+    Returns
+    -------
+    dict
+        ``on``; ``single_thread_for_s``, how much longer kernels stay on one
+        thread (0.0 when they use :func:`get_num_threads`);
+        ``held_up_regions``, the parallel regions found held up since the
+        process started; ``team_for_s``, how much longer held-up regions are
+        ignored because the one thread found every core shared; and
+        ``shared_core_ends``, how many one-thread windows ended that way.
     """
-    on, left, count = _kernels.adaptive_threads_state()
-    return {"on": on, "single_thread_for_s": left, "held_up_regions": count}
+    on, left, count, team, ends = _kernels.adaptive_threads_state()
+    return {"on": on, "single_thread_for_s": left, "held_up_regions": count,
+            "team_for_s": team, "shared_core_ends": ends}
 
 
 # (isa, threads) fixed for the kernels of one model call in this thread, or None

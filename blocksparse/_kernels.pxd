@@ -72,7 +72,8 @@ cdef extern from "blocksparse/bsk.h" nogil:
     int64_t bsk_set_min_work_per_thread(int64_t work)
     void bsk_team_set_adaptive(int on)
     int bsk_team_adaptive()
-    void bsk_team_state(int *on, int64_t *single_for_ns, int64_t *count)
+    void bsk_team_state(int *on, int64_t *single_for_ns, int64_t *count, int64_t *team_for_ns,
+                        int64_t *shared_ends)
 
     bsk_status bsk_spmm_f32(bsk_isa isa, const bsk_bcsr *W, const float *X,
                             int64_t ldx, int64_t N, float *Y, int64_t ldy,

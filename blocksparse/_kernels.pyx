@@ -69,11 +69,12 @@ def set_adaptive_threads(bint on):
 
 
 def adaptive_threads_state():
-    """(on, seconds regions still run on one thread, held-up regions seen so far)."""
+    """(on, seconds regions still run on one thread, held-up regions seen so far,
+    seconds held-up regions are still ignored, one-thread windows ended on a shared core)."""
     cdef int on = 0
-    cdef int64_t left = 0, count = 0
-    bsk_team_state(&on, &left, &count)
-    return bool(on), left * 1e-9, int(count)
+    cdef int64_t left = 0, count = 0, team = 0, ends = 0
+    bsk_team_state(&on, &left, &count, &team, &ends)
+    return bool(on), left * 1e-9, int(count), team * 1e-9, int(ends)
 
 
 cdef int _check_isa(int isa) except -1:

@@ -2,8 +2,9 @@
 
 Busy-looping processes pinned to the same two CPUs as a two-thread run
 hold up its parallel regions; the regions then run on one thread for a
-while.  Results must stay bit-identical, the fallback must be seen, and
-turning it off must turn it off.
+while, unless even the one thread has to wait for a CPU.  Results must stay
+bit-identical, the fallback and its early ends must be seen, and turning it
+off must turn it off.
 """
 import json
 import os
@@ -60,11 +61,22 @@ def test_held_up_regions_fall_back_to_one_thread_with_identical_results():
     assert state["on"] and state["held_up_regions"] >= 1
 
 
+@pytest.mark.skipif(not os.path.exists("/proc/thread-self/schedstat"),
+                    reason="needs Linux's per-thread scheduler statistics")
+def test_one_thread_on_a_shared_core_gives_the_cores_back_to_the_team():
+    # two busy loops on the run's two CPUs: the one thread of a fallback waits
+    # for a CPU a third of the time, so its windows end early
+    state = run(300)
+    assert state["same"]
+    assert state["held_up_regions"] >= 1 and state["shared_core_ends"] >= 1
+
+
 def test_the_environment_turns_it_off():
     state = run(10, "0")
     assert state["same"]
     assert not state["on"] and state["held_up_regions"] == 0
-    assert state["single_thread_for_s"] == 0.0
+    assert state["single_thread_for_s"] == 0.0 == state["team_for_s"]
+    assert state["shared_core_ends"] == 0
 
 
 def test_set_adaptive_threads():

@@ -146,13 +146,19 @@ int64_t bsk_set_min_work_per_thread(int64_t work);
 /* Adaptive team size (src/team.c): four parallel regions among the last 64
  * held up by the scheduler (threads entering or leaving more than a
  * millisecond apart: other processes on the cores) make the next regions
- * run on one thread for 10 ms to 1.28 s.  Results never depend on it.  On unless the
- * environment has BLOCKSPARSE_ADAPTIVE_THREADS=0 or this turns it off. */
+ * run on one thread for 10 ms to 1.28 s, unless that one thread too waits for
+ * a CPU (every core shared: the full team then gets the bigger share, and
+ * held-up regions are ignored for 10 ms to 1.28 s).  Results never depend on
+ * it.  On unless the environment has BLOCKSPARSE_ADAPTIVE_THREADS=0 or this
+ * turns it off. */
 void bsk_team_set_adaptive(int on);
 int bsk_team_adaptive(void);
-/* Whether it is on, how long regions still run on one thread (ns), and how
- * many held-up regions were seen since the process started. */
-void bsk_team_state(int *on, int64_t *single_for_ns, int64_t *count);
+/* Whether it is on, how long regions still run on one thread (ns), how many
+ * held-up regions were seen since the process started, how long held-up
+ * regions are still ignored (ns) and how many one-thread windows were ended
+ * because the one thread waited for a CPU. */
+void bsk_team_state(int *on, int64_t *single_for_ns, int64_t *count, int64_t *team_for_ns,
+                    int64_t *shared_ends);
 
 /* ---- float products ------------------------------------------------------ */
 

@@ -386,7 +386,7 @@ def test_memory_is_stable_over_a_short_soak(server):
 @pytest.fixture
 def drain_server():
     # a long grace: what is tested is that every accepted request is answered;
-    # the queued work takes ~20 s on a core without AVX-512 (30 s is the default)
+    # the queued work took ~40 s on a core without AVX-512 (30 s is the default)
     srv = Server("--max-wait-ms", "1", "--max-batch-tokens", "2048", "--graceful-timeout", "300")
     yield srv
     if srv.proc.poll() is None:  # the test failed before its SIGTERM

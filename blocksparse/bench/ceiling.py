@@ -220,8 +220,8 @@ def merge(first, second):
         mine["per_core"] = max(mine["per_core"], p["per_core"])
         mine["by_threads"] = {t: max(v, p["by_threads"].get(t, 0))
                               for t, v in mine["by_threads"].items()}
-    for key in ("vnni_macs_per_core", "int8_macs_per_core", "fma_flops_per_core", "fma_l1_load_flops_per_core",
-                "copy_bytes_per_s"):
+    for key in ("vnni_macs_per_core", "int8_macs_per_core", "fma_flops_per_core",
+                "fma_l1_load_flops_per_core", "copy_bytes_per_s"):
         vals = [v for v in (first.get(key), second.get(key)) if v]
         out[key] = max(vals) if vals else None
     out["read_bytes_per_s"] = {t: max(v, second.get("read_bytes_per_s", {}).get(t, 0))

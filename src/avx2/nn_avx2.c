@@ -15,7 +15,6 @@
  */
 typedef float bsk_v8f __attribute__((vector_size(32)));
 typedef float bsk_v8f_u __attribute__((vector_size(32), aligned(4)));
-typedef int32_t bsk_v8i_a __attribute__((vector_size(32)));
 
 #define BSK_NN_AL 8
 typedef bsk_v8f bsk_nn_av;
@@ -37,9 +36,7 @@ BSK_INLINE void bsk_nn_av_store_part(float *p, bsk_v8f v, int64_t count)
         bsk_nn_av_store(p, v);
         return;
     }
-    const __m256i lanes = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
-    _mm256_maskstore_ps(p, _mm256_cmpgt_epi32(_mm256_set1_epi32((int)count), lanes),
-                        (__m256)v);
+    _mm256_maskstore_ps(p, bsk_lanes8((int)count), (__m256)v);
 }
 
 BSK_INLINE bsk_v8f bsk_nn_av_max(bsk_v8f a, bsk_v8f b)
@@ -52,7 +49,7 @@ BSK_INLINE bsk_v8f bsk_nn_av_min(bsk_v8f a, bsk_v8f b)
     return (bsk_v8f)_mm256_min_ps((__m256)a, (__m256)b);
 }
 
-BSK_NN_EXP_DEFINE(bsk_nn_av_exp, bsk_v8f, bsk_v8i_a, bsk_nn_av_max, bsk_nn_av_min)
+BSK_NN_EXP_DEFINE(bsk_nn_av_exp, bsk_v8f, bsk_v8i, bsk_nn_av_max, bsk_nn_av_min)
 
 #define BSK_NN_IV 4
 #define BSK_NN_JB 2

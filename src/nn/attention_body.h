@@ -100,7 +100,8 @@ BSK_INLINE void BSK_NN_FN(attn_pv)(const float *V, int64_t ldk, int64_t nk, int6
 #pragma GCC unroll 8
         for (int v = 0; v < BSK_NN_IV; v++)
             if (BSK_NN_AL * v < cnt)
-                bsk_nn_av_store_part(y + (c0 + u) * N + BSK_NN_AL * v, acc[u][v] * inv[v], cnt - BSK_NN_AL * v);
+                bsk_nn_av_store_part(y + (c0 + u) * N + BSK_NN_AL * v, acc[u][v] * inv[v],
+                                     cnt - BSK_NN_AL * v);
 }
 
 /*

@@ -87,17 +87,7 @@ BSK_INLINE bsk_v16f bsk_nn_min(bsk_v16f a, bsk_v16f b)
         return y * (VF)e;                                                      \
     }
 
-BSK_INLINE bsk_v16f bsk_nn_exp_max16(bsk_v16f x, bsk_v16f c)
-{
-    return bsk_select(x > c, x, c);
-}
-
-BSK_INLINE bsk_v16f bsk_nn_exp_min16(bsk_v16f x, bsk_v16f c)
-{
-    return bsk_select(x < c, x, c);
-}
-
-BSK_NN_EXP_DEFINE(bsk_nn_exp16, bsk_v16f, bsk_v16i, bsk_nn_exp_max16, bsk_nn_exp_min16)
+BSK_NN_EXP_DEFINE(bsk_nn_exp16, bsk_v16f, bsk_v16i, bsk_nn_max, bsk_nn_min)
 
 /* The 256-bit halves of a 16-lane int32 vector, and back (for units whose
  * instructions work on 8 lanes). */

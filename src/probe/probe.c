@@ -109,11 +109,9 @@ bsk_status bsk_probe_run(int kind, int64_t reps, const void *buf, int64_t nbytes
         w = r * (double)(nbytes / 32 / BSK_PROBE_FMA_CHAINS_YMM * BSK_PROBE_FMA_CHAINS_YMM) * 8 * 2;
         break;
     case BSK_PROBE_MADDUBS_YMM:
-        s = bsk_probe_maddubs_avx2(reps, 0);
-        w = r * BSK_PROBE_MADD_CHAINS * 32;
-        break;
     case BSK_PROBE_MADDWD_YMM:
-        s = bsk_probe_maddwd_avx2(reps, 0);
+        s = kind == BSK_PROBE_MADDUBS_YMM ? bsk_probe_maddubs_avx2(reps, 0)
+                                          : bsk_probe_maddwd_avx2(reps, 0);
         w = r * BSK_PROBE_MADD_CHAINS * 32;
         break;
 #endif

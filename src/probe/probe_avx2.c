@@ -48,29 +48,18 @@ static inline __attribute__((always_inline)) __m256i bsk_maddwd_step(__m256i acc
     return acc;
 }
 
-#define BSK_MADD_PROBE(FN, STEP)                                                     \
-    int64_t FN(int64_t iters, int32_t seed)                                          \
-    {                                                                                \
-        const __m256i a = _mm256_set1_epi32(0x01010101 ^ seed);                      \
-        const __m256i b = _mm256_set1_epi32(0x01020304 + seed);                      \
-        const __m256i c = _mm256_set1_epi16(1); /* vpmaddubsw's pairs summed */      \
-        (void)c;                                                                     \
-        BSK_C12(BSK_MADD_DECL)                                                       \
-        for (int64_t it = 0; it < iters; it++) {                                     \
-            BSK_C12(STEP)                                                            \
-        }                                                                            \
-        __m256i s = _mm256_setzero_si256();                                          \
-        BSK_C12(BSK_MADD_SUM)                                                        \
-        int32_t lanes[8];                                                            \
-        memcpy(lanes, &s, sizeof(lanes));                                            \
-        int64_t total = 0;                                                           \
-        for (int i = 0; i < 8; i++)                                                  \
-            total += lanes[i];                                                       \
-        return total;                                                                \
-    }
-#define BSK_MADD_DECL(i) __m256i c##i = _mm256_set1_epi32(i);
-#define BSK_MADD_SUM(i) s = _mm256_add_epi32(s, c##i);
-#define BSK_MADDUBS_STEP(i) c##i = bsk_maddubs_step(c##i, a, b, c);
-#define BSK_MADDWD_STEP(i) c##i = bsk_maddwd_step(c##i, a, b);
-BSK_MADD_PROBE(bsk_probe_maddubs_avx2, BSK_MADDUBS_STEP)
-BSK_MADD_PROBE(bsk_probe_maddwd_avx2, BSK_MADDWD_STEP)
+/* The same loop as the vpdpbusd probes (probe_body.h), with these steps. */
+#define BSK_PROBE_CHAINS BSK_C12
+#define BSK_PROBE_VEC __m256i
+#define BSK_PROBE_SET1(x) _mm256_set1_epi32(x)
+#define BSK_PROBE_ADD(a, b) _mm256_add_epi32(a, b)
+#define BSK_PROBE_BYTES 32
+#undef BSK_PROBE_FMA_FN
+#define BSK_PROBE_DOT(acc, a, b) bsk_maddubs_step(acc, a, b, _mm256_set1_epi16(1))
+#define BSK_PROBE_DPBUSD_FN bsk_probe_maddubs_avx2
+#include "probe_body.h"
+#undef BSK_PROBE_DOT
+#undef BSK_PROBE_DPBUSD_FN
+#define BSK_PROBE_DOT(acc, a, b) bsk_maddwd_step(acc, a, b)
+#define BSK_PROBE_DPBUSD_FN bsk_probe_maddwd_avx2
+#include "probe_body.h"

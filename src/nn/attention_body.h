@@ -3,16 +3,14 @@
  * (sequence, head, block of queries) task, compiled once per ISA variant.
  * The including unit (src/<isa>/nn_<isa>.c) defines
  *   BSK_NN_SFX  name suffix
- *   BSK_NN_IV   vectors of queries per block (the block is AL * IV queries)
+ *   BSK_NN_IV   vectors of queries per block (the block is VL * IV queries)
  *   BSK_NN_JB   keys per register block of the score product
  *   BSK_NN_CB   features per register block of P V
- * so that JB * IV and CB * IV accumulators stay in registers, and may pick
- * its vectors (BSK_NN_AL lanes of type bsk_nn_av and their bsk_nn_av_*
- * loads, stores, max and exp; 16-lane bsk_v16f unless it does: AVX2 takes
- * 8-lane ones, see nn_avx2.c).
+ * so that JB * IV and CB * IV accumulators stay in registers.  The vectors
+ * are the unit's (bsk_vf, BSK_VL lanes: simd/vec16.h).
  *
  * The queries run along the vector lanes.  With nk attended keys (the
- * masked ones are left out), head size D and QW = AL * IV queries:
+ * masked ones are left out), head size D and QW = VL * IV queries:
  *   K, V (D x nk, row stride ldk): the keys and values of the head, feature
  *       by feature, read in place from QKV (ldk = tokens) when every key of
  *       the sequence is attended, else gathered once into kp, vp (ldk = nk);
@@ -26,35 +24,26 @@
  * A gathered kp, vp is reused while the same thread handles further query
  * blocks of the same (sequence, head).
  */
-#ifndef BSK_NN_AL
-#define BSK_NN_AL 16
-typedef bsk_v16f bsk_nn_av;
-#define bsk_nn_av_load bsk_nn_load
-#define bsk_nn_av_store bsk_nn_store
-#define bsk_nn_av_store_part bsk_nn_store_part
-#define bsk_nn_av_max bsk_nn_max
-#define bsk_nn_av_exp bsk_nn_exp16
-#endif
 #define BSK_NN_FN(name) BSK_NN_CAT(name, BSK_NN_SFX)
-#define BSK_NN_QW (BSK_NN_AL * BSK_NN_IV)
+#define BSK_NN_QW (BSK_VL * BSK_NN_IV)
 _Static_assert(BSK_NN_QW <= BSK_NN_MAX_QW, "the drivers' scratch holds BSK_NN_MAX_QW queries");
 
 /* st[j0 + u][q] = scale * sum_c K[c][j0 + u] qp[c][q], u < jb */
 BSK_INLINE void BSK_NN_FN(attn_scores)(const float *K, int64_t ldk, int64_t D, int64_t j0,
                                        const int jb, const float *qp, float scale, float *st)
 {
-    bsk_nn_av acc[BSK_NN_JB][BSK_NN_IV];
+    bsk_vf acc[BSK_NN_JB][BSK_NN_IV];
 #pragma GCC unroll 8
     for (int u = 0; u < jb; u++)
 #pragma GCC unroll 8
         for (int v = 0; v < BSK_NN_IV; v++)
-            acc[u][v] = (bsk_nn_av){0};
+            acc[u][v] = (bsk_vf){0};
     const float *k = K + j0;
     for (int64_t c = 0; c < D; c++, k += ldk) {
-        bsk_nn_av q[BSK_NN_IV];
+        bsk_vf q[BSK_NN_IV];
 #pragma GCC unroll 8
         for (int v = 0; v < BSK_NN_IV; v++)
-            q[v] = bsk_nn_av_load(qp + c * BSK_NN_QW + BSK_NN_AL * v);
+            q[v] = bsk_vf_load(qp + c * BSK_NN_QW + BSK_VL * v);
 #pragma GCC unroll 8
         for (int u = 0; u < jb; u++) {
             const float kv = k[u];
@@ -67,26 +56,26 @@ BSK_INLINE void BSK_NN_FN(attn_scores)(const float *K, int64_t ldk, int64_t D, i
     for (int u = 0; u < jb; u++)
 #pragma GCC unroll 8
         for (int v = 0; v < BSK_NN_IV; v++)
-            bsk_nn_av_store(st + (j0 + u) * BSK_NN_QW + BSK_NN_AL * v, acc[u][v] * scale);
+            bsk_vf_store(st + (j0 + u) * BSK_NN_QW + BSK_VL * v, acc[u][v] * scale);
 }
 
 /* y[c0 + u][q] = inv[q] * sum_j V[c0 + u][j] st[j][q], u < cb */
 BSK_INLINE void BSK_NN_FN(attn_pv)(const float *V, int64_t ldk, int64_t nk, int64_t c0,
-                                   const int cb, const float *st, const bsk_nn_av *inv,
+                                   const int cb, const float *st, const bsk_vf *inv,
                                    float *y, int64_t N, int cnt)
 {
-    bsk_nn_av acc[BSK_NN_CB][BSK_NN_IV];
+    bsk_vf acc[BSK_NN_CB][BSK_NN_IV];
 #pragma GCC unroll 8
     for (int u = 0; u < cb; u++)
 #pragma GCC unroll 8
         for (int v = 0; v < BSK_NN_IV; v++)
-            acc[u][v] = (bsk_nn_av){0};
+            acc[u][v] = (bsk_vf){0};
     const float *vj = V + c0 * ldk;
     for (int64_t j = 0; j < nk; j++, vj++) {
-        bsk_nn_av p[BSK_NN_IV];
+        bsk_vf p[BSK_NN_IV];
 #pragma GCC unroll 8
         for (int v = 0; v < BSK_NN_IV; v++)
-            p[v] = bsk_nn_av_load(st + j * BSK_NN_QW + BSK_NN_AL * v);
+            p[v] = bsk_vf_load(st + j * BSK_NN_QW + BSK_VL * v);
 #pragma GCC unroll 8
         for (int u = 0; u < cb; u++) {
             const float vv = vj[u * ldk];
@@ -99,9 +88,9 @@ BSK_INLINE void BSK_NN_FN(attn_pv)(const float *V, int64_t ldk, int64_t nk, int6
     for (int u = 0; u < cb; u++)
 #pragma GCC unroll 8
         for (int v = 0; v < BSK_NN_IV; v++)
-            if (BSK_NN_AL * v < cnt)
-                bsk_nn_av_store_part(y + (c0 + u) * N + BSK_NN_AL * v, acc[u][v] * inv[v],
-                                     cnt - BSK_NN_AL * v);
+            if (BSK_VL * v < cnt)
+                bsk_vf_store_part(y + (c0 + u) * N + BSK_VL * v, acc[u][v] * inv[v],
+                                  (int)(cnt - BSK_VL * v));
 }
 
 /*
@@ -166,19 +155,19 @@ static void BSK_NN_FN(attn_task)(const bsk_nn_attn_args *a, int64_t b, int64_t h
     }
 
     /* softmax down each lane */
-    bsk_nn_av mx[BSK_NN_IV], sum[BSK_NN_IV], inv[BSK_NN_IV];
+    bsk_vf mx[BSK_NN_IV], sum[BSK_NN_IV], inv[BSK_NN_IV];
     for (int v = 0; v < BSK_NN_IV; v++) {
-        mx[v] = (bsk_nn_av){0} - INFINITY;
-        sum[v] = (bsk_nn_av){0};
+        mx[v] = (bsk_vf){0} - INFINITY;
+        sum[v] = (bsk_vf){0};
     }
     for (int64_t j = 0; j < nk; j++)
         for (int v = 0; v < BSK_NN_IV; v++)
-            mx[v] = bsk_nn_av_max(mx[v], bsk_nn_av_load(st + j * BSK_NN_QW + BSK_NN_AL * v));
+            mx[v] = bsk_vf_max(mx[v], bsk_vf_load(st + j * BSK_NN_QW + BSK_VL * v));
     for (int64_t j = 0; j < nk; j++)
         for (int v = 0; v < BSK_NN_IV; v++) {
-            float *s = st + j * BSK_NN_QW + BSK_NN_AL * v;
-            const bsk_nn_av e = bsk_nn_av_exp(bsk_nn_av_load(s) - mx[v]);
-            bsk_nn_av_store(s, e);
+            float *s = st + j * BSK_NN_QW + BSK_VL * v;
+            const bsk_vf e = bsk_vf_exp(bsk_vf_load(s) - mx[v]);
+            bsk_vf_store(s, e);
             sum[v] = sum[v] + e;
         }
     for (int v = 0; v < BSK_NN_IV; v++)

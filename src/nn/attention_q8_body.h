@@ -59,7 +59,7 @@ BSK_INLINE bsk_v16i bsk_aq_s8_code16(bsk_v16f v)
 BSK_INLINE bsk_v16f bsk_aq_s8_scale16(bsk_v16f amax)
 {
     const bsk_v16f s = amax / 127.0f;
-    return bsk_select(s > 0.0f, s, (bsk_v16f){0} + 1.0f);
+    return bsk_select16(s > 0.0f, s, (bsk_v16f){0} + 1.0f);
 }
 
 /*
@@ -177,7 +177,7 @@ static void AQ_FN(quant_tokens)(const bsk_nn_aq_args *a, int64_t n0, int64_t n1,
                 bsk_nn_range_rows(X, D, ldx, T, NULL, lo, hi);
                 for (int64_t t = T; t < Tv; t++)
                     lo[t] = hi[t] = 0.0f;
-                bsk_nn_params_rows(T, lo, hi, s, z, a->q_scale + p, a->q_zero + p);
+                bsk_nn_params_rows(T, Tv, lo, hi, s, z, a->q_scale + p, a->q_zero + p);
                 for (int64_t t = 0; t < Tv; t += 16)
                     bsk_nn_store(s + t, 1.0f / bsk_nn_load(s + t));
                 for (int64_t g = 0; g < G; g++)
@@ -233,7 +233,7 @@ static float AQ_FN(values_amax)(const bsk_nn_aq_args *a, int64_t b, int64_t f, i
         if (m) {
             bsk_v16b mb = (bsk_v16b){0};
             memcpy(&mb, m + n_, (size_t)cnt_);
-            x = bsk_select(__builtin_convertvector(mb, bsk_v16i) != 0, x, (bsk_v16f){0});
+            x = bsk_select16(__builtin_convertvector(mb, bsk_v16i) != 0, x, (bsk_v16f){0});
         }
         amax = bsk_nn_max(amax, x);
     });

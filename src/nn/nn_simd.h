@@ -11,7 +11,8 @@
  * each unit gets its own copy.
  *
  * Layout (bsk_nn.h): activations are features x tokens, row-major, so one
- * 16-lane vector holds one feature of 16 consecutive tokens.  Per-token
+ * vector (the unit's, BSK_VL lanes of vec16.h; the INT8 attention keeps 16
+ * for its VNNI layout) holds one feature of consecutive tokens.  Per-token
  * reductions (LayerNorm statistics, quantization ranges, softmax over keys)
  * are then lane-wise: no horizontal operations, and the order of every sum
  * is fixed by the feature loop alone.
@@ -44,11 +45,6 @@ BSK_INLINE bsk_v16f bsk_nn_load_part(const float *p, int64_t count)
     return bsk_load16f(p, count < 16 ? (int)count : 16);
 }
 
-BSK_INLINE void bsk_nn_store_part(float *p, bsk_v16f v, int64_t count)
-{
-    bsk_store16f(p, v, count < 16 ? (int)count : 16);
-}
-
 BSK_INLINE bsk_v16f bsk_nn_max(bsk_v16f a, bsk_v16f b)
 {
     return bsk_max16f(a, b);
@@ -65,7 +61,7 @@ BSK_INLINE bsk_v16f bsk_nn_min(bsk_v16f a, bsk_v16f b)
  * into the exponent bits.  x below -87 gives about 1.6e-38, never 0.
  * Defined for a float vector type VF (int VI of as many lanes) and its
  * MAXPS / MINPS-like max and min (x > c ? x : c), so that units with other
- * vector widths (nn_avx2.c's 8 lanes) compute the same lanes.
+ * vector widths (BSK_VL 8 in the AVX2 units) compute the same lanes.
  */
 #define BSK_NN_EXP_DEFINE(name, VF, VI, MAXF, MINF)                            \
     BSK_INLINE VF name(VF x)                                                   \
@@ -89,20 +85,8 @@ BSK_INLINE bsk_v16f bsk_nn_min(bsk_v16f a, bsk_v16f b)
 
 BSK_NN_EXP_DEFINE(bsk_nn_exp16, bsk_v16f, bsk_v16i, bsk_nn_max, bsk_nn_min)
 
-/* The 256-bit halves of a 16-lane int32 vector, and back (for units whose
- * instructions work on 8 lanes). */
-typedef int32_t bsk_v8i __attribute__((vector_size(32)));
-
-BSK_INLINE bsk_v8i bsk_v16i_lo(bsk_v16i v)
-{
-    return __builtin_shufflevector(v, v, 0, 1, 2, 3, 4, 5, 6, 7);
-}
-
-BSK_INLINE bsk_v8i bsk_v16i_hi(bsk_v16i v)
-{
-    return __builtin_shufflevector(v, v, 8, 9, 10, 11, 12, 13, 14, 15);
-}
-
+/* A 16-lane int32 vector from its 256-bit halves (the INT8 attention's
+ * accumulators in the 256-bit units). */
 BSK_INLINE bsk_v16i bsk_v16i_join(bsk_v8i lo, bsk_v8i hi)
 {
     return __builtin_shufflevector(lo, hi, 0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
@@ -113,14 +97,6 @@ BSK_INLINE bsk_v16i bsk_v16i_join(bsk_v8i lo, bsk_v8i hi)
 BSK_INLINE bsk_v16f bsk_nn_ld(const float *p, const int full, int64_t cnt)
 {
     return full ? bsk_nn_load(p) : bsk_nn_load_part(p, cnt);
-}
-
-BSK_INLINE void bsk_nn_st(float *p, bsk_v16f v, const int full, int64_t cnt)
-{
-    if (full)
-        bsk_nn_store(p, v);
-    else
-        bsk_nn_store_part(p, v, cnt);
 }
 
 BSK_INLINE void bsk_nn_st_bytes(uint8_t *p, bsk_v16b v, const int full, int64_t cnt)
@@ -159,46 +135,54 @@ BSK_INLINE void bsk_nn_st_bytes(uint8_t *p, bsk_v16b v, const int full, int64_t 
         }                                                                      \
     } while (0)
 
+/* exp of the unit's vector (vec16.h's BSK_VL) */
+#if BSK_VL == 8
+BSK_NN_EXP_DEFINE(bsk_vf_exp, bsk_v8f, bsk_v8i, bsk_max8f, bsk_min8f)
+#else
+#define bsk_vf_exp bsk_nn_exp16
+#endif
+
 /*
- * Sweeps: a pass keeps the per-token state of up to BSK_NN_SWEEP vectors of 16
+ * Sweeps: a pass keeps the per-token state of up to BSK_NN_SWEEP vectors of
  * tokens in registers while it walks down the rows (AVX-512 has 32 vector
- * registers, room for five states of four vectors; a 16-lane vector takes two
- * of AVX2's sixteen).  Vector v of a sweep of nv is full unless it is the last
- * and `tail` < 16; nv and tail are constants in the full sweeps.
+ * registers, room for five states of four vectors; AVX2's 16 ymm hold four
+ * states of four 8-lane vectors, a 16-lane vector of the portable build takes
+ * four xmm).  Vector v of a sweep of nv is full unless it is the last and
+ * `tail` < BSK_VL; nv and tail are constants in the full sweeps.
  */
-#if defined(__AVX512F__)
+#if BSK_VL == 8 || defined(__AVX512F__)
 #define BSK_NN_SWEEP 4
 #else
 #define BSK_NN_SWEEP 2
 #endif
 
-BSK_INLINE bsk_v16f bsk_nn_sweep_ld(const float *p, int v, int nv, int64_t tail)
+BSK_INLINE bsk_vf bsk_nn_sweep_ld(const float *p, int v, int nv, int64_t tail)
 {
-    return v < nv - 1 || tail >= 16 ? bsk_nn_load(p + 16 * v)
-                                    : bsk_nn_load_part(p + 16 * v, tail);
+    return v < nv - 1 || tail >= BSK_VL ? bsk_vf_load(p + BSK_VL * v)
+                                        : bsk_vf_load_part(p + BSK_VL * v, (int)tail);
 }
 
-BSK_INLINE void bsk_nn_sweep_st(float *p, bsk_v16f x, int v, int nv, int64_t tail)
+BSK_INLINE void bsk_nn_sweep_st(float *p, bsk_vf x, int v, int nv, int64_t tail)
 {
-    if (v < nv - 1 || tail >= 16)
-        bsk_nn_store(p + 16 * v, x);
+    if (v < nv - 1 || tail >= BSK_VL)
+        bsk_vf_store(p + BSK_VL * v, x);
     else
-        bsk_nn_store_part(p + 16 * v, x, tail);
+        bsk_vf_store_part(p + BSK_VL * v, x, (int)tail);
 }
 
-BSK_INLINE void bsk_nn_sweep_st_bytes(uint8_t *p, bsk_v16b x, int v, int nv, int64_t tail)
+BSK_INLINE void bsk_nn_sweep_st_bytes(uint8_t *p, bsk_vb x, int v, int nv, int64_t tail)
 {
-    if (v < nv - 1 || tail >= 16)
-        *(bsk_v16b_u *)p = x;
+    if (v < nv - 1 || tail >= BSK_VL)
+        *(bsk_vb_u *)p = x;
     else
-        bsk_store16b(p, x, (int)tail);
+        bsk_vb_store_part(p, x, (int)tail);
 }
 
 /* 1 / sqrt(m2 * inv_f + eps) per lane (LayerNorm's reciprocal deviation) */
-BSK_INLINE bsk_v16f bsk_nn_rstd16(bsk_v16f m2, float inv_f, float eps)
+BSK_INLINE bsk_vf bsk_nn_rstd(bsk_vf m2, float inv_f, float eps)
 {
-    bsk_v16f r;
-    for (int i = 0; i < 16; i++)
+    bsk_vf r;
+    for (int i = 0; i < BSK_VL; i++)
         r[i] = 1.0f / sqrtf(m2[i] * inv_f + eps);
     return r;
 }
@@ -208,22 +192,22 @@ BSK_INLINE bsk_v16f bsk_nn_rstd16(bsk_v16f m2, float inv_f, float eps)
  * full sweeps. */
 #define BSK_NN_EACH_V(X) X(0) X(1) X(2) X(3)
 
-#define BSK_NN_RANGE_STATE(v) bsk_v16f lo##v = {0}, hi##v = {0};
+#define BSK_NN_RANGE_STATE(v) bsk_vf lo##v = {0}, hi##v = {0};
 #define BSK_NN_RANGE_ROW(v)                                                    \
     if (v < nv) {                                                              \
-        bsk_v16f t = bsk_nn_sweep_ld(y, v, nv, tail);                          \
+        bsk_vf t = bsk_nn_sweep_ld(y, v, nv, tail);                            \
         if (mul)                                                               \
             t = t * m;                                                         \
-        lo##v = bsk_nn_min(lo##v, t);                                          \
-        hi##v = bsk_nn_max(hi##v, t);                                          \
+        lo##v = bsk_vf_min(lo##v, t);                                          \
+        hi##v = bsk_vf_max(hi##v, t);                                          \
     }
 #define BSK_NN_RANGE_OUT(v)                                                    \
     if (v < nv) {                                                              \
-        bsk_nn_store(lo + 16 * v, lo##v);                                      \
-        bsk_nn_store(hi + 16 * v, hi##v);                                      \
+        bsk_vf_store(lo + BSK_VL * v, lo##v);                               \
+        bsk_vf_store(hi + BSK_VL * v, hi##v);                               \
     }
 
-/* the range sweep of the nv vectors at Y (lo, hi: their 16 * nv floats) */
+/* the range sweep of the nv vectors at Y (lo, hi: their BSK_VL * nv floats) */
 BSK_INLINE void bsk_nn_range_sweep(const float *Y, int64_t F, int64_t N, const float *mul,
                                    float *lo, float *hi, int nv, int64_t tail)
 {
@@ -240,13 +224,14 @@ BSK_INLINE void bsk_nn_range_sweep(const float *Y, int64_t F, int64_t N, const f
  * BSK_NN_SWEEP vectors, then one of the rest. */
 #define BSK_NN_SWEEPS(T, sweep, ...)                                           \
     do {                                                                       \
-        const int64_t w_ = 16 * BSK_NN_SWEEP;                                  \
+        const int64_t w_ = BSK_VL * BSK_NN_SWEEP;                           \
         int64_t n_ = 0;                                                        \
         for (; n_ + w_ <= (T); n_ += w_)                                       \
-            sweep(n_, BSK_NN_SWEEP, 16, __VA_ARGS__);                          \
+            sweep(n_, BSK_NN_SWEEP, BSK_VL, __VA_ARGS__);                   \
         if (n_ < (T)) {                                                        \
             const int64_t r_ = (T) - n_;                                       \
-            sweep(n_, (int)((r_ + 15) / 16), r_ - (r_ - 1) / 16 * 16, __VA_ARGS__); \
+            sweep(n_, (int)((r_ + BSK_VL - 1) / BSK_VL),                 \
+                  r_ - (r_ - 1) / BSK_VL * BSK_VL, __VA_ARGS__);         \
         }                                                                      \
     } while (0)
 
@@ -254,48 +239,50 @@ BSK_INLINE void bsk_nn_range_sweep(const float *Y, int64_t F, int64_t N, const f
     bsk_nn_range_sweep((Y) + (n), F, N, mul, (lo) + (n), (hi) + (n), nv, tail)
 
 /* lo[t], hi[t] = min/max(0, Y[f, t] * mul[f]) over the rows, t < T; the
- * vectors of lo and hi past T hold junk lanes (zeros or ranges of zeros) */
+ * lanes of lo and hi past T up to a whole vector hold zeros (ranges of zero
+ * lanes) */
 BSK_INLINE void bsk_nn_range_rows(const float *Y, int64_t F, int64_t N, int64_t T,
                                   const float *mul, float *lo, float *hi)
 {
     BSK_NN_SWEEPS(T, BSK_NN_RANGE_AT, Y, F, N, mul, lo, hi);
 }
 
-/* q_scale, q_zero of T tokens from their ranges (bsk_u8_params16); s, z keep
- * them as floats (q_scale, q_zero may be NULL: s, z only) */
-BSK_INLINE void bsk_nn_params_rows(int64_t T, const float *lo, const float *hi, float *s,
-                                   float *z, float *q_scale, int32_t *q_zero)
+/* s, z (floats) of the ranges lo, hi of the tokens [0, Tv) (bsk_u8_params16;
+ * Tv a multiple of BSK_VL), and q_scale, q_zero of the first T of them
+ * (unless NULL) */
+BSK_INLINE void bsk_nn_params_rows(int64_t T, int64_t Tv, const float *lo, const float *hi,
+                                   float *s, float *z, float *q_scale, int32_t *q_zero)
 {
-    BSK_NN_FOR_TOKENS(T, {
-        bsk_v16f vs, vz;
-        bsk_u8_params16(bsk_nn_load(lo + n_), bsk_nn_load(hi + n_), &vs, &vz);
-        bsk_nn_store(s + n_, vs);
-        bsk_nn_store(z + n_, vz);
-        const bsk_v16i zi = __builtin_convertvector(vz, bsk_v16i);
-        for (int t = 0; q_scale && t < cnt_; t++) {
-            q_scale[n_ + t] = vs[t];
-            q_zero[n_ + t] = zi[t];
+    for (int64_t n = 0; n < Tv; n += BSK_VL) {
+        bsk_vf vs, vz;
+        bsk_vf_u8_params(bsk_vf_load(lo + n), bsk_vf_load(hi + n), &vs, &vz);
+        bsk_vf_store(s + n, vs);
+        bsk_vf_store(z + n, vz);
+        const bsk_vi zi = __builtin_convertvector(vz, bsk_vi);
+        for (int t = 0; q_scale && t < BSK_VL && n + t < T; t++) {
+            q_scale[n + t] = vs[t];
+            q_zero[n + t] = zi[t];
         }
-    });
+    }
 }
 
 #define BSK_NN_CODES_STATE(v)                                                  \
-    const bsk_v16f s##v = v < nv ? bsk_nn_load(s + 16 * v) : (bsk_v16f){0} + 1.0f; \
-    const bsk_v16f z##v = v < nv ? bsk_nn_load(z + 16 * v) : (bsk_v16f){0};
+    const bsk_vf s##v = v < nv ? bsk_vf_load(s + BSK_VL * v) : (bsk_vf){0} + 1.0f; \
+    const bsk_vf z##v = v < nv ? bsk_vf_load(z + BSK_VL * v) : (bsk_vf){0};
 #define BSK_NN_CODES_ROW(v)                                                    \
-    bsk_v16f c##v = {0};                                                       \
+    bsk_vf c##v = {0};                                                         \
     if (v < nv) {                                                              \
-        bsk_v16f t = bsk_nn_sweep_ld(y, v, nv, tail);                          \
+        bsk_vf t = bsk_nn_sweep_ld(y, v, nv, tail);                            \
         if (mul)                                                               \
             t = t * m;                                                         \
-        c##v = bsk_u8_code16(t / s##v, z##v);                                  \
+        c##v = bsk_vf_u8_code(t / s##v, z##v);                                \
     }
 #define BSK_NN_CODES_OUT(v)                                                    \
     if (v < nv)                                                                \
-        bsk_nn_sweep_st_bytes(q + 16 * v, bsk_bytes16(c##v), v, nv, tail);
+        bsk_nn_sweep_st_bytes(q + BSK_VL * v, bsk_vf_bytes(c##v), v, nv, tail);
 
 /* the codes of the nv vectors at Y into Q, with their scales s and zero
- * points z (16 * nv floats each) */
+ * points z (BSK_VL * nv floats each) */
 BSK_INLINE void bsk_nn_codes_sweep(const float *Y, int64_t F, int64_t N, const float *mul,
                                    const float *s, const float *z, uint8_t *Q, int nv,
                                    int64_t tail)
@@ -306,8 +293,8 @@ BSK_INLINE void bsk_nn_codes_sweep(const float *Y, int64_t F, int64_t N, const f
         uint8_t *q = Q + f * N;
         const float m = mul ? mul[f] : 1.0f;
         BSK_NN_EACH_V(BSK_NN_CODES_ROW)
-        if (nv == 4 && tail >= 16)
-            bsk_store_bytes64(q, c0, c1, c2, c3);
+        if (nv == 4 && tail >= BSK_VL)
+            bsk_vf_store_bytes4(q, c0, c1, c2, c3);
         else {
             BSK_NN_EACH_V(BSK_NN_CODES_OUT)
         }
@@ -324,6 +311,9 @@ BSK_INLINE void bsk_nn_codes_rows(const float *Y, int64_t F, int64_t N, int64_t 
     BSK_NN_SWEEPS(T, BSK_NN_CODES_AT, Y, F, N, mul, s, z, Q);
 }
 
+/* The whole vectors that hold T tokens, in tokens. */
+#define BSK_NN_WHOLE(T) (((T) + BSK_VL - 1) / BSK_VL * BSK_VL)
+
 /*
  * Per-token quantization of the T tokens at Y (row stride N) into Q,
  * q_scale, q_zero; ws holds 4 * round16(T) floats of scratch (64-byte
@@ -336,7 +326,7 @@ BSK_INLINE void bsk_nn_quant_rows(const float *Y, int64_t F, int64_t N, int64_t 
     const int64_t Tv = (T + 15) / 16 * 16;
     float *lo = ws, *hi = ws + Tv, *s = ws + 2 * Tv, *z = ws + 3 * Tv;
     bsk_nn_range_rows(Y, F, N, T, mul, lo, hi);
-    bsk_nn_params_rows(T, lo, hi, s, z, q_scale, q_zero);
+    bsk_nn_params_rows(T, BSK_NN_WHOLE(T), lo, hi, s, z, q_scale, q_zero);
     bsk_nn_codes_rows(Y, F, N, T, mul, s, z, Q);
 }
 

@@ -43,7 +43,7 @@ static void BSK_NN_FN(transpose_range)(const bsk_nn_tok_args *a, int64_t n0, int
 }
 
 /*
- * LayerNorm of the nv (<= BSK_NN_SWEEP) vectors of 16 tokens at n0, the last
+ * LayerNorm of the nv (<= BSK_NN_SWEEP) vectors of tokens at n0, the last
  * one holding `tail` tokens, in three streaming passes over the rows:
  * (1) t = x + res into y, with the mean and the sum of squared deviations by
  * Welford's update (one pass, numerically like the two-pass formula), taken
@@ -53,11 +53,11 @@ static void BSK_NN_FN(transpose_range)(const bsk_nn_tok_args *a, int64_t n0, int
  * registers (one named variable per vector: see BSK_EPI_EACH in
  * simd/epilogue.h): kept in memory, its stores and reloads bounded the passes.
  */
-#define BSK_NN_LN_STATE(v) bsk_v16f piv##v = {0}, mean##v = {0}, m2##v = {0}, \
+#define BSK_NN_LN_STATE(v) bsk_vf piv##v = {0}, mean##v = {0}, m2##v = {0}, \
     lo##v = {0}, hi##v = {0};
 /* t = x + res of vector v, also stored into y */
 #define BSK_NN_LN_SUM(x, r, y, v)                                              \
-    bsk_v16f t = bsk_nn_sweep_ld(x, v, nv, tail);                              \
+    bsk_vf t = bsk_nn_sweep_ld(x, v, nv, tail);                                \
     if (r)                                                                     \
         t = t + bsk_nn_sweep_ld(r, v, nv, tail);                               \
     bsk_nn_sweep_st(y, t, v, nv, tail);
@@ -69,32 +69,32 @@ static void BSK_NN_FN(transpose_range)(const bsk_nn_tok_args *a, int64_t n0, int
 #define BSK_NN_LN_ROW1(v)                                                      \
     if (v < nv) {                                                              \
         BSK_NN_LN_SUM(x, r, y, v)                                              \
-        const bsk_v16f u = t - piv##v;                                         \
-        const bsk_v16f d = u - mean##v;                                        \
+        const bsk_vf u = t - piv##v;                                           \
+        const bsk_vf d = u - mean##v;                                          \
         mean##v = mean##v + d * inv_k;                                         \
         m2##v = m2##v + d * (u - mean##v);                                     \
     }
 #define BSK_NN_LN_RSTD(v)                                                      \
     if (v < nv)                                                                \
-        m2##v = bsk_nn_rstd16(m2##v, inv_f, a->eps);   /* now 1 / std */
+        m2##v = bsk_nn_rstd(m2##v, inv_f, a->eps);   /* now 1 / std */
 #define BSK_NN_LN_ROW2(v)                                                      \
     if (v < nv) {                                                              \
-        bsk_v16f t = ((bsk_nn_sweep_ld(y, v, nv, tail) - piv##v) - mean##v) * m2##v; \
+        bsk_vf t = ((bsk_nn_sweep_ld(y, v, nv, tail) - piv##v) - mean##v) * m2##v; \
         t = t * g + b;                                                         \
         bsk_nn_sweep_st(y, t, v, nv, tail);                                    \
         if (a->Q) {                                                            \
             if (mul)                                                           \
                 t = t * mf;                                                    \
-            if (v == nv - 1 && tail < 16)   /* lanes past the range: keep 0 */ \
-                t = bsk_keep16f(t, (int)tail);                                 \
-            lo##v = bsk_nn_min(lo##v, t);                                      \
-            hi##v = bsk_nn_max(hi##v, t);                                      \
+            if (v == nv - 1 && tail < BSK_VL) /* lanes past the range: 0 */ \
+                t = bsk_vf_keep(t, (int)tail);                                 \
+            lo##v = bsk_vf_min(lo##v, t);                                      \
+            hi##v = bsk_vf_max(hi##v, t);                                      \
         }                                                                      \
     }
 #define BSK_NN_LN_RANGE_OUT(v)                                                 \
     if (v < nv) {                                                              \
-        bsk_nn_store(lo + 16 * v, lo##v);                                      \
-        bsk_nn_store(hi + 16 * v, hi##v);                                      \
+        bsk_vf_store(lo + BSK_VL * v, lo##v);                               \
+        bsk_vf_store(hi + BSK_VL * v, hi##v);                               \
     }
 
 BSK_INLINE void BSK_NN_FN(layernorm_sweep)(const bsk_nn_tok_args *a, int64_t n0, int nv,
@@ -126,17 +126,21 @@ BSK_INLINE void BSK_NN_FN(layernorm_sweep)(const bsk_nn_tok_args *a, int64_t n0,
     /* pass 3: the per-token parameters and codes of the quantization */
     if (!a->Q)
         return;
-    /* four vectors each, as many as BSK_NN_EACH_V names */
-    float lo[64] __attribute__((aligned(64))), hi[64] __attribute__((aligned(64))),
-          s[64] __attribute__((aligned(64))), z[64] __attribute__((aligned(64)));
+    /* four vectors each, as many as BSK_NN_EACH_V names (s, z zeroed: GCC cannot
+     * tell that bsk_nn_params_rows sets the nv vectors the codes read) */
+    float lo[4 * BSK_VL] __attribute__((aligned(64))),
+          hi[4 * BSK_VL] __attribute__((aligned(64))),
+          s[4 * BSK_VL] __attribute__((aligned(64))) = {0},
+          z[4 * BSK_VL] __attribute__((aligned(64))) = {0};
     BSK_NN_EACH_V(BSK_NN_LN_RANGE_OUT)
-    bsk_nn_params_rows(16 * (nv - 1) + tail, lo, hi, s, z, a->q_scale + n0, a->q_zero + n0);
+    bsk_nn_params_rows(BSK_VL * (nv - 1) + tail, BSK_VL * nv, lo, hi, s, z,
+                       a->q_scale + n0, a->q_zero + n0);
     bsk_nn_codes_sweep(Y, F, NY, mul, s, z, a->Q + n0, nv, tail);
 }
 
 /*
  * Y = LayerNorm(X + Res) (+ uint8 codes) for the tokens [n0, n1), in sweeps of
- * up to BSK_NN_SWEEP vectors of 16 tokens (see layernorm_sweep).
+ * up to BSK_NN_SWEEP vectors of tokens (see layernorm_sweep).
  */
 #define BSK_NN_LN_AT(n, nv, tail, a) BSK_NN_FN(layernorm_sweep)(a, n0 + (n), nv, tail)
 
@@ -166,7 +170,7 @@ static void BSK_NN_FN(codes_rows)(const bsk_nn_tok_args *a, int64_t r0, int64_t 
 {
     const int64_t N = a->tokens, Nv = (N + 15) / 16 * 16;
     float *s = ws + 2 * Nv, *z = ws + 3 * Nv;
-    bsk_nn_params_rows(N, ws, ws + Nv, s, z, r0 == 0 ? a->q_scale : NULL,
+    bsk_nn_params_rows(N, BSK_NN_WHOLE(N), ws, ws + Nv, s, z, r0 == 0 ? a->q_scale : NULL,
                        r0 == 0 ? a->q_zero : NULL);
     bsk_nn_codes_rows(a->X + r0 * N, r1 - r0, N, N, a->q_mul ? a->q_mul + r0 : NULL, s, z,
                       a->Q + r0 * N);
@@ -180,13 +184,14 @@ static void BSK_NN_FN(bias_act_rows)(const bsk_nn_tok_args *a, int64_t r0, int64
     for (int64_t m = r0; m < r1; m++) {
         float *y = a->Y + m * N;
         const float b = a->bias ? a->bias[m] : 0.0f;
-        for (int64_t n = 0; n < N; n += 16) {
-            bsk_v16f t = bsk_nn_load_part(y + n, N - n) + b;
+        for (int64_t n = 0; n < N; n += BSK_VL) {
+            const int cnt = N - n < BSK_VL ? (int)(N - n) : BSK_VL;
+            bsk_vf t = bsk_vf_load_part(y + n, cnt) + b;
             if (a->act == BSK_ACT_RELU)
-                t = bsk_max16f(t, (bsk_v16f){0});
+                t = bsk_vf_max(t, (bsk_vf){0});
             else if (a->act == BSK_ACT_GELU)
-                t = bsk_gelu16(t);
-            bsk_nn_store_part(y + n, t, N - n);
+                t = bsk_vf_gelu(t);
+            bsk_vf_store_part(y + n, t, cnt);
         }
     }
 }

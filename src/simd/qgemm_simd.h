@@ -188,25 +188,27 @@ static void qg_block(int nv, const int32_t *wb, const uint8_t *P, int64_t G, int
 
 /* ---- the (N, M) output ------------------------------------------------------------ */
 
-/* v[r][c] -> v[c][r] for 16 vectors of 16 lanes: at each level s the off-diagonal
- * s x s blocks of every 2s x 2s block are swapped (one two-source permute per
- * vector and level). */
-static inline void qg_transpose16(bsk_v16i v[16])
+/* v[r][c] -> v[c][r] for BSK_VL vectors of BSK_VL lanes (the unit's vectors,
+ * vec16.h): at each level s the off-diagonal s x s blocks of every 2s x 2s
+ * block are swapped (one two-source permute per vector and level). */
+static inline void qg_transpose(bsk_vi v[BSK_VL])
 {
 #define QG_LEVEL(s)                                                                     \
     do {                                                                                \
-        const bsk_v16i lo = {0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15};      \
-        const bsk_v16i bit = (lo & (s)) != 0;                                           \
-        const bsk_v16i keep = (bsk_v16i)((lo & ~bit) | ((16 + lo - (s)) & bit));        \
-        const bsk_v16i take = (bsk_v16i)(((lo + (s)) & ~bit) | ((16 + lo) & bit));      \
-        for (int i = 0; i < 16; i++)                                                    \
+        const bsk_vi lo = BSK_VL_IOTA;                                                  \
+        const bsk_vi bit = (lo & (s)) != 0;                                             \
+        const bsk_vi keep = (bsk_vi)((lo & ~bit) | ((BSK_VL + lo - (s)) & bit));        \
+        const bsk_vi take = (bsk_vi)(((lo + (s)) & ~bit) | ((BSK_VL + lo) & bit));      \
+        for (int i = 0; i < BSK_VL; i++)                                                \
             if (!(i & (s))) {                                                           \
-                const bsk_v16i a = v[i], b = v[i + (s)];                                \
+                const bsk_vi a = v[i], b = v[i + (s)];                                  \
                 v[i] = __builtin_shuffle(a, b, keep);                                   \
                 v[i + (s)] = __builtin_shuffle(a, b, take);                             \
             }                                                                           \
     } while (0)
+#if BSK_VL == 16
     QG_LEVEL(8);
+#endif
     QG_LEVEL(4);
     QG_LEVEL(2);
     QG_LEVEL(1);
@@ -216,32 +218,38 @@ static inline void qg_transpose16(bsk_v16i v[16])
 /*
  * The epilogue of up to 16 rows (m0 ..) x the tokens n0 .. n0 + cnt_all - 1 of an
  * accumulator tile, stored into the (N, M) output: bsk_epi_values gives each
- * row's 16 results (the arithmetic of every INT8 kernel), a 16 x 16 transpose
- * turns them into each token's run of 16 rows, stored at once.  Writing a
- * token's cache line in one piece matters: the tokens of a tile are M
- * elements apart, so when M * 4 is a multiple of 4096 all of them fall into
- * one L1 set, and the 16-byte pieces of the 4-row transposed stores evict each
- * other's lines (a 3072 x 768 x 128 product ran at 75 % instead of 87 %).
+ * row's results for a vector of tokens (the arithmetic of every INT8 kernel),
+ * BSK_VL x BSK_VL transposes turn them into each token's run of 16 rows, stored
+ * at once.  Writing a token's cache line in one piece matters: the tokens of a
+ * tile are M elements apart, so when M * 4 is a multiple of 4096 all of them
+ * fall into one L1 set, and the 16-byte pieces of the 4-row transposed stores
+ * evict each other's lines (a 3072 x 768 x 128 product ran at 75 % instead of
+ * 87 %).
  */
 BSK_INLINE void qg_store_tokens_k(const bsk_epilogue *e, const int32_t *acc, int64_t ld,
                                   int rows, int64_t m0, int64_t n0, int64_t cnt_all,
                                   void *out, int64_t ldo, const int kind, const int act)
 {
-    for (int64_t t = 0; t < cnt_all; t += 16) {
-        const int cnt = cnt_all - t < 16 ? (int)(cnt_all - t) : 16;
-        bsk_v16i v[16];
+    for (int64_t t = 0; t < cnt_all; t += BSK_VL) {
+        const int cnt = cnt_all - t < BSK_VL ? (int)(cnt_all - t) : BSK_VL;
+        bsk_vi v[16];
         for (int r = 0; r < 16; r++)
-            v[r] = r < rows ? bsk_epi_values(e, *(const bsk_v16i_u *)(acc + r * ld + t),
+            v[r] = r < rows ? bsk_epi_values(e, *(const bsk_vi_u *)(acc + r * ld + t),
                                              m0 + r, n0 + t, cnt, kind, act)
-                            : (bsk_v16i){0};
-        qg_transpose16(v);
+                            : (bsk_vi){0};
+        /* v[BSK_VL * b + tok]: token tok's rows BSK_VL * b .. */
+        for (int b = 0; b < 16; b += BSK_VL)
+            qg_transpose(v + b);
         for (int tok = 0; tok < cnt; tok++) {
             const int64_t at = (n0 + t + tok) * ldo + m0;
-            if (kind == BSK_OUT_U8) {
-                const bsk_v16b b = __builtin_convertvector(v[tok], bsk_v16b);
-                memcpy((uint8_t *)out + at, &b, (size_t)rows);
-            } else {
-                memcpy((int32_t *)out + at, &v[tok], 4 * (size_t)rows);
+            for (int b = 0; b < rows; b += BSK_VL) {
+                const int n = rows - b < BSK_VL ? rows - b : BSK_VL;
+                if (kind == BSK_OUT_U8) {
+                    const bsk_vb q = __builtin_convertvector(v[b + tok], bsk_vb);
+                    memcpy((uint8_t *)out + at + b, &q, (size_t)n);
+                } else {
+                    memcpy((int32_t *)out + at + b, &v[b + tok], 4 * (size_t)n);
+                }
             }
         }
     }

@@ -234,36 +234,24 @@ static void pack_strip(const uint8_t *X, int64_t ldx, int64_t K, int64_t N, int 
         a##r##3 = QV_DOT(a##r##3, x3, w);                                      \
     } while (0)
 
-/* 16 tokens (group g) of accumulator row r as one 16-lane vector. */
-#if QV_BYTES == 64
-#define STRIP_V16(r, g) ((bsk_v16i)a##r##g)
-#elif QV_BYTES == 32
-static inline bsk_v16i qv_pair(QV lo, QV hi)
-{
-    bsk_v16i v;
-    memcpy(&v, &lo, 32);
-    memcpy((char *)&v + 32, &hi, 32);
-    return v;
-}
-#define STRIP_V16_0(r) qv_pair(a##r##0, a##r##1)
-#define STRIP_V16_1(r) qv_pair(a##r##2, a##r##3)
-#define STRIP_V16(r, g) STRIP_V16_##g(r)
-#endif
+/* One accumulator vector holds a vector of the epilogue (vec16.h's unit
+ * vector: 8 tokens in the 256-bit units, 16 in the 512-bit one). */
+_Static_assert(QV_LANES == BSK_VL, "the epilogue takes the kernel's vectors as they are");
 
-/* The epilogue of four rows m .. m+3 x 16 tokens n .. (the first cnt valid),
+/* The epilogue of four rows m .. m+3 x BSK_VL tokens n .. (the first cnt valid),
  * straight from the accumulators; the tokens' scales and zero points are
  * loaded once for the four rows. */
 static inline __attribute__((always_inline)) void
-strip_out(const bsk_epilogue *e, bsk_v16i v0, bsk_v16i v1, bsk_v16i v2, bsk_v16i v3,
+strip_out(const bsk_epilogue *e, bsk_vi v0, bsk_vi v1, bsk_vi v2, bsk_vi v3,
           int64_t m, int64_t m_out, int64_t n, int cnt, void *out, int64_t ldo, const int kind,
           const int act, const int yt, const int raw)
 {
     if (cnt <= 0)
         return;
-    bsk_v16i q[4] = {v0, v1, v2, v3};
+    bsk_vi q[4] = {v0, v1, v2, v3};
     if (!raw && (kind != BSK_OUT_I32 || e->rowsum)) {
-        bsk_v16i zx;
-        bsk_v16f sx;
+        bsk_vi zx;
+        bsk_vf sx;
         bsk_epi_tokens(e, n, cnt, kind, &zx, &sx);
         if (kind != BSK_OUT_I32 && e->f_x)
             bsk_epi_float_strip(e, q, zx, sx, m, n, cnt);
@@ -311,15 +299,13 @@ strip_tile(const bsk_qbcsr *Wq, int64_t s, const uint8_t *panel, const bsk_epilo
         STRIP_ROW(3, w3, x[0], x[1], x[2], x[3]);
     }
 #define STRIP_OUT(g)                                                          \
-    strip_out(e, STRIP_V16(0, g), STRIP_V16(1, g), STRIP_V16(2, g), STRIP_V16(3, g), 4 * s, \
-              m_out, n0 + 16 * g, cnt - 16 * g < 16 ? cnt - 16 * g : 16, out, ldo, kind, act, \
-              yt, raw)
+    strip_out(e, (bsk_vi)a0##g, (bsk_vi)a1##g, (bsk_vi)a2##g, (bsk_vi)a3##g, 4 * s, m_out, \
+              n0 + BSK_VL * g, cnt - BSK_VL * g < BSK_VL ? cnt - BSK_VL * g : BSK_VL, out, \
+              ldo, kind, act, yt, raw)
     STRIP_OUT(0);
     STRIP_OUT(1);
-#if QV_BYTES == 64
     STRIP_OUT(2);
     STRIP_OUT(3);
-#endif
 #undef STRIP_OUT
 }
 #undef STRIP_ROW
@@ -401,11 +387,11 @@ run_range_k(const bsk_qbcsr *Wq, const uint8_t *X, int64_t ldx, int64_t N, int x
                     const int64_t m0 = 4 * c0, F = 4 * (c1 - c0);
                     for (int n = 0; n < cnt; n++) {
                         const int64_t tok = t * NT + n;
-                        for (int64_t f = 0; f < F; f += 16) {
-                            const int c = F - f < 16 ? (int)(F - f) : 16;
-                            const bsk_v16i v = bsk_epi_apply_token(
-                                epi, bsk_load16i(stage + n * STAGE_LD + f, c), m0 + f, tok, c,
-                                kind, act);
+                        for (int64_t f = 0; f < F; f += BSK_VL) {
+                            const int c = F - f < BSK_VL ? (int)(F - f) : BSK_VL;
+                            const bsk_vi v = bsk_epi_apply_token(
+                                epi, bsk_vi_load_part(stage + n * STAGE_LD + f, c), m0 + f, tok,
+                                c, kind, act);
                             bsk_epi_store(v, tok, m0 + f, c, Y, ldy, kind, 0);
                         }
                     }

@@ -2,8 +2,9 @@
  * Asymmetric uint8 quantization of float32 activations (one pass for the
  * range, one for the values), compiled once per ISA variant (the including
  * file defines BSK_QUANT_FN) with -ffp-contract=off.  The arithmetic is
- * vec16.h's (bsk_u8_params16, bsk_u8_code16), which matches NumPy float32
- * exactly, so every variant gives the same bytes:
+ * vec16.h's (bsk_u8_params16, bsk_u8_code16, on the unit's vectors
+ * bsk_vf), which matches NumPy float32 exactly, so every variant gives the
+ * same bytes:
  *   scale = (max(hi, 0) - min(lo, 0)) / 255   (1 if that is 0)
  *   zero  = clip(rint(-min(lo, 0) / scale), 0, 255)
  *   q     = clip(rint(x / scale) + zero, 0, 255)
@@ -17,26 +18,26 @@
 
 /* Lanes that hold NaN or +-Inf (all bits set), from the exponent field: the
  * same on every ISA, whatever its compare instructions do with NaN. */
-BSK_INLINE bsk_v16i nonfinite16(bsk_v16f v)
+BSK_INLINE bsk_vi nonfinite_lanes(bsk_vf v)
 {
-    return ((bsk_v16i)v & 0x7f800000) == 0x7f800000;
+    return ((bsk_vi)v & 0x7f800000) == 0x7f800000;
 }
 
 /* Widen [*lo, *hi] by the values of x; 1 if x holds NaN or Inf. */
 static int range_of(const float *x, int64_t n, float *lo, float *hi)
 {
-    bsk_v16f vlo = (bsk_v16f){0}, vhi = (bsk_v16f){0};
-    bsk_v16i bad = (bsk_v16i){0};
+    bsk_vf vlo = (bsk_vf){0}, vhi = (bsk_vf){0};
+    bsk_vi bad = (bsk_vi){0};
     int64_t k = 0;
-    for (; k + 16 <= n; k += 16) {
-        const bsk_v16f v = *(const bsk_v16f_u *)(x + k);
-        vlo = bsk_min16f(v, vlo);
-        vhi = bsk_max16f(v, vhi);
-        bad |= nonfinite16(v);
+    for (; k + BSK_VL <= n; k += BSK_VL) {
+        const bsk_vf v = bsk_vf_load(x + k);
+        vlo = bsk_vf_min(v, vlo);
+        vhi = bsk_vf_max(v, vhi);
+        bad |= nonfinite_lanes(v);
     }
     float l = 0.0f, h = 0.0f;
     int nonfinite = 0;
-    for (int i = 0; i < 16; i++) {
+    for (int i = 0; i < BSK_VL; i++) {
         l = vlo[i] < l ? vlo[i] : l;
         h = vhi[i] > h ? vhi[i] : h;
         nonfinite |= bad[i] != 0;
@@ -57,13 +58,13 @@ static int range_of(const float *x, int64_t n, float *lo, float *hi)
  * width in double precision where the float32 width overflows. */
 static void params_of(float lo, float hi, float *scale, int32_t *zero)
 {
-    bsk_v16f s, z;
+    bsk_vf s, z;
     if (isinf(hi - lo)) {
         const float sd = (float)(((double)hi - (double)lo) / 255.0);
-        s = (bsk_v16f){0} + sd;
-        z = bsk_u8_code16(((bsk_v16f){0} - lo) / s, (bsk_v16f){0});
+        s = (bsk_vf){0} + sd;
+        z = bsk_vf_u8_code(((bsk_vf){0} - lo) / s, (bsk_vf){0});
     } else {
-        bsk_u8_params16((bsk_v16f){0} + lo, (bsk_v16f){0} + hi, &s, &z);
+        bsk_vf_u8_params((bsk_vf){0} + lo, (bsk_vf){0} + hi, &s, &z);
     }
     *scale = s[0];
     *zero = (int32_t)z[0];
@@ -72,12 +73,12 @@ static void params_of(float lo, float hi, float *scale, int32_t *zero)
 /* 1 if x holds NaN or Inf (the check of a static quantization). */
 static int any_nonfinite(const float *x, int64_t n)
 {
-    bsk_v16i bad = (bsk_v16i){0};
+    bsk_vi bad = (bsk_vi){0};
     int64_t k = 0;
-    for (; k + 16 <= n; k += 16)
-        bad |= nonfinite16(*(const bsk_v16f_u *)(x + k));
+    for (; k + BSK_VL <= n; k += BSK_VL)
+        bad |= nonfinite_lanes(bsk_vf_load(x + k));
     int nonfinite = 0;
-    for (int i = 0; i < 16; i++)
+    for (int i = 0; i < BSK_VL; i++)
         nonfinite |= bad[i] != 0;
     for (; k < n; k++)
         nonfinite |= !isfinite(x[k]);
@@ -86,19 +87,20 @@ static int any_nonfinite(const float *x, int64_t n)
 
 BSK_INLINE void quantize_row(const float *x, int64_t n, float s, int32_t z, uint8_t *q)
 {
-    const bsk_v16f zf = (bsk_v16f){0} + (float)z;
-    const bsk_v16f sv = (bsk_v16f){0} + s;
-#define BSK_QUANT_CODE(i) bsk_u8_code16(*(const bsk_v16f_u *)(x + k + 16 * (i)) / sv, zf)
+    const bsk_vf zf = (bsk_vf){0} + (float)z;
+    const bsk_vf sv = (bsk_vf){0} + s;
+#define BSK_QUANT_CODE(i) bsk_vf_u8_code(bsk_vf_load(x + k + BSK_VL * (i)) / sv, zf)
     int64_t k = 0;
-    for (; k + 64 <= n; k += 64)
-        bsk_store_bytes64(q + k, BSK_QUANT_CODE(0), BSK_QUANT_CODE(1), BSK_QUANT_CODE(2),
-                          BSK_QUANT_CODE(3));
-    for (; k + 16 <= n; k += 16)
-        *(bsk_v16b_u *)(q + k) = bsk_bytes16(BSK_QUANT_CODE(0));
+    for (; k + 4 * BSK_VL <= n; k += 4 * BSK_VL)
+        bsk_vf_store_bytes4(q + k, BSK_QUANT_CODE(0), BSK_QUANT_CODE(1), BSK_QUANT_CODE(2),
+                            BSK_QUANT_CODE(3));
+    for (; k + BSK_VL <= n; k += BSK_VL)
+        *(bsk_vb_u *)(q + k) = bsk_vf_bytes(BSK_QUANT_CODE(0));
 #undef BSK_QUANT_CODE
     if (k < n) {
-        const bsk_v16b b = bsk_bytes16(bsk_u8_code16(bsk_load16f(x + k, (int)(n - k)) / s, zf));
-        bsk_store16b(q + k, b, (int)(n - k));
+        const bsk_vf v = bsk_vf_load_part(x + k, (int)(n - k));
+        const bsk_vb b = bsk_vf_bytes(bsk_vf_u8_code(v / s, zf));
+        bsk_vb_store_part(q + k, b, (int)(n - k));
     }
 }
 

@@ -4,10 +4,11 @@
  * round to nearest even, the uint8 code of a scaled value, the asymmetric
  * uint8 parameters of a range, erf and GELU.
  *
- * Each is written once, here.  They use only IEEE + - * /, compares and
+ * Each is written once, here and in vec_lanes.h (which also makes their
+ * 8-lane forms for the AVX2 units).  They use only IEEE + - * /, compares and
  * explicit fused multiply-adds (bsk_fma16), in a fixed order, so where a unit
  * is compiled with -ffp-contract=off (the INT8 and quantization units, the
- * scalar units) every ISA gives the same bits.
+ * scalar units) every ISA and width gives the same bits.
  */
 #ifndef BLOCKSPARSE_VEC16_H
 #define BLOCKSPARSE_VEC16_H
@@ -28,6 +29,14 @@ typedef uint8_t bsk_v16b __attribute__((vector_size(16)));
 typedef float bsk_v16f_u __attribute__((vector_size(64), aligned(4)));
 typedef int32_t bsk_v16i_u __attribute__((vector_size(64), aligned(4)));
 typedef uint8_t bsk_v16b_u __attribute__((vector_size(16), aligned(1)));
+/* 8-lane vectors: one ymm register (the AVX2 units' encoder kernels) */
+typedef float bsk_v8f __attribute__((vector_size(32)));
+typedef int32_t bsk_v8i __attribute__((vector_size(32)));
+typedef uint32_t bsk_v8u __attribute__((vector_size(32)));
+typedef uint8_t bsk_v8b __attribute__((vector_size(8)));
+typedef float bsk_v8f_u __attribute__((vector_size(32), aligned(4)));
+typedef int32_t bsk_v8i_u __attribute__((vector_size(32), aligned(4)));
+typedef uint8_t bsk_v8b_u __attribute__((vector_size(8), aligned(1)));
 
 /* dst[j * ldd + i] = src[i * lds + j] for an 8 x 8 block of floats: three
  * rounds of two-input shuffles (pairs, then pairs of pairs, then halves). */
@@ -55,17 +64,6 @@ BSK_INLINE void bsk_transpose8x8(const float *src, int64_t lds, float *dst, int6
         *(v8f_u *)(dst + (j + 4) * ldd) = __builtin_shufflevector(u[j], u[j + 4],
                                                                  4, 5, 6, 7, 12, 13, 14, 15);
     }
-}
-
-/* v with every lane s (a broadcast; s + 0 would turn -0 into +0). */
-BSK_INLINE bsk_v16f bsk_splat16f(float s)
-{
-    return (bsk_v16f){s, s, s, s, s, s, s, s, s, s, s, s, s, s, s, s};
-}
-
-BSK_INLINE bsk_v16f bsk_select(bsk_v16i mask, bsk_v16f a, bsk_v16f b)
-{
-    return (bsk_v16f)(((bsk_v16i)a & mask) | ((bsk_v16i)b & ~mask));
 }
 
 /*
@@ -96,7 +94,8 @@ BSK_INLINE bsk_v16f bsk_max16f(bsk_v16f a, bsk_v16f b)
 #elif defined(__AVX2__)
     return BSK_V16F_HALVES(_mm256_max_ps, a, b);
 #else
-    return bsk_select(a > b, a, b);
+    const bsk_v16i m = a > b;
+    return (bsk_v16f)(((bsk_v16i)a & m) | ((bsk_v16i)b & ~m));
 #endif
 }
 
@@ -107,7 +106,8 @@ BSK_INLINE bsk_v16f bsk_min16f(bsk_v16f a, bsk_v16f b)
 #elif defined(__AVX2__)
     return BSK_V16F_HALVES(_mm256_min_ps, a, b);
 #else
-    return bsk_select(a < b, a, b);
+    const bsk_v16i m = a < b;
+    return (bsk_v16f)(((bsk_v16i)a & m) | ((bsk_v16i)b & ~m));
 #endif
 }
 
@@ -135,13 +135,6 @@ BSK_INLINE __mmask16 bsk_lanes16(int count)
     return (__mmask16)((1u << (count < 0 ? 0 : count)) - 1u);
 }
 #endif
-
-/* v with the lanes from `count` on set to 0 (in registers). */
-BSK_INLINE bsk_v16f bsk_keep16f(bsk_v16f v, int count)
-{
-    const bsk_v16i lane = {0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15};
-    return (bsk_v16f)((bsk_v16i)v & (lane < count));
-}
 
 /* Load `count` (<= 16) 32-bit values, zero-filling the rest. */
 BSK_INLINE bsk_v16i bsk_load16i(const int32_t *p, int count)
@@ -261,51 +254,38 @@ BSK_INLINE void bsk_copy_part(uint8_t *dst, const uint8_t *src, int64_t count, c
     }
 }
 
-/* ---- rounding and uint8 quantization ------------------------------------------ */
+/* ---- rounding, uint8 quantization, erf and GELU ------------------------------------ */
 
 /* 1.5 * 2^23: for |v| < 2^22, (v + M) - M is v rounded to the nearest integer,
  * ties to even (numpy.rint), because the sum has no fraction bits left. */
 #define BSK_RINT_MAGIC 12582912.0f
 
-BSK_INLINE bsk_v16f bsk_rint16(bsk_v16f v)
+/* a * b + c with one rounding: the FMA instruction where the unit is compiled
+ * for it (every SIMD variant is), else the C library's fmaf, which is
+ * correctly rounded too, so every ISA gives the same bits. */
+BSK_INLINE bsk_v16f bsk_fma16(bsk_v16f a, bsk_v16f b, bsk_v16f c)
 {
-    return (v + BSK_RINT_MAGIC) - BSK_RINT_MAGIC;
+#if defined(__AVX512F__)
+    return (bsk_v16f)_mm512_fmadd_ps((__m512)a, (__m512)b, (__m512)c);
+#elif defined(__FMA__)
+    union { bsk_v16f v; __m256 h[2]; } x = {a}, y = {b}, z = {c};
+    x.h[0] = _mm256_fmadd_ps(x.h[0], y.h[0], z.h[0]);
+    x.h[1] = _mm256_fmadd_ps(x.h[1], y.h[1], z.h[1]);
+    return x.v;
+#else
+    for (int t = 0; t < 16; t++)
+        a[t] = fmaf(a[t], b[t], c[t]);
+    return a;
+#endif
 }
 
-/*
- * The uint8 code of v, a value already divided by its scale, with zero point
- * `zero`: clip(rint(v) + zero, 0, 255), as float lanes.  v is first clamped to
- * [-512, 512], which keeps the rounding trick in range (and cannot change the
- * clipped result) and maps NaN to -512.
- */
-BSK_INLINE bsk_v16f bsk_u8_code16(bsk_v16f v, bsk_v16f zero)
-{
-    v = bsk_max16f(v, (bsk_v16f){0} - 512.0f);
-    v = bsk_min16f(v, (bsk_v16f){0} + 512.0f);
-    v = bsk_rint16(v) + zero;
-    v = bsk_max16f(v, (bsk_v16f){0});
-    return bsk_min16f(v, (bsk_v16f){0} + 255.0f);
-}
-
-/*
- * Asymmetric uint8 parameters of the ranges [lo, hi] (lo <= 0 <= hi), the
- * formulas of blocksparse.quantize_activations:
- *   scale = (hi - lo) / 255, or 1 if that is not positive (NaN included),
- *   zero  = clip(rint(-lo / scale), 0, 255)   (as float lanes).
- */
-BSK_INLINE void bsk_u8_params16(bsk_v16f lo, bsk_v16f hi, bsk_v16f *scale, bsk_v16f *zero)
-{
-    bsk_v16f s = (hi - lo) / 255.0f;
-    s = bsk_select(s > 0.0f, s, (bsk_v16f){0} + 1.0f);
-    *zero = bsk_u8_code16(-lo / s, (bsk_v16f){0});
-    *scale = s;
-}
-
-/* Float lanes holding integers in [0, 255] as bytes. */
-BSK_INLINE bsk_v16b bsk_bytes16(bsk_v16f v)
-{
-    return __builtin_convertvector(__builtin_convertvector(v, bsk_v16i), bsk_v16b);
-}
+/* bsk_select16, bsk_keep16f, bsk_rint16, bsk_u8_code16, bsk_u8_params16,
+ * bsk_bytes16, bsk_erfc_poly16, bsk_abs16, bsk_gelu16 */
+#define BSK_VW 16
+#define BSK_VW_IOTA {0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15}
+#include "simd/vec_lanes.h"
+#undef BSK_VW
+#undef BSK_VW_IOTA
 
 /* Four vectors of float lanes holding integers in [0, 255] as 64 bytes at p
  * (a's lanes first).  AVX-512BW packs them in registers and stores once: the
@@ -331,60 +311,165 @@ BSK_INLINE void bsk_store_bytes64(uint8_t *p, bsk_v16f a, bsk_v16f b, bsk_v16f c
 #endif
 }
 
-/* ---- fused multiply-add, erf and GELU ---------------------------------------------- */
+/* ---- 8-lane vectors (units compiled for AVX2 without AVX-512) ------------------------ */
 
-/* a * b + c with one rounding: the FMA instruction where the unit is compiled
- * for it (every SIMD variant is), else the C library's fmaf, which is
- * correctly rounded too, so every ISA gives the same bits. */
-BSK_INLINE bsk_v16f bsk_fma16(bsk_v16f a, bsk_v16f b, bsk_v16f c)
+#if defined(__AVX2__) && !defined(__AVX512F__)
+BSK_INLINE bsk_v8f bsk_max8f(bsk_v8f a, bsk_v8f b)
 {
-#if defined(__AVX512F__)
-    return (bsk_v16f)_mm512_fmadd_ps((__m512)a, (__m512)b, (__m512)c);
-#elif defined(__FMA__)
-    union { bsk_v16f v; __m256 h[2]; } x = {a}, y = {b}, z = {c};
-    x.h[0] = _mm256_fmadd_ps(x.h[0], y.h[0], z.h[0]);
-    x.h[1] = _mm256_fmadd_ps(x.h[1], y.h[1], z.h[1]);
-    return x.v;
-#else
-    for (int t = 0; t < 16; t++)
-        a[t] = fmaf(a[t], b[t], c[t]);
-    return a;
-#endif
+    return (bsk_v8f)_mm256_max_ps((__m256)a, (__m256)b);
 }
 
-/* The Abramowitz & Stegun 7.1.28 polynomial p(a), a = |x|:
- * erf(|x|) = 1 - 1 / p(a)^16 with |error| <= 3e-7.  p^16 overflows to inf
- * from a ~ 12 on, where 1 / p^16 = 0 is the right limit. */
-BSK_INLINE bsk_v16f bsk_erfc_poly16(bsk_v16f a)
+BSK_INLINE bsk_v8f bsk_min8f(bsk_v8f a, bsk_v8f b)
 {
-    bsk_v16f p = (bsk_v16f){0} + 0.0000430638f;
-    p = bsk_fma16(p, a, (bsk_v16f){0} + 0.0002765672f);
-    p = bsk_fma16(p, a, (bsk_v16f){0} + 0.0001520143f);
-    p = bsk_fma16(p, a, (bsk_v16f){0} + 0.0092705272f);
-    p = bsk_fma16(p, a, (bsk_v16f){0} + 0.0422820123f);
-    p = bsk_fma16(p, a, (bsk_v16f){0} + 0.0705230784f);
-    p = bsk_fma16(p, a, (bsk_v16f){0} + 1.0f);
-    const bsk_v16f p2 = p * p, p4 = p2 * p2, p8 = p4 * p4;
-    return p8 * p8;
+    return (bsk_v8f)_mm256_min_ps((__m256)a, (__m256)b);
 }
 
-BSK_INLINE bsk_v16f bsk_abs16(bsk_v16f x)
+BSK_INLINE bsk_v8f bsk_fma8(bsk_v8f a, bsk_v8f b, bsk_v8f c)
 {
-    return (bsk_v16f)((bsk_v16i)x & ~((bsk_v16i){0} + INT32_MIN));
+    return (bsk_v8f)_mm256_fmadd_ps((__m256)a, (__m256)b, (__m256)c);
 }
 
-/*
- * GELU(y) = 0.5 y (1 + erf(y / sqrt(2))).  With erf(|u|) = 1 - 1/p16 this is
- * max(y, 0) - 0.5 |y| / p16(|y| / sqrt(2)) for either sign of y: no sign
- * fix-up and no 1 - 1/p16, which loses the small terms.  |y| is capped at 32
- * in the numerator only, where p16 is already inf, so GELU(+-inf) = inf, 0.
+/* Load `count` 32-bit values (all 8 from 8 on), zero-filling the rest. */
+BSK_INLINE bsk_v8i bsk_load8i(const int32_t *p, int count)
+{
+    if (count >= 8)
+        return *(const bsk_v8i_u *)p;
+    return (bsk_v8i)_mm256_maskload_epi32((const int *)p, bsk_lanes8(count));
+}
+
+BSK_INLINE bsk_v8f bsk_load8f(const float *p, int count)
+{
+    return (bsk_v8f)bsk_load8i((const int32_t *)p, count);
+}
+
+/* Store the first `count` lanes of v (all 8 from 8 on). */
+BSK_INLINE void bsk_store8i(int32_t *p, bsk_v8i v, int count)
+{
+    if (count >= 8)
+        *(bsk_v8i_u *)p = v;
+    else
+        _mm256_maskstore_epi32((int *)p, bsk_lanes8(count), (__m256i)v);
+}
+
+BSK_INLINE void bsk_store8f(float *p, bsk_v8f v, int count)
+{
+    bsk_store8i((int32_t *)p, (bsk_v8i)v, count);
+}
+
+/* Store the first `count` bytes of v (all 8 from 8 on). */
+BSK_INLINE void bsk_store8b(uint8_t *p, bsk_v8b v, int count)
+{
+    if (count >= 8) {
+        *(bsk_v8b_u *)p = v;
+        return;
+    }
+    uint8_t w[8];
+    memcpy(w, &v, 8);
+    bsk_copy_small(p, w, count);
+}
+
+/* the 8-lane forms of the arithmetic above: bsk_rint8, bsk_gelu8, ... */
+#define BSK_VW 8
+#define BSK_VW_IOTA {0, 1, 2, 3, 4, 5, 6, 7}
+#include "simd/vec_lanes.h"
+#undef BSK_VW
+#undef BSK_VW_IOTA
+
+/* Four 8-lane vectors of float lanes holding integers in [0, 255] as 32 bytes
+ * at p (a's lanes first), packed in registers. */
+BSK_INLINE void bsk_store_bytes32(uint8_t *p, bsk_v8f a, bsk_v8f b, bsk_v8f c, bsk_v8f d)
+{
+    const __m256i ab = _mm256_packus_epi32((__m256i)__builtin_convertvector(a, bsk_v8i),
+                                           (__m256i)__builtin_convertvector(b, bsk_v8i));
+    const __m256i cd = _mm256_packus_epi32((__m256i)__builtin_convertvector(c, bsk_v8i),
+                                           (__m256i)__builtin_convertvector(d, bsk_v8i));
+    /* 128-bit half h now holds 4 bytes each of a, b, c, d (tokens 4h .. 4h + 3) */
+    const __m256i abcd = _mm256_packus_epi16(ab, cd);
+    const __m256i order = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
+    _mm256_storeu_si256((__m256i *)p, _mm256_permutevar8x32_epi32(abcd, order));
+}
+#endif /* __AVX2__ && !__AVX512F__ */
+
+/* ---- the unit's vector ------------------------------------------------------------
+ *
+ * The per-token kernels (nn/tokens_body.h, nn/attention_body.h, the sweeps of
+ * nn/nn_simd.h) and the INT8 epilogue (epilogue.h) take BSK_VL tokens at a
+ * time: 16 (one zmm register, or four xmm ones in the portable build), or 8
+ * in units compiled for AVX2 without AVX-512, where GCC 12 has no machine
+ * mode for a 16-float vector: a loop-carried one lived on the stack and was
+ * built there lane by lane (a failed store forwarding per use), which made
+ * the float attention 4x and the LayerNorm and quantization passes several
+ * times slower than with 8-float vectors, one ymm register each.  Lane for
+ * lane the same operations, so the same bits.  bsk_vf (float), bsk_vi
+ * (int32), bsk_vb (uint8) and the bsk_vf_* / bsk_vi_* / bsk_vb_* functions
+ * name the width's types and functions above.
  */
-BSK_INLINE bsk_v16f bsk_gelu16(bsk_v16f y)
+#if defined(__AVX2__) && !defined(__AVX512F__)
+#define BSK_VL 8
+#define BSK_VL_IOTA {0, 1, 2, 3, 4, 5, 6, 7}
+typedef bsk_v8f bsk_vf;
+typedef bsk_v8i bsk_vi;
+typedef bsk_v8u bsk_vu;
+typedef bsk_v8b bsk_vb;
+typedef bsk_v8f_u bsk_vf_u;
+typedef bsk_v8i_u bsk_vi_u;
+typedef bsk_v8b_u bsk_vb_u;
+#define bsk_vf_max bsk_max8f
+#define bsk_vf_min bsk_min8f
+#define bsk_vf_fma bsk_fma8
+#define bsk_vf_keep bsk_keep8f
+#define bsk_vf_u8_code bsk_u8_code8
+#define bsk_vf_u8_params bsk_u8_params8
+#define bsk_vf_bytes bsk_bytes8
+#define bsk_vf_gelu bsk_gelu8
+#define bsk_vf_load_part bsk_load8f
+#define bsk_vf_store_part bsk_store8f
+#define bsk_vi_load_part bsk_load8i
+#define bsk_vi_store_part bsk_store8i
+#define bsk_vb_store_part bsk_store8b
+#define bsk_vf_store_bytes4 bsk_store_bytes32
+#else
+#define BSK_VL 16
+#define BSK_VL_IOTA {0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15}
+typedef bsk_v16f bsk_vf;
+typedef bsk_v16i bsk_vi;
+typedef bsk_v16u bsk_vu;
+typedef bsk_v16b bsk_vb;
+typedef bsk_v16f_u bsk_vf_u;
+typedef bsk_v16i_u bsk_vi_u;
+typedef bsk_v16b_u bsk_vb_u;
+#define bsk_vf_max bsk_max16f
+#define bsk_vf_min bsk_min16f
+#define bsk_vf_fma bsk_fma16
+#define bsk_vf_keep bsk_keep16f
+#define bsk_vf_u8_code bsk_u8_code16
+#define bsk_vf_u8_params bsk_u8_params16
+#define bsk_vf_bytes bsk_bytes16
+#define bsk_vf_gelu bsk_gelu16
+#define bsk_vf_load_part bsk_load16f
+#define bsk_vf_store_part bsk_store16f
+#define bsk_vi_load_part bsk_load16i
+#define bsk_vi_store_part bsk_store16i
+#define bsk_vb_store_part bsk_store16b
+#define bsk_vf_store_bytes4 bsk_store_bytes64
+#endif
+
+BSK_INLINE bsk_vf bsk_vf_load(const float *p)
 {
-    bsk_v16f a = bsk_abs16(y);
-    const bsk_v16f a32 = bsk_min16f(a, (bsk_v16f){0} + 32.0f);
-    const bsk_v16f h = (0.5f * a32) / bsk_erfc_poly16(a * 0.70710678118654752f);
-    return bsk_max16f(y, (bsk_v16f){0}) - h;
+    return *(const bsk_vf_u *)p;
+}
+
+BSK_INLINE void bsk_vf_store(float *p, bsk_vf v)
+{
+    *(bsk_vf_u *)p = v;
+}
+
+/* v with every lane s (its bits broadcast: s + 0 would turn -0 into +0). */
+BSK_INLINE bsk_vf bsk_vf_splat(float s)
+{
+    int32_t bits;
+    memcpy(&bits, &s, 4);
+    return (bsk_vf)((bsk_vi){0} + bits);
 }
 
 #endif /* BLOCKSPARSE_VEC16_H */

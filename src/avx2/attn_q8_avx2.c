@@ -34,7 +34,7 @@ static inline aq_acc_avx2 aq_dot_avx2(aq_acc_avx2 acc, aq_x_avx2 x, bsk_qg_pair 
 #define AQ_WPREP(w) qg_w_avx2(w)
 #define AQ_ACC aq_acc_avx2
 #define AQ_ACC_ZERO() ((aq_acc_avx2){_mm256_setzero_si256(), _mm256_setzero_si256()})
-#define AQ_ACC_GET(acc) bsk_v16i_join((bsk_v8i)(acc).lo, (bsk_v8i)(acc).hi)
+#define AQ_ACC_PART(acc, k) ((k) ? (bsk_vi)(acc).hi : (bsk_vi)(acc).lo)
 #define AQ_DOT(acc, x, w) aq_dot_avx2((acc), (x), (w))
 
 /* 16 ymm registers: scores 4 x 1 accumulators (8), the vector's halves (4), the

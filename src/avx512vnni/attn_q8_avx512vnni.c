@@ -11,7 +11,7 @@
 #define AQ_WPREP(w) _mm512_set1_epi32(w)
 #define AQ_ACC __m512i
 #define AQ_ACC_ZERO() _mm512_setzero_si512()
-#define AQ_ACC_GET(acc) ((bsk_v16i)(acc))
+#define AQ_ACC_PART(acc, k) ((bsk_vi)(acc))
 /* vpdpbusd in inline assembly: with the intrinsic, GCC 12 copied the
  * accumulators between registers around the dots and kept one of P V's
  * sixteen on the stack; "+v" keeps each in its register (attention of

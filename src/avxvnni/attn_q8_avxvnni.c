@@ -30,7 +30,7 @@ static inline aq_v256x2 aq_dot_avxvnni(aq_v256x2 acc, aq_v256x2 x, __m256i w)
 #define AQ_WPREP(w) _mm256_set1_epi32(w)
 #define AQ_ACC aq_v256x2
 #define AQ_ACC_ZERO() ((aq_v256x2){_mm256_setzero_si256(), _mm256_setzero_si256()})
-#define AQ_ACC_GET(acc) bsk_v16i_join((bsk_v8i)(acc).lo, (bsk_v8i)(acc).hi)
+#define AQ_ACC_PART(acc, k) ((k) ? (bsk_vi)(acc).hi : (bsk_vi)(acc).lo)
 #define AQ_DOT(acc, x, w) aq_dot_avxvnni((acc), (x), (w))
 
 #define BSK_AQ_SFX avx_vnni

@@ -9,7 +9,8 @@
  *                        loaded and made ready for AQ_DOT
  *   AQ_W, AQ_WPREP(w)    an int32 holding four int8 codes, broadcast
  *   AQ_ACC, AQ_ACC_ZERO() 16 int32 accumulators in the unit's registers, and
- *   AQ_ACC_GET(acc)      them as a bsk_v16i (for the epilogue)
+ *   AQ_ACC_PART(acc, k)  their k-th vector of BSK_VL lanes, a bsk_vi (for the
+ *                        float steps, which run on the unit's vectors: vec16.h)
  *   AQ_DOT(acc, x, w)    acc + per lane the four u8 x s8 products, exact
  *   BSK_AQ_IV            16-query vectors per block (the block is 16 * IV queries)
  *   BSK_AQ_JB, BSK_AQ_CB keys per register block of the scores, features per
@@ -25,7 +26,7 @@
  *           s = (float)(acc - q_zero * k_sum) * (q_scale * (k_scale *
  *           (scale * log2(e)))), the scores in base 2;
  *   softmax 16-bit codes p = rint(65535 * 2^(s - max)) down each lane
- *           (bsk_aq_p_code16) and their sum; the high and low bytes of p are
+ *           (bsk_aq_p_code) and their sum; the high and low bytes of p are
  *           packed four keys at a time into two planes of the VNNI layout pp;
  *   P V     hi, lo[feature][queries] = sum over key groups of vpdpbusd(the
  *           plane at the group, the feature's four V codes broadcast: four
@@ -36,6 +37,8 @@
  */
 #define AQ_FN(name) BSK_NN_CAT(name, BSK_AQ_SFX)
 #define AQ_QW (16 * BSK_AQ_IV)
+#define AQ_PER (16 / BSK_VL)   /* the unit's vectors per 16-query vector */
+#define AQ_NF (AQ_QW / BSK_VL) /* the unit's vectors per block */
 _Static_assert(AQ_QW <= BSK_NN_MAX_QW, "the drivers' scratch holds BSK_NN_MAX_QW queries");
 
 #ifndef BSK_AQ_HELPERS
@@ -44,22 +47,22 @@ _Static_assert(AQ_QW <= BSK_NN_MAX_QW, "the drivers' scratch holds BSK_NN_MAX_QW
 
 /* The int8 code of v, a value already divided by its scale:
  * clip(rint(v), -127, 127) (NaN gives -127).  No clamp before the rounding
- * is needed: past 2^22 bsk_rint16 is off by at most 1, or v itself, and the
+ * is needed: past 2^22 the rounding is off by at most 1, or v itself, and the
  * clip takes such values (and infinities) to +-127. */
-BSK_INLINE bsk_v16i bsk_aq_s8_code16(bsk_v16f v)
+BSK_INLINE bsk_vi bsk_aq_s8_code(bsk_vf v)
 {
-    v = bsk_rint16(v);
-    v = bsk_max16f(v, (bsk_v16f){0} - 127.0f);
-    v = bsk_min16f(v, (bsk_v16f){0} + 127.0f);
-    return __builtin_convertvector(v, bsk_v16i);
+    v = bsk_vf_rint(v);
+    v = bsk_vf_max(v, (bsk_vf){0} - 127.0f);
+    v = bsk_vf_min(v, (bsk_vf){0} + 127.0f);
+    return __builtin_convertvector(v, bsk_vi);
 }
 
 /* The symmetric scale of a maximum magnitude: amax / 127, or 1 if that is
  * not positive. */
-BSK_INLINE bsk_v16f bsk_aq_s8_scale16(bsk_v16f amax)
+BSK_INLINE bsk_vf bsk_aq_s8_scale(bsk_vf amax)
 {
-    const bsk_v16f s = amax / 127.0f;
-    return bsk_select16(s > 0.0f, s, (bsk_v16f){0} + 1.0f);
+    const bsk_vf s = amax / 127.0f;
+    return bsk_vf_select(s > 0.0f, s, (bsk_vf){0} + 1.0f);
 }
 
 /*
@@ -70,24 +73,29 @@ BSK_INLINE bsk_v16f bsk_aq_s8_scale16(bsk_v16f amax)
  * largest value for f <= 0; below -17 the code is 0, and x is clamped at -24
  * (NaN too) to keep 2^n a normal float.
  */
-BSK_INLINE bsk_v16i bsk_aq_p_code16(bsk_v16f x)
+BSK_INLINE bsk_vi bsk_aq_p_code(bsk_vf x)
 {
-    x = bsk_max16f(x, (bsk_v16f){0} - 24.0f);
-    const bsk_v16f n = bsk_rint16(x), f = x - n;
-    bsk_v16f p = (bsk_v16f){0} + 87.00701141357422f;
+    x = bsk_vf_max(x, (bsk_vf){0} - 24.0f);
+    const bsk_vf n = bsk_vf_rint(x), f = x - n;
+    bsk_vf p = (bsk_vf){0} + 87.00701141357422f;
     p = p * f + 634.08544921875f;
     p = p * f + 3637.659912109375f;
     p = p * f + 15742.896484375f;
     p = p * f + 45425.38671875f;
     p = p * f + 65535.00390625f;
-    const bsk_v16i e = (__builtin_convertvector(n, bsk_v16i) + 127) << 23;
-    return __builtin_convertvector(bsk_rint16(p * (bsk_v16f)e), bsk_v16i);
+    const bsk_vi e = (__builtin_convertvector(n, bsk_vi) + 127) << 23;
+    return __builtin_convertvector(bsk_vf_rint(p * (bsk_vf)e), bsk_vi);
 }
 
-/* Low bytes of 16 int32 lanes. */
-BSK_INLINE bsk_v16b bsk_aq_bytes16(bsk_v16i v)
+/* The 16 bytes of a 16-query vector from its AQ_PER parts. */
+BSK_INLINE bsk_v16b bsk_aq_bytes_join(const bsk_vb *part)
 {
-    return __builtin_convertvector((bsk_v16u)v & 0xff, bsk_v16b);
+#if BSK_VL == 8
+    return __builtin_shufflevector(part[0], part[1], 0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12,
+                                   13, 14, 15);
+#else
+    return part[0];
+#endif
 }
 
 /* Four rows of 16 codes -> 64 bytes in the VNNI layout (simd/interleave.h). */
@@ -109,11 +117,11 @@ BSK_INLINE int32_t bsk_aq_group(const int8_t *p)
     return w;
 }
 
-/* Lanes of a 16-query vector v of a block with cnt queries that are real. */
-BSK_INLINE int bsk_aq_lanes(int cnt, int v)
+/* Lanes of vector v (of `width` lanes) of a block with cnt queries that are real. */
+BSK_INLINE int bsk_aq_lanes(int cnt, int v, int width)
 {
-    const int c = cnt - 16 * v;
-    return c < 0 ? 0 : c < 16 ? c : 16;
+    const int c = cnt - width * v;
+    return c < 0 ? 0 : c < width ? c : width;
 }
 #endif /* BSK_AQ_HELPERS */
 
@@ -137,14 +145,20 @@ BSK_INLINE void AQ_FN(codes_group)(const float *X, int64_t N, int64_t D, int64_t
                 r[i] = (bsk_v16b){0};
                 continue;
             }
-            const bsk_v16f v = bsk_nn_ld(X + c * N + t, full, cnt) * bsk_nn_load(s + t);
-            if (kind == 0) {
-                r[i] = bsk_bytes16(bsk_u8_code16(v, bsk_nn_load(z + t)));
-            } else {
-                const bsk_v16i code = bsk_aq_s8_code16(v);
-                *(bsk_v16i_u *)(ksum + t) += code;
-                r[i] = bsk_aq_bytes16(code);
+            bsk_vb part[AQ_PER];
+            for (int k = 0; k < AQ_PER; k++) {
+                const int64_t at = t + BSK_VL * k;
+                const int left = full ? BSK_VL : bsk_aq_lanes((int)cnt, k, BSK_VL);
+                const bsk_vf v = bsk_vf_load_part(X + c * N + at, left) * bsk_vf_load(s + at);
+                if (kind == 0) {
+                    part[k] = bsk_vf_bytes(bsk_vf_u8_code(v, bsk_vf_load(z + at)));
+                } else {
+                    const bsk_vi code = bsk_aq_s8_code(v);
+                    *(bsk_vi_u *)(ksum + at) += code;
+                    part[k] = bsk_vi_low_bytes(code);
+                }
             }
+            r[i] = bsk_aq_bytes_join(part);
         }
         bsk_aq_interleave(r, dst + 4 * t);
     }
@@ -178,8 +192,8 @@ static void AQ_FN(quant_tokens)(const bsk_nn_aq_args *a, int64_t n0, int64_t n1,
                 for (int64_t t = T; t < Tv; t++)
                     lo[t] = hi[t] = 0.0f;
                 bsk_nn_params_rows(T, Tv, lo, hi, s, z, a->q_scale + p, a->q_zero + p);
-                for (int64_t t = 0; t < Tv; t += 16)
-                    bsk_nn_store(s + t, 1.0f / bsk_nn_load(s + t));
+                for (int64_t t = 0; t < Tv; t += BSK_VL)
+                    bsk_vf_store(s + t, 1.0f / bsk_vf_load(s + t));
                 for (int64_t g = 0; g < G; g++)
                     AQ_FN(codes_group)(X, ldx, D, g, T, Tv, s, z, NULL,
                                        a->qv + ((h * G + g) * Np + c0) * 4, 0);
@@ -189,12 +203,12 @@ static void AQ_FN(quant_tokens)(const bsk_nn_aq_args *a, int64_t n0, int64_t n1,
             bsk_nn_range_rows(X, D, ldx, T, NULL, lo, hi);
             for (int64_t t = T; t < Tv; t++)
                 lo[t] = hi[t] = 0.0f;
-            for (int64_t t = 0; t < Tv; t += 16) {
-                const bsk_v16f l = bsk_nn_load(lo + t), u = bsk_nn_load(hi + t);
-                const bsk_v16f sk = bsk_aq_s8_scale16(bsk_nn_max(0.0f - l, u));
-                bsk_nn_store(z + t, sk);
-                bsk_nn_store(s + t, 1.0f / sk);
-                *(bsk_v16i_u *)(ksum + t) = (bsk_v16i){0};
+            for (int64_t t = 0; t < Tv; t += BSK_VL) {
+                const bsk_vf l = bsk_vf_load(lo + t), u = bsk_vf_load(hi + t);
+                const bsk_vf sk = bsk_aq_s8_scale(bsk_vf_max(0.0f - l, u));
+                bsk_vf_store(z + t, sk);
+                bsk_vf_store(s + t, 1.0f / sk);
+                *(bsk_vi_u *)(ksum + t) = (bsk_vi){0};
             }
             for (int64_t g = 0; g < G; g++)
                 AQ_FN(codes_group)(X, ldx, D, g, T, Tv, s, NULL, ksum,
@@ -226,26 +240,25 @@ static float AQ_FN(values_amax)(const bsk_nn_aq_args *a, int64_t b, int64_t f, i
 {
     const float *v = AQ_FN(v_row)(a, b, f, p0);
     const uint8_t *m = a->mask && a->any[b] ? a->mask + b * a->seq + p0 : NULL;
-    bsk_v16f amax = (bsk_v16f){0};
-    BSK_NN_FOR_TOKENS(p1 - p0, {
-        bsk_v16f x = bsk_nn_ld(v + n_, full_, cnt_);
-        x = (bsk_v16f)((bsk_v16i)x & 0x7fffffff);
+    bsk_vf amax = (bsk_vf){0};
+    for (int64_t n = 0; n < p1 - p0; n += BSK_VL) {
+        const int cnt = p1 - p0 - n < BSK_VL ? (int)(p1 - p0 - n) : BSK_VL;
+        bsk_vf x = bsk_vf_load_part(v + n, cnt);
+        x = (bsk_vf)((bsk_vi)x & 0x7fffffff);
         if (m) {
-            bsk_v16b mb = (bsk_v16b){0};
-            memcpy(&mb, m + n_, (size_t)cnt_);
-            x = bsk_select16(__builtin_convertvector(mb, bsk_v16i) != 0, x, (bsk_v16f){0});
+            uint8_t mb[BSK_VL] = {0};
+            memcpy(mb, m + n, (size_t)cnt);
+            bsk_vi keep;
+            for (int i = 0; i < BSK_VL; i++)
+                keep[i] = mb[i] ? -1 : 0;
+            x = (bsk_vf)((bsk_vi)x & keep);
         }
-        amax = bsk_nn_max(amax, x);
-    });
-    amax = bsk_nn_max(amax, __builtin_shufflevector(amax, amax, 8, 9, 10, 11, 12, 13, 14, 15,
-                                                    0, 1, 2, 3, 4, 5, 6, 7));
-    amax = bsk_nn_max(amax, __builtin_shufflevector(amax, amax, 4, 5, 6, 7, 0, 1, 2, 3, 12,
-                                                    13, 14, 15, 8, 9, 10, 11));
-    amax = bsk_nn_max(amax, __builtin_shufflevector(amax, amax, 2, 3, 0, 1, 6, 7, 4, 5, 10,
-                                                    11, 8, 9, 14, 15, 12, 13));
-    amax = bsk_nn_max(amax, __builtin_shufflevector(amax, amax, 1, 0, 3, 2, 5, 4, 7, 6, 9, 8,
-                                                    11, 10, 13, 12, 15, 14));
-    return amax[0]; /* every lane holds the maximum */
+        amax = bsk_vf_max(x, amax); /* x > amax ? x : amax: NaN lanes are skipped */
+    }
+    float r = 0.0f;
+    for (int i = 0; i < BSK_VL; i++)
+        r = amax[i] > r ? amax[i] : r;
+    return r;
 }
 
 /* The scale of V row f of sequence b from its maximum (stored), and the codes
@@ -255,15 +268,16 @@ static void AQ_FN(values_codes)(const bsk_nn_aq_args *a, int64_t b, int64_t f, i
                                 int64_t p1, float amax)
 {
     const int64_t S = a->seq, H = a->heads * a->head_dim, N = a->batch * S;
-    const bsk_v16f sv = bsk_aq_s8_scale16((bsk_v16f){0} + amax), rv = 1.0f / sv;
+    const bsk_vf sv = bsk_aq_s8_scale((bsk_vf){0} + amax), rv = 1.0f / sv;
     if (p0 == 0)
         a->v_scale[b * H + f] = sv[0];
     const float *v = AQ_FN(v_row)(a, b, f, p0);
     int8_t *dst = a->vc + f * a->ld + b * S + p0;
-    BSK_NN_FOR_TOKENS(p1 - p0, {
-        const bsk_v16b code = bsk_aq_bytes16(bsk_aq_s8_code16(bsk_nn_ld(v + n_, full_, cnt_) * rv));
-        bsk_nn_st_bytes((uint8_t *)dst + n_, code, full_, cnt_);
-    });
+    for (int64_t n = 0; n < p1 - p0; n += BSK_VL) {
+        const int cnt = p1 - p0 - n < BSK_VL ? (int)(p1 - p0 - n) : BSK_VL;
+        const bsk_vb code = bsk_vi_low_bytes(bsk_aq_s8_code(bsk_vf_load_part(v + n, cnt) * rv));
+        bsk_vb_store_part((uint8_t *)dst + n, code, cnt);
+    }
     if (b == a->batch - 1 && p1 == S)
         memset(a->vc + f * a->ld + N, 0, (size_t)(a->ld - N));
 }
@@ -285,8 +299,8 @@ static void AQ_FN(quant_values)(const bsk_nn_aq_args *a, int64_t r0, int64_t r1)
  * groups.
  */
 BSK_INLINE void AQ_FN(scores)(const bsk_nn_aq_args *a, const uint8_t *qb, const int8_t *kb,
-                              int64_t ldg, const int64_t *kn, const int jb, const bsk_v16i *zq,
-                              const bsk_v16f *sq, int64_t h, float *st, bsk_v16f *mx,
+                              int64_t ldg, const int64_t *kn, const int jb, const bsk_vi *zq,
+                              const bsk_vf *sq, int64_t h, float *st, bsk_vf *mx,
                               int32_t *trace, int64_t trace_ld, int cnt)
 {
     AQ_ACC acc[BSK_AQ_JB][BSK_AQ_IV];
@@ -315,18 +329,16 @@ BSK_INLINE void AQ_FN(scores)(const bsk_nn_aq_args *a, const uint8_t *qb, const 
         const uint32_t ks = (uint32_t)a->k_sum[h * Np + kn[u]];
         const float kscale = a->k_scale[h * Np + kn[u]] * a->scale_log2e;
 #pragma GCC unroll 8
-        for (int v = 0; v < BSK_AQ_IV; v++) {
+        for (int f = 0; f < AQ_NF; f++) {
             /* exact: the true value fits in int32, the wrap-around cancels */
-            const bsk_v16i ci = (bsk_v16i)((bsk_v16u)AQ_ACC_GET(acc[u][v]) - (bsk_v16u)zq[v] * ks);
-            const bsk_v16f s = __builtin_convertvector(ci, bsk_v16f) * (sq[v] * kscale);
-            bsk_nn_store(st + u * AQ_QW + 16 * v, s);
-            mx[v] = bsk_nn_max(mx[v], s);
-            if (trace) {
-                int32_t c[16];
-                memcpy(c, &ci, sizeof(c));
-                for (int q = 0; q < bsk_aq_lanes(cnt, v); q++)
-                    trace[(16 * v + q) * trace_ld + u] = c[q];
-            }
+            const bsk_vi ci = (bsk_vi)((bsk_vu)AQ_ACC_PART(acc[u][f / AQ_PER], f % AQ_PER) -
+                                       (bsk_vu)zq[f] * ks);
+            const bsk_vf s = __builtin_convertvector(ci, bsk_vf) * (sq[f] * kscale);
+            bsk_vf_store(st + u * AQ_QW + BSK_VL * f, s);
+            mx[f] = bsk_vf_max(mx[f], s);
+            if (trace)
+                for (int q = 0; q < bsk_aq_lanes(cnt, f, BSK_VL); q++)
+                    trace[(BSK_VL * f + q) * trace_ld + u] = ci[q];
         }
     }
 }
@@ -336,7 +348,7 @@ BSK_INLINE void AQ_FN(scores)(const bsk_nn_aq_args *a, const uint8_t *qb, const 
  * V codes of feature c0 at the sequence's first key of the range.  Each group
  * of pp is its high plane (QW x 4 bytes) then its low plane. */
 BSK_INLINE void AQ_FN(pv)(const uint8_t *pp, int64_t gp, const int8_t *vb, int64_t ldv,
-                          const int cb, const float *vs, const bsk_v16f *rinv, float *y,
+                          const int cb, const float *vs, const bsk_vf *rinv, float *y,
                           int32_t *trace_hi, int32_t *trace_lo, int64_t trace_ld, int cnt)
 {
     AQ_ACC hi[BSK_AQ_CB][BSK_AQ_IV], lo[BSK_AQ_CB][BSK_AQ_IV];
@@ -375,16 +387,17 @@ BSK_INLINE void AQ_FN(pv)(const uint8_t *pp, int64_t gp, const int8_t *vb, int64
 #pragma GCC unroll 8
     for (int u = 0; u < cb; u++)
 #pragma GCC unroll 8
-        for (int v = 0; v < BSK_AQ_IV; v++) {
-            const bsk_v16i h = AQ_ACC_GET(hi[u][v]), l = AQ_ACC_GET(lo[u][v]);
-            const bsk_v16f sum = __builtin_convertvector(h, bsk_v16f) * 256.0f +
-                                 __builtin_convertvector(l, bsk_v16f);
-            bsk_nn_store(y + u * AQ_QW + 16 * v, sum * (vs[u] * rinv[v]));
+        for (int f = 0; f < AQ_NF; f++) {
+            const bsk_vi h = AQ_ACC_PART(hi[u][f / AQ_PER], f % AQ_PER);
+            const bsk_vi l = AQ_ACC_PART(lo[u][f / AQ_PER], f % AQ_PER);
+            const bsk_vf sum = __builtin_convertvector(h, bsk_vf) * 256.0f +
+                               __builtin_convertvector(l, bsk_vf);
+            bsk_vf_store(y + u * AQ_QW + BSK_VL * f, sum * (vs[u] * rinv[f]));
             if (trace_hi) {
-                memcpy(trace_hi + u * trace_ld + 16 * v, &h,
-                       (size_t)bsk_aq_lanes(cnt, v) * sizeof(int32_t));
-                memcpy(trace_lo + u * trace_ld + 16 * v, &l,
-                       (size_t)bsk_aq_lanes(cnt, v) * sizeof(int32_t));
+                memcpy(trace_hi + u * trace_ld + BSK_VL * f, &h,
+                       (size_t)bsk_aq_lanes(cnt, f, BSK_VL) * sizeof(int32_t));
+                memcpy(trace_lo + u * trace_ld + BSK_VL * f, &l,
+                       (size_t)bsk_aq_lanes(cnt, f, BSK_VL) * sizeof(int32_t));
             }
         }
 }
@@ -425,12 +438,13 @@ static void AQ_FN(task)(const bsk_nn_aq_args *a, int64_t b, int64_t h, int64_t i
     float *st = ws->st;
 
     /* the block's query parameters, zero in the lanes past cnt */
-    bsk_v16i zq[BSK_AQ_IV];
-    bsk_v16f sq[BSK_AQ_IV], mx[BSK_AQ_IV];
-    for (int v = 0; v < BSK_AQ_IV; v++) {
-        zq[v] = bsk_load16i(a->q_zero + h * Np + n0 + 16 * v, bsk_aq_lanes(cnt, v));
-        sq[v] = bsk_load16f(a->q_scale + h * Np + n0 + 16 * v, bsk_aq_lanes(cnt, v));
-        mx[v] = ws->uniform ? (bsk_v16f){0} : (bsk_v16f){0} - INFINITY;
+    bsk_vi zq[AQ_NF];
+    bsk_vf sq[AQ_NF], mx[AQ_NF];
+    for (int f = 0; f < AQ_NF; f++) {
+        const int lanes = bsk_aq_lanes(cnt, f, BSK_VL);
+        zq[f] = bsk_vi_load_part(a->q_zero + h * Np + n0 + BSK_VL * f, lanes);
+        sq[f] = bsk_vf_load_part(a->q_scale + h * Np + n0 + BSK_VL * f, lanes);
+        mx[f] = ws->uniform ? (bsk_vf){0} : (bsk_vf){0} - INFINITY;
     }
 
     /* scores */
@@ -459,34 +473,39 @@ static void AQ_FN(task)(const bsk_nn_aq_args *a, int64_t b, int64_t h, int64_t i
 
     /* softmax down each lane into 16-bit probability codes, their high and low
      * bytes four keys at a time into the two planes of pp */
-    bsk_v16i psum[BSK_AQ_IV];
-    for (int v = 0; v < BSK_AQ_IV; v++)
-        psum[v] = (bsk_v16i){0};
+    bsk_vi psum[AQ_NF];
+    for (int f = 0; f < AQ_NF; f++)
+        psum[f] = (bsk_vi){0};
     for (int64_t g = 0; g < gp; g++)
         for (int v = 0; v < BSK_AQ_IV; v++) {
             bsk_v16b rh[4], rl[4];
-            bsk_v16i code[4];
             for (int i = 0; i < 4; i++) {
                 const int64_t p = 4 * g + i;
                 const int32_t t = p < span ? ws->row[p] : -1;
-                code[i] = t < 0 ? (bsk_v16i){0}
-                                : bsk_aq_p_code16(bsk_nn_load(st + t * AQ_QW + 16 * v) - mx[v]);
-                psum[v] += code[i];
-                rh[i] = bsk_aq_bytes16(code[i] >> 8);
-                rl[i] = bsk_aq_bytes16(code[i]);
+                bsk_vb ph[AQ_PER], pl[AQ_PER];
+                for (int k = 0; k < AQ_PER; k++) {
+                    const int f = AQ_PER * v + k;
+                    const bsk_vi code =
+                        t < 0 ? (bsk_vi){0}
+                              : bsk_aq_p_code(bsk_vf_load(st + t * AQ_QW + BSK_VL * f) - mx[f]);
+                    psum[f] += code;
+                    ph[k] = bsk_vi_low_bytes(code >> 8);
+                    pl[k] = bsk_vi_low_bytes(code);
+                    if (tr && tr->p && p < span)
+                        for (int q = 0; q < bsk_aq_lanes(cnt, f, BSK_VL); q++)
+                            tr->p[tq + (BSK_VL * f + q) * S + lo + p] = (uint16_t)code[q];
+                }
+                rh[i] = bsk_aq_bytes_join(ph);
+                rl[i] = bsk_aq_bytes_join(pl);
             }
             bsk_aq_interleave(rh, ws->pp + (2 * g * AQ_QW + 16 * v) * 4);
             bsk_aq_interleave(rl, ws->pp + ((2 * g + 1) * AQ_QW + 16 * v) * 4);
-            if (tr && tr->p)
-                for (int i = 0; i < 4 && 4 * g + i < span; i++)
-                    for (int q = 0; q < bsk_aq_lanes(cnt, v); q++)
-                        tr->p[tq + (16 * v + q) * S + lo + 4 * g + i] = (uint16_t)code[i][q];
         }
 
     /* Y = V P^T / sum into the tile yt, then row by row into the output */
-    bsk_v16f rinv[BSK_AQ_IV];
-    for (int v = 0; v < BSK_AQ_IV; v++)
-        rinv[v] = 1.0f / __builtin_convertvector(psum[v], bsk_v16f);
+    bsk_vf rinv[AQ_NF];
+    for (int f = 0; f < AQ_NF; f++)
+        rinv[f] = 1.0f / __builtin_convertvector(psum[f], bsk_vf);
     const int8_t *vb = a->vc + h * D * Np + b * S + lo;
     const float *vs = a->v_scale + b * H + h * D;
     int32_t *th = tr && tr->pv_hi && tr->pv_lo ? tr->pv_hi + h * D * N + n0 : NULL;
@@ -502,9 +521,9 @@ static void AQ_FN(task)(const bsk_nn_aq_args *a, int64_t b, int64_t h, int64_t i
     for (int64_t c = 0; c < D; c++)
         memcpy(y + c * a->ldy, ws->yt + c * AQ_QW, (size_t)cnt * sizeof(float));
     if (tr && tr->p_sum)
-        for (int v = 0; v < BSK_AQ_IV; v++)
-            for (int q = 0; q < bsk_aq_lanes(cnt, v); q++)
-                tr->p_sum[h * N + n0 + 16 * v + q] = psum[v][q];
+        for (int f = 0; f < AQ_NF; f++)
+            for (int q = 0; q < bsk_aq_lanes(cnt, f, BSK_VL); q++)
+                tr->p_sum[h * N + n0 + BSK_VL * f + q] = psum[f][q];
 }
 
 const bsk_nn_attention_q8_kernel BSK_NN_CAT(bsk_nn_attention_q8, BSK_AQ_SFX) = {
@@ -512,4 +531,6 @@ const bsk_nn_attention_q8_kernel BSK_NN_CAT(bsk_nn_attention_q8, BSK_AQ_SFX) = {
     AQ_FN(task), AQ_QW};
 
 #undef AQ_QW
+#undef AQ_PER
+#undef AQ_NF
 #undef AQ_FN

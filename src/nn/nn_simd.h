@@ -11,8 +11,8 @@
  * each unit gets its own copy.
  *
  * Layout (bsk_nn.h): activations are features x tokens, row-major, so one
- * vector (the unit's, BSK_VL lanes of vec16.h; the INT8 attention keeps 16
- * for its VNNI layout) holds one feature of consecutive tokens.  Per-token
+ * vector (the unit's, BSK_VL lanes of vec16.h) holds one feature of
+ * consecutive tokens.  Per-token
  * reductions (LayerNorm statistics, quantization ranges, softmax over keys)
  * are then lane-wise: no horizontal operations, and the order of every sum
  * is fixed by the feature loop alone.
@@ -28,32 +28,6 @@
 
 #define BSK_NN_CAT2(a, b) a##_##b
 #define BSK_NN_CAT(a, b) BSK_NN_CAT2(a, b)
-
-BSK_INLINE bsk_v16f bsk_nn_load(const float *p)
-{
-    return *(const bsk_v16f_u *)p;
-}
-
-BSK_INLINE void bsk_nn_store(float *p, bsk_v16f v)
-{
-    *(bsk_v16f_u *)p = v;
-}
-
-/* Load `count` (< 16 allowed) floats, zero-filling the rest. */
-BSK_INLINE bsk_v16f bsk_nn_load_part(const float *p, int64_t count)
-{
-    return bsk_load16f(p, count < 16 ? (int)count : 16);
-}
-
-BSK_INLINE bsk_v16f bsk_nn_max(bsk_v16f a, bsk_v16f b)
-{
-    return bsk_max16f(a, b);
-}
-
-BSK_INLINE bsk_v16f bsk_nn_min(bsk_v16f a, bsk_v16f b)
-{
-    return bsk_min16f(a, b);
-}
 
 /*
  * exp(x) for x <= 0 (softmax arguments), Cephes-style: x = n ln2 + r with
@@ -83,63 +57,11 @@ BSK_INLINE bsk_v16f bsk_nn_min(bsk_v16f a, bsk_v16f b)
         return y * (VF)e;                                                      \
     }
 
-BSK_NN_EXP_DEFINE(bsk_nn_exp16, bsk_v16f, bsk_v16i, bsk_nn_max, bsk_nn_min)
-
-/* A 16-lane int32 vector from its 256-bit halves (the INT8 attention's
- * accumulators in the 256-bit units). */
-BSK_INLINE bsk_v16i bsk_v16i_join(bsk_v8i lo, bsk_v8i hi)
-{
-    return __builtin_shufflevector(lo, hi, 0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
-}
-
-/* Loads and stores of the 16 tokens at p; `full` (a compile-time constant
- * at every call) selects plain 16-lane accesses, else `cnt` lanes. */
-BSK_INLINE bsk_v16f bsk_nn_ld(const float *p, const int full, int64_t cnt)
-{
-    return full ? bsk_nn_load(p) : bsk_nn_load_part(p, cnt);
-}
-
-BSK_INLINE void bsk_nn_st_bytes(uint8_t *p, bsk_v16b v, const int full, int64_t cnt)
-{
-    if (full)
-        *(bsk_v16b_u *)p = v;
-    else
-        bsk_store16b(p, v, cnt < 16 ? (int)cnt : 16);
-}
-
-/*
- * Per-token passes over a token range.  Every pass streams whole row
- * segments (feature f, tokens [n0, n0 + T)) and keeps per-token state in
- * small arrays (T floats, L1-resident), so the access pattern does not
- * depend on the row stride: a block of 16 tokens walked down all F rows
- * would touch F cache lines one row stride apart, which for a power-of-two
- * number of tokens all fall into a few cache sets (5-10x slower measured
- * at 1024 tokens).
- */
-#define BSK_NN_FOR_TOKENS(T, ...)                                              \
-    do {                                                                       \
-        int64_t n_ = 0;                                                        \
-        for (; n_ + 16 <= (T); n_ += 16) {                                     \
-            const int full_ = 1;                                               \
-            const int64_t cnt_ = 16;                                           \
-            (void)full_;                                                       \
-            (void)cnt_;                                                        \
-            __VA_ARGS__                                                        \
-        }                                                                      \
-        if (n_ < (T)) {                                                        \
-            const int full_ = 0;                                               \
-            const int64_t cnt_ = (T) - n_;                                     \
-            (void)full_;                                                       \
-            (void)cnt_;                                                        \
-            __VA_ARGS__                                                        \
-        }                                                                      \
-    } while (0)
-
 /* exp of the unit's vector (vec16.h's BSK_VL) */
 #if BSK_VL == 8
 BSK_NN_EXP_DEFINE(bsk_vf_exp, bsk_v8f, bsk_v8i, bsk_max8f, bsk_min8f)
 #else
-#define bsk_vf_exp bsk_nn_exp16
+BSK_NN_EXP_DEFINE(bsk_vf_exp, bsk_v16f, bsk_v16i, bsk_max16f, bsk_min16f)
 #endif
 
 /*

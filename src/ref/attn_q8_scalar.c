@@ -30,7 +30,7 @@ static inline bsk_v16i aq_dot_scalar(bsk_v16i acc, aq_x_scalar x, int32_t w)
 #define AQ_WPREP(w) (w)
 #define AQ_ACC bsk_v16i
 #define AQ_ACC_ZERO() ((bsk_v16i){0})
-#define AQ_ACC_GET(acc) (acc)
+#define AQ_ACC_PART(acc, k) (acc)
 #define AQ_DOT(acc, x, w) aq_dot_scalar((acc), (x), (w))
 
 #define BSK_AQ_SFX scalar

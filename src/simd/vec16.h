@@ -279,6 +279,12 @@ BSK_INLINE bsk_v16f bsk_fma16(bsk_v16f a, bsk_v16f b, bsk_v16f c)
 #endif
 }
 
+/* The low bytes of 16 int32 lanes. */
+BSK_INLINE bsk_v16b bsk_low_bytes16(bsk_v16i v)
+{
+    return __builtin_convertvector((bsk_v16u)v & 0xff, bsk_v16b);
+}
+
 /* bsk_select16, bsk_keep16f, bsk_rint16, bsk_u8_code16, bsk_u8_params16,
  * bsk_bytes16, bsk_erfc_poly16, bsk_abs16, bsk_gelu16 */
 #define BSK_VW 16
@@ -368,6 +374,19 @@ BSK_INLINE void bsk_store8b(uint8_t *p, bsk_v8b v, int count)
     bsk_copy_small(p, w, count);
 }
 
+/* The low bytes of 8 int32 lanes: one byte shuffle and the two halves'
+ * dwords (GCC 12 converts lane by lane, a vpextrd each). */
+BSK_INLINE bsk_v8b bsk_low_bytes8(bsk_v8i v)
+{
+    const __m256i first = _mm256_setr_epi8(0, 4, 8, 12, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1,
+                                           -1, -1, 0, 4, 8, 12, -1, -1, -1, -1, -1, -1, -1, -1,
+                                           -1, -1, -1, -1);
+    const __m256i b = _mm256_shuffle_epi8((__m256i)v, first);
+    const __m128i r = _mm_unpacklo_epi32(_mm256_castsi256_si128(b),
+                                         _mm256_extracti128_si256(b, 1));
+    return (bsk_v8b)_mm_cvtsi128_si64(r);
+}
+
 /* the 8-lane forms of the arithmetic above: bsk_rint8, bsk_gelu8, ... */
 #define BSK_VW 8
 #define BSK_VW_IOTA {0, 1, 2, 3, 4, 5, 6, 7}
@@ -418,9 +437,12 @@ typedef bsk_v8b_u bsk_vb_u;
 #define bsk_vf_min bsk_min8f
 #define bsk_vf_fma bsk_fma8
 #define bsk_vf_keep bsk_keep8f
+#define bsk_vf_select bsk_select8
+#define bsk_vf_rint bsk_rint8
 #define bsk_vf_u8_code bsk_u8_code8
 #define bsk_vf_u8_params bsk_u8_params8
 #define bsk_vf_bytes bsk_bytes8
+#define bsk_vi_low_bytes bsk_low_bytes8
 #define bsk_vf_gelu bsk_gelu8
 #define bsk_vf_load_part bsk_load8f
 #define bsk_vf_store_part bsk_store8f
@@ -442,9 +464,12 @@ typedef bsk_v16b_u bsk_vb_u;
 #define bsk_vf_min bsk_min16f
 #define bsk_vf_fma bsk_fma16
 #define bsk_vf_keep bsk_keep16f
+#define bsk_vf_select bsk_select16
+#define bsk_vf_rint bsk_rint16
 #define bsk_vf_u8_code bsk_u8_code16
 #define bsk_vf_u8_params bsk_u8_params16
 #define bsk_vf_bytes bsk_bytes16
+#define bsk_vi_low_bytes bsk_low_bytes16
 #define bsk_vf_gelu bsk_gelu16
 #define bsk_vf_load_part bsk_load16f
 #define bsk_vf_store_part bsk_store16f

@@ -4,8 +4,8 @@
  * again with BSK_VW 8 (an 8-float vector is one ymm register; a 16-float one
  * has no machine mode there: see BSK_VL, the unit's vector).  Before each
  * inclusion vec16.h defines the width's types bsk_v<W>f / i / u / b, its
- * primitives bsk_max<W>f, bsk_min<W>f and bsk_fma<W>, and BSK_VW_IOTA, the
- * lane numbers.  The names made here carry the width: bsk_rint16, bsk_rint8.
+ * primitives bsk_max<W>f, bsk_min<W>f, bsk_fma<W> and bsk_low_bytes<W>, and
+ * BSK_VW_IOTA, the lane numbers.  The names made here carry the width: bsk_rint16, bsk_rint8.
  *
  * Every lane gets the same operations in the same order whatever the width,
  * so the 8- and 16-lane forms give the same bits.
@@ -74,7 +74,7 @@ BSK_INLINE void VW_FN(bsk_u8_params)(VW_F lo, VW_F hi, VW_F *scale, VW_F *zero)
 /* Float lanes holding integers in [0, 255] as bytes. */
 BSK_INLINE VW_B VW_FN(bsk_bytes)(VW_F v)
 {
-    return __builtin_convertvector(__builtin_convertvector(v, VW_I), VW_B);
+    return VW_FN(bsk_low_bytes)(__builtin_convertvector(v, VW_I));
 }
 
 /* ---- erf and GELU ---------------------------------------------------------------- */

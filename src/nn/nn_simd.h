@@ -125,8 +125,8 @@ BSK_INLINE bsk_vf bsk_nn_rstd(bsk_vf m2, float inv_f, float eps)
     }
 #define BSK_NN_RANGE_OUT(v)                                                    \
     if (v < nv) {                                                              \
-        bsk_vf_store(lo + BSK_VL * v, lo##v);                               \
-        bsk_vf_store(hi + BSK_VL * v, hi##v);                               \
+        bsk_vf_store(lo + BSK_VL * v, lo##v);                                  \
+        bsk_vf_store(hi + BSK_VL * v, hi##v);                                  \
     }
 
 /* the range sweep of the nv vectors at Y (lo, hi: their BSK_VL * nv floats) */
@@ -146,14 +146,14 @@ BSK_INLINE void bsk_nn_range_sweep(const float *Y, int64_t F, int64_t N, const f
  * BSK_NN_SWEEP vectors, then one of the rest. */
 #define BSK_NN_SWEEPS(T, sweep, ...)                                           \
     do {                                                                       \
-        const int64_t w_ = BSK_VL * BSK_NN_SWEEP;                           \
+        const int64_t w_ = BSK_VL * BSK_NN_SWEEP;                              \
         int64_t n_ = 0;                                                        \
         for (; n_ + w_ <= (T); n_ += w_)                                       \
-            sweep(n_, BSK_NN_SWEEP, BSK_VL, __VA_ARGS__);                   \
+            sweep(n_, BSK_NN_SWEEP, BSK_VL, __VA_ARGS__);                      \
         if (n_ < (T)) {                                                        \
             const int64_t r_ = (T) - n_;                                       \
-            sweep(n_, (int)((r_ + BSK_VL - 1) / BSK_VL),                 \
-                  r_ - (r_ - 1) / BSK_VL * BSK_VL, __VA_ARGS__);         \
+            sweep(n_, (int)((r_ + BSK_VL - 1) / BSK_VL),                       \
+                  r_ - (r_ - 1) / BSK_VL * BSK_VL, __VA_ARGS__);               \
         }                                                                      \
     } while (0)
 
@@ -197,7 +197,7 @@ BSK_INLINE void bsk_nn_params_rows(int64_t T, int64_t Tv, const float *lo, const
         bsk_vf t = bsk_nn_sweep_ld(y, v, nv, tail);                            \
         if (mul)                                                               \
             t = t * m;                                                         \
-        c##v = bsk_vf_u8_code(t / s##v, z##v);                                \
+        c##v = bsk_vf_u8_code(t / s##v, z##v);                                 \
     }
 #define BSK_NN_CODES_OUT(v)                                                    \
     if (v < nv)                                                                \

@@ -85,7 +85,7 @@ static void BSK_NN_FN(transpose_range)(const bsk_nn_tok_args *a, int64_t n0, int
         if (a->Q) {                                                            \
             if (mul)                                                           \
                 t = t * mf;                                                    \
-            if (v == nv - 1 && tail < BSK_VL) /* lanes past the range: 0 */ \
+            if (v == nv - 1 && tail < BSK_VL) /* lanes past the range: 0 */    \
                 t = bsk_vf_keep(t, (int)tail);                                 \
             lo##v = bsk_vf_min(lo##v, t);                                      \
             hi##v = bsk_vf_max(hi##v, t);                                      \
@@ -93,8 +93,8 @@ static void BSK_NN_FN(transpose_range)(const bsk_nn_tok_args *a, int64_t n0, int
     }
 #define BSK_NN_LN_RANGE_OUT(v)                                                 \
     if (v < nv) {                                                              \
-        bsk_vf_store(lo + BSK_VL * v, lo##v);                               \
-        bsk_vf_store(hi + BSK_VL * v, hi##v);                               \
+        bsk_vf_store(lo + BSK_VL * v, lo##v);                                  \
+        bsk_vf_store(hi + BSK_VL * v, hi##v);                                  \
     }
 
 BSK_INLINE void BSK_NN_FN(layernorm_sweep)(const bsk_nn_tok_args *a, int64_t n0, int nv,

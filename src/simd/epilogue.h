@@ -61,7 +61,7 @@ BSK_INLINE bsk_vf bsk_epi_xload(const float *p, int v, const int nv, int tail,
 #define BSK_EPI_ENTRY(r, jj)                                                   \
     do {                                                                       \
         const int32_t j_ = (jj);                                               \
-        const bsk_vf w = bsk_vf_splat(e->f_data[j_]);                        \
+        const bsk_vf w = bsk_vf_splat(e->f_data[j_]);                          \
         const float *xk = x + (int64_t)e->f_indices[j_] * e->ld_fx;            \
         BSK_EPI_TERM(r)                                                        \
     } while (0)

@@ -72,27 +72,11 @@ BSK_INLINE void bsk_transpose8x8(const float *src, int64_t lds, float *dst, int6
  * either sign), so they give the compare-and-select's lanes in one instruction
  * instead of three.
  */
-#if defined(__AVX2__) && !defined(__AVX512F__)
-/* op (an AVX 8-lane float instruction) on each 256-bit half of a and b */
-#define BSK_V16F_HALVES(op, a, b)                                              \
-    __extension__({                                                            \
-        typedef float v8f_ __attribute__((vector_size(32)));                   \
-        const v8f_ lo_ = (v8f_)op((__m256)__builtin_shufflevector(a, a, 0, 1, 2, 3, 4, 5, 6, 7), \
-                                  (__m256)__builtin_shufflevector(b, b, 0, 1, 2, 3, 4, 5, 6, 7)); \
-        const v8f_ hi_ = (v8f_)op(                                             \
-            (__m256)__builtin_shufflevector(a, a, 8, 9, 10, 11, 12, 13, 14, 15),  \
-            (__m256)__builtin_shufflevector(b, b, 8, 9, 10, 11, 12, 13, 14, 15)); \
-        (bsk_v16f)__builtin_shufflevector(lo_, hi_, 0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, \
-                                          12, 13, 14, 15);                    \
-    })
-#endif
 
 BSK_INLINE bsk_v16f bsk_max16f(bsk_v16f a, bsk_v16f b)
 {
 #if defined(__AVX512F__)
     return (bsk_v16f)_mm512_max_ps((__m512)a, (__m512)b);
-#elif defined(__AVX2__)
-    return BSK_V16F_HALVES(_mm256_max_ps, a, b);
 #else
     const bsk_v16i m = a > b;
     return (bsk_v16f)(((bsk_v16i)a & m) | ((bsk_v16i)b & ~m));
@@ -103,8 +87,6 @@ BSK_INLINE bsk_v16f bsk_min16f(bsk_v16f a, bsk_v16f b)
 {
 #if defined(__AVX512F__)
     return (bsk_v16f)_mm512_min_ps((__m512)a, (__m512)b);
-#elif defined(__AVX2__)
-    return BSK_V16F_HALVES(_mm256_min_ps, a, b);
 #else
     const bsk_v16i m = a < b;
     return (bsk_v16f)(((bsk_v16i)a & m) | ((bsk_v16i)b & ~m));
@@ -116,7 +98,8 @@ BSK_INLINE bsk_v16f bsk_min16f(bsk_v16f a, bsk_v16f b)
  * The last vector of a row of tokens is often short (a sequence of 8-40
  * tokens has a short vector on every feature row), so these are on hot paths:
  * masked moves where the ISA has them (AVX-512: any width; AVX2: 32-bit
- * lanes), else fixed-size pieces, never a library call.  Masked-off lanes are
+ * lanes, the 8-lane forms below), else fixed-size pieces, never a library
+ * call.  Masked-off lanes are
  * not read (no fault past the end) and loads zero them; the values moved are
  * the same on every ISA. */
 
@@ -143,11 +126,6 @@ BSK_INLINE bsk_v16i bsk_load16i(const int32_t *p, int count)
         return *(const bsk_v16i_u *)p;
 #if defined(__AVX512F__)
     return (bsk_v16i)_mm512_maskz_loadu_epi32(bsk_lanes16(count), p);
-#elif defined(__AVX2__)
-    typedef int32_t v8i __attribute__((vector_size(32)));
-    const v8i lo = (v8i)_mm256_maskload_epi32((const int *)p, bsk_lanes8(count));
-    const v8i hi = (v8i)_mm256_maskload_epi32((const int *)p + 8, bsk_lanes8(count - 8));
-    return __builtin_shufflevector(lo, hi, 0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
 #else
     bsk_v16i v = (bsk_v16i){0};
     for (int t = 0; t < count; t++)
@@ -170,12 +148,6 @@ BSK_INLINE void bsk_store16i(int32_t *p, bsk_v16i v, int count)
     }
 #if defined(__AVX512F__)
     _mm512_mask_storeu_epi32(p, bsk_lanes16(count), (__m512i)v);
-#elif defined(__AVX2__)
-    typedef int32_t v8i __attribute__((vector_size(32)));
-    const v8i lo = __builtin_shufflevector(v, v, 0, 1, 2, 3, 4, 5, 6, 7);
-    const v8i hi = __builtin_shufflevector(v, v, 8, 9, 10, 11, 12, 13, 14, 15);
-    _mm256_maskstore_epi32((int *)p, bsk_lanes8(count), (__m256i)lo);
-    _mm256_maskstore_epi32((int *)p + 8, bsk_lanes8(count - 8), (__m256i)hi);
 #else
     for (int t = 0; t < count; t++)
         p[t] = v[t];
@@ -260,18 +232,13 @@ BSK_INLINE void bsk_copy_part(uint8_t *dst, const uint8_t *src, int64_t count, c
  * ties to even (numpy.rint), because the sum has no fraction bits left. */
 #define BSK_RINT_MAGIC 12582912.0f
 
-/* a * b + c with one rounding: the FMA instruction where the unit is compiled
- * for it (every SIMD variant is), else the C library's fmaf, which is
- * correctly rounded too, so every ISA gives the same bits. */
+/* a * b + c with one rounding: the FMA instruction in the 512-bit unit, else
+ * the C library's fmaf, which is correctly rounded too, so every ISA gives the
+ * same bits (the AVX2 units take the 8-lane bsk_fma8). */
 BSK_INLINE bsk_v16f bsk_fma16(bsk_v16f a, bsk_v16f b, bsk_v16f c)
 {
 #if defined(__AVX512F__)
     return (bsk_v16f)_mm512_fmadd_ps((__m512)a, (__m512)b, (__m512)c);
-#elif defined(__FMA__)
-    union { bsk_v16f v; __m256 h[2]; } x = {a}, y = {b}, z = {c};
-    x.h[0] = _mm256_fmadd_ps(x.h[0], y.h[0], z.h[0]);
-    x.h[1] = _mm256_fmadd_ps(x.h[1], y.h[1], z.h[1]);
-    return x.v;
 #else
     for (int t = 0; t < 16; t++)
         a[t] = fmaf(a[t], b[t], c[t]);
@@ -447,7 +414,6 @@ typedef bsk_v8b_u bsk_vb_u;
 #define bsk_vf_load_part bsk_load8f
 #define bsk_vf_store_part bsk_store8f
 #define bsk_vi_load_part bsk_load8i
-#define bsk_vi_store_part bsk_store8i
 #define bsk_vb_store_part bsk_store8b
 #define bsk_vf_store_bytes4 bsk_store_bytes32
 #else
@@ -474,7 +440,6 @@ typedef bsk_v16b_u bsk_vb_u;
 #define bsk_vf_load_part bsk_load16f
 #define bsk_vf_store_part bsk_store16f
 #define bsk_vi_load_part bsk_load16i
-#define bsk_vi_store_part bsk_store16i
 #define bsk_vb_store_part bsk_store16b
 #define bsk_vf_store_bytes4 bsk_store_bytes64
 #endif

@@ -93,6 +93,10 @@ cdef extern from "blocksparse/bsk.h" nogil:
     bsk_status bsk_quantize_u8(bsk_isa isa, const float *X, int64_t rows, int64_t cols,
                                int64_t ldx, int mode, float *scale, int32_t *zero,
                                uint8_t *Q, int64_t ldq, int num_threads)
+    bsk_status bsk_qlinear_f32(bsk_isa isa, const bsk_qbcsr *W, const bsk_qdense *D,
+                               const float *X, int64_t ldx, int64_t N, float *x_scale,
+                               int32_t *x_zero, void *Y, int64_t ldy, const bsk_epilogue *epi,
+                               int num_threads)
     const char *bsk_qspmm_kernel_name(bsk_isa isa, const bsk_qbcsr *W)
     const char *bsk_qgemm_kernel_name(bsk_isa isa)
 

@@ -14,7 +14,8 @@ so a product checks only its operands (O(1)), not the structure (O(nnzb)).
 import numpy as np
 cimport numpy as cnp
 from libc.stdint cimport int8_t, int32_t, int64_t, uint8_t, uint16_t, uint32_t, uint64_t
-from libc.math cimport isfinite
+from libc.float cimport FLT_MAX
+from libc.math cimport fabsf, isfinite
 
 from blocksparse._kernels cimport *
 
@@ -442,36 +443,10 @@ def matmul(int isa, KernelWeight w not None, x, cnp.ndarray out not None, bint t
         _check_dense(q, "x", cnp.NPY_UINT8, N, K, False)
     else:
         _check_dense(q, "X", cnp.NPY_UINT8, K, N, False)
-    cdef int typenum = cnp.PyArray_TYPE(out)
-    cdef bsk_epilogue e
-    if typenum == cnp.NPY_INT32:
-        e.kind = BSK_OUT_I32
-    elif typenum == cnp.NPY_FLOAT32:
-        e.kind = BSK_OUT_F32
-    elif typenum == cnp.NPY_UINT8:
-        e.kind = BSK_OUT_U8
-    else:
-        raise TypeError(f"out must be int32, float32 or uint8, got {out.dtype}")
-    if tokens:
-        _check_dense(out, "out", typenum, N, M, True)
-    else:
-        _check_dense(out, "out", typenum, M, N, True)
     if epilogue is None:
         epilogue = _NO_EPILOGUE
-    e.x_zero = <const int32_t *>_ptr_or_null(x.zero, "x.zero", cnp.NPY_INT32, N)
-    e.rowsum = <const int32_t *>cnp.PyArray_DATA(w.rowsum) if e.x_zero != NULL else NULL
-    e.x_scale = e.w_scale = NULL
-    if e.kind != BSK_OUT_I32:
-        e.x_scale = <const float *>_ptr_or_null(x.scale, "x.scale", cnp.NPY_FLOAT32, N)
-        if e.x_scale == NULL or w.scale is None:
-            raise ValueError("float32 and uint8 outputs need the weight's and x's scales")
-        e.w_scale = <const float *>cnp.PyArray_DATA(w.scale)
-    elif epilogue.act != BSK_ACT_NONE or epilogue.bias is not None:
-        raise ValueError("an int32 output takes no activation or bias")
-    e.act = epilogue.act
-    e.bias = <const float *>_ptr_or_null(epilogue.bias, "bias", cnp.NPY_FLOAT32, M)
-    e.out_scale = epilogue.out_scale
-    e.out_zero = epilogue.out_zero
+    cdef bsk_epilogue e
+    _epilogue_for(&e, w, out, N, tokens, epilogue, x.scale, x.zero)
     _float_term(&e, epilogue, w, N, tokens, out)
     cdef const uint8_t *xp = <const uint8_t *>cnp.PyArray_DATA(q)
     cdef void *yp = cnp.PyArray_DATA(out)
@@ -487,6 +462,98 @@ def matmul(int isa, KernelWeight w not None, x, cnp.ndarray out not None, bint t
     if st != BSK_OK:
         _raise(st, w.kernel_name(isa), isa)
     return out
+
+
+cdef int _epilogue_for(bsk_epilogue *e, KernelWeight w, cnp.ndarray out, int64_t N,
+                       bint tokens, Epilogue epilogue, object x_scale,
+                       object x_zero) except -1:
+    """Check out (int32, float32 or uint8, (M, N) or (N, M) by tokens) and set e
+    from the epilogue and the activations' scales and zero points (arrays of N
+    or None); the float term is left to _float_term."""
+    cdef int64_t M = w.q.w.M
+    cdef int typenum = cnp.PyArray_TYPE(out)
+    if typenum == cnp.NPY_INT32:
+        e.kind = BSK_OUT_I32
+    elif typenum == cnp.NPY_FLOAT32:
+        e.kind = BSK_OUT_F32
+    elif typenum == cnp.NPY_UINT8:
+        e.kind = BSK_OUT_U8
+    else:
+        raise TypeError(f"out must be int32, float32 or uint8, got {out.dtype}")
+    if tokens:
+        _check_dense(out, "out", typenum, N, M, True)
+    else:
+        _check_dense(out, "out", typenum, M, N, True)
+    if epilogue is None:
+        epilogue = _NO_EPILOGUE
+    e.x_zero = <const int32_t *>_ptr_or_null(x_zero, "x.zero", cnp.NPY_INT32, N)
+    e.rowsum = <const int32_t *>cnp.PyArray_DATA(w.rowsum) if e.x_zero != NULL else NULL
+    e.x_scale = e.w_scale = NULL
+    if e.kind != BSK_OUT_I32:
+        e.x_scale = <const float *>_ptr_or_null(x_scale, "x.scale", cnp.NPY_FLOAT32, N)
+        if e.x_scale == NULL or w.scale is None:
+            raise ValueError("float32 and uint8 outputs need the weight's and x's scales")
+        e.w_scale = <const float *>cnp.PyArray_DATA(w.scale)
+    elif epilogue.act != BSK_ACT_NONE or epilogue.bias is not None:
+        raise ValueError("an int32 output takes no activation or bias")
+    e.act = epilogue.act
+    e.bias = <const float *>_ptr_or_null(epilogue.bias, "bias", cnp.NPY_FLOAT32, M)
+    e.out_scale = epilogue.out_scale
+    e.out_zero = epilogue.out_zero
+    e.f_x = e.f_dense = e.f_data = NULL
+    e.f_cols = e.f_indptr = e.f_indices = NULL
+    e.ld_fx = e.f_ncols = 0
+    return 0
+
+
+def linear_f32(int isa, KernelWeight w not None, cnp.ndarray x not None,
+               cnp.ndarray x_scale not None, cnp.ndarray x_zero not None,
+               cnp.ndarray out not None, Epilogue epilogue, int num_threads):
+    """out = quantize(x) @ w.T with the epilogue, x (N, K) float32 quantized
+    per token (parameters into x_scale, x_zero, N of each); see bsk_qlinear_f32.
+    Returns whether a float32 output may have overflowed (then check it)."""
+    cdef int64_t M = w.q.w.M, K = w.q.w.K
+    cdef int64_t N = x.shape[0] if cnp.PyArray_NDIM(x) == 2 else -1
+    cdef bsk_status st
+    _check_isa(isa)
+    if w.kind != _I8:
+        raise TypeError(f"linear_f32 is for int8 weights, got {w.dtype}")
+    _check_dense(x, "x", cnp.NPY_FLOAT32, N, K, False)
+    for name, a, typenum in (("x_scale", x_scale, cnp.NPY_FLOAT32),
+                             ("x_zero", x_zero, cnp.NPY_INT32)):
+        if not _is(a, typenum) or cnp.PyArray_NDIM(a) != 1 or a.shape[0] != N or \
+                not cnp.PyArray_IS_C_CONTIGUOUS(a) or not cnp.PyArray_ISWRITEABLE(a):
+            raise ValueError(f"{name} must be a writable contiguous "
+                             f"{cnp.PyArray_DescrFromType(typenum)} array of length {N}")
+    cdef bsk_epilogue e
+    _epilogue_for(&e, w, out, N, True, epilogue, x_scale, x_zero)
+    e.rowsum = <const int32_t *>cnp.PyArray_DATA(w.rowsum)
+    cdef const float *xp = <const float *>cnp.PyArray_DATA(x)
+    cdef float *sp = <float *>cnp.PyArray_DATA(x_scale)
+    cdef int32_t *zp = <int32_t *>cnp.PyArray_DATA(x_zero)
+    cdef void *yp = cnp.PyArray_DATA(out)
+    cdef int64_t ldy = out.shape[1]
+    cdef const bsk_qbcsr *W = NULL if w.panel is not None else &w.q
+    cdef const bsk_qdense *D = &w.d if w.panel is not None else NULL
+    cdef float sx = 0, sw = 0, b = 0
+    cdef int64_t i
+    with nogil:
+        st = bsk_qlinear_f32(<bsk_isa>isa, W, D, xp, K, N, sp, zp, yp, ldy, &e, num_threads)
+        if st == BSK_OK and e.kind == BSK_OUT_F32:
+            for i in range(N):
+                sx = sp[i] if sp[i] > sx else sx
+            for i in range(M):
+                sw = e.w_scale[i] if e.w_scale[i] > sw else sw
+                if e.bias != NULL:
+                    b = fabsf(e.bias[i]) if fabsf(e.bias[i]) > b else b
+    if st == BSK_ENONFINITE:
+        raise ValueError("x has NaN or Inf values (or values beyond float32), which uint8 "
+                         "quantization cannot represent")
+    if st != BSK_OK:
+        _raise(st, w.kernel_name(isa), isa)
+    # a float32 output can overflow only past this bound (see _quant._check_epilogue)
+    return e.kind == BSK_OUT_F32 and \
+        <double>sw * <double>sx * (127.0 * 255.0 * K) + b >= <double>FLT_MAX / 2
 
 
 cdef int _float_term(bsk_epilogue *e, Epilogue epilogue, KernelWeight w, int64_t N,

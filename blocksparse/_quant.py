@@ -13,6 +13,8 @@ Scheme (DESIGN.md, "Quantization"):
   zero point.
 """
 
+import math
+
 import numpy as np
 
 from . import _config, _kernels
@@ -505,7 +507,11 @@ def linear(x, Wq, bias=None, activation=None, out=None, *, x_scale=None, x_zero_
     operands the error is a few float32 ulps (int32 to float rounding and
     two products).  Against the unquantized float product, element (n, m)
     is within ``sum_k |x[n,k]| s_w[m]/2 + |W[m,k]| s_x[n]/2 + s_w[m] s_x[n]/4``.
-    The GIL is released; threads split the output rows.
+    Float x quantized per token (the default) goes to the kernel as it is,
+    in one call: the (4, 1) kernels quantize each tile of tokens as they pack
+    it, the others quantize first; either way the bits of
+    :func:`quantize_activations` followed by the product.  The GIL is
+    released; threads split the output rows.
 
     Examples
     --------
@@ -530,7 +536,7 @@ def linear(x, Wq, bias=None, activation=None, out=None, *, x_scale=None, x_zero_
     if x.shape[-1] != K:
         raise ValueError(f"x has {x.shape[-1]} features but the weights have K = {K}")
     lead = x.shape[:-1]
-    N = int(np.prod(lead, dtype=np.int64))
+    N = math.prod(lead)
     x2 = x.reshape(N, K)  # a view unless x's layout needs a copy
     if bias is not None:
         bias = np.asarray(bias)
@@ -576,6 +582,8 @@ def linear(x, Wq, bias=None, activation=None, out=None, *, x_scale=None, x_zero_
         s = np.ascontiguousarray(np.broadcast_to(s, lead).reshape(N), dtype=np.float32)
         z = np.ascontiguousarray(np.broadcast_to(z, lead).reshape(N), dtype=np.int32)
     elif x.dtype.kind == "f":
+        if x_scale is None and x_zero_point is None and per_token:
+            return _dynamic_linear(x2, Wq, bias, activation, out, lead, kind, out_s, out_z)
         if x_scale is not None:  # validated here so that errors name x_scale
             _finite_positive(x_scale, "x_scale")
         if x_zero_point is not None:
@@ -594,6 +602,34 @@ def linear(x, Wq, bias=None, activation=None, out=None, *, x_scale=None, x_zero_
     xa = QuantizedActivations(np.require(xq, requirements="CA"), s, z)
     matmul(Wq.packed, xa, y, layout="tokens", epilogue=Epilogue(activation, bias, out_s, out_z))
     if kind == "float32":
+        _check_epilogue(Wq, s, bias, y)
+    return out
+
+
+def _dynamic_linear(x2, Wq, bias, activation, out, lead, kind, out_s, out_z):
+    """:func:`linear` on float x quantized per token, as one kernel call: the
+    (4, 1) kernels quantize each tile of tokens as they pack it, the others
+    quantize first (bsk_qlinear_f32); the bits of quantize_activations and
+    matmul."""
+    N, M = x2.shape[0], Wq.shape[0]
+    xc = x2
+    if xc.dtype != np.float32 or not (xc.flags.c_contiguous and xc.flags.aligned):
+        with np.errstate(over="ignore"):  # beyond float32 becomes inf: the kernel refuses it
+            xc = np.require(x2, dtype=np.float32, requirements="CA")
+    if bias is not None:
+        bias = np.ascontiguousarray(bias, dtype=np.float32)
+    out = _check_out(out, lead, M, np.dtype(kind), x2, bias)
+    if out.size == 0:
+        return out
+    y = out.reshape(N, M)
+    s, z = np.empty(N, np.float32), np.empty(N, np.int32)
+    isa = _config._active_isa()
+    if _config._State.verbose:
+        _config._log_kernel(Wq.packed.kernel_name(isa), isa,
+                            f"M={M} K={Wq.shape[1]} N={N} {out.dtype} act={activation} "
+                            f"(float x, quantized per token)")
+    if _kernels.linear_f32(isa, Wq.packed, xc, s, z, y, Epilogue(activation, bias, out_s, out_z),
+                           _config.get_num_threads()):
         _check_epilogue(Wq, s, bias, y)
     return out
 

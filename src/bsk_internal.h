@@ -49,7 +49,8 @@ enum {
     BSK_SCRATCH_ATTN_SHARED = 3, /* INT8 attention: the quantized Q, K, V (calling thread) */
     BSK_SCRATCH_ATTN_TASK = 4,   /* INT8 attention: a thread's task scratch */
     BSK_SCRATCH_LAYER = 5,       /* INT8 encoder layer: a thread's own activations */
-    BSK_SCRATCH_SLOTS = 6
+    BSK_SCRATCH_XQUANT = 6,      /* INT8 product on float tokens: a thread's codes, parameters */
+    BSK_SCRATCH_SLOTS = 7
 };
 void *bsk_scratch(int slot, size_t bytes);
 
@@ -222,6 +223,9 @@ typedef bsk_status (*bsk_spmm_f64_fn)(const bsk_bcsr *W, const double *X, int64_
 typedef bsk_status (*bsk_qspmm_fn)(const bsk_qbcsr *W, const uint8_t *X, int64_t ldx,
                                    int64_t N, int xt, void *Y, int64_t ldy, int yt,
                                    const bsk_epilogue *epi, int nt);
+typedef bsk_status (*bsk_qlinear_f32_fn)(const bsk_qbcsr *W, const float *X, int64_t ldx,
+                                         int64_t N, float *x_scale, int32_t *x_zero, void *Y,
+                                         int64_t ldy, const bsk_epilogue *epi, int nt);
 typedef bsk_status (*bsk_qgemm_fn)(const bsk_qdense *W, const uint8_t *X, int64_t ldx,
                                    int64_t N, int xt, void *Y, int64_t ldy, int yt,
                                    const bsk_epilogue *epi, int nt);
@@ -275,6 +279,9 @@ typedef struct bsk_kernels {
      * NULL: every shape runs the scalar kernel.  The names are for logs. */
     bsk_qspmm_fn qspmm;
     const char *qspmm_row_name, *qspmm_strip_name;
+    /* the grouped (4, 1) kernel on float32 tokens, quantized per token as it
+     * packs them (NULL: quantize, then qspmm) */
+    bsk_qlinear_f32_fn qlinear_f32;
     /* dense INT8 product (bsk_qgemm) and its name */
     bsk_qgemm_fn qgemm;
     const char *qgemm_name;
@@ -305,7 +312,11 @@ bsk_qspmm_fn bsk_qspmm_pick(const bsk_kernels *k, const bsk_qbcsr *W);
     bsk_status bsk_qspmm_u8s8s32_##sfx(const bsk_qbcsr *W, const uint8_t *X,  \
                                        int64_t ldx, int64_t N, int xt,        \
                                        void *Y, int64_t ldy, int yt,          \
-                                       const bsk_epilogue *epi, int nt);
+                                       const bsk_epilogue *epi, int nt);       \
+    bsk_status bsk_qlinear_f32_##sfx(const bsk_qbcsr *W, const float *X,      \
+                                     int64_t ldx, int64_t N, float *x_scale,  \
+                                     int32_t *x_zero, void *Y, int64_t ldy,   \
+                                     const bsk_epilogue *epi, int nt);
 #define BSK_DECLARE_QGEMM(sfx)                                                 \
     bsk_status bsk_qgemm_u8s8s32_##sfx(const bsk_qdense *W, const uint8_t *X,  \
                                        int64_t ldx, int64_t N, int xt,        \

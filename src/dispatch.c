@@ -51,6 +51,7 @@ static const bsk_kernels avx2_kernels = {
     .qspmm = bsk_qspmm_u8s8s32_avx2,
     .qspmm_row_name = "bsk_qspmm_u8s8s32_row1x4_avx2",
     .qspmm_strip_name = "bsk_qspmm_u8s8s32_strip4x1_avx2",
+    .qlinear_f32 = bsk_qlinear_f32_avx2,
     .qgemm = bsk_qgemm_u8s8s32_avx2,
     .qgemm_name = "bsk_qgemm_u8s8s32_avx2",
     .quantize_u8 = bsk_quantize_u8_avx2,
@@ -69,6 +70,7 @@ static const bsk_kernels avx_vnni_kernels = {
     .qspmm = bsk_qspmm_u8s8s32_avx_vnni,
     .qspmm_row_name = "bsk_qspmm_u8s8s32_row1x4_avx_vnni",
     .qspmm_strip_name = "bsk_qspmm_u8s8s32_strip4x1_avx_vnni",
+    .qlinear_f32 = bsk_qlinear_f32_avx_vnni,
     .qgemm = bsk_qgemm_u8s8s32_avx_vnni,
     .qgemm_name = "bsk_qgemm_u8s8s32_avx_vnni",
     .quantize_u8 = bsk_quantize_u8_avx_vnni,
@@ -85,6 +87,7 @@ static const bsk_kernels avx512_vnni_kernels = {
     .qspmm = bsk_qspmm_u8s8s32_avx512_vnni,
     .qspmm_row_name = "bsk_qspmm_u8s8s32_row1x4_avx512_vnni",
     .qspmm_strip_name = "bsk_qspmm_u8s8s32_strip4x1_avx512_vnni",
+    .qlinear_f32 = bsk_qlinear_f32_avx512_vnni,
     .qgemm = bsk_qgemm_u8s8s32_avx512_vnni,
     .qgemm_name = "bsk_qgemm_u8s8s32_avx512_vnni",
     .quantize_u8 = bsk_quantize_u8_avx512_vnni,
@@ -388,6 +391,43 @@ bsk_status bsk_qspmm(bsk_isa isa, const bsk_qbcsr *W, const uint8_t *X,
     const char *name;
     const bsk_qspmm_fn fn = choose_qspmm(k, W, &name);
     return fn(W, X, ldx, N, x_transposed, Y, ldy, y_transposed, epi, num_threads);
+}
+
+bsk_status bsk_qlinear_f32(bsk_isa isa, const bsk_qbcsr *W, const bsk_qdense *D,
+                           const float *X, int64_t ldx, int64_t N, float *x_scale,
+                           int32_t *x_zero, void *Y, int64_t ldy, const bsk_epilogue *epi,
+                           int num_threads)
+{
+    const bsk_kernels *k = bsk_kernels_for(isa);
+    if (!k)
+        return BSK_EUNSUPPORTED;
+    if (!W == !D || !epi->rowsum || epi->f_x || N < 0)
+        return BSK_EINVAL;
+    const int64_t M = W ? W->w.M : D->M, K = W ? W->w.K : D->K;
+    if (K > BSK_MAX_K_INT8)
+        return BSK_EOVERFLOW;
+    if (N == 0)
+        return BSK_OK;
+    const int strip = W && W->w.R == 4 && W->w.C == 1 && W->gptr;
+    if (strip && M > 0 && k->qlinear_f32) {
+        /* quantizing a token is about one MAC per value */
+        const int nt = threads_for(num_threads, W->w.nnzb * 4 + M + K, N);
+        return k->qlinear_f32(W, X, ldx, N, x_scale, x_zero, Y, ldy, epi, nt);
+    }
+    /* the other kernels: quantize into the calling thread's scratch, then the
+     * product (the same bytes and the same bits) */
+    uint8_t *Q = (uint8_t *)bsk_scratch(BSK_SCRATCH_XQUANT, (size_t)(N * K) + 1);
+    if (!Q)
+        return BSK_ENOMEM;
+    bsk_status st = bsk_quantize_u8(isa, X, N, K, ldx, BSK_QUANT_PER_ROW, x_scale, x_zero, Q, K,
+                                    num_threads);
+    if (st != BSK_OK)
+        return st;
+    bsk_epilogue e = *epi;
+    e.x_scale = x_scale;
+    e.x_zero = x_zero;
+    return W ? bsk_qspmm(isa, W, Q, K, N, 1, Y, ldy, 1, &e, num_threads)
+             : bsk_qgemm(isa, D, Q, K, N, 1, Y, ldy, 1, &e, num_threads);
 }
 
 const char *bsk_qgemm_kernel_name(bsk_isa isa)

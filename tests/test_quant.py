@@ -17,6 +17,7 @@ from hypothesis import strategies as st
 
 import blocksparse
 from blocksparse import BlockSparseMatrix, QuantizedMatrix
+from blocksparse._packed import Epilogue, QuantizedActivations, matmul
 import reference as ref
 from strategies import bcsr_matrices, draw_values, per_variant_settings
 
@@ -230,6 +231,45 @@ def test_linear_uint8_output(isa, case, act, out_scale, out_zero):
     y_ref, _ = ref.linear_dequantized(Wq, sw, xq, s, z, bias, act)
     q64 = np.clip(np.rint(y_ref / out_scale) + out_zero, 0, 255)
     assert np.all(np.abs(yq.astype(np.int64) - q64) <= 1)
+
+
+@fixture_settings
+@given(case=linear_cases(), act=st.sampled_from([None, "relu", "gelu"]))
+def test_linear_dynamic_is_quantize_then_product(isa, num_threads, case, act):
+    """linear on float x quantizes inside its one kernel call (the (4, 1)
+    kernels as they pack each tile of tokens): exactly the bits of
+    quantize_activations followed by the product, for both output kinds."""
+    W, x, bias = case
+    Q = blocksparse.quantize(W)
+    q, s, z = blocksparse.quantize_activations(x)
+    xa = QuantizedActivations(q, s, z)
+    b32 = None if bias is None else bias.astype(np.float32)
+    for kind, out_scale, out_zero in (("float32", 1.0, 0), ("uint8", 0.037, 9)):
+        want = np.empty((x.shape[0], W.shape[0]), kind)
+        matmul(Q.packed, xa, want, layout="tokens",
+               epilogue=Epilogue(act, b32, out_scale, out_zero))
+        extra = {} if kind == "float32" else dict(out_dtype="uint8", out_scale=out_scale,
+                                                   out_zero_point=out_zero)
+        got = blocksparse.linear(x, Q, bias, activation=act, **extra)
+        assert got.dtype == want.dtype
+        np.testing.assert_array_equal(got.view(np.uint8), want.view(np.uint8), strict=True)
+
+
+@pytest.mark.parametrize("blocksize", [(4, 1), (1, 4), (2, 2)])
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_linear_refuses_nonfinite_tokens_anywhere(isa, num_threads, rng, blocksize, bad):
+    W = blocksparse.prune(rng.standard_normal((24, 40)).astype(np.float32), 0.5,
+                          blocksize=blocksize)
+    Q = blocksparse.quantize(W)
+    for N in (1, 31, 33, 70, 129):
+        for pos in {0, N // 2, N - 1}:
+            x = rng.standard_normal((N, 40)).astype(np.float32)
+            x[pos, (7 * pos) % 40] = bad
+            with pytest.raises(ValueError, match="NaN or Inf"):
+                blocksparse.linear(x, Q)
+    # float64 beyond float32 becomes inf: refused the same way
+    with pytest.raises(ValueError, match="NaN or Inf"):
+        blocksparse.linear(np.full((3, 40), 1e39), Q)
 
 
 @pytest.mark.parametrize("blocksize", [(4, 1), (1, 4), (2, 2)])

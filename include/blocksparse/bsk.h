@@ -230,6 +230,22 @@ bsk_status bsk_quantize_u8(bsk_isa isa, const float *X, int64_t rows,
                            int64_t cols, int64_t ldx, int mode, float *scale, int32_t *zero,
                            uint8_t *Q, int64_t ldq, int num_threads);
 
+/*
+ * The Linear form on float32 tokens: X (N, K) float32 quantized per token
+ * exactly as bsk_quantize_u8's BSK_QUANT_PER_ROW mode (parameters into
+ * x_scale[N], x_zero[N]), then Y (N, M) = the product with exactly one of
+ * W (sparse) and D (dense) and epi, as bsk_qspmm / bsk_qgemm with
+ * x_transposed = y_transposed = 1 (epi's x_scale and x_zero are ignored;
+ * rowsum is required; no float term).  The grouped (4, 1) kernels quantize
+ * each tile of tokens as they pack it (no uint8 copy of X); the others
+ * quantize first.  Same bits on every ISA variant, and the bits of the two
+ * separate calls.  BSK_ENONFINITE if X holds NaN or Inf.
+ */
+bsk_status bsk_qlinear_f32(bsk_isa isa, const bsk_qbcsr *W, const bsk_qdense *D,
+                           const float *X, int64_t ldx, int64_t N, float *x_scale,
+                           int32_t *x_zero, void *Y, int64_t ldy, const bsk_epilogue *epi,
+                           int num_threads);
+
 /* Name of the INT8 kernel that bsk_qspmm runs for this ISA and matrix. */
 const char *bsk_qspmm_kernel_name(bsk_isa isa, const bsk_qbcsr *W);
 /* Name of the kernel that bsk_qgemm runs for this ISA. */

@@ -15,4 +15,5 @@
 #define QV_DOT(acc, x, w) qg_dot_avx2((acc), qg_x_avx2(x), (w))
 
 #define BSK_QFN bsk_qspmm_u8s8s32_avx2
+#define BSK_QLFN bsk_qlinear_f32_avx2
 #include "simd/qspmm_simd.h"

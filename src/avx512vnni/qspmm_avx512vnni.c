@@ -26,4 +26,5 @@
 #define QV_DOT(acc, x, w) _mm512_dpbusd_epi32((acc), (x), (w))
 
 #define BSK_QFN bsk_qspmm_u8s8s32_avx512_vnni
+#define BSK_QLFN bsk_qlinear_f32_avx512_vnni
 #include "simd/qspmm_simd.h"

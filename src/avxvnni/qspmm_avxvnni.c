@@ -5,4 +5,5 @@
 #define QV_DOT(acc, x, w) _mm256_dpbusd_avx_epi32((acc), (x), (w))
 
 #define BSK_QFN bsk_qspmm_u8s8s32_avx_vnni
+#define BSK_QLFN bsk_qlinear_f32_avx_vnni
 #include "simd/qspmm_simd.h"

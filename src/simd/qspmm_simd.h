@@ -9,6 +9,7 @@
  *   QW, QW_PREP(w32)   a weight group prepared for QV_DOT
  *   QV_DOT(acc, x, w)  acc += sum of 4 u8*s8 products per 32-bit lane, exact
  *   BSK_QFN            name of the entry point to define
+ *   BSK_QLFN           name of the Linear form's entry point on float32 tokens
  *
  * Two kernels, chosen by the block shape (DESIGN.md, "Storage"):
  *
@@ -40,6 +41,7 @@
  * (see the entry point).
  */
 #include "simd/epilogue.h"
+#include "simd/quantize_row.h"
 
 #ifdef _OPENMP
 #include <omp.h>
@@ -224,6 +226,41 @@ static void pack_strip(const uint8_t *X, int64_t ldx, int64_t K, int64_t N, int 
     }
 }
 
+/* Float32 tokens to quantize while packing (the Linear form on float x,
+ * BSK_QLFN): each thread quantizes the tokens of the tiles it packs, per
+ * token, with quantize_row.h's pieces (the bytes of bsk_quantize_u8's
+ * per-row mode), into the per-token parameters its own epilogue reads. */
+typedef struct {
+    const float *x;          /* (N, K) float32, ld ldx */
+    float *scale;            /* this thread's parameters, by token (N) */
+    int32_t *zero;
+    float *out_scale;        /* the caller's: written by the tile's first part */
+    int32_t *out_zero;
+    int publish;             /* this part is its tiles' first */
+    uint8_t *rows;           /* NT_STRIP x K codes */
+    int nonfinite;
+} bsk_xquant;
+
+/* Panel of one tile from float tokens: the tile's tokens quantized into
+ * q->rows, then pack_strip's transposition of them. */
+static void pack_strip_f(bsk_xquant *q, int64_t ldx, int64_t K, int64_t N, int64_t n0,
+                         uint8_t *pt)
+{
+    const int64_t cnt = N - n0 < NT_STRIP ? N - n0 : NT_STRIP;
+    for (int64_t n = n0; n < n0 + cnt; n++) {
+        const float *x = q->x + n * ldx;
+        float lo = 0.0f, hi = 0.0f;
+        q->nonfinite |= range_of(x, K, &lo, &hi);
+        params_of(lo, hi, &q->scale[n], &q->zero[n]);
+        quantize_row(x, K, q->scale[n], q->zero[n], q->rows + (n - n0) * K);
+        if (q->publish) {
+            q->out_scale[n] = q->scale[n];
+            q->out_zero[n] = q->zero[n];
+        }
+    }
+    pack_strip(q->rows, K, K, cnt, 1, 0, pt);
+}
+
 /* The accumulators are named variables, not an array: GCC keeps a 4x4 array
  * of vectors in registers only with extra copies and spills per iteration. */
 #define STRIP_ROW(r, w, x0, x1, x2, x3)                                       \
@@ -351,7 +388,7 @@ static inline __attribute__((always_inline)) void
 run_range_k(const bsk_qbcsr *Wq, const uint8_t *X, int64_t ldx, int64_t N, int xt, void *Y,
             int64_t ldy, const bsk_epilogue *epi, int strip, int64_t u0, int64_t u1,
             int64_t t0, int64_t t1, int64_t batch, uint8_t *P, int32_t *acc,
-            int32_t *stage, const int kind, const int act, const int yt)
+            int32_t *stage, bsk_xquant *xq, const int kind, const int act, const int yt)
 {
     const bsk_bcsr *W = &Wq->w;
     const int64_t K = W->K;
@@ -361,7 +398,9 @@ run_range_k(const bsk_qbcsr *Wq, const uint8_t *X, int64_t ldx, int64_t N, int x
     for (int64_t b0 = t0; b0 < t1; b0 += batch) {
         const int64_t b1 = b0 + batch < t1 ? b0 + batch : t1;
         for (int64_t t = b0; t < b1; t++) {
-            if (strip)
+            if (xq)
+                pack_strip_f(xq, ldx, K, N, t * NT, P + (t - b0) * panel);
+            else if (strip)
                 pack_strip(X, ldx, K, N, xt, t * NT, P + (t - b0) * panel);
             else
                 pack_row(X, ldx, K, N, xt, t * NT, P + (t - b0) * panel);
@@ -412,13 +451,13 @@ run_range_k(const bsk_qbcsr *Wq, const uint8_t *X, int64_t ldx, int64_t N, int x
 
 #define RUN_CASE(kind, act, yt)                                                \
     run_range_k(Wq, X, ldx, N, xt, Y, ldy, epi, strip, u0, u1, t0, t1, batch, P, acc, \
-                stage, kind, act, yt)
+                stage, xq, kind, act, yt)
 
 /* run_range_k specialised for the epilogue's (kind, act) and the layout. */
 static void run_range(const bsk_qbcsr *Wq, const uint8_t *X, int64_t ldx, int64_t N, int xt,
                       void *Y, int64_t ldy, int yt, const bsk_epilogue *epi, int strip,
                       int64_t u0, int64_t u1, int64_t t0, int64_t t1, int64_t batch,
-                      uint8_t *P, int32_t *acc, int32_t *stage)
+                      uint8_t *P, int32_t *acc, int32_t *stage, bsk_xquant *xq)
 {
     const int act = epi->kind == BSK_OUT_I32 ? BSK_ACT_NONE : epi->act;
     switch ((epi->kind * 3 + act) * 2 + (yt ? 1 : 0)) {
@@ -440,11 +479,14 @@ static void run_range(const bsk_qbcsr *Wq, const uint8_t *X, int64_t ldx, int64_
 }
 #undef RUN_CASE
 
-/* ---- entry point --------------------------------------------------------- */
+/* ---- entry points -------------------------------------------------------- */
 
-bsk_status BSK_QFN(const bsk_qbcsr *Wq, const uint8_t *X, int64_t ldx,
-                   int64_t N, int xt, void *Y, int64_t ldy, int yt,
-                   const bsk_epilogue *epi, int nt)
+/* The product of both entry points; Xf non-NULL: float32 tokens (N, K) to
+ * quantize per token while packing (then X is unused, xt and yt are 1, the
+ * blocks (4, 1) and epi->rowsum set), their parameters into x_scale, x_zero. */
+static bsk_status qspmm_run(const bsk_qbcsr *Wq, const uint8_t *X, const float *Xf, int64_t ldx,
+                            int64_t N, int xt, void *Y, int64_t ldy, int yt,
+                            const bsk_epilogue *epi, float *x_scale, int32_t *x_zero, int nt)
 {
     const bsk_bcsr *W = &Wq->w;
     const int64_t K = W->K;
@@ -452,6 +494,8 @@ bsk_status BSK_QFN(const bsk_qbcsr *Wq, const uint8_t *X, int64_t ldx,
     if (!strip && !(W->R == 1 && W->C == 4))
         return BSK_EUNSUPPORTED;
     if (strip && !Wq->gptr)
+        return BSK_EINVAL;
+    if (Xf && !(strip && xt && yt && epi->rowsum))
         return BSK_EINVAL;
     if (N == 0 || W->M == 0)
         return BSK_OK;
@@ -463,11 +507,11 @@ bsk_status BSK_QFN(const bsk_qbcsr *Wq, const uint8_t *X, int64_t ldx,
     const int64_t units = strip ? W->M / 4 : W->M;
     const int32_t *work = strip ? Wq->gptr : W->indptr;
     const int64_t panel = strip ? K * NT_STRIP : (K / 4) * NT_ROW * 4;
-    int status = BSK_OK;
+    int status = BSK_OK, nonfinite = 0;
     bsk_team_clock clock;
     nt = bsk_team_begin(&clock, nt);
 
-#pragma omp parallel num_threads(nt)
+#pragma omp parallel num_threads(nt) reduction(| : nonfinite)
     {
 #ifdef _OPENMP
         const int64_t id = omp_get_thread_num(), team = omp_get_num_threads();
@@ -489,7 +533,25 @@ bsk_status BSK_QFN(const bsk_qbcsr *Wq, const uint8_t *X, int64_t ldx,
         int32_t *acc = (int32_t *)bsk_scratch(BSK_SCRATCH_ACC, 4 * NT_ROW * sizeof(int32_t));
         int32_t *stage = (int32_t *)bsk_scratch(BSK_SCRATCH_STAGE,
                                                 NT_STRIP * STAGE_LD * sizeof(int32_t));
-        if (!P || !acc || !stage) {
+        /* float tokens: this thread's parameters (by token, N of each) and
+         * the codes of one tile, and an epilogue that reads them */
+        bsk_xquant xq = {0};
+        bsk_epilogue local;
+        const bsk_epilogue *e = epi;
+        uint8_t *xbuf = NULL;
+        if (Xf) {
+            const size_t params = ((size_t)N * 8 + 63) / 64 * 64;
+            xbuf = (uint8_t *)bsk_scratch(BSK_SCRATCH_XQUANT, params + (size_t)(NT_STRIP * K));
+            if (xbuf) {
+                xq = (bsk_xquant){Xf, (float *)xbuf, (int32_t *)(xbuf + 4 * N), x_scale,
+                                  x_zero, 0, xbuf + params, 0};
+                local = *epi;
+                local.x_scale = xq.scale;
+                local.x_zero = xq.zero;
+                e = &local;
+            }
+        }
+        if (!P || !acc || !stage || (Xf && !xbuf)) {
 #pragma omp atomic write
             status = BSK_ENOMEM;
         } else {
@@ -499,14 +561,33 @@ bsk_status BSK_QFN(const bsk_qbcsr *Wq, const uint8_t *X, int64_t ldx,
                 const int64_t part = c / ntiles, t0 = c % ntiles;
                 int64_t t1 = t0 + ((id + 1) * per - c);
                 t1 = t1 < ntiles ? t1 : ntiles;
-                run_range(Wq, X, ldx, N, xt, Y, ldy, yt, epi, strip,
+                xq.publish = part == 0;
+                run_range(Wq, X, ldx, N, xt, Y, ldy, yt, e, strip,
                           part_start(work, units, part, parts),
-                          part_start(work, units, part + 1, parts), t0, t1, batch, P, acc, stage);
+                          part_start(work, units, part + 1, parts), t0, t1, batch, P, acc, stage,
+                          Xf ? &xq : NULL);
                 c += t1 - t0;
             }
+            nonfinite |= xq.nonfinite;
         }
         BSK_TEAM_LEAVE(&clock, id);
     }
     bsk_team_end(&clock);
+    if (status == BSK_OK && nonfinite)
+        status = BSK_ENONFINITE;
     return (bsk_status)status;
+}
+
+bsk_status BSK_QFN(const bsk_qbcsr *Wq, const uint8_t *X, int64_t ldx,
+                   int64_t N, int xt, void *Y, int64_t ldy, int yt,
+                   const bsk_epilogue *epi, int nt)
+{
+    return qspmm_run(Wq, X, NULL, ldx, N, xt, Y, ldy, yt, epi, NULL, NULL, nt);
+}
+
+bsk_status BSK_QLFN(const bsk_qbcsr *Wq, const float *X, int64_t ldx, int64_t N,
+                    float *x_scale, int32_t *x_zero, void *Y, int64_t ldy,
+                    const bsk_epilogue *epi, int nt)
+{
+    return qspmm_run(Wq, NULL, X, ldx, N, 1, Y, ldy, 1, epi, x_scale, x_zero, nt);
 }

@@ -36,6 +36,24 @@ static inline bsk_qg_pair qg_w_avx2(int32_t w)
     return p;
 }
 
+/* Eight int8 groups (one K-group of a dense weight block's 8 rows) widened
+ * as qg_w_avx2 would, once: their even pairs at dst[0 .. 7], odd at dst[8 .. 15]. */
+static inline void qg_w_widen_avx2(int32_t *dst, const int32_t *src)
+{
+    const __m256i v = _mm256_loadu_si256((const __m256i *)src);
+    _mm256_storeu_si256((__m256i *)dst, _mm256_srai_epi16(_mm256_slli_epi16(v, 8), 8));
+    _mm256_storeu_si256((__m256i *)(dst + 8), _mm256_srai_epi16(v, 8));
+}
+
+/* A group widened by qg_w_widen_avx2 (odd pair `stride` words after the even), broadcast. */
+static inline bsk_qg_pair qg_w_wide_avx2(const int32_t *p, int stride)
+{
+    bsk_qg_pair w;
+    w.even = _mm256_set1_epi32(p[0]);
+    w.odd = _mm256_set1_epi32(p[stride]);
+    return w;
+}
+
 static inline __m256i qg_dot_avx2(__m256i acc, bsk_qg_pair x, bsk_qg_pair w)
 {
     acc = _mm256_add_epi32(acc, _mm256_madd_epi16(x.even, w.even));

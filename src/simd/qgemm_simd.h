@@ -8,6 +8,10 @@
  *   QG_W, QG_WPREP(p)   the 32-bit weight group at p, broadcast, ready for QG_DOT
  *   QG_DOT(acc, x, w)   acc += the 4 u8 x s8 products of each 32-bit lane, exact
  *   QG_MRS              weight rows per microkernel pass (divides BSK_QGEMM_MR)
+ *   QG_WWIDE(dst, src)  optional: the MR weight groups of one K-group (src,
+ *                       MR int32 of the panel) prepared once per row chunk
+ *                       into 2 * MR int32 at dst, which QG_WPREP then reads
+ *                       (p[0] and p[BSK_QGEMM_MR] for row p)
  *   QG_NV               token vectors per tile (1 .. 4)
  *   BSK_QGEMM_FN        name of the entry point
  *
@@ -20,6 +24,10 @@
  *
  * Microkernel: QG_MRS rows x nv token vectors of accumulators; per K-group
  * nv activation loads and QG_MRS weight broadcasts feed QG_MRS * nv dots.
+ * Where a weight group needs work before its broadcast can meet the dot (AVX2
+ * without VNNI: sign extension to 16 bits), QG_WWIDE does it once per row
+ * chunk into a per-thread copy that every token tile then reads.
+ *
  * The tile's MR x width accumulators then go through the shared epilogue
  * (bsk_epilogue_rows, four rows at a time so the (N, M) output gets 4-wide
  * stores), so the results are those of the sparse kernels bit for bit.
@@ -39,6 +47,11 @@
 #define QG_TILE (QG_NV * QG_LANES)         /* tokens per tile, at most */
 #define QG_CHUNK_BYTES (256 << 10)         /* weights per row chunk (L2 share) */
 #define QG_SPAN_TOKENS 512                 /* tokens packed at a time per thread */
+#ifdef QG_WWIDE
+#define QG_WWORDS 2                        /* int32 per prepared weight group */
+#else
+#define QG_WWORDS 1
+#endif
 
 #if QG_MR % QG_MRS || QG_MRS > 8 || QG_NV < 1 || QG_NV > 4
 #error "QG_MRS must divide BSK_QGEMM_MR (<= 8) and QG_NV lie in 1 .. 4"
@@ -147,13 +160,14 @@ static inline int64_t tile_bytes(int64_t K, int64_t width)
             QG_STORE(acc + r * ldacc + 3 * QG_LANES, a##r##3);                 \
     }
 
-/* acc[r][0 .. nv * LANES) = sum over the G groups of rows wp[r] (stride MR per
- * group) times the packed activations xp (stride ldp bytes per group). */
+/* acc[r][0 .. nv * LANES) = sum over the G groups of rows wp[r] (stride MR *
+ * QG_WWORDS per group) times the packed activations xp (stride ldp bytes per
+ * group). */
 BSK_INLINE void qg_micro(const int nv, const int32_t *wp, const uint8_t *xp, int64_t G,
                          int64_t ldp, int32_t *acc, int64_t ldacc)
 {
     QG_ROWS(QG_DECL)
-    for (int64_t g = 0; g < G; g++, wp += QG_MR, xp += ldp) {
+    for (int64_t g = 0; g < G; g++, wp += QG_MR * QG_WWORDS, xp += ldp) {
         const QG_X x0 = QG_XPREP(QG_LOAD(xp));
         const QG_X x1 = nv > 1 ? QG_XPREP(QG_LOAD(xp + QG_BYTES)) : x0;
         const QG_X x2 = nv > 2 ? QG_XPREP(QG_LOAD(xp + 2 * QG_BYTES)) : x0;
@@ -326,7 +340,17 @@ bsk_status BSK_QGEMM_FN(const bsk_qdense *W, const uint8_t *X, int64_t ldx, int6
         uint8_t *P = (uint8_t *)bsk_alloc((size_t)((span * QG_LANES / 16 + max_tiles) *
                                                    tile_bytes(K, 16)));
         int32_t *acc = (int32_t *)bsk_alloc(2 * QG_MR * QG_TILE * sizeof(int32_t));
-        if (!P || !acc) {
+        /* row chunks of about QG_CHUNK_BYTES of (prepared) weights, each run over
+         * every tile, so the chunk stays in L2 and the weights are read from
+         * memory once */
+        const int64_t rc_blocks =
+            2 * (QG_CHUNK_BYTES / (2 * QG_MR * 4 * QG_WWORDS * (G > 0 ? G : 1)) + 1);
+#ifdef QG_WWIDE
+        int32_t *Wc = (int32_t *)bsk_alloc((size_t)(rc_blocks * G * QG_MR * QG_WWORDS) * 4);
+#else
+        int32_t *Wc = acc;
+#endif
+        if (!P || !acc || !Wc) {
 #pragma omp atomic write
             status = BSK_ENOMEM;
         }
@@ -342,11 +366,15 @@ bsk_status BSK_QGEMM_FN(const bsk_qdense *W, const uint8_t *X, int64_t ldx, int6
                           P + offset[t]);
                 offset[t + 1] = offset[t] + tile_bytes(K, width);
             }
-            /* row chunks of about QG_CHUNK_BYTES of weights, each run over every tile,
-             * so the chunk stays in L2 and the weights are read from memory once */
-            const int64_t rc_blocks = 2 * (QG_CHUNK_BYTES / (2 * QG_MR * 4 * (G > 0 ? G : 1)) + 1);
             for (int64_t rc = rb0; rc < rb1; rc += rc_blocks) {
                 const int64_t rc1 = rc + rc_blocks < rb1 ? rc + rc_blocks : rb1;
+#ifdef QG_WWIDE
+                for (int64_t g = 0; g < (rc1 - rc) * G; g++)
+                    QG_WWIDE(Wc + g * QG_MR * QG_WWORDS, W->panel + rc * G * QG_MR + g * QG_MR);
+                const int32_t *wchunk = Wc;
+#else
+                const int32_t *wchunk = W->panel + rc * G * QG_MR;
+#endif
                 for (int64_t t = 0; t < ntiles; t++) {
                     int64_t t0, t1;
                     bsk_split(nvs, (int)ntiles, (int)t, &t0, &t1);
@@ -359,9 +387,10 @@ bsk_status BSK_QGEMM_FN(const bsk_qdense *W, const uint8_t *X, int64_t ldx, int6
                         const int64_t m0 = rb * QG_MR;
                         const int64_t pair = rb + 1 < rc1 ? 2 * QG_MR : QG_MR;
                         const int rows = (int)(M - m0 < pair ? M - m0 : pair);
-                        qg_block(nv, W->panel + rb * G * QG_MR, Pt, G, acc);
+                        const int32_t *wb = wchunk + (rb - rc) * G * QG_MR * QG_WWORDS;
+                        qg_block(nv, wb, Pt, G, acc);
                         if (rb + 1 < rc1)
-                            qg_block(nv, W->panel + (rb + 1) * G * QG_MR, Pt, G,
+                            qg_block(nv, wb + G * QG_MR * QG_WWORDS, Pt, G,
                                      acc + QG_MR * QG_TILE);
                         if (yt)
                             qg_store_tokens(epi, acc, QG_TILE, rows, m0, n0, cnt, Y, ldy);
@@ -374,6 +403,9 @@ bsk_status BSK_QGEMM_FN(const bsk_qdense *W, const uint8_t *X, int64_t ldx, int6
         }
         free(P);
         free(acc);
+#ifdef QG_WWIDE
+        free(Wc);
+#endif
         BSK_TEAM_LEAVE(&clock, tid);
     }
     bsk_team_end(&clock);
@@ -386,3 +418,4 @@ bsk_status BSK_QGEMM_FN(const bsk_qdense *W, const uint8_t *X, int64_t ldx, int6
 #undef QG_TILE
 #undef QG_CHUNK_BYTES
 #undef QG_SPAN_TOKENS
+#undef QG_WWORDS

@@ -14,8 +14,7 @@ so a product checks only its operands (O(1)), not the structure (O(nnzb)).
 import numpy as np
 cimport numpy as cnp
 from libc.stdint cimport int8_t, int32_t, int64_t, uint8_t, uint16_t, uint32_t, uint64_t
-from libc.float cimport FLT_MAX
-from libc.math cimport fabsf, isfinite
+from libc.math cimport fabsf, isfinite, isnan
 
 from blocksparse._kernels cimport *
 
@@ -443,8 +442,6 @@ def matmul(int isa, KernelWeight w not None, x, cnp.ndarray out not None, bint t
         _check_dense(q, "x", cnp.NPY_UINT8, N, K, False)
     else:
         _check_dense(q, "X", cnp.NPY_UINT8, K, N, False)
-    if epilogue is None:
-        epilogue = _NO_EPILOGUE
     cdef bsk_epilogue e
     _epilogue_for(&e, w, out, N, tokens, epilogue, x.scale, x.zero)
     _float_term(&e, epilogue, w, N, tokens, out)
@@ -468,8 +465,8 @@ cdef int _epilogue_for(bsk_epilogue *e, KernelWeight w, cnp.ndarray out, int64_t
                        bint tokens, Epilogue epilogue, object x_scale,
                        object x_zero) except -1:
     """Check out (int32, float32 or uint8, (M, N) or (N, M) by tokens) and set e
-    from the epilogue and the activations' scales and zero points (arrays of N
-    or None); the float term is left to _float_term."""
+    from the epilogue (None: none) and the activations' scales and zero points
+    (arrays of N or None), with no float term (_float_term sets it)."""
     cdef int64_t M = w.q.w.M
     cdef int typenum = cnp.PyArray_TYPE(out)
     if typenum == cnp.NPY_INT32:
@@ -510,59 +507,67 @@ def linear_f32(int isa, KernelWeight w not None, cnp.ndarray x not None,
                cnp.ndarray x_scale not None, cnp.ndarray x_zero not None,
                cnp.ndarray out not None, Epilogue epilogue, int num_threads):
     """out = quantize(x) @ w.T with the epilogue, x (N, K) float32 quantized
-    per token (parameters into x_scale, x_zero, N of each); see bsk_qlinear_f32.
-    Returns whether a float32 output may have overflowed (then check it)."""
-    cdef int64_t M = w.q.w.M, K = w.q.w.K
+    per token (parameters into x_scale, x_zero, N of each); see bsk_qlinear_f32."""
+    cdef int64_t K = w.q.w.K
     cdef int64_t N = x.shape[0] if cnp.PyArray_NDIM(x) == 2 else -1
     cdef bsk_status st
     _check_isa(isa)
     if w.kind != _I8:
         raise TypeError(f"linear_f32 is for int8 weights, got {w.dtype}")
     _check_dense(x, "x", cnp.NPY_FLOAT32, N, K, False)
-    for name, a, typenum in (("x_scale", x_scale, cnp.NPY_FLOAT32),
-                             ("x_zero", x_zero, cnp.NPY_INT32)):
-        if not _is(a, typenum) or cnp.PyArray_NDIM(a) != 1 or a.shape[0] != N or \
-                not cnp.PyArray_IS_C_CONTIGUOUS(a) or not cnp.PyArray_ISWRITEABLE(a):
-            raise ValueError(f"{name} must be a writable contiguous "
-                             f"{cnp.PyArray_DescrFromType(typenum)} array of length {N}")
+    cdef float *sp = <float *>_ptr_or_null(x_scale, "x_scale", cnp.NPY_FLOAT32, N)
+    cdef int32_t *zp = <int32_t *>_ptr_or_null(x_zero, "x_zero", cnp.NPY_INT32, N)
+    if not (cnp.PyArray_ISWRITEABLE(x_scale) and cnp.PyArray_ISWRITEABLE(x_zero)):
+        raise ValueError("x_scale and x_zero must be writable")
     cdef bsk_epilogue e
     _epilogue_for(&e, w, out, N, True, epilogue, x_scale, x_zero)
-    e.rowsum = <const int32_t *>cnp.PyArray_DATA(w.rowsum)
     cdef const float *xp = <const float *>cnp.PyArray_DATA(x)
-    cdef float *sp = <float *>cnp.PyArray_DATA(x_scale)
-    cdef int32_t *zp = <int32_t *>cnp.PyArray_DATA(x_zero)
     cdef void *yp = cnp.PyArray_DATA(out)
     cdef int64_t ldy = out.shape[1]
     cdef const bsk_qbcsr *W = NULL if w.panel is not None else &w.q
     cdef const bsk_qdense *D = &w.d if w.panel is not None else NULL
-    cdef float sx = 0, sw = 0, b = 0
-    cdef int64_t i
     with nogil:
         st = bsk_qlinear_f32(<bsk_isa>isa, W, D, xp, K, N, sp, zp, yp, ldy, &e, num_threads)
-        if st == BSK_OK and e.kind == BSK_OUT_F32:
-            for i in range(N):
-                sx = sp[i] if sp[i] > sx else sx
-            for i in range(M):
-                sw = e.w_scale[i] if e.w_scale[i] > sw else sw
-                if e.bias != NULL:
-                    b = fabsf(e.bias[i]) if fabsf(e.bias[i]) > b else b
     if st == BSK_ENONFINITE:
         raise ValueError("x has NaN or Inf values (or values beyond float32), which uint8 "
                          "quantization cannot represent")
     if st != BSK_OK:
         _raise(st, w.kernel_name(isa), isa)
-    # a float32 output can overflow only past this bound (see _quant._check_epilogue)
-    return e.kind == BSK_OUT_F32 and \
-        <double>sw * <double>sx * (127.0 * 255.0 * K) + b >= <double>FLT_MAX / 2
+    return out
 
+
+cdef double _max_of(const float *p, int64_t n, bint magnitude) noexcept nogil:
+    """max(p[:n]) (of |p| with magnitude), 0 for n == 0; NaN if any is NaN (as np.max)."""
+    cdef double m = 0, v
+    cdef int64_t i
+    for i in range(n):
+        v = fabsf(p[i]) if magnitude else p[i]
+        if isnan(v):
+            return v
+        if v > m or i == 0:
+            m = v
+    return m
+
+
+def scale_maxima(KernelWeight w not None, x_scale, bias):
+    """(max of w's scales, max of x_scale, max |bias|) as floats, 0 for None or
+    empty: what the float32 overflow bound needs (_quant._check_epilogue),
+    without three NumPy reductions per call."""
+    cdef cnp.ndarray xs = np.ascontiguousarray(x_scale, dtype=np.float32).reshape(-1)
+    cdef cnp.ndarray bs = None if bias is None else \
+        np.ascontiguousarray(bias, dtype=np.float32).reshape(-1)
+    cdef cnp.ndarray ws = w.scale
+    return (_max_of(<const float *>cnp.PyArray_DATA(ws), ws.shape[0], False) if ws is not None
+            else 0.0,
+            _max_of(<const float *>cnp.PyArray_DATA(xs), xs.shape[0], False),
+            _max_of(<const float *>cnp.PyArray_DATA(bs), bs.shape[0], True) if bs is not None
+            else 0.0)
 
 cdef int _float_term(bsk_epilogue *e, Epilogue epilogue, KernelWeight w, int64_t N,
                      bint tokens, cnp.ndarray out) except -1:
-    """Set the epilogue's float term (bsk.h) from the Epilogue's float part, checked."""
-    e.f_x = e.f_dense = e.f_data = NULL
-    e.f_cols = e.f_indptr = e.f_indices = NULL
-    e.ld_fx = e.f_ncols = 0
-    if epilogue.float_x is None:
+    """Set the epilogue's float term (bsk.h) from the Epilogue's float part, checked
+    (_epilogue_for left e without one)."""
+    if epilogue is None or epilogue.float_x is None:
         return 0
     if tokens:
         raise ValueError("an epilogue's float part needs the 'features' layout")

@@ -54,8 +54,7 @@ def _check_epilogue(Wq, x_scale, bias, Y):
     M, K = Wq.shape
     if not (Y.size and K and Wq.scale.size and np.size(x_scale)):
         return
-    sw, sx = float(np.max(Wq.scale)), float(np.max(x_scale))
-    b = float(np.max(np.abs(bias))) if bias is not None and bias.size else 0.0
+    sw, sx, b = _kernels.scale_maxima(Wq.packed, x_scale, bias)
     if sw * sx * (127 * 255 * K) + b < _F32_MAX / 2 or np.all(np.isfinite(Y)):
         return
     raise ValueError(f"the product overflows float32: x (activation scale up to {sx:.3g}) "
@@ -581,9 +580,14 @@ def linear(x, Wq, bias=None, activation=None, out=None, *, x_scale=None, x_zero_
                                  f"token), got shape {a.shape}")
         s = np.ascontiguousarray(np.broadcast_to(s, lead).reshape(N), dtype=np.float32)
         z = np.ascontiguousarray(np.broadcast_to(z, lead).reshape(N), dtype=np.int32)
+    elif x.dtype.kind == "f" and x_scale is None and x_zero_point is None and per_token:
+        # quantized per token inside the kernel call (bsk_qlinear_f32), below
+        xq = x2
+        if xq.dtype != np.float32 or not (xq.flags.c_contiguous and xq.flags.aligned):
+            with np.errstate(over="ignore"):  # beyond float32 becomes inf: the kernel refuses it
+                xq = np.require(x2, dtype=np.float32, requirements="CA")
+        s, z = np.empty(N, np.float32), np.empty(N, np.int32)
     elif x.dtype.kind == "f":
-        if x_scale is None and x_zero_point is None and per_token:
-            return _dynamic_linear(x2, Wq, bias, activation, out, lead, kind, out_s, out_z)
         if x_scale is not None:  # validated here so that errors name x_scale
             _finite_positive(x_scale, "x_scale")
         if x_zero_point is not None:
@@ -599,37 +603,18 @@ def linear(x, Wq, bias=None, activation=None, out=None, *, x_scale=None, x_zero_
     if out.size == 0:
         return out
     y = out.reshape(N, M)  # a view: out is C-contiguous
-    xa = QuantizedActivations(np.require(xq, requirements="CA"), s, z)
-    matmul(Wq.packed, xa, y, layout="tokens", epilogue=Epilogue(activation, bias, out_s, out_z))
+    epilogue = Epilogue(activation, bias, out_s, out_z)
+    if xq.dtype == np.uint8:
+        matmul(Wq.packed, QuantizedActivations(np.require(xq, requirements="CA"), s, z), y,
+               layout="tokens", epilogue=epilogue)
+    else:  # float x: the kernel quantizes it and fills s, z
+        isa = _config._active_isa()
+        if _config._State.verbose:
+            _config._log_kernel(Wq.packed.kernel_name(isa), isa,
+                                f"M={M} K={K} N={N} {out.dtype} act={activation} "
+                                f"(float x, quantized per token)")
+        _kernels.linear_f32(isa, Wq.packed, xq, s, z, y, epilogue, _config.get_num_threads())
     if kind == "float32":
-        _check_epilogue(Wq, s, bias, y)
-    return out
-
-
-def _dynamic_linear(x2, Wq, bias, activation, out, lead, kind, out_s, out_z):
-    """:func:`linear` on float x quantized per token, as one kernel call: the
-    (4, 1) kernels quantize each tile of tokens as they pack it, the others
-    quantize first (bsk_qlinear_f32); the bits of quantize_activations and
-    matmul."""
-    N, M = x2.shape[0], Wq.shape[0]
-    xc = x2
-    if xc.dtype != np.float32 or not (xc.flags.c_contiguous and xc.flags.aligned):
-        with np.errstate(over="ignore"):  # beyond float32 becomes inf: the kernel refuses it
-            xc = np.require(x2, dtype=np.float32, requirements="CA")
-    if bias is not None:
-        bias = np.ascontiguousarray(bias, dtype=np.float32)
-    out = _check_out(out, lead, M, np.dtype(kind), x2, bias)
-    if out.size == 0:
-        return out
-    y = out.reshape(N, M)
-    s, z = np.empty(N, np.float32), np.empty(N, np.int32)
-    isa = _config._active_isa()
-    if _config._State.verbose:
-        _config._log_kernel(Wq.packed.kernel_name(isa), isa,
-                            f"M={M} K={Wq.shape[1]} N={N} {out.dtype} act={activation} "
-                            f"(float x, quantized per token)")
-    if _kernels.linear_f32(isa, Wq.packed, xc, s, z, y, Epilogue(activation, bias, out_s, out_z),
-                           _config.get_num_threads()):
         _check_epilogue(Wq, s, bias, y)
     return out
 

@@ -272,6 +272,21 @@ def test_linear_refuses_nonfinite_tokens_anywhere(isa, num_threads, rng, blocksi
         blocksparse.linear(np.full((3, 40), 1e39), Q)
 
 
+def test_linear_nan_bias_is_refused_on_both_paths(rng):
+    """A NaN bias makes the output non-finite: refused whether x is quantized
+    inside the kernel call (float x) or given as uint8."""
+    Q = blocksparse.quantize(blocksparse.prune(rng.standard_normal((8, 16)).astype(np.float32),
+                                               0.5, blocksize=(4, 1)))
+    x = rng.standard_normal((3, 16)).astype(np.float32)
+    bias = np.ones(8, np.float32)
+    bias[2] = np.nan
+    xq, s, z = blocksparse.quantize_activations(x)
+    for call in (lambda: blocksparse.linear(x, Q, bias),
+                 lambda: blocksparse.linear(xq, Q, bias, x_scale=s, x_zero_point=z)):
+        with pytest.raises(ValueError, match="overflows float32"):
+            call()
+
+
 @pytest.mark.parametrize("blocksize", [(4, 1), (1, 4), (2, 2)])
 def test_linear_static_quantization_via_calibrate(isa, num_threads, rng, blocksize):
     W = blocksparse.prune(rng.standard_normal((32, 64)).astype(np.float32), 0.8,

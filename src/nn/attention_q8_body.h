@@ -170,7 +170,7 @@ BSK_INLINE void AQ_FN(codes_group)(const float *X, int64_t N, int64_t D, int64_t
  * over the rows for the per-token ranges (bsk_nn_range_rows), then one per
  * group of four rows for the codes.  Q's parameters and codes are those of
  * the per-token activation quantization (bsk_nn_params_rows,
- * bsk_u8_code16).  With a->keys_only, K's only.  ws: 5 * BSK_AQ_CHUNK floats.
+ * bsk_vf_u8_code).  With a->keys_only, K's only.  ws: 5 * BSK_AQ_CHUNK floats.
  */
 static void AQ_FN(quant_tokens)(const bsk_nn_aq_args *a, int64_t n0, int64_t n1, float *ws)
 {

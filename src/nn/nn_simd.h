@@ -169,7 +169,7 @@ BSK_INLINE void bsk_nn_range_rows(const float *Y, int64_t F, int64_t N, int64_t 
     BSK_NN_SWEEPS(T, BSK_NN_RANGE_AT, Y, F, N, mul, lo, hi);
 }
 
-/* s, z (floats) of the ranges lo, hi of the tokens [0, Tv) (bsk_u8_params16;
+/* s, z (floats) of the ranges lo, hi of the tokens [0, Tv) (bsk_vf_u8_params;
  * Tv a multiple of BSK_VL), and q_scale, q_zero of the first T of them
  * (unless NULL) */
 BSK_INLINE void bsk_nn_params_rows(int64_t T, int64_t Tv, const float *lo, const float *hi,

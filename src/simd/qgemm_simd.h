@@ -347,14 +347,15 @@ bsk_status BSK_QGEMM_FN(const bsk_qdense *W, const uint8_t *X, int64_t ldx, int6
             2 * (QG_CHUNK_BYTES / (2 * QG_MR * 4 * QG_WWORDS * (G > 0 ? G : 1)) + 1);
 #ifdef QG_WWIDE
         int32_t *Wc = (int32_t *)bsk_alloc((size_t)(rc_blocks * G * QG_MR * QG_WWORDS) * 4);
+        const int wc_ok = Wc != NULL;
 #else
-        int32_t *Wc = acc;
+        const int wc_ok = 1;
 #endif
-        if (!P || !acc || !Wc) {
+        if (!P || !acc || !wc_ok) {
 #pragma omp atomic write
             status = BSK_ENOMEM;
         }
-        for (int64_t s0 = v0; P && acc && rb0 < rb1 && s0 < v1; s0 += span) {
+        for (int64_t s0 = v0; P && acc && wc_ok && rb0 < rb1 && s0 < v1; s0 += span) {
             const int64_t nvs = v1 - s0 < span ? v1 - s0 : span;
             const int64_t ntiles = (nvs + QG_NV - 1) / QG_NV;
             offset[0] = 0;

@@ -50,7 +50,7 @@ static int range_of(const float *x, int64_t n, float *lo, float *hi)
     return nonfinite;
 }
 
-/* The parameters of [lo, hi] (bsk_u8_params16), with the scale taken from the
+/* The parameters of [lo, hi] (bsk_vf_u8_params), with the scale taken from the
  * width in double precision where the float32 width overflows. */
 static void params_of(float lo, float hi, float *scale, int32_t *zero)
 {

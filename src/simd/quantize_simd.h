@@ -2,7 +2,7 @@
  * Asymmetric uint8 quantization of float32 activations (one pass for the
  * range, one for the values), compiled once per ISA variant (the including
  * file defines BSK_QUANT_FN) with -ffp-contract=off.  The arithmetic is
- * vec16.h's (bsk_u8_params16, bsk_u8_code16, on the unit's vectors
+ * vec16.h's (bsk_vf_u8_params, bsk_vf_u8_code, on the unit's vectors
  * bsk_vf), which matches NumPy float32 exactly, so every variant gives the
  * same bytes:
  *   scale = (max(hi, 0) - min(lo, 0)) / 255   (1 if that is 0)
